@@ -1,0 +1,1 @@
+"""Benchmark: ONNX Runtime variants against PyTorch, each engine in its own process."""

@@ -1,0 +1,145 @@
+"""CoLA loading: the official release layout, the GLUE layout, or GLUE through the hub.
+
+Every file is checked line by line first (so a malformed row gets its file and line number in
+the error), then loaded with `datasets`' csv builder, which keeps its cache and fingerprints.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+from bertpack.files import sha256_file
+
+COLUMNS = ["source", "label", "star", "sentence"]
+# The 6 sources held out as CoLA's out-of-domain set (Warstadt et al. 2018, section 4.1).
+OUT_OF_DOMAIN_SOURCES = frozenset({"c-05", "clc95", "j_71", "s_97", "swb04", "w_80"})
+GLUE = "glue"
+
+
+@dataclass(frozen=True)
+class ColaFiles:
+    """Where each split comes from; `validation` is in-domain dev then out-of-domain dev (as GLUE)."""
+
+    train: Path
+    validation: list[Path]
+    layout: str  # "release" or "glue"
+
+
+def locate(data: str | Path) -> ColaFiles:
+    """Find the CoLA files under `data` in the release layout (raw/…) or the GLUE layout (train.tsv, dev.tsv)."""
+    root = Path(data)
+    if not root.exists():
+        raise BertpackError(f"CoLA data folder {root} does not exist; pass --data with the folder of the CoLA release (holding raw/) or of GLUE CoLA (train.tsv, dev.tsv), or --data glue when online")
+    if not root.is_dir():
+        raise BertpackError(f"--data {root} is a file; pass the folder that holds the CoLA TSV files")
+    for base in (root / "raw", root):
+        release = [base / "in_domain_train.tsv", base / "in_domain_dev.tsv", base / "out_of_domain_dev.tsv"]
+        if all(p.is_file() for p in release):
+            return ColaFiles(train=release[0], validation=release[1:], layout="release")
+    glue = [root / "train.tsv", root / "dev.tsv"]
+    if all(p.is_file() for p in glue):
+        return ColaFiles(train=glue[0], validation=[glue[1]], layout="glue")
+    raise BertpackError(
+        f"no CoLA files in {root}: expected raw/in_domain_train.tsv, raw/in_domain_dev.tsv and "
+        "raw/out_of_domain_dev.tsv (release layout) or train.tsv and dev.tsv (GLUE layout)"
+    )
+
+
+def check_tsv(path: Path) -> int:
+    """Validate one CoLA TSV (4 tab-separated columns, label 0/1, a sentence); return its row count."""
+    rows = 0
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+                if not row or row == [""]:
+                    continue
+                if len(row) != 4:
+                    raise BertpackError(f"{path}:{lineno}: expected 4 tab-separated columns (source, label, star, sentence), found {len(row)}; is this a CoLA TSV file?")
+                if row[1] not in ("0", "1"):
+                    raise BertpackError(f"{path}:{lineno}: label must be 0 or 1, found {row[1]!r}")
+                if not row[3].strip():
+                    raise BertpackError(f"{path}:{lineno}: the sentence column is empty")
+                rows += 1
+    except UnicodeDecodeError as exc:
+        raise BertpackError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the CoLA TSV files") from None
+    if rows == 0:
+        raise BertpackError(f"{path} holds no rows; CoLA TSV files have one sentence per line")
+    return rows
+
+
+def _load_tsv(files: list[Path], limit: int | None = None):
+    import datasets
+
+    for p in files:
+        check_tsv(p)
+    ds = datasets.load_dataset(
+        "csv",
+        data_files=[str(p) for p in files],
+        split="train",
+        sep="\t",
+        header=None,
+        names=COLUMNS,
+        quoting=csv.QUOTE_NONE,
+        features=datasets.Features(
+            source=datasets.Value("string"), label=datasets.Value("int64"),
+            star=datasets.Value("string"), sentence=datasets.Value("string"),
+        ),
+        keep_default_na=False,
+    )
+    ds = ds.map(lambda src: {"domain": ["out" if s in OUT_OF_DOMAIN_SOURCES else "in" for s in src]}, input_columns="source", batched=True)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.select_columns(["sentence", "label", "domain"])
+
+
+def load_cola(data: str | Path, limit: int | None = None):
+    """Return a `datasets.DatasetDict` with `train` and `validation` (columns sentence, label, domain).
+
+    `limit` keeps the first N training rows (quick runs); validation is always whole.
+    """
+    if str(data) == GLUE:
+        return _load_glue(limit)
+    files = locate(data)
+    import datasets
+
+    return datasets.DatasetDict(train=_load_tsv([files.train], limit), validation=_load_tsv(files.validation))
+
+
+def _load_glue(limit: int | None):
+    import datasets
+
+    try:
+        glue = datasets.load_dataset("nyu-mll/glue", "cola")
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
+        raise BertpackError(f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder instead") from None
+    train = glue["train"]
+    if limit is not None:
+        train = train.select(range(min(limit, len(train))))
+    # GLUE validation = in_domain_dev (527 rows) followed by out_of_domain_dev (516 rows); no source column.
+    val = glue["validation"].map(lambda _, idx: {"domain": "in" if idx < 527 else "out"}, with_indices=True)
+    return datasets.DatasetDict(train=train.add_column("domain", ["in"] * len(train)).select_columns(["sentence", "label", "domain"]),
+                                validation=val.select_columns(["sentence", "label", "domain"]))
+
+
+def file_hashes(data: str | Path) -> dict[str, str]:
+    """sha256 of each data file used, for metrics.json (empty for the hub)."""
+    if str(data) == GLUE:
+        return {}
+    files = locate(data)
+    return {str(p): sha256_file(p) for p in [files.train, *files.validation]}
+
+
+def validation_sentences(data: str | Path) -> tuple[list[str], list[int], list[str]]:
+    """The whole validation split as plain lists (sentences, labels, domains): for export and bench."""
+    val = load_cola(data, limit=1)["validation"]
+    return list(val["sentence"]), list(val["label"]), list(val["domain"])
+
+
+def default_data_dir() -> Path | None:
+    """The CoLA copy shared beside the project (../shared/data/cola), when it is there."""
+    here = Path(__file__).resolve().parent.parent
+    candidate = here.parent / "shared" / "data" / "cola"
+    return candidate if (candidate / "raw" / "in_domain_train.tsv").is_file() else None

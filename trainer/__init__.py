@@ -1,0 +1,1 @@
+"""Stage 1: fine-tune a BERT checkpoint on CoLA with the Hugging Face Trainer."""

@@ -1,0 +1,40 @@
+"""The training recipe as data. The defaults are the best recipe measured for the embedded model
+(see README, "Recipes tried"); every field is a `bertpack train` option."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    model: str = "embedded"
+    data: str = ""
+    out: Path = field(default_factory=lambda: Path("runs"))
+    epochs: float = 4.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 64
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    # Layer-wise learning-rate decay: layer l of L gets lr * decay**(L - l); 1.0 disables it.
+    layer_decay: float = 1.0
+    # The randomly initialised classifier learns this many times faster than the encoder.
+    head_lr_multiplier: float = 1.0
+    classifier_dropout: float | None = None
+    seed: int = 42
+    max_steps: int = -1
+    limit: int | None = None
+    padding: Literal["dynamic", "max"] = "dynamic"
+    group_by_length: bool = True
+    keep_checkpoints: bool = False
+    overwrite: bool = False
+    resume: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d

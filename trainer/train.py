@@ -1,0 +1,272 @@
+"""Fine-tune BERT on CoLA, top to bottom: check inputs, load data and model, train with the HF
+Trainer, keep the best checkpoint by validation MCC, write the run folder atomically.
+
+Run folder (the contract `bertpack export` reads):
+    OUT/bertpack_run.json      marker + status ("training" / "complete") + the recipe
+    OUT/model/                 best checkpoint: model.safetensors, config.json (id2label), tokenizer files
+    OUT/metrics.json           per-epoch loss/accuracy/MCC, timing, versions, seed, data hashes
+    OUT/training_curves.png    loss and MCC per epoch
+    OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from bertpack.data import file_hashes, load_cola
+from bertpack.errors import BertpackError
+from bertpack.files import staging_dir, write_json_atomic
+from bertpack.metrics import cola_scores
+from bertpack.models import LABELS, resolve_model
+from trainer.config import TrainConfig
+
+RUN_MARKER = "bertpack_run.json"
+
+
+# --------------------------------------------------------------------------- output folder checks
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse to clobber a folder that is not ours; --resume needs an interrupted run."""
+    out = cfg.out
+    marker = out / RUN_MARKER
+    if cfg.resume:
+        if not marker.is_file():
+            raise BertpackError(f"--resume: {out} holds no bertpack run to resume; drop --resume to start a new one")
+        if not any((out / "checkpoints").glob("checkpoint-*")):
+            raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (interrupted before the first epoch ended); start again with --overwrite")
+        return
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        if marker.is_file():
+            status = json.loads(marker.read_text()).get("status")
+            hint = "pass --resume to continue it or --overwrite to start over" if status != "complete" else "pass --overwrite to replace it or choose another --out"
+            raise BertpackError(f"{out} already holds a bertpack run ({status}); {hint}")
+        raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
+
+
+# --------------------------------------------------------------------------- optimizer
+def build_optimizer(model, cfg: TrainConfig):
+    """AdamW with layer-wise lr decay and a faster head; no decay on biases and LayerNorm weights."""
+    import torch
+
+    n_layers = model.config.num_hidden_layers
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("classifier") or ".pooler." in name:
+            lr = cfg.learning_rate * cfg.head_lr_multiplier
+        elif ".encoder.layer." in name:
+            layer = int(name.split(".encoder.layer.")[1].split(".")[0])
+            lr = cfg.learning_rate * cfg.layer_decay ** (n_layers - layer)
+        else:  # embeddings sit below layer 0
+            lr = cfg.learning_rate * cfg.layer_decay ** (n_layers + 1)
+        wd = 0.0 if (name.endswith("bias") or "LayerNorm" in name) else cfg.weight_decay
+        groups.setdefault((lr, wd), []).append(param)
+    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=cfg.learning_rate)
+
+
+# --------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig) -> dict:
+    """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
+    check_out_dir(cfg)
+    model_id = resolve_model(cfg.model)
+    dataset = load_cola(cfg.data, limit=cfg.limit)
+    if len(dataset["train"]) == 0:
+        raise BertpackError("the training split is empty; check --data and --limit")
+
+    import torch
+    import transformers
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and not cfg.resume:
+        if cfg.overwrite and cfg.out.exists():
+            shutil.rmtree(cfg.out)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "training", "config": cfg.to_dict()})
+
+    tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True)
+    extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+        use_safetensors=True, trust_remote_code=False, **extra,
+    )
+
+    def tokenize(batch):
+        enc = tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        return enc
+
+    encoded = dataset.map(tokenize, batched=True, desc="tokenizing")
+    val = encoded["validation"]
+    # One eval set per domain besides the whole one: the Trainer reorders eval batches by length
+    # (group_by_length), so predictions cannot be matched back to rows for a domain split.
+    eval_sets = {"all": val, "in": val.filter(lambda d: d == "in", input_columns="domain"),
+                 "out": val.filter(lambda d: d == "out", input_columns="domain")}
+    eval_sets = {k: v for k, v in eval_sets.items() if len(v)}
+
+    def compute_metrics(pred) -> dict[str, float]:
+        preds = pred.predictions.argmax(-1)
+        scores = cola_scores(pred.label_ids, preds, ["x"] * len(preds))
+        return {"accuracy": scores["accuracy"], "mcc": scores["mcc"]}
+
+    on_gpu = torch.cuda.is_available()
+    use_bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(cfg.out / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="epoch" if cfg.max_steps <= 0 else "steps",
+        save_strategy="epoch" if cfg.max_steps <= 0 else "steps",
+        eval_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
+        save_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
+        logging_strategy="epoch" if cfg.max_steps <= 0 else "steps",
+        logging_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="all_mcc" if "all" in eval_sets else "mcc",
+        greater_is_better=True,
+        save_safetensors=True,
+        group_by_length=cfg.group_by_length,
+        length_column_name="length",
+        bf16=use_bf16,
+        fp16=on_gpu and not use_bf16,
+        ddp_backend=("nccl" if on_gpu else "gloo") if distributed else None,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=False,
+        use_cpu=not on_gpu,
+    )
+    collator = DataCollatorWithPadding(
+        tokenizer, padding="max_length" if cfg.padding == "max" else "longest",
+        max_length=cfg.max_length if cfg.padding == "max" else None,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
+        processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+        optimizers=(build_optimizer(model, cfg), None),
+    )
+
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    wall = time.perf_counter() - started
+    final = trainer.evaluate()  # the best checkpoint is loaded back at the end
+
+    metrics = {
+        "model": model_id,
+        "data": str(cfg.data),
+        "data_sha256": file_hashes(cfg.data),
+        "train_rows": len(encoded["train"]),
+        "validation_rows": len(val),
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "device": torch.cuda.get_device_name(0) if on_gpu else platform.processor() or platform.machine(),
+        "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
+        "world_size": args.world_size,
+        "best": {
+            "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+            "accuracy": final.get("eval_all_accuracy"),
+            "mcc": final.get("eval_all_mcc"),
+            "mcc_in_domain": final.get("eval_in_mcc"),
+            "mcc_out_domain": final.get("eval_out_mcc"),
+        },
+        "epochs": _per_epoch(trainer.state.log_history),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "wall_time_s": wall,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "datasets": _version("datasets")},
+    }
+
+    if trainer.is_world_process_zero():
+        with staging_dir(cfg.out / "model") as tmp:
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(cfg.out / "metrics.json", metrics)
+        plot_curves(metrics["epochs"], cfg.out / "training_curves.png")
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
+        write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "complete", "config": cfg.to_dict()})
+    return metrics
+
+
+def _per_epoch(log_history: list[dict]) -> list[dict]:
+    """Fold the Trainer's log lines into one row per evaluation point."""
+    rows: dict[float, dict] = {}
+    for entry in log_history:
+        epoch = round(float(entry.get("epoch", 0.0)), 4)
+        row = rows.setdefault(epoch, {"epoch": epoch})
+        if "loss" in entry:
+            row["train_loss"] = entry["loss"]
+        for key, name in (("eval_all_loss", "eval_loss"), ("eval_all_accuracy", "accuracy"), ("eval_all_mcc", "mcc"),
+                          ("eval_in_mcc", "mcc_in_domain"), ("eval_out_mcc", "mcc_out_domain")):
+            if key in entry:
+                row[name] = entry[key]
+    return [r for r in rows.values() if "mcc" in r]
+
+
+def plot_curves(epochs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["epoch"] for r in epochs]
+    fig, (ax_loss, ax_mcc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(x, [r.get("train_loss") for r in epochs], marker="o", label="train")
+    ax_loss.plot(x, [r.get("eval_loss") for r in epochs], marker="o", label="validation")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_loss.legend()
+    for key, label in (("mcc", "all (1043)"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain")):
+        ax_mcc.plot(x, [r.get(key) for r in epochs], marker="o", label=label)
+    ax_mcc.set(title="validation MCC", xlabel="epoch")
+    ax_mcc.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def summary(metrics: dict) -> str:
+    """The one-screen report printed at the end of `bertpack train`."""
+    best = metrics["best"]
+    lines = [
+        f"model          {metrics['model']}",
+        f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows)",
+        f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
+        f"time           {metrics['wall_time_s']:.0f} s, {metrics['train_samples_per_second']:.1f} training samples/s",
+        "",
+        " epoch  train loss  val loss  accuracy     MCC  in-domain  out-of-domain",
+    ]
+    for r in metrics["epochs"]:
+        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  {_f(r.get('accuracy'), 8)}"
+                     f"  {_f(r.get('mcc'), 6)}  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}")
+    lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f} (in-domain {_f(best['mcc_in_domain'], 0)}, "
+                  f"out-of-domain {_f(best['mcc_out_domain'], 0)}), accuracy {best['accuracy']:.3f}"]
+    return "\n".join(lines)
+
+
+def _f(value, width: int = 10) -> str:
+    return f"{value:{width}.3f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"

@@ -102,6 +102,20 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _register_stage_commands() -> None:
+    """Each stage owns its commands (export/commands.py, serving/commands.py, bench/commands.py)."""
+    from bench.commands import register as register_bench
+    from export.commands import register as register_export
+    from serving.commands import register as register_serving
+
+    register_export(app)
+    register_serving(app)
+    register_bench(app)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     try:

@@ -1,0 +1,98 @@
+"""Shared fixtures: CoLA data (the real copy beside the project, or a tiny synthetic one) and a
+tiny random-weight BERT run folder in the training contract's layout (no training, no download)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_COLA = REPO.parent / "shared" / "data" / "cola"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_GOOD = ["The cat sat on the mat.", "John gave Mary a book.", "She voted for herself.", "The book was written by John.",
+         "I saw that gas can explode.", "We walked to the station.", "They like apples.", "He has finished the work.",
+         "The children are playing outside.", "It rained all day."]
+_BAD = ["Books were sent to each other by the students.", "The cat sat mat the on.", "John gave a book Mary to.",
+        "She voted for himself.", "They likes apples.", "He have finished the work.", "Children the outside playing are.",
+        "It rained day all the."]
+
+
+def write_synthetic_cola(root: Path, train_rows: int = 64, seed: int = 0) -> Path:
+    """A tiny CoLA in the release layout (raw/*.tsv), in-domain and out-of-domain sources as the real one."""
+    rng = random.Random(seed)
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def rows(n: int, sources: list[str]) -> str:
+        out = []
+        for i in range(n):
+            label = 1 if i % 3 else 0
+            sentence = rng.choice(_GOOD if label else _BAD)
+            out.append(f"{rng.choice(sources)}\t{label}\t{'' if label else '*'}\t{sentence}")
+        return "\n".join(out) + "\n"
+
+    (raw / "in_domain_train.tsv").write_text(rows(train_rows, ["gj04", "bc01"]))
+    (raw / "in_domain_dev.tsv").write_text(rows(24, ["gj04", "bc01"]))
+    (raw / "out_of_domain_dev.tsv").write_text(rows(24, ["clc95", "swb04"]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_cola(tmp_path_factory) -> Path:
+    return write_synthetic_cola(tmp_path_factory.mktemp("cola"))
+
+
+@pytest.fixture(scope="session")
+def cola_dir(synthetic_cola) -> Path:
+    """The real CoLA 1.1 copy when it is beside the project, else the synthetic one."""
+    return REAL_COLA if (REAL_COLA / "raw" / "in_domain_train.tsv").is_file() else synthetic_cola
+
+
+def make_tiny_run(root: Path, seed: int = 0) -> Path:
+    """A run folder as `bertpack train` writes it, holding a tiny random BERT (2 layers, hidden 32)
+    with the embedded model's real WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bertpack.models import LABELS, embedded_model_path
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2,
+                        id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # a visible margin between the two logits, so argmax is not a coin toss
+        model.classifier.weight.mul_(20.0)
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(root / "model", safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(embedded_model_path())).save_pretrained(root / "model")
+    cfg = {"model": "tiny-random-bert", "max_length": 64, "seed": seed}
+    (root / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "complete", "config": cfg}))
+    (root / "metrics.json").write_text(json.dumps({
+        "model": "tiny-random-bert", "config": cfg, "seed": seed,
+        "best": {"checkpoint": "checkpoint-1", "accuracy": 0.5, "mcc": 0.0, "mcc_in_domain": 0.0, "mcc_out_domain": 0.0},
+        "epochs": [], "data_sha256": {},
+    }))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("tiny-run"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `bertpack ARGS` as a user would (a real process), capturing its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bertpack.cli", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

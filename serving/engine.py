@@ -58,10 +58,17 @@ def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None
             raise BertpackError(f"{path} does not match its sha256 in the manifest: corrupt or modified; re-run bertpack export")
 
 
+def gpu_present() -> bool:
+    """An NVIDIA device is visible (the driver's device nodes exist)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def cuda_available() -> bool:
+    """CUDA can be asked for: onnxruntime-gpu lists its CUDA provider even where no GPU exists, and
+    asking for it there logs errors, so require a visible device as well."""
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def physical_cores() -> int:

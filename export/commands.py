@@ -3,8 +3,72 @@ command functions: `bertpack --help` must not import torch or onnxruntime."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
 
+def export(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `bertpack train` (holding model/), or a checkpoint folder."),
+    out: Optional[Path] = typer.Option(None, help="Artifact folder (default artifacts/<run name>)."),
+    data: Optional[Path] = typer.Option(None, help="CoLA folder for the parity report and static calibration (default ../shared/data/cola)."),
+    store: bool = typer.Option(True, help="Register the artifact in the BentoML model store as bertpack-cola:<version>."),
+    overwrite: bool = typer.Option(False, help="Replace an output folder that holds a different export or other files."),
+    tolerance: Optional[str] = typer.Option(None, help="int8/fp16 MCC drop (e.g. 0.01), or key=value pairs: mcc_drop=0.01,agreement=98,logit=1e-3."),
+    int8: str = typer.Option("auto", help="int8 method: static (calibrated on CoLA train), dynamic, or auto (both; the default picked from the figures)."),
+    quant_target: str = typer.Option("auto", help="Quantization preset: auto (from this CPU's flags), avx2, avx512, avx512_vnni, arm64."),
+    calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8."),
+    flip_check: bool = typer.Option(True, help="Measure prediction flips: each sentence alone vs inside mixed batches of 32."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N validation sentences (quick checks; the report says so)."),
+) -> None:
+    """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on CoLA."""
+    from export.config import ExportConfig
+    from export.parity import Tolerance
+    from export.pipeline import run_export
+
+    cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_dir.resolve().name, data=data, store=store,
+                       overwrite=overwrite, tolerance=Tolerance.parse(tolerance), int8=int8, quant_target=quant_target,
+                       calibration_samples=calibration_samples, flip_check=flip_check, limit=limit)
+    run_export(cfg, typer.echo)
+
+
+def predict(
+    artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
+    sentences: List[str] = typer.Argument(..., help="One or more sentences to classify."),
+    variant: Optional[str] = typer.Option(None, help="fp32, optimized, fp16, int8, ... (default: the manifest's serving default)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """Classify sentences with an exported model (ONNX Runtime + tokenizers; no PyTorch)."""
+    import json
+
+    from serving.engine import OnnxClassifier
+
+    clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
+    for sentence, result in zip(sentences, clf.classify(sentences)):
+        prob = result["probabilities"][result["label"]]
+        if json_output:
+            typer.echo(json.dumps({"sentence": sentence, **result, "variant": clf.variant}))
+        else:
+            typer.echo(f"{result['label']:<13} {prob:.3f}  {sentence}")
+    if not json_output:
+        typer.echo(f"({clf.variant} on {clf.provider})", err=True)
+
+
+def verify(
+    artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
+) -> None:
+    """Re-hash every file of an artifact against its manifest and load and run each model."""
+    from export.manifest import verify_artifact
+
+    for line in verify_artifact(artifact_dir):
+        typer.echo(f"ok  {line}")
+    typer.echo(f"{artifact_dir}: verified")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to `app` (e.g. `app.command()(my_command)`)."""
+    """Add this stage's commands to `app`."""
+    app.command()(export)
+    app.command()(predict)
+    app.command()(verify)

@@ -1,0 +1,76 @@
+"""Find and check the checkpoint inside a training run folder (the run folder contract)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+from bertpack.models import LABELS
+
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class Checkpoint:
+    run_dir: Path
+    path: Path  # folder with config.json + model.safetensors + tokenizer files
+    max_length: int
+    metrics: dict = field(default_factory=dict)
+    labels: list[str] = field(default_factory=lambda: [LABELS[0], LABELS[1]])
+    num_layers: int = 0
+
+
+def locate_checkpoint(run_dir: Path) -> Checkpoint:
+    """RUN/model (as `bertpack train` writes it), or RUN itself when it is a checkpoint folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise BertpackError(f"run folder {run_dir} does not exist; pass the folder written by `bertpack train --out DIR`")
+    if not run_dir.is_dir():
+        raise BertpackError(f"{run_dir} is a file; pass the run folder written by `bertpack train` (holding model/)")
+    path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        status = _run_status(run_dir)
+        hint = f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else ""
+        raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{hint}")
+    if not (path / "tokenizer.json").is_file():
+        raise BertpackError(f"{path} has no tokenizer.json (fast tokenizer); re-save the checkpoint with its tokenizer")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise BertpackError(f"{path}/config.json is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "bert" or not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise BertpackError(
+            f"{path} is a {config.get('model_type')!r} checkpoint with architectures {archs}, not a BERT sequence "
+            "classifier; export the run folder written by `bertpack train` (BertForSequenceClassification)")
+    id2label = config.get("id2label") or {}
+    labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label) or 2)]
+    if len(labels) != 2:
+        raise BertpackError(f"{path} has {len(labels)} labels; a CoLA classifier has 2 (unacceptable, acceptable)")
+    metrics = {}
+    if (run_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text()).get("best", {})
+        except json.JSONDecodeError:
+            metrics = {}
+    return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
+                      metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)))
+
+
+def _run_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "bertpack_run.json").read_text()).get("status")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _max_length(run_dir: Path, config: dict) -> int:
+    """The length the model was trained with (bertpack_run.json), capped by its position embeddings."""
+    limit = int(config.get("max_position_embeddings", 512))
+    try:
+        trained = int(json.loads((run_dir / "bertpack_run.json").read_text())["config"]["max_length"])
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
+        trained = DEFAULT_MAX_LENGTH
+    return min(trained, limit)

@@ -1,0 +1,26 @@
+"""Options of `bertpack export`, as one dataclass shared by the CLI and `export_artifact`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.parity import Tolerance
+
+INT8_CHOICES = ("auto", "dynamic", "static")
+
+
+@dataclass
+class ExportConfig:
+    run_dir: Path
+    out: Path
+    data: Path | None = None  # CoLA folder; None = bertpack.data.default_data_dir()
+    store: bool = True  # register in the BentoML model store
+    overwrite: bool = False
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    int8: str = "auto"  # auto = both methods, the serving default picked from the figures
+    quant_target: str = "auto"  # auto = from this CPU's flags; or avx2 / avx512 / avx512_vnni / arm64
+    calibration_samples: int = 256
+    flip_check: bool = True
+    limit: int | None = None  # score only the first N validation sentences (quick runs; the bar uses all)
+    seed: int = 0

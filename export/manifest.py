@@ -1,0 +1,92 @@
+"""manifest.json: what the artifact holds, where it came from, and the sha256 of every file."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+from bertpack.files import sha256_file, write_json_atomic
+from serving.engine import ARTIFACT_FORMAT, MANIFEST, read_manifest, verify_files
+
+# Tokenizer and config files copied beside the models (tokenizer.json is what the engine reads).
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+_PACKAGES = ("bertpack", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "onnxruntime",
+             "tokenizers", "numpy", "bentoml")
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """sha256 and size of every file under `folder` except the manifest itself."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def make_version(checkpoint: Path, when: datetime) -> str:
+    """A short id, valid as a BentoML model version: export time + the weights' hash prefix."""
+    digest = hashlib.sha256()
+    for p in sorted(Path(checkpoint).glob("*.safetensors")):
+        digest.update(sha256_file(p).encode())
+    return f"{when:%Y%m%d-%H%M%S}-{digest.hexdigest()[:8]}"
+
+
+def write_manifest(folder: Path, body: dict) -> dict:
+    """Hash the folder's files and write manifest.json atomically; returns what was written."""
+    manifest = {"format": ARTIFACT_FORMAT, **{k: v for k, v in body.items() if k != "files"}}
+    manifest.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    manifest["files"] = file_table(folder)
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
+    """`bertpack verify`: re-hash every file against the manifest, then load each model with ORT and
+    run one sentence through it. Returns one line per check; raises on the first failure."""
+    import numpy as np
+    import onnxruntime as ort
+
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    lines = []
+    verify_files(artifact_dir, manifest)
+    listed = set(manifest["files"])
+    extra = [p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*")
+             if p.is_file() and p.name != MANIFEST and p.relative_to(artifact_dir).as_posix() not in listed]
+    if extra:
+        raise BertpackError(f"{artifact_dir} holds files the manifest does not list: {', '.join(sorted(extra))}; re-run bertpack export")
+    lines.append(f"{len(manifest['files'])} files match their sha256 and size")
+    for name, variant in manifest["variants"].items():
+        if variant["file"] not in manifest["files"]:
+            raise BertpackError(f"variant {name}: {variant['file']} is not listed in the manifest's files")
+    if not load_models:
+        return lines
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for name, variant in manifest["variants"].items():
+        path = artifact_dir / variant["file"]
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            feed = {}
+            for inp in session.get_inputs():
+                feed[inp.name] = np.array([[101, 2023, 102]], dtype=np.int64) if inp.name == "input_ids" else (
+                    np.ones((1, 3), dtype=np.int64) if inp.name == "attention_mask" else np.zeros((1, 3), dtype=np.int64))
+            out = session.run(None, feed)[0]
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf types
+            raise BertpackError(f"{path} does not load or run in ONNX Runtime ({str(exc).splitlines()[0][:200]}); re-run bertpack export") from None
+        if out.shape != (1, len(manifest["labels"])) or not np.isfinite(out).all():
+            raise BertpackError(f"{path} returns logits of shape {out.shape} (finite: {bool(np.isfinite(out).all())}); expected (1, {len(manifest['labels'])})")
+        lines.append(f"{name}: {variant['file']} loads and runs")
+    return lines

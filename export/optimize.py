@@ -1,0 +1,53 @@
+"""Transformer fusions with Optimum's ORTOptimizer: the CPU graph (O2) and the fp16 GPU graph (O4)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+
+CPU_LEVEL = "O2"  # O2 = fusions without the approximate GeLU of O3, so fp32 logits stay within 1e-3
+GPU_LEVEL = "O4"  # O3 fusions + fp16 with fp32 inputs/outputs (keep_io_types)
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """The fp16 pass asks ORT for CUDA; on a host without a GPU that only logs errors, so silence them."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def optimize(fp32_dir: Path, work_dir: Path, level: str) -> tuple[Path, dict[str, int]]:
+    """Run ORTOptimizer at `level` on fp32_dir/model.onnx; return the new file and its fused-operator counts."""
+    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
+
+    suffix = "fp16" if level == GPU_LEVEL else "optimized"
+    config = getattr(AutoOptimizationConfig, level)()
+    save_dir = Path(work_dir) / suffix
+    optimizer = ORTOptimizer.from_pretrained(str(fp32_dir), file_names=["model.onnx"])
+    with _quiet_ort():
+        optimizer.optimize(optimization_config=config, save_dir=save_dir, file_suffix=suffix)
+    path = save_dir / f"model_{suffix}.onnx"
+    if not path.is_file():
+        raise BertpackError(f"ORTOptimizer ({level}) wrote no {path.name}")
+    fused = {k: int(v) for k, v in ORTOptimizer.get_fused_operators(str(path)).items()}
+    return path, fused
+
+
+def check_attention_fused(fused: dict[str, int], num_layers: int, variant: str) -> None:
+    """One fused Attention per encoder layer, or the export used a non-eager attention graph."""
+    got = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
+    if num_layers and got < num_layers:
+        raise BertpackError(f"{variant}: {got} Attention nodes fused for {num_layers} layers; the fp32 graph must be "
+                            "exported with eager attention (attn_implementation='eager')")
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)

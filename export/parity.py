@@ -1,0 +1,197 @@
+"""The parity report: every variant on CoLA validation with ONNX Runtime, against PyTorch fp32.
+
+Both sides get the same token ids, in the same length-sorted batches of 32 padded to the same
+buckets (the engine's own `encode`/`pad`), so a difference is the model's, not the input's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bertpack.errors import BertpackError
+from bertpack.metrics import cola_scores
+
+BATCH_SIZE = 32
+EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    exact_max_logit_diff: float = 1e-3  # fp32 / optimized
+    exact_agreement: float = 100.0
+    mcc_drop: float = 0.01  # fp16 / int8
+    min_agreement: float = 98.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Tolerance":
+        """`--tolerance`: a bare number is the MCC drop; or key=value pairs, e.g.
+        `mcc_drop=0.02,agreement=97,logit=1e-3`."""
+        if not text:
+            return cls()
+        keys = {"mcc_drop": "mcc_drop", "mcc": "mcc_drop", "agreement": "min_agreement", "min_agreement": "min_agreement",
+                "logit": "exact_max_logit_diff", "max_logit_diff": "exact_max_logit_diff"}
+        values: dict[str, float] = {}
+        try:
+            if "=" not in text:
+                values["mcc_drop"] = float(text)
+            else:
+                for part in text.split(","):
+                    key, _, raw = part.partition("=")
+                    key = key.strip()
+                    if key not in keys:
+                        raise BertpackError(f"--tolerance: unknown key {key!r}; use mcc_drop=, agreement= (percent) or logit=")
+                    values[keys[key]] = float(raw)
+        except ValueError:
+            raise BertpackError(f"--tolerance {text!r} is not understood; use e.g. 0.01 or mcc_drop=0.01,agreement=98,logit=1e-3") from None
+        tol = cls(**values)
+        if tol.mcc_drop < 0 or not 0 <= tol.min_agreement <= 100 or tol.exact_max_logit_diff <= 0:
+            raise BertpackError("--tolerance: mcc_drop must be >= 0, agreement a percentage in [0, 100], logit > 0")
+        return tol
+
+
+@dataclass(frozen=True)
+class Eval:
+    """CoLA validation, tokenized once by the artifact's own tokenizer."""
+
+    sentences: list[str]
+    labels: list[int]
+    domains: list[str]
+
+
+def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """PyTorch fp32 logits for the same batches the ONNX classifier runs (see OnnxClassifier.logits)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+    ids = classifier.encode(sentences)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = classifier.pad([ids[i] for i in chunk])
+            input_ids = torch.from_numpy(batch.inputs["input_ids"])
+            mask = torch.from_numpy(batch.inputs["attention_mask"]) if "attention_mask" in batch.inputs else (input_ids != classifier.pad_id).long()
+            out[chunk] = model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).logits.float().numpy()
+    return out
+
+
+def score(name: str, logits: np.ndarray, reference: np.ndarray, data: Eval, file_bytes: int | None = None) -> dict:
+    """One report row: CoLA scores, agreement with PyTorch, logit differences."""
+    preds = logits.argmax(-1)
+    row = {"variant": name, **cola_scores(data.labels, preds, data.domains)}
+    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    row["agreement"] = float(100.0 * np.mean(preds == reference.argmax(-1)))
+    row["max_abs_logit_diff"] = float(diff.max()) if diff.size else 0.0
+    row["mean_abs_logit_diff"] = float(diff.mean()) if diff.size else 0.0
+    row["bytes"] = file_bytes
+    return row
+
+
+def check(row: dict, reference_row: dict, tol: Tolerance) -> list[str]:
+    """The ways a row breaks its tolerance (empty = passes)."""
+    problems = []
+    if row["variant"] in EXACT:
+        if row["max_abs_logit_diff"] > tol.exact_max_logit_diff:
+            problems.append(f"max |logit diff| {row['max_abs_logit_diff']:.2e} > {tol.exact_max_logit_diff:g}")
+        if row["agreement"] < tol.exact_agreement:
+            problems.append(f"agreement {row['agreement']:.2f}% < {tol.exact_agreement:g}%")
+    else:
+        drop = reference_row["mcc"] - row["mcc"]
+        if drop > tol.mcc_drop + 1e-12:
+            problems.append(f"MCC drop {drop:.4f} > {tol.mcc_drop:g}")
+        if row["agreement"] < tol.min_agreement:
+            problems.append(f"agreement {row['agreement']:.2f}% < {tol.min_agreement:g}%")
+    return problems
+
+
+def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE, seed: int = 0) -> dict:
+    """How often a sentence's prediction changes between scoring it alone (no padding) and inside a
+    shuffled batch of `batch_size` mixed-length sentences (padded to the batch's bucket)."""
+    ids = classifier.encode(sentences)
+    alone = np.stack([classifier.run(classifier.pad([seq], length=len(seq)))[0] for seq in ids])
+    order = list(range(len(ids)))
+    random.Random(seed).shuffle(order)
+    batched = np.empty_like(alone)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batched[chunk] = classifier.run(classifier.pad([ids[i] for i in chunk]))
+    flips = int(np.sum(alone.argmax(-1) != batched.argmax(-1)))
+    return {"flips": flips, "sentences": len(ids), "flip_rate": 100.0 * flips / max(len(ids), 1),
+            "max_abs_logit_change": float(np.abs(alone - batched).max()) if len(ids) else 0.0, "batch_size": batch_size}
+
+
+# -- presentation --------------------------------------------------------------------------------
+COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("mcc_in_domain", "MCC in"),
+           ("mcc_out_domain", "MCC out"), ("agreement", "agree %"), ("max_abs_logit_diff", "max |dlogit|"),
+           ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"), ("mb", "MB"), ("status", "status")]
+
+
+def _cell(key: str, row: dict) -> str:
+    value = row.get(key)
+    if key == "variant" and row.get("method") and value == "int8":
+        return f"int8 ({row['method']})"
+    if key == "mb":
+        value = row.get("bytes")
+        return "-" if value is None else f"{value / 1e6:.1f}"
+    if value is None:
+        return "-"
+    if key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain"):
+        return f"{value:.4f}"
+    if key in ("agreement", "flip_rate"):
+        return f"{value:.2f}"
+    if key.endswith("logit_diff"):
+        return f"{value:.2e}"
+    return str(value)
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    return [[_cell(k, row) for k, _ in COLUMNS] for row in report["rows"]]
+
+
+def format_text(report: dict) -> str:
+    header = [h for _, h in COLUMNS]
+    rows = table_rows(report)
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    return "\n".join(out) + "\n" + _footer(report)
+
+
+def format_markdown(report: dict) -> str:
+    header = [h for _, h in COLUMNS]
+    out = [f"# Parity report: {report['source']}", "",
+           f"CoLA validation, {report['rows'][0].get('sentences', report['sentences'])} sentences; ONNX Runtime {report['provider']}; "
+           f"reference = PyTorch fp32. Created {report['created']}.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    out += ["", _footer(report).replace("\n", "\n\n")]
+    return "\n".join(out) + "\n"
+
+
+def _footer(report: dict) -> str:
+    tol = report["tolerance"]
+    lines = [f"tolerance: fp32/optimized max |dlogit| <= {tol['exact_max_logit_diff']:g} and {tol['exact_agreement']:g}% agreement; "
+             f"fp16/int8 MCC drop <= {tol['mcc_drop']:g} and agreement >= {tol['min_agreement']:g}%"]
+    for method, tries in report.get("int8_tries", {}).items():
+        lines.append(f"int8 {method} tries:")
+        for t in tries:
+            verdict = "pass" if t["passed"] else "fail: " + "; ".join(t["problems"])
+            lines.append(f"  {t['settings']['name']}: MCC {t['mcc']:.4f}, agreement {t['agreement']:.2f}%, "
+                         f"max |dlogit| {t['max_abs_logit_diff']:.3f} -> {verdict}")
+    if report.get("int8_choice"):
+        lines.append(f"int8 default: {report['int8_choice']}")
+    lines.append(f"CPU serving default: {report.get('serving_default_cpu')}")
+    if report.get("failures"):
+        lines.append("FAILED: " + "; ".join(report["failures"]))
+    return "\n".join(lines)
+
+
+def tolerance_dict(tol: Tolerance) -> dict:
+    return asdict(tol)

@@ -1,0 +1,316 @@
+"""`export_artifact`: checkpoint -> ONNX variants -> parity on CoLA -> manifest -> (store).
+
+Everything is written into a staging folder beside the output and renamed into place at the end,
+so a failure leaves no half-written artifact. A tolerance failure still writes the artifact (its
+report says what failed) and then raises ParityError (exit 3), without registering it in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from bertpack.errors import BertpackError, ParityError
+from bertpack.files import write_json_atomic, write_text_atomic
+from export import manifest as mf
+from export import optimize, parity, quantize
+from export.checkpoint import Checkpoint, locate_checkpoint
+from export.config import INT8_CHOICES, ExportConfig
+from export.cpu import TARGETS, cpu_report
+from export.onnx_export import export_fp32, graph_inputs
+
+log = logging.getLogger("bertpack.export")
+
+MODEL_FILES = {"fp32": "model.onnx", "optimized": "model_optimized.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict
+    report: dict
+    tag: str | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
+    """Every user error that can be found before the slow work starts."""
+    ckpt = locate_checkpoint(cfg.run_dir)
+    if cfg.int8 not in INT8_CHOICES:
+        raise BertpackError(f"--int8 must be one of {', '.join(INT8_CHOICES)}, not {cfg.int8!r}")
+    if cfg.quant_target != "auto" and cfg.quant_target not in TARGETS:
+        raise BertpackError(f"--quant-target must be auto or one of {', '.join(TARGETS)}, not {cfg.quant_target!r}")
+    if cfg.calibration_samples < 1:
+        raise BertpackError("--calibration-samples must be >= 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise BertpackError("--limit must be a positive number of sentences")
+    check_output_dir(Path(cfg.out), ckpt, cfg.overwrite)
+    data = cfg.data
+    if data is None:
+        from bertpack.data import default_data_dir
+
+        data = default_data_dir()
+        if data is None:
+            raise BertpackError("no CoLA data for the parity report: pass --data with the CoLA folder (release or GLUE layout)")
+    from bertpack.data import locate
+
+    locate(data)  # raises a one-line error for a missing or wrong folder
+    return ckpt, Path(data)
+
+
+def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BertpackError(f"--out {out} is a file; pass a folder for the artifact")
+    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+        return
+    manifest_path = out / mf.MANIFEST
+    if not manifest_path.is_file():
+        raise BertpackError(f"--out {out} is not empty and holds no bertpack export; pick another folder or pass --overwrite")
+    try:
+        previous = json.loads(manifest_path.read_text()).get("source", {}).get("checkpoint")
+    except json.JSONDecodeError:
+        previous = None
+    if previous != str(ckpt.path):
+        raise BertpackError(f"--out {out} holds a different export (of {previous}); pick another folder or pass --overwrite to replace it")
+
+
+def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | None = None, store: bool = True,
+                    overwrite: bool = False, tolerance: parity.Tolerance | str | None = None, int8: str = "auto",
+                    quant_target: str = "auto", echo: Callable[[str], None] | None = None, **options) -> ExportResult:
+    """Export RUN_DIR's checkpoint into OUT (see ExportConfig for the options). Raises BertpackError
+    on bad input and ParityError (after writing the artifact) when a variant breaks its tolerance."""
+    tol = tolerance if isinstance(tolerance, parity.Tolerance) else parity.Tolerance.parse(tolerance)
+    cfg = ExportConfig(run_dir=Path(run_dir), out=Path(out), data=Path(data) if data else None, store=store, overwrite=overwrite,
+                       tolerance=tol, int8=int8, quant_target=quant_target, **options)
+    return run_export(cfg, echo or (lambda line: log.info(line)))
+
+
+def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
+    ckpt, data_dir = check_inputs(cfg)
+    cpu = cpu_report()
+    target = cpu["quantization_target"] if cfg.quant_target == "auto" else cfg.quant_target
+    created = datetime.now(timezone.utc)
+    version = mf.make_version(ckpt.path, created)
+    from bertpack.files import staging_dir
+
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bertpack-export-", dir=Path(cfg.out).parent) as work_name, staging_dir(cfg.out) as stage:
+        work = Path(work_name)
+        echo(f"exporting {ckpt.path} (ONNX, Optimum, eager attention)")
+        fp32_path = export_fp32(ckpt.path, work / "fp32")
+        opt_path, opt_fused = optimize.optimize(work / "fp32", work, optimize.CPU_LEVEL)
+        optimize.check_attention_fused(opt_fused, ckpt.num_layers, "model_optimized.onnx")
+        fp16_path, fp16_fused = optimize.optimize(work / "fp32", work, optimize.GPU_LEVEL)
+        echo(f"fused operators: optimized {opt_fused}; fp16 {fp16_fused}")
+        for src, name in ((fp32_path, "fp32"), (opt_path, "optimized"), (fp16_path, "fp16")):
+            shutil.copyfile(src, stage / MODEL_FILES[name])
+        for side in mf.SIDE_FILES:
+            if (work / "fp32" / side).is_file():
+                shutil.copyfile(work / "fp32" / side, stage / side)
+
+        variants = {
+            "fp32": {"file": MODEL_FILES["fp32"], "precision": "fp32", "graph": "as exported", "for": "reference"},
+            "optimized": {"file": MODEL_FILES["optimized"], "precision": "fp32", "graph": f"ORTOptimizer {optimize.CPU_LEVEL}",
+                          "fused_operators": opt_fused, "for": "cpu"},
+            "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL}",
+                     "fused_operators": fp16_fused, "for": "cuda"},
+        }
+        body = {"created": created.isoformat(timespec="seconds"), "version": version, "labels": ckpt.labels,
+                "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
+                "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
+                "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
+                "versions": mf.library_versions(), "cpu_flags": cpu, "status": "in progress"}
+        mf.write_manifest(stage, body)  # provisional: lets the engine load variants for the parity run
+
+        report = _parity_and_int8(cfg, ckpt, data_dir, stage, work, body, target, echo)
+        body["parity"] = _summary(report)
+        body["serving_default"] = {"cpu": report["serving_default_cpu"], "cuda": "fp16"}
+        body["status"] = "failed parity" if report["failures"] else "ok"
+        write_json_atomic(stage / "parity.json", report)
+        write_text_atomic(stage / "parity.md", parity.format_markdown(report))
+        manifest = mf.write_manifest(stage, body)
+        _make_readable(stage)
+    result = ExportResult(out=Path(cfg.out), manifest=manifest, report=report, failures=report["failures"])
+    echo("")
+    echo(parity.format_text(report))
+    if result.failures:
+        raise ParityError(f"{cfg.out}: {'; '.join(result.failures)} (artifact written with status 'failed parity', not registered; see {cfg.out}/parity.md)")
+    if cfg.store:
+        from export.store import register
+
+        result.tag = register(result.out, manifest)
+        echo(f"registered in the BentoML model store as {result.tag}")
+    echo(f"artifact written to {cfg.out}  (next: bertpack predict {cfg.out} \"Some sentence.\")")
+    return result
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp/mkstemp create 0700/0600 entries; an artifact is meant to be read by the service's user too."""
+    folder.chmod(0o755)
+    for p in folder.iterdir():
+        p.chmod(0o644)
+
+
+def _pad_token_id(stage: Path) -> int:
+    try:
+        return int(json.loads((stage / "config.json").read_text()).get("pad_token_id") or 0)
+    except (OSError, ValueError, json.JSONDecodeError):
+        return 0
+
+
+def _load_eval(data_dir: Path, limit: int | None) -> parity.Eval:
+    import datasets
+
+    from bertpack.data import validation_sentences
+
+    datasets.disable_progress_bars()
+
+    sentences, labels, domains = validation_sentences(data_dir)
+    if limit:
+        sentences, labels, domains = sentences[:limit], labels[:limit], domains[:limit]
+    return parity.Eval(sentences=sentences, labels=labels, domains=domains)
+
+
+def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage: Path, work: Path, body: dict,
+                     target: str, echo: Callable[[str], None]) -> dict:
+    from serving.engine import OnnxClassifier, cuda_available
+
+    data = _load_eval(data_dir, cfg.limit)
+    echo(f"parity on CoLA validation: {len(data.sentences)} sentences from {data_dir}")
+
+    def load(variant: str, device: str = "cpu") -> OnnxClassifier:
+        return OnnxClassifier(stage, variant=variant, device=device, verify=False)
+
+    fp32 = load("fp32")
+    reference = parity.reference_logits(ckpt.path, fp32, data.sentences)
+    ref_row = parity.score("pytorch fp32", reference, reference, data)
+    ref_row["status"] = "reference"
+    rows, failures = [ref_row], []
+
+    def evaluate(variant: str, clf: OnnxClassifier) -> dict:
+        row = parity.score(variant, clf.logits(data.sentences), reference, data, (stage / body["variants"][variant]["file"]).stat().st_size)
+        row["provider"] = clf.provider
+        return row
+
+    for variant, clf in (("fp32", fp32), ("optimized", load("optimized"))):
+        row = evaluate(variant, clf)
+        problems = parity.check(row, ref_row, cfg.tolerance)
+        row["status"] = "FAIL" if problems else "pass"
+        failures += [f"{variant}: {p}" for p in problems]
+        rows.append(row)
+    flips = {}
+    if cfg.flip_check:
+        flips["optimized"] = parity.flip_rate(load("optimized"), data.sentences, seed=cfg.seed)
+        rows[-1]["flip_rate"] = flips["optimized"]["flip_rate"]
+
+    if cuda_available():
+        row = evaluate("fp16", load("fp16", device="cuda"))
+        problems = parity.check(row, ref_row, cfg.tolerance)
+        row["status"] = "FAIL" if problems else "pass"
+        failures += [f"fp16: {p}" for p in problems]
+    else:
+        row = {"variant": "fp16", "bytes": (stage / MODEL_FILES["fp16"]).stat().st_size, "status": "not checked (no GPU)"}
+    rows.append(row)
+
+    # -- int8: climb the ladder per method, then pick the serving default from the figures --------
+    methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
+    calibration = None
+    if "static" in methods:
+        calibration = _calibration(data_dir, fp32, cfg)
+    tries: dict[str, list[dict]] = {}
+    winners: dict[str, dict] = {}
+    for method in methods:
+        tries[method] = []
+        best = None
+        for k, settings in enumerate(quantize.ladder(method, target)):
+            path = quantize.quantize(work / "fp32", work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration)
+            name = f"int8_{method}"
+            shutil.copyfile(path, stage / f"model_{name}.onnx")
+            body["variants"][name] = {"file": f"model_{name}.onnx", "method": method,
+                                      "settings": quantize.settings_record(settings, ckpt.num_layers, work / "fp32" / "model.onnx")}
+            mf.write_manifest(stage, body)
+            row = evaluate(name, load(name))
+            problems = parity.check(row, ref_row, cfg.tolerance)
+            record = {"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
+                      **{key: row[key] for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement",
+                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "bytes") if key in row}}
+            tries[method].append(record)
+            echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
+                 f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
+            if best is None or (not problems, row["agreement"], row["mcc"]) > (best["passed"], best["row"]["agreement"], best["row"]["mcc"]):
+                best = {"k": k, "settings": settings, "path": path, "row": row, "problems": problems, "passed": not problems}
+            if not problems:
+                break
+        shutil.copyfile(best["path"], stage / f"model_int8_{method}.onnx")
+        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, work / "fp32" / "model.onnx")
+        winners[method] = best
+
+    mf.write_manifest(stage, body)
+    for method, best in winners.items():
+        if cfg.flip_check:
+            flips[f"int8_{method}"] = parity.flip_rate(load(f"int8_{method}"), data.sentences, seed=cfg.seed)
+            best["row"]["flip_rate"] = flips[f"int8_{method}"]["flip_rate"]
+    choice = _choose_int8(winners, flips)
+    # The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method>.
+    chosen = winners[choice]
+    (stage / f"model_int8_{choice}.onnx").rename(stage / MODEL_FILES["int8"])
+    settings = body["variants"].pop(f"int8_{choice}")
+    body["variants"]["int8"] = {**settings, "file": MODEL_FILES["int8"], "for": "cpu"}
+    order = ["int8"] + [f"int8_{m}" for m in winners if m != choice]
+    for name in order:
+        method = choice if name == "int8" else name.split("_", 1)[1]
+        row = dict(winners[method]["row"], variant=name, method=method)
+        row["status"] = "FAIL" if winners[method]["problems"] else "pass"
+        rows.append(row)
+        if name == "int8":
+            failures += [f"int8 ({method}): {p} after {len(tries[method])} tries" for p in winners[method]["problems"]]
+    body["variants"]["int8"]["parity_passed"] = chosen["passed"]
+
+    default_cpu = "int8" if chosen["passed"] else ("optimized" if not any(f.startswith("optimized") for f in failures) else "fp32")
+    return {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
+            "provider": "CPUExecutionProvider", "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
+            "int8_tries": tries, "flip_rate": flips, "int8_choice": _choice_text(choice, winners, flips),
+            "int8_method": choice, "quantization_target": target, "serving_default_cpu": default_cpu, "failures": failures}
+
+
+def _calibration(data_dir: Path, clf, cfg: ExportConfig) -> quantize.Calibration:
+    from bertpack.data import load_cola
+
+    train = load_cola(data_dir)["train"]["sentence"]
+    sample = quantize.calibration_sample(train, cfg.calibration_samples, cfg.seed)
+    return quantize.Calibration(ids=clf.encode(sample), input_names=clf.input_names)
+
+
+def _choose_int8(winners: dict[str, dict], flips: dict[str, dict]) -> str:
+    """A served prediction should not depend on its neighbours: among the methods within tolerance,
+    take the fewest batch-dependent flips, then the higher MCC."""
+    def key(method: str):
+        w = winners[method]
+        flip = flips.get(f"int8_{method}", {}).get("flip_rate", 0.0)
+        # Ties go to static: its scales are fixed, so no batch can change a prediction.
+        return (w["passed"], -flip, round(w["row"]["mcc"], 4), w["row"]["agreement"], method == "static")
+
+    return max(winners, key=key)
+
+
+def _choice_text(choice: str, winners: dict[str, dict], flips: dict[str, dict]) -> str:
+    parts = []
+    for method, w in winners.items():
+        flip = flips.get(f"int8_{method}", {}).get("flip_rate")
+        parts.append(f"{method}: {'pass' if w['passed'] else 'FAIL'}, MCC {w['row']['mcc']:.4f}, agreement {w['row']['agreement']:.2f}%"
+                     + (f", flip rate {flip:.2f}%" if flip is not None else ""))
+    return f"{choice} ({'; '.join(parts)})"
+
+
+def _summary(report: dict) -> dict:
+    """Per-variant figures for the manifest and the BentoML metadata."""
+    keep = ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff", "flip_rate", "status")
+    return {"sentences": report["sentences"], "passed": not report["failures"], "failures": report["failures"],
+            "int8_method": report["int8_method"],
+            "rows": {row["variant"]: {k: row[k] for k in keep if k in row} for row in report["rows"]}}

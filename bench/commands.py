@@ -3,8 +3,55 @@ command functions: `bertpack --help` must not import torch or onnxruntime."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from bertpack.errors import BertpackError
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise BertpackError(f"{option} takes comma-separated integers, e.g. 1,8,32,128; got {text!r}") from None
+    if not values:
+        raise BertpackError(f"{option} is empty; give e.g. 1,8,32,128")
+    return values
+
+
+def bench(
+    artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export` (its manifest names the PyTorch checkpoint)."),
+    out: Path = typer.Option(Path("bench-out"), help="Folder for bench.json, bench.md and bench.png (replaced if it holds a previous bench)."),
+    arch: str = typer.Option("finetuned", help="finetuned (the artifact's model) or bert-base (random BertConfig() weights, speed only)."),
+    batch_sizes: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
+    data: Optional[Path] = typer.Option(None, help="CoLA folder (default ../shared/data/cola)."),
+    engines: Optional[str] = typer.Option(None, help="Comma-separated subset of: pytorch_fp32, pytorch_fast, pytorch_bf16, onnx_fp32, "
+                                                     "onnx_optimized, onnx_int8, onnx_int8_alt, onnx_fp16_cuda (default all)."),
+    threads: Optional[int] = typer.Option(None, help="Threads per engine (default: physical cores)."),
+    sentences: Optional[int] = typer.Option(None, help="Use N validation sentences (default all; 256 for bert-base)."),
+    min_time: float = typer.Option(2.0, help="Time each engine and batch size for at least this many seconds."),
+    min_samples: int = typer.Option(30, help="... and over at least this many timed batches."),
+    max_passes: int = typer.Option(20, help="At most this many timed passes over the sentences."),
+    end_to_end: bool = typer.Option(True, help="Also time the book's way (pad to 128, PyTorch fp32, batch 32) against the serving path."),
+    e2e_sentences: Optional[int] = typer.Option(None, help="Sentences for the end-to-end comparison (default 256; 64 for bert-base)."),
+    profile: bool = typer.Option(True, help="Per-operator ONNX Runtime profile of the ONNX CPU engines at --profile-batch-size."),
+    profile_batch_size: int = typer.Option(32, help="Batch size profiled."),
+    export_dir: Optional[Path] = typer.Option(None, help="bert-base: keep (and reuse) the random-weight export here instead of a temp folder."),
+) -> None:
+    """Benchmark ONNX Runtime variants against PyTorch: latency, throughput, memory and MCC per engine and batch size."""
+    from bench.config import ENGINES, BenchConfig
+    from bench.runner import run_bench
+
+    chosen = tuple(e.strip() for e in engines.split(",") if e.strip()) if engines else ENGINES
+    cfg = BenchConfig(artifact_dir=artifact_dir, out=out, arch=arch, batch_sizes=_int_list(batch_sizes, "--batch-sizes"), data=data,
+                      engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
+                      max_passes=max_passes, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
+                      profile_batch_size=profile_batch_size, export_dir=export_dir)
+    run_bench(cfg, typer.echo)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to `app` (e.g. `app.command()(my_command)`)."""
+    """Add this stage's commands to `app`."""
+    app.command()(bench)

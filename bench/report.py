@@ -1,0 +1,256 @@
+"""The benchmark's outputs: the payload (bench.json), a table on screen, bench.md and bench.png."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.config import REFERENCE, BenchConfig
+from bertpack.files import write_json_atomic, write_text_atomic
+
+# The bars of issue 4: (name, engine, compared with, batch size, measure, at least).
+BARS = [
+    ("int8 CPU p50 latency vs PyTorch fp32 eager, batch 1", "onnx_int8", REFERENCE, 1, "speedup_p50", 4.0),
+    ("int8 CPU sentences/s vs PyTorch fp32 eager, batch 32", "onnx_int8", REFERENCE, 32, "speedup_throughput", 1.5),
+    ("ONNX fp16 CUDA p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda", REFERENCE, 1, "speedup_p50", 8.0),
+    ("ONNX fp16 CUDA sentences/s vs PyTorch fp16 (autocast), batch 128", "onnx_fp16_cuda", "pytorch_fast", 128, "throughput_vs", 1.5),
+]
+MCC_TOLERANCE = 0.01
+E2E_BAR = 10.0
+
+
+def _settings(cfg: BenchConfig, threads: int) -> dict:
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
+    out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
+               timing="time.perf_counter around each batch call, after one untimed warm-up pass over every batch (every shape); "
+                      "CUDA synchronised before the clock is read",
+               batching="CoLA validation sentences sorted by token count, cut into batches, each padded to its longest; "
+                        "the same batches for every engine",
+               process="each engine in its own process; torch threads = ORT intra-op threads = `threads`, inter-op 1",
+               peak_memory="peak RSS of the worker process (getrusage ru_maxrss), measured after each batch size in increasing order; "
+                           "CUDA: torch.cuda.max_memory_allocated per batch size")
+    return out
+
+
+def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
+                  sentences: int, labels: list, domains: list, results: list[dict], skipped: list[dict], padding: dict,
+                  e2e: dict | None, data_dir: Path) -> dict:
+    from bertpack.metrics import cola_scores
+
+    speed_only = cfg.arch == "bert-base"
+    ref = next(r for r in results if r["engine"] == REFERENCE)
+    ref_rows = {row["batch_size"]: row for row in ref["rows"]}
+    by_engine = {r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results}
+    rows = []
+    for res in results:
+        for row in res["rows"]:
+            b = row["batch_size"]
+            base = ref_rows.get(b)
+            preds = row["predictions"]
+            scores = cola_scores(labels, preds, domains)
+            out = {"engine": res["engine"], "device": res["device"], "batch_size": b,
+                   **{k: row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "passes", "timed_calls", "batches")},
+                   "speedup_p50": base["p50_ms"] / row["p50_ms"] if base else None,
+                   "speedup_throughput": row["sentences_per_s"] / base["sentences_per_s"] if base else None,
+                   "peak_rss_mib": row["peak_rss_mib"], "cuda_max_allocated_mib": row.get("cuda_max_allocated_mib"),
+                   "model_mb": res["model_bytes"] / 1e6,
+                   "mcc": None if speed_only else scores["mcc"], "accuracy": None if speed_only else scores["accuracy"],
+                   "agreement": 100.0 * sum(p == q for p, q in zip(preds, base["predictions"])) / len(preds) if base else None}
+            out["mcc_delta"] = None if speed_only or base is None else out["mcc"] - cola_scores(labels, base["predictions"], domains)["mcc"]
+            if "profile" in row:
+                out["profile"] = row["profile"]
+            rows.append(out)
+    bars = []
+    for name, engine, other, b, measure, target in BARS:
+        a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
+        if a is None or o is None:
+            why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), f"batch size {b} not measured")
+            bars.append({"bar": name, "target": target, "value": None, "passed": None, "note": f"not measured: {why}"})
+            continue
+        value = o["p50_ms"] / a["p50_ms"] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
+        bars.append({"bar": name, "target": target, "value": value, "passed": value >= target})
+    if not speed_only and "onnx_int8" in by_engine:
+        worst = max((abs(r["mcc_delta"]) for r in rows if r["engine"] == "onnx_int8" and r["mcc_delta"] is not None), default=None)
+        bars.append({"bar": "int8 MCC within 0.01 of PyTorch fp32 (worst batch size)", "target": MCC_TOLERANCE, "value": worst,
+                     "passed": None if worst is None else worst <= MCC_TOLERANCE, "kind": "at most"})
+    if e2e is not None:
+        value = e2e.get("speedup")
+        bars.append({"bar": f"serving path vs the book's way (pad to {cfg.e2e_pad_to}, PyTorch fp32, batch {cfg.e2e_batch_size}), sentences/s",
+                     "target": E2E_BAR, "value": value, "passed": None if value is None else value >= E2E_BAR})
+    source = manifest.get("source", {})
+    return {"format": "bertpack-bench/1", "created": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "arch": cfg.arch, "speed_only": speed_only,
+            "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
+            "serving_default": manifest.get("serving_default"),
+            "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
+            "data": str(data_dir), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
+            "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
+            "workers": [{k: r[k] for k in ("engine", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
+                         if k in r} for r in results]}
+
+
+def _strip(e2e: dict | None) -> dict | None:
+    """The end-to-end record without per-sentence predictions."""
+    if e2e is None:
+        return None
+    out = dict(e2e)
+    for side in ("book", "serving"):
+        out[side] = {k: v for k, v in e2e[side].items() if k != "predictions"}
+    return out
+
+
+# -- presentation --------------------------------------------------------------------------------
+COLUMNS = [("engine", "engine"), ("device", "dev"), ("batch_size", "batch"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+           ("p99_ms", "p99 ms"), ("sentences_per_s", "sent/s"), ("speedup_p50", "x p50"), ("speedup_throughput", "x sent/s"),
+           ("mcc", "MCC"), ("agreement", "agree %"), ("peak_rss_mib", "peak MiB"), ("model_mb", "model MB")]
+
+
+def _cell(key: str, row: dict) -> str:
+    v = row.get(key)
+    if key == "peak_rss_mib" and row.get("cuda_max_allocated_mib") is not None:
+        return f"{row['cuda_max_allocated_mib']:.0f} (CUDA)"
+    if v is None:
+        return "n/a" if key == "mcc" else "-"
+    if isinstance(v, str):
+        return v
+    if key == "batch_size":
+        return str(v)
+    if key in ("p50_ms", "p95_ms", "p99_ms"):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    if key == "sentences_per_s":
+        return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+    if key.startswith("speedup"):
+        return f"{v:.2f}x"
+    if key == "mcc":
+        return f"{v:.4f}"
+    if key == "agreement":
+        return f"{v:.1f}"
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    return [h for _, h in COLUMNS], [[_cell(k, r) for k, _ in COLUMNS] for r in sorted(rows, key=lambda r: (r["batch_size"], _order(r)))]
+
+
+def _order(row: dict) -> int:
+    from bench.config import ENGINES
+
+    return ENGINES.index(row["engine"]) if row["engine"] in ENGINES else len(ENGINES)
+
+
+def _bar_lines(payload: dict) -> list[str]:
+    out = []
+    for bar in payload["bars"]:
+        if bar["value"] is None:
+            out.append(f"- {bar['bar']}: {bar.get('note', 'not measured')}")
+            continue
+        if bar.get("kind") == "at most":
+            out.append(f"- {bar['bar']}: |dMCC| {bar['value']:.4f} (at most {bar['target']}) -> {'PASS' if bar['passed'] else 'MISS'}")
+        else:
+            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x) -> {'PASS' if bar['passed'] else 'MISS'}")
+    return out
+
+
+def _e2e_lines(payload: dict) -> list[str]:
+    e2e = payload.get("end_to_end")
+    if not e2e:
+        return []
+    book, serving = e2e["book"], e2e["serving"]
+    lines = [f"End to end, {e2e['sentences']} sentences, batch {e2e['batch_size']}, tokenization included:"]
+    if "error" in book or "error" in serving:
+        return lines + [f"- failed: {book.get('error') or serving.get('error')}"]
+    mcc = lambda side: "" if payload["speed_only"] else f", MCC {side['mcc']:.4f}"  # noqa: E731
+    lines.append(f"- the book's way (pad every sentence to {book['pad_to']}, input order, PyTorch fp32 eager): "
+                 f"{book['sentences_per_s']:.1f} sentences/s{mcc(book)}; padding ratio {e2e['padding_book']['padding_ratio']:.2f}")
+    lines.append(f"- bertpack serving path (OnnxClassifier: length-sorted, buckets {serving['buckets']}, variant {serving['variant']} on "
+                 f"{serving['provider']}): {serving['sentences_per_s']:.1f} sentences/s{mcc(serving)}")
+    lines.append(f"- ratio: {e2e['speedup']:.1f}x")
+    return lines
+
+
+def _padding_line(payload: dict) -> str:
+    parts = [f"batch {b}: {p['padding_ratio']:.2f} (lengths {p['seq_len_min']}-{p['seq_len_max']}, median {p['seq_len_median']:.0f})"
+             for b, p in payload["padding"].items()]
+    return "Padding ratio (padded tokens / real tokens): " + "; ".join(parts)
+
+
+def _machine_line(payload: dict) -> str:
+    m = payload["machine"]
+    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on)
+    v = m["versions"]
+    return (f"{m['cpu_model']} ({m['physical_cores']} physical cores; {flags}); GPU: {m['gpu'] or 'none'}; "
+            f"torch {v.get('torch')}, onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}, transformers {v.get('transformers')}; "
+            f"load average at start {m['load_average_at_start']}")
+
+
+def format_text(payload: dict) -> str:
+    header, body = _table(payload["rows"])
+    widths = [max(len(header[i]), *(len(r[i]) for r in body)) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [f"bertpack bench: {payload['arch']}{' (random weights: speed only)' if payload['speed_only'] else ''}, "
+           f"{payload['sentences']} sentences, {payload['settings']['threads']} threads", _machine_line(payload), "",
+           line(header), line(["-" * w for w in widths]), *(line(r) for r in body), ""]
+    out += [f"skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
+    out += [_padding_line(payload), *_e2e_lines(payload), "Bars:", *_bar_lines(payload)]
+    return "\n".join(out)
+
+
+def format_markdown(payload: dict) -> str:
+    header, body = _table(payload["rows"])
+    s = payload["settings"]
+    out = [f"# bertpack bench: {payload['arch']}", "",
+           f"Artifact `{payload['artifact']}` (version {payload['artifact_version']}); {payload['sentences']} CoLA validation sentences "
+           f"from `{payload['data']}`. {'Random weights: speed only (MCC n/a). ' if payload['speed_only'] else ''}"
+           f"Started {payload['created']}, finished {payload['finished']}.", "",
+           f"Machine: {_machine_line(payload)}", "",
+           f"Settings: {s['threads']} threads; {s['batching']}; {s['timing']}; {s['process']}; at least {s['min_time_s']} s and "
+           f"{s['min_samples']} timed batches per (engine, batch size). Speed-ups are against {REFERENCE} (eager, no_grad) on the same batches.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in body]
+    out.append("")
+    out += [f"- skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
+    out += ["", _padding_line(payload), "", *_e2e_lines(payload), "", "## Bars", "", *_bar_lines(payload)]
+    profiles = [r for r in payload["rows"] if r.get("profile")]
+    if profiles:
+        out += ["", f"## Where the time goes (ONNX Runtime profiler, batch {s['profile_batch_size']}, ms per batch by operator)", ""]
+        for r in profiles:
+            p = r["profile"]
+            ops = ", ".join(f"{o['op']} {o['ms_per_run']:.2f} ({100 * o['share']:.0f}%)" for o in p["ops"])
+            out.append(f"- {r['engine']}: model_run {p['model_run_ms']:.2f} ms; {ops}")
+    return "\n".join(out) + "\n"
+
+
+def write_plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.8))
+    engines = sorted({r["engine"] for r in payload["rows"]}, key=lambda e: _order({"engine": e}))
+    for engine in engines:
+        rows = sorted((r for r in payload["rows"] if r["engine"] == engine), key=lambda r: r["batch_size"])
+        xs = [r["batch_size"] for r in rows]
+        ax_lat.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=engine)
+        ax_tput.plot(xs, [r["sentences_per_s"] for r in rows], marker="o", label=engine)
+    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_tput, "throughput", "sentences / s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_tput.legend(fontsize=8)
+    m = payload["machine"]
+    fig.suptitle(f"bertpack bench ({payload['arch']}, {payload['sentences']} CoLA sentences) on {m['cpu_model']}, "
+                 f"{payload['settings']['threads']} threads" + (f", {m['gpu']}" if m.get("gpu") else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(payload: dict, folder: Path) -> None:
+    write_json_atomic(folder / "bench.json", payload)
+    write_text_atomic(folder / "bench.md", format_markdown(payload))
+    write_plot(payload, folder / "bench.png")

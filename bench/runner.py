@@ -1,0 +1,222 @@
+"""`run_bench`: pick the engines, measure each in its own worker process, score, write the report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from bench.batches import make_batches, pad_to_fixed, padding_stats
+from bench.config import ARCHS, ENGINES, REFERENCE, BenchConfig
+from bertpack.errors import BertpackError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check_config(cfg: BenchConfig) -> dict:
+    """Every user error that can be found before the slow work starts; returns the manifest."""
+    from serving.engine import read_manifest
+
+    if cfg.arch not in ARCHS:
+        raise BertpackError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise BertpackError("--batch-sizes must be positive integers, e.g. 1,8,32,128")
+    unknown = [e for e in cfg.engines if e not in ENGINES]
+    if unknown:
+        raise BertpackError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    if REFERENCE not in cfg.engines:
+        raise BertpackError(f"--engines must include {REFERENCE}: every speed-up is measured against it")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise BertpackError("--threads must be >= 1")
+    if cfg.sentences is not None and cfg.sentences < 1:
+        raise BertpackError("--sentences must be >= 1")
+    if cfg.min_time_s < 0 or cfg.min_samples < 1 or cfg.max_passes < 1:
+        raise BertpackError("--min-time must be >= 0, --min-samples and --max-passes >= 1")
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
+        raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
+    manifest = read_manifest(Path(cfg.artifact_dir))
+    return manifest
+
+
+def _data_dir(cfg: BenchConfig) -> Path:
+    from bertpack.data import default_data_dir, locate
+
+    data = cfg.data or default_data_dir()
+    if data is None:
+        raise BertpackError("no CoLA data: pass --data with the CoLA folder (release or GLUE layout)")
+    locate(data)
+    return Path(data)
+
+
+def _cpu_has_bf16() -> bool:
+    from export.cpu import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def plan_engines(cfg: BenchConfig, manifest: dict, device: str, torch_cuda: bool) -> tuple[list[dict], list[dict]]:
+    """(engines to run, engines skipped with the reason)."""
+    from serving.engine import cuda_available
+
+    variants = manifest["variants"]
+    alt = next((name for name in variants if name.startswith("int8_")), None)
+    torch_device = "cuda" if device == "cuda" and torch_cuda else "cpu"
+    run, skipped = [], []
+    for name in cfg.engines:
+        spec: dict = {"engine": name, "device": "cpu"}
+        reason = None
+        if name.startswith("pytorch_"):
+            spec["device"] = torch_device
+            if name == "pytorch_bf16" and torch_device == "cpu" and not _cpu_has_bf16():
+                reason = "this CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)"
+        elif name == "onnx_fp16_cuda":
+            spec.update(device="cuda", variant="fp16")
+            if not cuda_available():
+                reason = "no GPU: the CUDA execution provider needs an NVIDIA device (none visible here)"
+            elif "fp16" not in variants:
+                reason = "the artifact has no fp16 variant"
+        else:
+            variant = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8", "onnx_int8_alt": alt}[name]
+            spec["variant"] = variant
+            if variant is None or variant not in variants:
+                reason = f"the artifact has no {variant or 'second int8'} variant"
+        if reason:
+            skipped.append({"engine": name, "reason": reason})
+        else:
+            run.append(spec)
+    return run, skipped
+
+
+def run_worker(spec: dict, work: Path, threads: int, timeout: float, echo: Callable[[str], None]) -> dict:
+    """Run bench.worker in a fresh process with its thread pools pinned to `threads`."""
+    tag = spec.get("engine", spec.get("mode"))
+    spec_path, result_path = work / f"{tag}.spec.json", work / f"{tag}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.worker", str(spec_path), str(result_path)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"engine": tag, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0 or not result_path.is_file():
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return {"engine": tag, "error": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}
+    result = json.loads(result_path.read_text())
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def _select_sentences(sentences: list, labels: list, domains: list, count: int | None, seed: int = 0):
+    if count is None or count >= len(sentences):
+        return sentences, labels, domains
+    rows = sorted(random.Random(seed).sample(range(len(sentences)), count))  # both domains, reproducibly
+    return [sentences[i] for i in rows], [labels[i] for i in rows], [domains[i] for i in rows]
+
+
+def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
+    from bertpack.data import validation_sentences
+    from bertpack.files import staging_dir
+    from bench import report as rp
+    from bench.machine import machine_info
+    from serving.engine import OnnxClassifier, cuda_available, physical_cores
+
+    manifest = check_config(cfg)
+    data_dir = _data_dir(cfg)
+    threads = cfg.threads or physical_cores()
+    started = datetime.now(timezone.utc)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertpack-bench-")))
+        artifact = Path(cfg.artifact_dir).resolve()
+        if cfg.arch == "bert-base":
+            from bench.bert_base import export_bert_base
+
+            export_work = Path(cfg.export_dir) if cfg.export_dir else work / "bert-base"
+            method = manifest["variants"].get("int8", {}).get("method", "auto")
+            artifact = export_bert_base(export_work, artifact, data_dir, method if method in ("static", "dynamic") else "auto", echo)
+            manifest = json.loads((artifact / "manifest.json").read_text())
+        checkpoint = manifest["source"]["checkpoint"]
+        if not Path(checkpoint, "config.json").is_file():
+            raise BertpackError(f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
+                                "the PyTorch engines load it: keep the run folder, or re-export from where it is now")
+
+        sentences, labels, domains = _select_sentences(*validation_sentences(data_dir), cfg.sentence_count())
+        encoder = OnnxClassifier(artifact, variant="fp32", device="cpu", threads=1, verify=True)  # the serving tokenizer
+        ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
+        del encoder
+        padding = {str(b): padding_stats(make_batches(ids, b, pad_id, input_names)) for b in cfg.batch_sizes}
+
+        torch_cuda = False
+        if cuda_available():
+            import torch
+
+            torch_cuda = torch.cuda.is_available()
+        device = "cuda" if torch_cuda or cuda_available() else "cpu"
+        engines, skipped = plan_engines(cfg, manifest, device, torch_cuda)
+        echo(f"bench: {len(sentences)} CoLA validation sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
+             f"engines {', '.join(e['engine'] for e in engines)}" + (f" (skipped: {', '.join(s['engine'] for s in skipped)})" if skipped else ""))
+        base = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "ids": ids, "pad_id": pad_id,
+                "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
+                "min_samples": cfg.min_samples, "max_passes": cfg.max_passes,
+                "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles")}
+        results = []
+        for spec in engines:
+            echo(f"  {spec['engine']} ({spec['device']}) ...")
+            res = run_worker({**base, **spec, "mode": "batches"}, work, threads, cfg.worker_timeout_s, echo)
+            if "error" in res:
+                if spec["engine"] == REFERENCE:
+                    raise BertpackError(f"the reference engine {REFERENCE} failed: {res['error']}")
+                skipped.append({"engine": spec["engine"], "reason": f"failed: {res['error']}"})
+                echo(f"    failed: {res['error']}")
+                continue
+            results.append(res)
+            echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+
+        e2e = None
+        if cfg.end_to_end:
+            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, echo)
+            e2e["padding_book"] = pad_to_fixed(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
+
+        payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
+                                   started=started, sentences=len(sentences), labels=labels, domains=domains,
+                                   results=results, skipped=skipped, padding=padding, e2e=e2e, data_dir=data_dir)
+        with staging_dir(Path(cfg.out)) as stage:
+            rp.write_outputs(payload, stage)
+    echo("")
+    echo(rp.format_text(payload))
+    echo(f"\nwritten: {cfg.out}/bench.json, bench.md, bench.png")
+    return payload
+
+
+def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences: list, labels: list, domains: list, threads: int,
+                   device: str, torch_cuda: bool, work: Path, echo: Callable[[str], None]) -> dict:
+    """The book's way (pad to 128, input order, PyTorch fp32 eager) against the serving path, same sentences."""
+    from bertpack.metrics import cola_scores
+
+    n = min(cfg.e2e_count(), len(sentences))
+    chosen = sentences[:n]
+    spec = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "sentences": chosen,
+            "e2e_batch_size": cfg.e2e_batch_size, "e2e_pad_to": cfg.e2e_pad_to, "min_time_s": cfg.min_time_s,
+            "max_passes": cfg.max_passes}
+    echo(f"  end to end on {n} sentences: the book's way ...")
+    book = run_worker({**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s, echo)
+    echo("  end to end: bertpack serving path ...")
+    serving = run_worker({**spec, "mode": "serving", "device": device}, work, threads, cfg.worker_timeout_s, echo)
+    out = {"sentences": n, "batch_size": cfg.e2e_batch_size, "book": book, "serving": serving}
+    for side in (book, serving):
+        if "error" in side:
+            continue
+        side.update(cola_scores(labels[:n], side["predictions"], domains[:n]))
+    if "error" not in book and "error" not in serving:
+        out["speedup"] = serving["sentences_per_s"] / book["sentences_per_s"]
+    return out

@@ -1,0 +1,255 @@
+"""One engine measured in its own process: `python -m bench.worker SPEC.json RESULT.json`.
+
+A process per engine, because torch's and ONNX Runtime's thread pools in one process compete for
+the same cores and distort both. The spec (written by bench.runner) holds the token ids; the
+batches are rebuilt here by bench.batches, identically for every engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.batches import make_batches
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class TorchEngine:
+    """PyTorch from the fine-tuned checkpoint. mode fp32 = the book's way (eager, no_grad, fp32);
+    fast = inference_mode (+ fp16 autocast on CUDA); bf16 = bf16 autocast."""
+
+    def __init__(self, checkpoint: str, mode: str, device: str, threads: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        self.torch, self.mode, self.device = torch, mode, device
+        self.model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(device)
+        self.size_bytes = sum(p.stat().st_size for p in Path(checkpoint).glob("*.safetensors"))
+        self.info = {"attn_implementation": getattr(self.model.config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
+        if device == "cuda":
+            self.info["gpu"] = torch.cuda.get_device_name(0)
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> dict:
+        return {k: self.torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+
+    def _context(self):
+        import contextlib
+
+        torch = self.torch
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad() if self.mode == "fp32" else torch.inference_mode())
+        if self.mode == "fast" and self.device == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+        elif self.mode == "bf16":
+            stack.enter_context(torch.autocast(self.device, dtype=torch.bfloat16))
+        return stack
+
+    def run(self, prepared: dict) -> Any:
+        with self._context():
+            return self.model(**prepared).logits
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()  # kernels are asynchronous: read the clock only after they finish
+
+    def to_numpy(self, out) -> np.ndarray:
+        return out.float().cpu().numpy()
+
+    def reset_peak(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> dict:
+        peak = {"peak_rss_mib": _peak_rss_mib()}
+        if self.device == "cuda":
+            peak["cuda_max_allocated_mib"] = self.torch.cuda.max_memory_allocated() / 2**20
+        return peak
+
+
+class OnnxEngine:
+    """An exported variant in ONNX Runtime. On CUDA the inputs and outputs are bound to the device
+    (IO binding), so the timed call is the model, not host-device copies the caller can overlap."""
+
+    def __init__(self, artifact_dir: str, variant: str, device: str, threads: int):
+        from serving.engine import OnnxClassifier
+
+        if device == "cuda":
+            import torch  # noqa: F401 - puts the CUDA libraries in the process for onnxruntime-gpu
+        self.clf = OnnxClassifier(artifact_dir, variant=variant, device=device, threads=threads, verify=False)
+        if device == "cuda" and self.clf.provider != "CUDAExecutionProvider":
+            raise RuntimeError(f"ONNX Runtime fell back to {self.clf.provider}")
+        self.device = device
+        self.session = self.clf.session
+        self.model_path = Path(artifact_dir) / self.clf.manifest["variants"][variant]["file"]
+        self.size_bytes = self.model_path.stat().st_size
+        self.info = {"provider": self.clf.provider, "model_file": self.model_path.name, "intra_op_threads": threads,
+                     "variant_settings": self.clf.manifest["variants"][variant].get("settings")}
+
+    def prepare(self, inputs: dict[str, np.ndarray]):
+        if self.device != "cuda":
+            return inputs
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, arr in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+        binding.bind_output(self.clf.output_name, "cuda", 0)
+        return binding
+
+    def run(self, prepared):
+        if self.device == "cuda":
+            self.session.run_with_iobinding(prepared)
+            return prepared
+        return self.session.run([self.clf.output_name], prepared)[0]
+
+    def sync(self) -> None:
+        pass  # run_with_iobinding returns after the CUDA stream is synchronised; CPU runs are synchronous
+
+    def to_numpy(self, out) -> np.ndarray:
+        if self.device == "cuda":
+            return out.copy_outputs_to_cpu()[0].astype(np.float32)
+        return np.asarray(out, dtype=np.float32)
+
+    def reset_peak(self) -> None:
+        pass
+
+    def peak(self) -> dict:
+        return {"peak_rss_mib": _peak_rss_mib()}
+
+
+def load_engine(spec: dict):
+    engine, device, threads = spec["engine"], spec["device"], spec["threads"]
+    if engine.startswith("pytorch_"):
+        mode = {"pytorch_fp32": "fp32", "pytorch_fast": "fast", "pytorch_bf16": "bf16"}[engine]
+        return TorchEngine(spec["checkpoint"], mode, device, threads)
+    return OnnxEngine(spec["artifact_dir"], spec["variant"], device, threads)
+
+
+def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
+    batches = make_batches(spec["ids"], batch_size, spec["pad_id"], spec["input_names"])
+    prepared = [engine.prepare(b.inputs) for b in batches]
+    n = sum(len(b.rows) for b in batches)
+    engine.reset_peak()
+    # Warm-up: one full pass runs every shape once (ORT and torch plan per shape); its logits give the MCC.
+    preds = np.empty(n, dtype=np.int64)
+    t0 = time.perf_counter()
+    for b, p in zip(batches, prepared):
+        out = engine.run(p)
+        engine.sync()
+        preds[b.rows] = engine.to_numpy(out).argmax(axis=-1)
+    warmup_s = time.perf_counter() - t0
+    times: list[float] = []
+    passes = 0
+    while passes < 1 or (passes < spec["max_passes"] and (sum(times) < spec["min_time_s"] or len(times) < spec["min_samples"])):
+        for p in prepared:
+            start = time.perf_counter()
+            engine.run(p)
+            engine.sync()
+            times.append(time.perf_counter() - start)
+        passes += 1
+    ms = np.asarray(times) * 1000
+    result = {"batch_size": batch_size, "batches": len(batches), "passes": passes, "timed_calls": len(times),
+              "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+              "mean_ms": float(ms.mean()), "sentences_per_s": passes * n / float(np.sum(times)), "warmup_s": warmup_s,
+              "predictions": preds.tolist(), **engine.peak()}
+    if spec.get("profile_batch_size") == batch_size and isinstance(engine, OnnxEngine) and engine.device == "cpu":
+        from bench.profile import profile_session
+
+        result["profile"] = profile_session(engine.model_path, spec["threads"], prepared, engine.clf.output_name,
+                                            Path(spec["profile_dir"]))
+    return result
+
+
+def run_batches(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    engine = load_engine(spec)
+    out = {"engine": spec["engine"], "device": spec["device"], "threads": spec["threads"], "load_s": time.perf_counter() - t0,
+           "rss_after_load_mib": _peak_rss_mib(), "model_bytes": engine.size_bytes, "info": engine.info, "rows": [], "skipped": []}
+    for batch_size in spec["batch_sizes"]:
+        try:
+            out["rows"].append(measure_batch_size(engine, spec, batch_size))
+        except (MemoryError, RuntimeError) as exc:  # e.g. CUDA out of memory: later (larger) sizes will not fit either
+            out["skipped"].append({"batch_size": batch_size, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            break
+    return out
+
+
+def run_book(spec: dict) -> dict:
+    """The book's way, end to end: tokenizer pads every sentence to 128, input order, PyTorch fp32 eager."""
+    import torch
+    from transformers import AutoTokenizer
+
+    engine = TorchEngine(spec["checkpoint"], "fp32", spec["device"], spec["threads"])
+    tok = AutoTokenizer.from_pretrained(spec["checkpoint"])
+    sentences, bs, length = spec["sentences"], spec["e2e_batch_size"], spec["e2e_pad_to"]
+
+    def batch_logits(chunk: list[str]) -> np.ndarray:
+        enc = tok(chunk, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+        with torch.no_grad():
+            logits = engine.model(**{k: v.to(engine.device) for k, v in enc.items()}).logits
+        engine.sync()
+        return logits.float().cpu().numpy()
+
+    batch_logits(sentences[:bs])  # warm-up: the only shape is (bs, 128), plus a shorter last batch
+    if len(sentences) % bs:
+        batch_logits(sentences[: len(sentences) % bs])
+    preds = np.empty(len(sentences), dtype=np.int64)
+    t0 = time.perf_counter()
+    for start in range(0, len(sentences), bs):
+        preds[start : start + bs] = batch_logits(sentences[start : start + bs]).argmax(axis=-1)
+    elapsed = time.perf_counter() - t0
+    return {"engine": "book", "device": spec["device"], "threads": spec["threads"], "sentences": len(sentences),
+            "batch_size": bs, "pad_to": length, "seconds": elapsed, "sentences_per_s": len(sentences) / elapsed,
+            "predictions": preds.tolist(), "passes": 1, "peak_rss_mib": _peak_rss_mib(), "info": engine.info}
+
+
+def run_serving(spec: dict) -> dict:
+    """bertpack's serving path, end to end: OnnxClassifier (tokenize, sort, bucket, the manifest's
+    default model for this device)."""
+    from serving.engine import OnnxClassifier
+
+    device = spec["device"]
+    clf = OnnxClassifier(spec["artifact_dir"], device=device, threads=spec["threads"], verify=False)
+    sentences, bs = spec["sentences"], spec["e2e_batch_size"]
+    clf.logits(sentences, batch_size=bs)  # warm-up: every bucket shape
+    times, preds = [], None
+    while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
+        t0 = time.perf_counter()
+        logits = clf.logits(sentences, batch_size=bs)
+        times.append(time.perf_counter() - t0)
+        preds = logits.argmax(axis=-1)
+    return {"engine": "serving", "device": device, "threads": spec["threads"], "variant": clf.variant, "provider": clf.provider,
+            "sentences": len(sentences), "batch_size": bs, "buckets": list(clf.buckets), "passes": len(times),
+            "seconds": float(np.median(times)), "sentences_per_s": len(sentences) / float(np.median(times)),
+            "predictions": preds.tolist(), "peak_rss_mib": _peak_rss_mib()}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    mode = spec.get("mode", "batches")
+    result = {"batches": run_batches, "book": run_book, "serving": run_serving}[mode](spec)
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -58,12 +58,21 @@ def predict(
 
 def verify(
     artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
+    parity: bool = typer.Option(False, "--parity", help="Also re-run the parity report against the source checkpoint (needs PyTorch and CoLA)."),
+    data: Optional[Path] = typer.Option(None, help="CoLA folder for --parity (default ../shared/data/cola)."),
+    tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
     """Re-hash every file of an artifact against its manifest and load and run each model."""
     from export.manifest import verify_artifact
+    from export.parity import Tolerance
 
+    tol = Tolerance.parse(tolerance)
     for line in verify_artifact(artifact_dir):
         typer.echo(f"ok  {line}")
+    if parity:
+        from export.pipeline import recheck_artifact
+
+        recheck_artifact(artifact_dir, data, tol, typer.echo)
     typer.echo(f"{artifact_dir}: verified")
 
 

@@ -20,8 +20,12 @@ def export_fp32(checkpoint: Path, out_dir: Path, opset: int | None = None) -> Pa
     from optimum.exporters.onnx import onnx_export_from_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        raise BertpackError(f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                            "is it damaged? re-run bertpack train") from None
     # Validation against PyTorch happens in our own parity report, on CoLA, not on random inputs.
     onnx_export_from_model(model, out_dir, opset=opset, task=TASK, preprocessors=[tokenizer], do_validation=False)
     path = Path(out_dir) / "model.onnx"

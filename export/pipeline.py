@@ -150,6 +150,55 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
     return result
 
 
+def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.Tolerance,
+                     echo: Callable[[str], None]) -> dict:
+    """`bertpack verify --parity`: score every variant of an existing artifact against PyTorch on its
+    source checkpoint again (after an ONNX Runtime upgrade, or to catch a damaged model whose file
+    hashes were rewritten). Raises ParityError when a variant breaks its tolerance."""
+    from serving.engine import OnnxClassifier, cuda_available, read_manifest, verify_files
+
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    verify_files(artifact_dir, manifest)
+    checkpoint = Path(manifest.get("source", {}).get("checkpoint", ""))
+    if not (checkpoint / "config.json").is_file():
+        raise BertpackError(f"the source checkpoint {checkpoint} of {artifact_dir} is gone; parity needs it (PyTorch is the reference)")
+    if data is None:
+        from bertpack.data import default_data_dir
+
+        data = default_data_dir()
+        if data is None:
+            raise BertpackError("no CoLA data for the parity check: pass --data with the CoLA folder")
+    evals = _load_eval(Path(data), None)
+    fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False)
+    reference = parity.reference_logits(checkpoint, fp32, evals.sentences)
+    ref_row = dict(parity.score("pytorch fp32", reference, reference, evals), status="reference")
+    rows, failures = [ref_row], []
+    for name, variant in manifest["variants"].items():
+        device = "cpu"
+        if variant.get("for") == "cuda":
+            if not cuda_available():
+                rows.append({"variant": name, "status": "not checked (no GPU)", "bytes": (artifact_dir / variant["file"]).stat().st_size})
+                continue
+            device = "cuda"
+        clf = OnnxClassifier(artifact_dir, variant=name, device=device, verify=False)
+        row = parity.score(name, clf.logits(evals.sentences), reference, evals, (artifact_dir / variant["file"]).stat().st_size)
+        problems = parity.check(row, ref_row, tolerance)
+        row["status"] = "FAIL" if problems else "pass"
+        if variant.get("method"):
+            row["method"] = variant["method"]
+        failures += [f"{name}: {p}" for p in problems]
+        rows.append(row)
+    report = {"source": str(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "sentences": len(evals.sentences), "data": str(data), "provider": "CPUExecutionProvider",
+              "tolerance": parity.tolerance_dict(tolerance), "rows": rows, "failures": failures,
+              "serving_default_cpu": manifest.get("serving_default", {}).get("cpu")}
+    echo(parity.format_text(report))
+    if failures:
+        raise ParityError(f"{artifact_dir}: {'; '.join(failures)}")
+    return report
+
+
 def _make_readable(folder: Path) -> None:
     """mkdtemp/mkstemp create 0700/0600 entries; an artifact is meant to be read by the service's user too."""
     folder.chmod(0o755)
@@ -223,17 +272,19 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     calibration = None
     if "static" in methods:
         calibration = _calibration(data_dir, fp32, cfg)
+    n_calib = len(calibration.ids) if calibration else None
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}
     for method in methods:
         tries[method] = []
         best = None
+        ranges_cache: dict = {}
         for k, settings in enumerate(quantize.ladder(method, target)):
-            path = quantize.quantize(work / "fp32", work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration)
+            path = quantize.quantize(work / "fp32", work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
             name = f"int8_{method}"
             shutil.copyfile(path, stage / f"model_{name}.onnx")
             body["variants"][name] = {"file": f"model_{name}.onnx", "method": method,
-                                      "settings": quantize.settings_record(settings, ckpt.num_layers, work / "fp32" / "model.onnx")}
+                                      "settings": quantize.settings_record(settings, ckpt.num_layers, work / "fp32" / "model.onnx", n_calib)}
             mf.write_manifest(stage, body)
             row = evaluate(name, load(name))
             problems = parity.check(row, ref_row, cfg.tolerance)
@@ -248,7 +299,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             if not problems:
                 break
         shutil.copyfile(best["path"], stage / f"model_int8_{method}.onnx")
-        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, work / "fp32" / "model.onnx")
+        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, work / "fp32" / "model.onnx", n_calib)
         winners[method] = best
 
     mf.write_manifest(stage, body)

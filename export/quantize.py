@@ -20,51 +20,73 @@ METHODS = ("dynamic", "static")
 STATIC_OPERATORS = ["MatMul", "Gemm", "Gather"]
 
 
+EXCLUDE_GROUPS = ("head", "ffn_out", "last1", "last2")
+
+
 @dataclass(frozen=True)
 class Int8Settings:
-    """One quantization try. `exclude` names which sensitive nodes stay fp32."""
+    """One quantization try. `exclude` names the groups of sensitive nodes kept in fp32:
+    head = classifier + pooler; ffn_out = every layer's FFN down-projection (its input is the GELU
+    output, whose outliers a per-tensor activation scale cannot hold); lastN = all products of the last N layers."""
 
     method: str  # dynamic | static
     target: str  # avx2 | avx512 | avx512_vnni | arm64 (AutoQuantizationConfig preset)
     per_channel: bool = False
     reduce_range: bool = False
-    exclude: str = "none"  # none | head | head+last1 | head+last2
+    exclude: tuple[str, ...] = ()
+    calibration: str = "minmax"  # static only: minmax | percentile
 
     @property
     def name(self) -> str:
         parts = [self.method, self.target, "per-channel" if self.per_channel else "per-tensor"]
+        if self.method == "static":
+            parts.append(self.calibration)
         if self.reduce_range:
             parts.append("reduce-range")
-        if self.exclude != "none":
-            parts.append(f"exclude-{self.exclude}")
+        if self.exclude:
+            parts.append("exclude " + "+".join(self.exclude))
         return " ".join(parts)
 
 
 def ladder(method: str, target: str) -> list[Int8Settings]:
     """The tries in order: optimum-cli's defaults first, then safer and safer settings."""
     base = Int8Settings(method=method, target=target)
-    return [
+    pc = dataclasses.replace(base, per_channel=True)
+    safer = [
         base,
-        dataclasses.replace(base, per_channel=True),
-        dataclasses.replace(base, per_channel=True, exclude="head"),
-        dataclasses.replace(base, per_channel=True, exclude="head+last1"),
-        dataclasses.replace(base, per_channel=True, exclude="head+last1", reduce_range=True),
-        dataclasses.replace(base, per_channel=True, exclude="head+last2", reduce_range=True),
+        pc,
+        dataclasses.replace(pc, exclude=("head",)),
+        dataclasses.replace(pc, exclude=("head", "ffn_out")),
     ]
+    if method == "static":
+        pct = dataclasses.replace(pc, exclude=("head", "ffn_out"), calibration="percentile")
+        safer += [pct, dataclasses.replace(pct, exclude=("head", "ffn_out", "last1")),
+                  dataclasses.replace(pct, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
+    else:
+        safer += [dataclasses.replace(pc, exclude=("head", "ffn_out"), reduce_range=True),
+                  dataclasses.replace(pc, exclude=("head", "ffn_out", "last1"), reduce_range=True),
+                  dataclasses.replace(pc, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
+    return safer
 
 
-def sensitive_nodes(model_path: Path, exclude: str, num_layers: int) -> list[str]:
-    """Node names kept in fp32: the classifier and pooler ("head"), plus every MatMul/Gemm of the last N layers."""
-    if exclude == "none":
+def sensitive_nodes(model_path: Path, exclude: Sequence[str], num_layers: int) -> list[str]:
+    """Names of the MatMul/Gemm nodes in the `exclude` groups (see Int8Settings)."""
+    if not exclude:
         return []
     graph = onnx.load(str(model_path), load_external_data=False).graph
     products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    chosen = [n for n in products if "/classifier/" in n or "/pooler/" in n]
-    match = re.search(r"last(\d+)", exclude)
-    last = int(match.group(1)) if match else 0
-    for layer in range(max(num_layers - last, 0), num_layers):
-        chosen += [n for n in products if f"/layer.{layer}/" in n]
-    return chosen
+    chosen: list[str] = []
+    for group in exclude:
+        if group == "head":
+            chosen += [n for n in products if "/classifier/" in n or "/pooler/" in n]
+        elif group == "ffn_out":
+            chosen += [n for n in products if re.search(r"/layer\.\d+/output/dense/", n)]
+        elif match := re.fullmatch(r"last(\d+)", group):
+            for layer in range(max(num_layers - int(match.group(1)), 0), num_layers):
+                chosen += [n for n in products if f"/layer.{layer}/" in n]
+        else:
+            raise ValueError(f"unknown exclusion group {group!r}")
+    return list(dict.fromkeys(chosen))
 
 
 def quantization_config(settings: Int8Settings, nodes_to_exclude: list[str]):
@@ -87,11 +109,14 @@ class Calibration:
     ids: list[list[int]] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
 
-    def dataset(self):
+    def dataset(self, pad: bool = False):
+        """One row per sentence. Histogram calibrators (percentile) stack rows, so they need one length."""
         import datasets
 
-        cols = {"input_ids": self.ids, "attention_mask": [[1] * len(s) for s in self.ids],
-                "token_type_ids": [[0] * len(s) for s in self.ids]}
+        width = max(len(s) for s in self.ids) if pad else 0
+        ids = [s + [0] * (width - len(s)) if pad else s for s in self.ids]
+        cols = {"input_ids": ids, "attention_mask": [[1] * len(s) + [0] * (len(i) - len(s)) for s, i in zip(self.ids, ids)],
+                "token_type_ids": [[0] * len(i) for i in ids]}
         return datasets.Dataset.from_dict({k: v for k, v in cols.items() if k in self.input_names})
 
 
@@ -102,8 +127,9 @@ def calibration_sample(sentences: Sequence[str], count: int, seed: int = 0) -> l
 
 
 def quantize(fp32_dir: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
-             calibration: Calibration | None = None) -> Path:
-    """Quantize fp32_dir/model.onnx (the unfused graph: ORT's quantizer cannot type the fused contrib ops)."""
+             calibration: Calibration | None = None, ranges_cache: dict | None = None) -> Path:
+    """Quantize fp32_dir/model.onnx (the unfused graph: ORT's quantizer cannot type the fused contrib ops).
+    Static ranges are computed once per calibration method and kept in `ranges_cache`."""
     from optimum.onnxruntime import AutoCalibrationConfig, ORTQuantizer
 
     source = Path(fp32_dir) / "model.onnx"
@@ -115,10 +141,15 @@ def quantize(fp32_dir: Path, work_dir: Path, settings: Int8Settings, num_layers:
     if settings.method == "static":
         if calibration is None or not calibration.ids:
             raise BertpackError("static int8 needs calibration sentences (CoLA training split); pass --data")
-        ds = calibration.dataset()
-        ranges = quantizer.fit(dataset=ds, calibration_config=AutoCalibrationConfig.minmax(ds),
-                               onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
-                               operators_to_quantize=config.operators_to_quantize)
+        cache = {} if ranges_cache is None else ranges_cache
+        if settings.calibration not in cache:
+            ds = calibration.dataset(pad=settings.calibration != "minmax")
+            calib = (AutoCalibrationConfig.minmax(ds) if settings.calibration == "minmax"
+                     else AutoCalibrationConfig.percentiles(ds, percentile=99.999))
+            cache[settings.calibration] = quantizer.fit(dataset=ds, calibration_config=calib,
+                                                        onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
+                                                        operators_to_quantize=STATIC_OPERATORS)
+        ranges = cache[settings.calibration]
     quantizer.quantize(quantization_config=config, save_dir=save_dir, file_suffix="int8", calibration_tensors_range=ranges)
     path = save_dir / "model_int8.onnx"
     if not path.is_file():
@@ -126,11 +157,12 @@ def quantize(fp32_dir: Path, work_dir: Path, settings: Int8Settings, num_layers:
     return path
 
 
-def settings_record(settings: Int8Settings, num_layers: int, fp32_model: Path) -> dict:
+def settings_record(settings: Int8Settings, num_layers: int, fp32_model: Path, calibration_sentences: int | None = None) -> dict:
     record = dataclasses.asdict(settings)
+    record["exclude"] = list(settings.exclude)
     record["name"] = settings.name
     record["nodes_excluded"] = sensitive_nodes(fp32_model, settings.exclude, num_layers)
     if settings.method == "static":
         record["operators"] = STATIC_OPERATORS
-        record["calibration"] = "minmax"
+        record["calibration_sentences"] = calibration_sentences  # CoLA training split, seeded sample
     return record

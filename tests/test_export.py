@@ -1,0 +1,189 @@
+"""`bertpack export` end to end on the tiny random BERT: the artifact contract, predict, verify,
+the BentoML store, and the damaged-model / tolerance failure paths (real processes, real files)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import run_cli
+
+MODELS = ["model.onnx", "model_optimized.onnx", "model_fp16.onnx", "model_int8.onnx"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, synthetic_cola, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    home = root / "bentoml"
+    out = root / "artifact"
+    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), env={"BENTOML_HOME": str(home)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"out": out, "home": home, "proc": proc, "root": root}
+
+
+def test_artifact_contract(exported):
+    out = exported["out"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "bertpack-artifact/1"
+    assert manifest["labels"] == ["unacceptable", "acceptable"]
+    assert manifest["max_length"] == 64 and manifest["pad_token_id"] == 0
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert {"fp32", "optimized", "fp16", "int8"} <= set(manifest["variants"])
+    for name, file in zip(("fp32", "optimized", "fp16", "int8"), MODELS):
+        assert manifest["variants"][name]["file"] == file and (out / file).is_file()
+    assert manifest["variants"]["int8"]["method"] in ("static", "dynamic")
+    assert manifest["serving_default"] == {"cpu": "int8", "cuda": "fp16"}
+    assert manifest["status"] == "ok" and manifest["parity"]["passed"]
+    assert manifest["source"]["checkpoint"].endswith("/model") and "mcc" in manifest["source"]["metrics"]
+    assert "onnxruntime-gpu" in manifest["versions"] or "onnxruntime" in manifest["versions"]
+    assert "quantization_target" in manifest["cpu_flags"]
+    on_disk = {p.name for p in out.iterdir() if p.name != "manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    assert {"tokenizer.json", "parity.json", "parity.md", *MODELS} <= on_disk
+    # nothing left over from staging beside the artifact
+    assert [p.name for p in exported["root"].iterdir() if p.name.startswith(".")] == []
+
+
+def test_fusions_and_fp16_io(exported):
+    out = exported["out"]
+    fused = json.loads((out / "manifest.json").read_text())["variants"]["optimized"]["fused_operators"]
+    assert fused["Attention"] == 2  # one per layer: the eager-attention export fuses
+    graph = onnx.load(str(out / "model_fp16.onnx")).graph
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+
+
+def test_dynamic_axes_every_variant(exported):
+    from serving.engine import OnnxClassifier
+
+    for variant in ("fp32", "optimized", "fp16", "int8"):
+        clf = OnnxClassifier(exported["out"], variant=variant, device="cpu")
+        for batch, length in ((1, 5), (3, 17)):
+            ids = [[101] + [2000 + i] * (length - 2) + [102] for i in range(batch)]
+            assert clf.run(clf.pad(ids, length=length)).shape == (batch, 2)
+
+
+def test_parity_report_files(exported):
+    out = exported["out"]
+    report = json.loads((out / "parity.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert report["sentences"] == 48
+    assert rows["fp32"]["agreement"] == 100.0 and rows["fp32"]["max_abs_logit_diff"] < 1e-3
+    assert rows["optimized"]["agreement"] == 100.0
+    assert rows["fp16"]["status"].startswith("not checked")
+    assert rows["int8"]["status"] == "pass" and "flip_rate" in rows["int8"]
+    assert set(report["int8_tries"]) == {"dynamic", "static"}
+    assert all(t["settings"]["name"] for tries in report["int8_tries"].values() for t in tries)
+    md = (out / "parity.md").read_text()
+    assert "| variant |" in md and "pytorch fp32" in md
+    assert "agree %" in exported["proc"].stdout and "pytorch fp32" in exported["proc"].stdout
+
+
+def test_predict_cli(exported):
+    proc = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", "Mat the on sat cat.", "--variant", "optimized", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["sentence"] for r in lines] == ["The cat sat on the mat.", "Mat the on sat cat."]
+    for r in lines:
+        assert r["label"] in ("acceptable", "unacceptable") and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+    table = run_cli("predict", str(exported["out"]), "The cat sat on the mat.")
+    assert table.returncode == 0 and "The cat sat on the mat." in table.stdout
+
+
+def test_store_registration(exported):
+    manifest = json.loads((exported["out"] / "manifest.json").read_text())
+    tag = f"bertpack-cola:{manifest['version']}"
+    assert f"registered in the BentoML model store as {tag}" in exported["proc"].stdout
+    script = ("import bentoml, json; m = bentoml.models.get(%r); "
+              "print(json.dumps({'path': m.path, 'meta': m.info.metadata}))") % tag
+    proc = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, "BENTOML_HOME": str(exported["home"])},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["meta"]["parity"]["passed"] is True
+    assert info["meta"]["parity"]["rows"]["optimized"]["agreement"] == 100.0
+    stored = Path(info["path"])
+    assert (stored / "manifest.json").read_text() == (exported["out"] / "manifest.json").read_text()
+    # the engine loads the stored copy (hashes checked) as the service would
+    from serving.engine import OnnxClassifier
+
+    assert OnnxClassifier(stored, device="cpu").variant == "int8"
+
+
+def test_verify_ok_then_corrupted_and_truncated(exported, tmp_path):
+    ok = run_cli("verify", str(exported["out"]))
+    assert ok.returncode == 0 and "verified" in ok.stdout, ok.stderr
+    art = tmp_path / "art"
+    shutil.copytree(exported["out"], art)
+    data = bytearray((art / "model_int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (art / "model_int8.onnx").write_bytes(bytes(data))
+    bad = run_cli("verify", str(art))
+    assert bad.returncode == 2 and "model_int8.onnx does not match its sha256" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    (art / "model_optimized.onnx").write_bytes((art / "model_optimized.onnx").read_bytes()[:1000])
+    shutil.copyfile(exported["out"] / "model_int8.onnx", art / "model_int8.onnx")
+    short = run_cli("verify", str(art))
+    assert short.returncode == 2 and "truncated" in short.stderr
+
+
+def test_verify_rehashed_garbage_model_fails_to_load(exported, tmp_path):
+    """A file whose hash was rewritten but which is no ONNX model: verify must load it and fail."""
+    from export.manifest import write_manifest
+
+    art = tmp_path / "art"
+    shutil.copytree(exported["out"], art)
+    (art / "model_fp16.onnx").write_bytes(b"not an onnx model" * 100)
+    manifest = json.loads((art / "manifest.json").read_text())
+    write_manifest(art, manifest)
+    proc = run_cli("verify", str(art))
+    assert proc.returncode == 2 and "model_fp16.onnx does not load" in proc.stderr, proc.stderr
+
+
+def _damage(model_path: Path, initializer_suffix: str, factor: float) -> None:
+    model = onnx.load(str(model_path))
+    for init in model.graph.initializer:
+        if init.name.endswith(initializer_suffix):
+            arr = onnx.numpy_helper.to_array(init) * factor
+            init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+            break
+    else:
+        raise AssertionError(f"no initializer ending in {initializer_suffix}")
+    onnx.save(model, str(model_path))
+
+
+def test_damaged_model_fails_parity(exported, synthetic_cola, tmp_path):
+    """An optimized model with a broken classifier (hashes rewritten, so only parity can see it)
+    must make `verify --parity` exit non-zero with the variant named."""
+    from export.manifest import write_manifest
+
+    art = tmp_path / "art"
+    shutil.copytree(exported["out"], art)
+    good = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
+    _damage(art / "model_optimized.onnx", "classifier.weight", -1.0)
+    write_manifest(art, json.loads((art / "manifest.json").read_text()))
+    proc = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and "optimized: max |logit diff|" in proc.stderr
+    assert "FAIL" in proc.stdout
+
+
+def test_tolerance_failure_exits_3_and_keeps_report(tiny_run, synthetic_cola, tmp_path):
+    """A tolerance nothing can meet: the artifact is written and marked failed, not registered, exit 3."""
+    out = tmp_path / "art"
+    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "dynamic",
+                   "--no-flip-check", "--tolerance", "logit=1e-12", env={"BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error: " in proc.stderr and "fp32: max |logit diff|" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed parity" and not manifest["parity"]["passed"]
+    assert "registered" not in proc.stdout and not (tmp_path / "bentoml" / "models" / "bertpack-cola").exists()

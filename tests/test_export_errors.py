@@ -1,0 +1,91 @@
+"""Every bad input of `bertpack export` / `predict` / `verify`: one `error:` line, non-zero exit,
+no traceback, nothing half-written (real processes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _one_line_error(proc, code: int = 2) -> str:
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_run_dir_missing(tmp_path, synthetic_cola):
+    err = _one_line_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    assert "does not exist" in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_run_dir_without_checkpoint(tmp_path, synthetic_cola):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "training"}))
+    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    assert "holds no checkpoint" in err and "status 'training'" in err
+
+
+def test_not_a_sequence_classifier(tmp_path, tiny_run, synthetic_cola):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "model" / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (run / "model" / "config.json").write_text(json.dumps(config))
+    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    assert "not a BERT sequence classifier" in err
+
+
+def test_output_dir_holding_other_files_or_another_export(tmp_path, tiny_run, synthetic_cola):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store"))
+    assert "not empty" in err and "--overwrite" in err
+    (out / "notes.txt").unlink()
+    (out / "manifest.json").write_text(json.dumps({"format": "bertpack-artifact/1", "source": {"checkpoint": "/elsewhere/model"}}))
+    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store"))
+    assert "holds a different export" in err and "/elsewhere/model" in err
+    assert json.loads((out / "manifest.json").read_text())["source"]["checkpoint"] == "/elsewhere/model"  # untouched
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--int8", "int4"], "--int8 must be one of"),
+    (["--tolerance", "fast"], "--tolerance"),
+    (["--quant-target", "sse"], "--quant-target"),
+    (["--calibration-samples", "0"], "--calibration-samples"),
+])
+def test_bad_options(tmp_path, tiny_run, synthetic_cola, args, needle):
+    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store", *args))
+    assert needle in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_bad_data_dir(tmp_path, tiny_run):
+    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(tmp_path), "--no-store"))
+    assert "no CoLA files" in err
+
+
+def test_damaged_checkpoint_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
+    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "out" / "a"), "--data", str(synthetic_cola), "--no-store"))
+    assert "cannot load the checkpoint" in err
+    assert list((tmp_path / "out").iterdir()) == []  # no artifact, no staging or work folder left behind
+
+
+def test_predict_and_verify_on_non_artifacts(tmp_path):
+    err = _one_line_error(run_cli("predict", str(tmp_path / "nope"), "A sentence."))
+    assert "does not exist" in err
+    err = _one_line_error(run_cli("verify", str(tmp_path)))
+    assert "no manifest.json" in err
+    (tmp_path / "manifest.json").write_text("{not json")
+    err = _one_line_error(run_cli("verify", str(tmp_path)))
+    assert "not valid JSON" in err

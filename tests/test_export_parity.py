@@ -1,0 +1,115 @@
+"""The parity arithmetic on known logits, the tolerance rules, the int8 ladder and CPU flag parsing
+(pure functions: no model, fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertpack.errors import BertpackError
+from export import parity, quantize
+from export.cpu import cpu_flags, quantization_target
+from export.manifest import file_table, make_version
+from bertpack.files import sha256_file
+
+DATA = parity.Eval(sentences=["a", "b", "c", "d"], labels=[1, 0, 1, 0], domains=["in", "in", "out", "out"])
+REF = np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32)  # predicts 1,0,1,0: all right
+
+
+def test_score_on_known_logits():
+    same = parity.score("fp32", REF.copy(), REF, DATA, 10)
+    assert same["agreement"] == 100.0 and same["max_abs_logit_diff"] == 0.0 and same["accuracy"] == 1.0 and same["mcc"] == 1.0
+    # flip the last sentence's decision and move one logit by 0.5
+    other = REF.copy()
+    other[3] = [0.0, 1.5]
+    other[0, 0] += 0.5
+    row = parity.score("int8", other, REF, DATA, 10)
+    assert row["agreement"] == 75.0
+    assert row["max_abs_logit_diff"] == pytest.approx(1.5)
+    assert row["mean_abs_logit_diff"] == pytest.approx((0.5 + 1.0 + 1.5) / 8)
+    assert row["accuracy"] == 0.75
+    assert row["mcc_in_domain"] == 1.0 and row["mcc_out_domain"] == 0.0
+    assert row["mcc"] == pytest.approx(0.5773502691896258)
+
+
+def test_tolerance_rules():
+    tol = parity.Tolerance()
+    ref_row = parity.score("pytorch fp32", REF, REF, DATA)
+    exact = dict(ref_row, variant="optimized", max_abs_logit_diff=2e-3)
+    assert parity.check(exact, ref_row, tol) == ["max |logit diff| 2.00e-03 > 0.001"]
+    assert parity.check(dict(ref_row, variant="optimized", max_abs_logit_diff=1e-4), ref_row, tol) == []
+    int8 = dict(ref_row, variant="int8", mcc=ref_row["mcc"] - 0.02, agreement=97.0, max_abs_logit_diff=1.0)
+    problems = parity.check(int8, ref_row, tol)
+    assert len(problems) == 2 and problems[0].startswith("MCC drop 0.0200") and "97.00% < 98%" in problems[1]
+    # an int8 model that beats the reference MCC passes the MCC rule; a large logit diff is allowed for int8
+    assert parity.check(dict(int8, mcc=ref_row["mcc"] + 0.1, agreement=99.0), ref_row, tol) == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    (None, parity.Tolerance()),
+    ("0.02", parity.Tolerance(mcc_drop=0.02)),
+    ("mcc_drop=0.05,agreement=95,logit=1e-2", parity.Tolerance(mcc_drop=0.05, min_agreement=95.0, exact_max_logit_diff=1e-2)),
+])
+def test_tolerance_parse(text, expected):
+    assert parity.Tolerance.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "speed=3", "agreement=150", "mcc_drop=-1", "logit=0"])
+def test_tolerance_parse_rejects(text):
+    with pytest.raises(BertpackError):
+        parity.Tolerance.parse(text)
+
+
+def test_ladder_starts_at_optimum_defaults_and_gets_safer():
+    for method in quantize.METHODS:
+        tries = quantize.ladder(method, "avx2")
+        assert tries[0] == quantize.Int8Settings(method=method, target="avx2")
+        assert all(t.per_channel for t in tries[1:])
+        assert len({t.name for t in tries}) == len(tries)
+        assert "ffn_out" in tries[-1].exclude and tries[-1].reduce_range
+
+
+def test_sensitive_nodes(tmp_path):
+    import onnx
+    from onnx import helper
+
+    names = ["/bert/encoder/layer.0/attention/self/query/MatMul", "/bert/encoder/layer.0/output/dense/MatMul",
+             "/bert/encoder/layer.1/attention/self/query/MatMul", "/bert/encoder/layer.1/intermediate/dense/MatMul",
+             "/bert/encoder/layer.1/output/dense/MatMul", "/bert/pooler/dense/Gemm", "/classifier/Gemm"]
+    nodes = [helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n) for i, n in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y0", onnx.TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert quantize.sensitive_nodes(path, (), 2) == []
+    assert quantize.sensitive_nodes(path, ("head",), 2) == ["/bert/pooler/dense/Gemm", "/classifier/Gemm"]
+    assert quantize.sensitive_nodes(path, ("ffn_out",), 2) == [names[1], names[4]]
+    assert quantize.sensitive_nodes(path, ("last1",), 2) == names[2:5]
+
+
+def test_cpu_flags_and_target(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    flags = cpu_flags(info)
+    assert {"avx2", "sse4_2"} <= flags
+    assert quantization_target(flags) == "avx2"
+    assert quantization_target(flags | {"avx512f", "avx512bw"}) == "avx512"
+    assert quantization_target(flags | {"avx512f", "avx512bw", "avx512_vnni"}) == "avx512_vnni"
+    assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_manifest_file_table_hashes(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"hello")
+    (tmp_path / "manifest.json").write_text("{}")
+    table = file_table(tmp_path)
+    assert set(table) == {"a.bin"}
+    assert table["a.bin"] == {"sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "bytes": 5}
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    from datetime import datetime
+
+    version = make_version(tmp_path, datetime(2026, 1, 2, 3, 4, 5))
+    assert version.startswith("20260102-030405-") and version == version.lower()
+    assert sha256_file(tmp_path / "a.bin") == table["a.bin"]["sha256"]

@@ -6,5 +6,16 @@ from __future__ import annotations
 import typer
 
 
+def doctor(json_output: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Check this host for serving: versions, working ONNX Runtime providers, CPU flags, threads, GPUs."""
+    import json
+
+    from serving.doctor import format_report, report
+
+    rep = report()
+    typer.echo(json.dumps(rep, indent=2) if json_output else format_report(rep))
+
+
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to `app` (e.g. `app.command()(my_command)`)."""
+    """Add this stage's commands to `app`."""
+    app.command()(doctor)

@@ -71,6 +71,45 @@ def cuda_available() -> bool:
     return gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def onnxruntime_packages() -> dict[str, str]:
+    """Installed ONNX Runtime distributions; `onnxruntime` beside `onnxruntime-gpu` shadows the GPU build."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here (None when it can be asked for)."""
+    import onnxruntime as ort
+
+    if not gpu_present():
+        return "no NVIDIA device is visible (/dev/nvidia*)"
+    packages = onnxruntime_packages()
+    if "onnxruntime" in packages and "onnxruntime-gpu" in packages:
+        return ("both `onnxruntime` and `onnxruntime-gpu` are installed and the CPU build shadows the GPU one: "
+                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
+    return None
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* wheels or torch when present (ORT >= 1.21); harmless when absent."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - best effort: the session creation below reports the real failure
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
 def physical_cores() -> int:
     try:
         import psutil
@@ -111,7 +150,8 @@ class OnnxClassifier:
     """One exported variant in one ONNX Runtime session, with its tokenizer."""
 
     def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
-                 threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None = DEFAULT_BUCKETS):
+                 threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None = DEFAULT_BUCKETS,
+                 cuda_graph: bool = False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -120,6 +160,9 @@ class OnnxClassifier:
         if device not in ("auto", "cpu", "cuda"):
             raise BertpackError(f"device must be auto, cpu or cuda, not {device!r}")
         want_cuda = device == "cuda" or (device == "auto" and cuda_available())
+        if device == "auto" and not want_cuda and gpu_present():
+            # A GPU is visible, so CUDA was expected: never fall back to the CPU silently.
+            log.error("a GPU is visible but ONNX Runtime cannot use it, serving on the CPU: %s", cuda_problem())
         self.variant = variant or self.manifest["serving_default"]["cuda" if want_cuda else "cpu"]
         variants = self.manifest["variants"]
         if self.variant not in variants:
@@ -130,26 +173,29 @@ class OnnxClassifier:
 
         self.max_length = int(self.manifest["max_length"])
         self.labels: list[str] = list(self.manifest["labels"])
-        self.buckets = tuple(b for b in (buckets or ()) if b <= self.max_length) + ((self.max_length,) if buckets else ())
+        self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))
         self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.pad_id = int(self.manifest.get("pad_token_id", 0))
 
+        self.model_path = self.artifact_dir / model_file
         providers: list = ["CPUExecutionProvider"]
         if want_cuda:
+            preload_cuda_libraries()
             providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.artifact_dir / model_file), sess_options=session_options(threads), providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-            raise BertpackError(f"ONNX Runtime cannot load {self.artifact_dir / model_file}: {str(exc).splitlines()[0][:300]}") from None
+        self.session = _open_session(self.model_path, session_options(threads), providers)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
-            log.error("CUDA was requested but ONNX Runtime fell back to %s: check that the CUDA 12/13 and cuDNN libraries "
-                      "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`", self.provider)
+            log.error("CUDA was requested but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "
+                      "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`",
+                      self.provider, cuda_problem() or "CUDA provider failed to initialise; see the ONNX Runtime log above")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        log.info("loaded %s (%s) on %s", model_file, self.variant, self.provider)
+        self.graphs: CudaGraphs | None = None
+        if cuda_graph and self.provider == "CUDAExecutionProvider":
+            self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id)
+        log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
 
     # -- tokenization ------------------------------------------------------------------------
     def encode(self, sentences: Sequence[str], truncate: bool = True) -> list[list[int]]:
@@ -176,19 +222,36 @@ class OnnxClassifier:
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, batch: Batch) -> np.ndarray:
-        return self.session.run([self.output_name], batch.inputs)[0].astype(np.float32)
+        if self.provider != "CUDAExecutionProvider":
+            return self.session.run([self.output_name], batch.inputs)[0].astype(np.float32)
+        if self.graphs is not None:
+            try:
+                return self.graphs.run(batch.inputs)
+            except Exception as exc:  # noqa: BLE001 - capture can fail for graphs with CPU nodes; IO binding still works
+                log.error("CUDA graph run failed (%s); continuing without CUDA graphs", str(exc).splitlines()[0][:300])
+                self.graphs = None
+        # IO binding: inputs copied to the device once, the output allocated there by ORT.
+        binding = self.session.io_binding()
+        for name, array in batch.inputs.items():
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0].astype(np.float32)
+
+    def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
+        """Logits for already-encoded sentences (each within max_length), in input order."""
+        out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort_by_length else list(range(len(ids)))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.run(self.pad([ids[i] for i in chunk]))
+        return out
 
     def logits(self, sentences: Sequence[str], batch_size: int = 32, sort_by_length: bool = True, truncate: bool = True) -> np.ndarray:
         """Logits for every sentence, in input order. Sorting by length keeps padding small."""
         if not sentences:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = self.encode(sentences, truncate=truncate)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort_by_length else list(range(len(ids)))
-        out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self.run(self.pad([ids[i] for i in chunk]))
-        return out
+        return self.logits_from_ids(self.encode(sentences, truncate=truncate), batch_size=batch_size, sort_by_length=sort_by_length)
 
     def classify(self, sentences: Sequence[str], batch_size: int = 32, truncate: bool = True) -> list[dict]:
         """Label and per-label probability for each sentence."""
@@ -196,6 +259,84 @@ class OnnxClassifier:
         probs = softmax(logits)
         return [{"label": self.labels[int(p.argmax())], "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
                 for p in probs]
+
+
+def _open_session(path: Path, options, providers: list):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise BertpackError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
+
+
+@dataclass
+class _GraphSlot:
+    binding: object
+    inputs: dict
+    run_options: object
+
+
+class CudaGraphs:
+    """CUDA graphs for the fp16 model, one per (batch bucket, length bucket), captured on first use.
+
+    ORT replays a captured graph only when every input and output stays at the same device address
+    and shape, so each shape gets preallocated device tensors bound once and refreshed in place, and
+    its own `gpu_graph_id`. Not exercised on the CPU-only development host: any failure disables the
+    graphs and the engine goes on with plain IO binding (see OnnxClassifier.run).
+    """
+
+    BATCHES = (1, 2, 4, 8, 16, 32, 64)
+    MAX_GRAPHS = 48
+
+    def __init__(self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int):
+        self.session, self.input_names, self.output_name = session, input_names, output_name
+        self.n_labels, self.pad_id = n_labels, pad_id
+        self.slots: dict[tuple[int, int], _GraphSlot] = {}
+
+    @classmethod
+    def create(cls, model_path: Path, threads: int | None, input_names: list[str], output_name: str,
+               n_labels: int, pad_id: int) -> "CudaGraphs | None":
+        try:
+            session = _open_session(model_path, session_options(threads),
+                                    [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})])
+        except BertpackError as exc:
+            log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
+            return None
+        return cls(session, input_names, output_name, n_labels, pad_id)
+
+    def _slot(self, rows: int, length: int) -> _GraphSlot:
+        import onnxruntime as ort
+
+        key = (rows, length)
+        if key not in self.slots:
+            if len(self.slots) >= self.MAX_GRAPHS:
+                raise RuntimeError(f"more than {self.MAX_GRAPHS} graph shapes")
+            binding = self.session.io_binding()
+            inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, "cuda", 0) for name in self.input_names}
+            for name, value in inputs.items():
+                binding.bind_ortvalue_input(name, value)
+            output = ort.OrtValue.ortvalue_from_shape_and_type((rows, self.n_labels), np.float32, "cuda", 0)
+            binding.bind_ortvalue_output(self.output_name, output)
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(len(self.slots)))
+            self.slots[key] = _GraphSlot(binding, inputs, run_options)
+        return self.slots[key]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        n, length = inputs["input_ids"].shape
+        rows = bucket_length(n, self.BATCHES)
+        if rows > self.BATCHES[-1]:
+            raise RuntimeError(f"batch of {n} is over the largest graph batch {self.BATCHES[-1]}")
+        slot = self._slot(rows, length)
+        for name in self.input_names:
+            padded = np.full((rows, length), self.pad_id if name == "input_ids" else 0, dtype=np.int64)
+            padded[:n] = inputs[name]
+            if name == "attention_mask":
+                padded[n:, 0] = 1  # filler rows attend to one token so they stay finite; their output is dropped
+            slot.inputs[name].update_inplace(padded)
+        self.session.run_with_iobinding(slot.binding, slot.run_options)
+        return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

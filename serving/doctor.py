@@ -1,0 +1,154 @@
+"""`bertpack doctor`: what this host gives ONNX Runtime, the first thing to run when serving is slow.
+
+Versions, the execution providers ORT lists and the ones that really run (a one-node model, on
+each provider that can be tried), CPU instruction sets (int8 speed depends on VNNI/AMX), thread
+settings and visible GPUs. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+# A one-node ONNX model (y = x + x, float[1,4], opset 13, IR 8), serialized with onnx.helper. Embedded
+# so the probe needs only onnxruntime (the Bento does not ship the `onnx` package).
+PROBE_MODEL = base64.b64decode(
+    "CAgSD2JlcnRwYWNrLWRvY3RvcjpBCg4KAXgKAXgSAXkiA0FkZBIFcHJvYmVaEwoBeBIOCgwIARIICgIIAQoCCARiEwoBeRIOCgwIARIICgIIAQoCCARCBAoAEA0=")
+_PACKAGES = ("bertpack", "onnxruntime-gpu", "onnxruntime", "tokenizers", "numpy", "bentoml", "pydantic", "torch", "transformers", "optimum")
+_CPU_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "amx_tile", "amx_int8", "amx_bf16")
+_NEEDS_GPU = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def probe_provider(provider: str) -> dict:
+    """Create a session on `provider` alone and run it; report whether ORT really used it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from serving.engine import gpu_present, preload_cuda_libraries
+
+    if provider in _NEEDS_GPU and not gpu_present():
+        return {"provider": provider, "works": False, "detail": "not tried: no NVIDIA device visible"}
+    if provider in _NEEDS_GPU:
+        preload_cuda_libraries()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[provider])
+        used = session.get_providers()[0]
+        out = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
+    except Exception as exc:  # noqa: BLE001 - a provider that fails to load is what doctor reports
+        return {"provider": provider, "works": False, "detail": str(exc).splitlines()[0][:300]}
+    if used != provider:
+        return {"provider": provider, "works": False, "detail": f"session fell back to {used}"}
+    ok = bool(np.allclose(out, 2.0))
+    return {"provider": provider, "works": ok, "detail": "ran a one-node model" if ok else f"wrong result {out.tolist()}"}
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    from export.cpu import cpu_flags, quantization_target
+
+    flags = cpu_flags(cpuinfo)
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
+    except OSError:
+        pass
+    vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
+    if "amx_int8" in flags:
+        note = "AMX and VNNI int8 instructions: int8 should be the fastest CPU variant"
+    elif vnni:
+        note = "VNNI int8 dot products: int8 is the fastest CPU variant"
+    elif "avx2" in flags:
+        note = "AVX2 without VNNI: int8 uses u8s8 VPMADDUBSW (can saturate; export picks a safe preset), expect a smaller int8 gain"
+    else:
+        note = "no AVX2: int8 and fp32 kernels both slow; prefer a newer CPU"
+    return {"model": model, "machine": platform.machine(), "flags": {f: f in flags for f in _CPU_FLAGS}, "vnni": vnni,
+            "quantization_target": quantization_target(flags), "int8_note": note}
+
+
+def thread_info() -> dict:
+    from serving.engine import physical_cores
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    quota = None
+    try:
+        max_line = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if max_line and max_line[0] != "max":
+            quota = round(int(max_line[0]) / int(max_line[1]), 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "BERTPACK_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ}
+    return {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "affinity": affinity, "cgroup_cpu_quota": quota,
+            "engine_intra_op_threads": int(os.environ.get("BERTPACK_THREADS") or physical_cores()), "engine_inter_op_threads": 1,
+            "env": env}
+
+
+def gpu_info() -> dict:
+    from serving.engine import cuda_problem, gpu_present
+
+    devices = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    listing = None
+    if shutil.which("nvidia-smi"):
+        try:
+            proc = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=15)
+            listing = [line.strip() for line in proc.stdout.splitlines() if line.strip()] or [proc.stderr.strip()[:200]]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            listing = [f"nvidia-smi failed: {exc}"]
+    return {"present": gpu_present(), "device_nodes": devices, "nvidia_smi": listing, "cuda_problem": cuda_problem()}
+
+
+def report() -> dict:
+    import onnxruntime as ort
+
+    from serving.engine import onnxruntime_packages
+
+    available = ort.get_available_providers()
+    return {"versions": versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),
+                                                    "available_providers": available,
+                                                    "providers": [probe_provider(p) for p in available]},
+            "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info()}
+
+
+def format_report(rep: dict) -> str:
+    lines = ["versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items())]
+    o = rep["onnxruntime"]
+    lines.append(f"onnxruntime {o['version']} ({o['device']} build; installed: {', '.join(f'{k} {v}' for k, v in o['packages'].items())})")
+    if len(o["packages"]) > 1:
+        lines.append("  WARNING: onnxruntime and onnxruntime-gpu are both installed; the CPU build shadows the GPU one")
+    lines.append("providers (listed -> works?):")
+    for p in o["providers"]:
+        lines.append(f"  {p['provider']:<28} {'yes' if p['works'] else 'no '}  {p['detail']}")
+    c = rep["cpu"]
+    on = [f for f, v in c["flags"].items() if v]
+    lines.append(f"cpu: {c['model'] or c['machine']}; flags: {' '.join(on) or '(none found)'}")
+    lines.append(f"  int8: {c['int8_note']} (quantization preset: {c['quantization_target']})")
+    t = rep["threads"]
+    lines.append(f"threads: {t['logical_cpus']} logical CPUs, {t['physical_cores']} physical cores, affinity {t['affinity']}, "
+                 f"cgroup quota {t['cgroup_cpu_quota'] or 'none'}; engine intra-op {t['engine_intra_op_threads']}, inter-op 1"
+                 + (f"; env {t['env']}" if t["env"] else ""))
+    g = rep["gpu"]
+    lines.append(f"gpu: {'visible' if g['present'] else 'none visible'}" + (f" ({', '.join(g['device_nodes'])})" if g["device_nodes"] else ""))
+    for line in g["nvidia_smi"] or []:
+        lines.append(f"  {line}")
+    lines.append(f"serving device: {'cuda (fp16)' if not g['cuda_problem'] else 'cpu (int8): ' + g['cuda_problem']}")
+    return "\n".join(lines)

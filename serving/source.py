@@ -1,0 +1,68 @@
+"""Which artifact the service serves and how: a BentoML model tag or an artifact folder, and the
+engine settings, read from the environment (BentoML services take no constructor arguments)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertpack.errors import BertpackError
+
+DEFAULT_MODEL = "bertpack-cola:latest"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = DEFAULT_MODEL  # BERTPACK_MODEL: a model tag or an artifact folder
+    device: str = "auto"  # BERTPACK_DEVICE: auto, cpu or cuda
+    threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads (default: physical cores)
+    engine_batch: int = 16  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
+    cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ServeConfig":
+        env = dict(os.environ if env is None else env)
+        device = env.get("BERTPACK_DEVICE", "auto")
+        if device not in ("auto", "cpu", "cuda"):
+            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}")
+        return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
+                   threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 16,
+                   cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"))
+
+
+def _positive(env: dict[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise BertpackError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    tag: str  # bertpack-cola:<version>, also for a plain folder (from its manifest)
+    origin: str  # "store" or "folder"
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """An existing folder is an artifact folder; anything else is a BentoML model tag."""
+    from serving.engine import read_manifest
+
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        manifest = read_manifest(folder)
+        return ModelSource(folder.resolve(), f"bertpack-cola:{manifest['version']}", "folder")
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        model = bentoml.models.get(spec)
+    except NotFound:
+        raise BertpackError(f"model {spec!r} is not in the BentoML model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}): "
+                            "run `bertpack export RUN_DIR`, or set BERTPACK_MODEL to a tag or an artifact folder") from None
+    except (BentoMLException, ValueError) as exc:
+        raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc})") from None
+    return ModelSource(Path(model.path), str(model.tag), "store")

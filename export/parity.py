@@ -165,13 +165,13 @@ def format_text(report: dict) -> str:
 
 
 def format_markdown(report: dict) -> str:
-    header = [h for _, h in COLUMNS]
+    header = [h.replace("|", "\\|") for _, h in COLUMNS]
     out = [f"# Parity report: {report['source']}", "",
            f"CoLA validation, {report['rows'][0].get('sentences', report['sentences'])} sentences; ONNX Runtime {report['provider']}; "
            f"reference = PyTorch fp32. Created {report['created']}.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
-    out += ["", _footer(report).replace("\n", "\n\n")]
+    out += [""] + [f"- {line.strip()}" if line.startswith("  ") else f"\n{line}\n" for line in _footer(report).splitlines()]
     return "\n".join(out) + "\n"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections import Counter
 
@@ -47,6 +48,29 @@ async def _info(request: Request) -> JSONResponse:
 
 # GET /info: BentoML APIs are POST-only, so a small Starlette app is mounted beside them.
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
+
+
+class JsonOnly:
+    """ASGI middleware: the API takes JSON. BentoML would parse form bodies, and a malformed
+    multipart body escapes its error handling as a 500; answer 415 before that can happen."""
+
+    FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            ctype = b""
+            for key, value in scope.get("headers", ()):
+                if key.lower() == b"content-type":
+                    ctype = value.split(b";", 1)[0].strip().lower()
+            if ctype.startswith(self.FORM_TYPES):
+                response = JSONResponse({"error": f"unsupported Content-Type {ctype.decode('latin-1')!r}: send a JSON body "
+                                                  "with Content-Type: application/json"}, status_code=415)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -95,12 +119,32 @@ class Bertpack:
             raise too_long_error(too_long, limit)
         truncated = [len(seq) > limit for seq in ids]
         ids = [seq[: limit - 1] + [seq[-1]] if cut else seq for seq, cut in zip(ids, truncated)]
-        probabilities = await self.to_async.infer(ids)  # type: ignore[attr-defined]  # set by BentoML at start-up
+        probabilities = await self._infer(ids)
         labels = self.engine.labels
         return ClassifyResponse(model=self.source.tag, predictions=[
             Prediction(label=labels[int(np.argmax(p))], probabilities=dict(zip(labels, map(float, p))),
                        model_version=self.version, tokens=len(seq), truncated=cut)
             for p, seq, cut in zip(probabilities, ids, truncated)])
+
+    async def _infer(self, ids: list[list[int]]) -> list[list[float]]:
+        """`infer` through BentoML's self-proxy (in-process ASGI), so the call joins an adaptive batch.
+
+        BentoML 1.4.40's proxy client closes its aiohttp session every 100 requests, cutting off
+        the calls still in flight ("Server disconnected"; bentoml/BentoML#5540, fix pending in
+        #5698). For the in-process connector a refresh has no purpose, so it is switched off, and
+        a call cut off anyway is retried once (infer is a pure function of its input).
+        """
+        import aiohttp
+
+        client = self.to_async  # type: ignore[attr-defined]  # set by BentoML at start-up
+        manager = getattr(client, "_session_manager", None)
+        if manager is not None and getattr(manager, "max_requests", None) != sys.maxsize:
+            manager.max_requests, manager.max_age = sys.maxsize, float("inf")
+        try:
+            return await client.infer(ids)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
+            log.warning("self-proxy call to infer cut off (%s); retrying once", exc)
+            return await client.infer(ids)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def infer(self, ids: EncodedBatch) -> list[list[float]]:
@@ -144,4 +188,7 @@ class Bertpack:
             "parity": manifest.get("parity", {}), "source_metrics": manifest.get("source", {}).get("metrics", {}),
             "serving_default": manifest.get("serving_default", {}), "pid": os.getpid(),
         }
+
+
+Bertpack.add_asgi_middleware(JsonOnly)
 

@@ -1,0 +1,349 @@
+"""The BentoML service end to end: a real `bentoml serve` process on 127.0.0.1 serving an artifact
+that `bertpack export` made from the tiny random BERT, called with BentoML's client and plain HTTP.
+One server for the whole module (start-up costs ~15 s on 2 cores)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+try:  # tests/ may or may not be a package
+    from conftest import REPO, run_cli
+except ImportError:
+    from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path, log_path: Path, env: dict | None = None, target: str = "serving.service:Bertpack",
+                 timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` in its own process group; returns once /readyz answers 200."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTPACK_")}
+    full_env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})})
+    log = open(log_path, "w")
+    proc = subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=full_env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise AssertionError(f"server did not become ready; log tail:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, synthetic_cola, tmp_path_factory):
+    """The tiny run exported by the real `bertpack export` into a private BentoML store."""
+    root = tmp_path_factory.mktemp("serving")
+    home = root / "bentoml"
+    proc = run_cli("export", str(tiny_run), "--out", str(root / "artifact"), "--data", str(synthetic_cola),
+                   env={"BENTOML_HOME": str(home)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((root / "artifact" / "manifest.json").read_text())
+    return {"root": root, "home": home, "artifact": root / "artifact", "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    log_path = exported["root"] / "serve.log"
+    proc, url = start_server(exported["home"], log_path)  # default model: bertpack-cola:latest from the store
+    yield {"url": url, "proc": proc, "log": log_path, **exported}
+    stop_server(proc)
+
+
+def classify(url: str, payload, **kw) -> httpx.Response:
+    return httpx.post(f"{url}/classify", json=payload, timeout=60, **kw)
+
+
+def assert_healthy(server) -> None:
+    assert server["proc"].poll() is None, "server process died"
+    assert httpx.get(f"{server['url']}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{server['url']}/readyz", timeout=10).status_code == 200
+    r = classify(server["url"], {"sentences": ["The cat sat on the mat."]})
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("acceptable", "unacceptable")
+
+
+def test_bentoml_client_classifies(server):
+    import bentoml
+
+    version = server["manifest"]["version"]
+    with bentoml.SyncHTTPClient(server["url"]) as client:
+        assert client.is_ready()
+        out = client.classify(sentences=["The cat sat on the mat.", "Mat the on sat cat the."])
+    assert out["model"] == f"bertpack-cola:{version}"
+    assert len(out["predictions"]) == 2
+    for p in out["predictions"]:
+        assert p["label"] in ("acceptable", "unacceptable") and p["model_version"] == version
+        assert set(p["probabilities"]) == {"acceptable", "unacceptable"} and abs(sum(p["probabilities"].values()) - 1) < 1e-5
+        assert p["label"] == max(p["probabilities"], key=p["probabilities"].get) and p["truncated"] is False
+
+
+def test_answers_match_the_engine(server):
+    """What the service answers is what the int8 engine computes for the same sentence alone."""
+    from serving.engine import OnnxClassifier
+
+    sentences = ["The cat sat on the mat.", "John gave a book Mary to.", "It rained all day."]
+    engine = OnnxClassifier(server["artifact"], device="cpu")
+    assert engine.variant == server["manifest"]["serving_default"]["cpu"]
+    for sentence, expected in zip(sentences, engine.classify(sentences, batch_size=1)):
+        got = classify(server["url"], {"sentences": [sentence]}).json()["predictions"][0]
+        assert got["label"] == expected["label"]
+        for label, prob in expected["probabilities"].items():
+            assert abs(got["probabilities"][label] - prob) < 1e-5
+
+
+def test_info_endpoint(server):
+    info = httpx.get(f"{server['url']}/info", timeout=10).json()
+    assert info["model"] == f"bertpack-cola:{server['manifest']['version']}" and info["origin"] == "store"
+    assert info["engine"]["variant"] == "int8" and info["engine"]["provider"] == "CPUExecutionProvider"
+    assert info["parity"]["passed"] is True and "int8" in info["parity"]["rows"]
+    assert info["limits"] == {"max_sentences": 64, "max_chars": 1000, "max_tokens": server["manifest"]["max_length"]}
+    assert info["batching"]["max_batch_size"] > 1
+
+
+LONG_TOKENS = " ".join(["word"] * 80)  # 82 tokens, over the tiny model's 64, but only 399 characters
+BAD_INPUTS = {
+    "empty body object": {},
+    "sentences missing": {"sentence": ["typo in the key"]},
+    "sentences a string": {"sentences": "The cat sat."},
+    "sentences null": {"sentences": None},
+    "sentences an object": {"sentences": {"0": "The cat sat."}},
+    "empty list": {"sentences": []},
+    "non-string item": {"sentences": ["The cat sat.", 42]},
+    "null item": {"sentences": [None]},
+    "nested list item": {"sentences": [["The cat sat."]]},
+    "empty sentence": {"sentences": [""]},
+    "whitespace sentence": {"sentences": [" \t\n "]},
+    "unicode whitespace sentence": {"sentences": ["\u2003\u00a0"]},
+    "over the character limit": {"sentences": ["a" * 1001]},
+    "over the token limit without truncate": {"sentences": [LONG_TOKENS]},
+    "too many sentences": {"sentences": ["The cat sat."] * 65},
+    "truncate not a boolean": {"sentences": ["The cat sat."], "truncate": "yes"},
+    "no readable text": {"sentences": ["\u200b\u200b"]},
+    "a list body": ["The cat sat."],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gets_400_json(server, name):
+    r = classify(server["url"], BAD_INPUTS[name])
+    assert r.status_code == 400, (name, r.status_code, r.text[:300])
+    body = r.json()
+    assert "error" in body and body["detail"], body
+
+
+@pytest.mark.parametrize("body,ctype,status", [
+    (b'{"sentences": ["The cat sat."', "application/json", 400),  # malformed JSON
+    (b"", "application/json", 400),
+    (b"\xff\xfe\x00garbage", "application/json", 400),
+    (b'sentences=["x"]', "application/x-www-form-urlencoded", 415),
+    (b"--xyz\r\ngarbage", "multipart/form-data; boundary=xyz", 415),
+])
+def test_malformed_bodies_get_4xx(server, body, ctype, status):
+    r = httpx.post(f"{server['url']}/classify", content=body, headers={"content-type": ctype}, timeout=30)
+    assert r.status_code == status, r.text[:300]
+    assert "error" in r.json()
+
+
+def test_truncate_on_request(server):
+    r = classify(server["url"], {"sentences": [LONG_TOKENS, "The cat sat."], "truncate": True})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["predictions"]
+    assert first["truncated"] is True and first["tokens"] == server["manifest"]["max_length"]
+    assert second["truncated"] is False and second["tokens"] == 6
+
+
+def test_limits_are_inclusive(server):
+    r = classify(server["url"], {"sentences": ["a " * 30 + "b" * (1000 - 60)] + ["The cat sat."] * 63})
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["predictions"]) == 64
+
+
+def test_healthy_after_bad_inputs(server):
+    for payload in BAD_INPUTS.values():
+        assert classify(server["url"], payload).status_code == 400
+    assert_healthy(server)
+
+
+def _sentence(n_words: int) -> str:
+    return " ".join(["cat"] * n_words) + "."  # n_words + 3 tokens: [CLS] ... . [SEP]
+
+
+def test_good_and_bad_requests_concurrently(server):
+    """Bad requests are refused before batching, so they never cost a good neighbour its answer."""
+    good = [{"sentences": [_sentence(i % 40 + 1)]} for i in range(40)]
+    bad = [BAD_INPUTS[k] for k in ("empty sentence", "non-string item", "over the token limit without truncate",
+                                   "whitespace sentence", "too many sentences")] * 4
+    jobs = [("good", i, p) for i, p in enumerate(good)] + [("bad", i, p) for i, p in enumerate(bad)]
+    jobs = [j for pair in zip(jobs[::2], jobs[1::2]) for j in pair]  # interleave
+    with httpx.Client(base_url=server["url"], timeout=120, limits=httpx.Limits(max_connections=64)) as client, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
+        results = list(pool.map(lambda job: (job, client.post("/classify", json=job[2])), jobs))
+    for (kind, i, payload), r in results:
+        if kind == "good":
+            assert r.status_code == 200, r.text[:300]
+            assert r.json()["predictions"][0]["tokens"] == i % 40 + 4
+        else:
+            assert r.status_code == 400, r.text[:300]
+
+
+def _batch_histogram(url: str) -> tuple[float, float]:
+    """(batches, requests) of /infer from BentoML's Prometheus histogram of adaptive batch sizes."""
+    count = total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size") and 'method_name="infer"' in line:
+            if line.startswith("bentoml_service_adaptive_batch_size_count"):
+                count += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("bentoml_service_adaptive_batch_size_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+def test_adaptive_batching_forms_batches_and_keeps_order(server):
+    url = server["url"]
+    before_info = httpx.get(f"{url}/info", timeout=10).json()["batching"]
+    before_count, before_total = _batch_histogram(url)
+    n = 48
+    # Each client sends one sentence with its own length, so its answer's token count names it.
+    sentences = [_sentence(i + 1) for i in range(n)]
+    with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=n)) as client, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        responses = list(pool.map(lambda s: client.post("/classify", json={"sentences": [s]}), sentences))
+        # and a few multi-sentence requests: order inside a request is kept too
+        multi = list(pool.map(lambda k: client.post("/classify", json={"sentences": sentences[k:k + 5][::-1]}), range(0, 40, 5)))
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text[:300]
+        assert r.json()["predictions"][0]["tokens"] == i + 4
+    for k, r in zip(range(0, 40, 5), multi):
+        assert [p["tokens"] for p in r.json()["predictions"]] == [i + 4 for i in range(k, k + 5)][::-1]
+    after = httpx.get(f"{url}/info", timeout=10).json()["batching"]
+    count, total = _batch_histogram(url)
+    batches, requests = count - before_count, total - before_total
+    sentences_run = after["sentences"] - before_info["sentences"]
+    print(f"\n{requests:.0f} requests ({sentences_run} sentences) in {batches:.0f} adaptive batches; sizes seen {after['sizes']}")
+    assert requests == n + 8 and sentences_run == n + 8 * 5
+    assert batches < requests  # some requests shared a batch
+    assert after["largest"] > 1
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+                          max_leaves=20)
+sentence_like = st.one_of(st.text(max_size=60), st.text(alphabet=" \t\n\r\u00a0\u2003\u200b", max_size=5), st.text(min_size=990, max_size=1100),
+                          st.just(LONG_TOKENS), json_value)
+payloads = st.one_of(
+    st.fixed_dictionaries({"sentences": st.lists(sentence_like, max_size=70)},
+                          optional={"truncate": st.one_of(st.booleans(), json_value), "extra": json_value}),
+    st.fixed_dictionaries({"sentences": json_value}),
+    json_value,
+    st.binary(max_size=200),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+)
+_fuzz_count = {"n": 0}
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(payload=payloads)
+def test_fuzz_never_5xx(server, payload):
+    _fuzz_count["n"] += 1
+    if isinstance(payload, bytes):
+        r = httpx.post(f"{server['url']}/classify", content=payload, headers={"content-type": "application/json"}, timeout=60)
+    else:
+        r = classify(server["url"], payload)
+    assert r.status_code < 500, (payload, r.status_code, r.text[:300])
+    assert r.status_code in (200, 400), (r.status_code, r.text[:300])
+    body = r.json()
+    if r.status_code == 200:
+        assert len(body["predictions"]) == len(payload["sentences"])
+    else:
+        assert "error" in body
+
+
+def test_healthy_after_fuzz(server):
+    assert _fuzz_count["n"] >= 500 or _fuzz_count["n"] == 0  # 0 when the fuzz test was deselected
+    assert_healthy(server)
+    assert "Traceback" not in server["log"].read_text().split("Exception on")[0]  # start-up was clean
+
+
+def test_bentoml_build(server, tmp_path):
+    """`bentoml build` from the repo root packs the service code and the model reference."""
+    env = {**os.environ, "BENTOML_HOME": str(server["home"]), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tag = proc.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    name, version = tag.split(":")
+    bento = server["home"] / "bentos" / name / version
+    info = (bento / "bento.yaml").read_text()
+    assert f"bertpack-cola:{server['manifest']['version']}" in info or server["manifest"]["version"] in info
+    assert (bento / "src" / "serving" / "service.py").is_file() and (bento / "src" / "bertpack" / "errors.py").is_file()
+    assert not (bento / "src" / "trainer").exists() and not (bento / "src" / "export").exists()
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu" in reqs and "torch" not in reqs and "transformers" not in reqs
+
+
+def test_refuses_to_serve_a_corrupted_artifact(server, tmp_path):
+    """The service re-hashes every file before serving: a modified model stops start-up with the reason."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(server["artifact"], art)
+    with open(art / "model_optimized.onnx", "r+b") as fh:  # a file the int8 engine would not even read
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02\x03")
+    code = ("import os, sys; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
+            "from serving.service import Bertpack\n"
+            "try:\n    Bertpack.inner()\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(art)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BENTOML_HOME": str(server["home"])})
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
+    assert "BertpackError" in proc.stdout and "model_optimized.onnx does not match its sha256" in proc.stdout
+
+
+def test_serves_an_artifact_folder_by_env(server, tmp_path):
+    """BERTPACK_MODEL takes an artifact folder as well as a tag (checked in-process, no second server)."""
+    code = ("import os, sys, json; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
+            "from serving.service import Bertpack\n"
+            "svc = Bertpack.inner()\n"
+            "print(json.dumps({'origin': svc.source.origin, 'tag': svc.source.tag, 'variant': svc.engine.variant}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(server["artifact"])], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "BENTOML_HOME": str(tmp_path / "empty-home")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"origin": "folder", "tag": f"bertpack-cola:{server['manifest']['version']}", "variant": "int8"}

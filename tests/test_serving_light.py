@@ -1,0 +1,95 @@
+"""Serving pieces that need no server: import weight, `bertpack doctor`, configuration errors, and
+the GPU path where a GPU exists (skipped here otherwise)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+try:  # tests/ may or may not be a package
+    from conftest import REPO, run_cli
+except ImportError:
+    from tests.conftest import REPO, run_cli
+
+
+def test_service_import_loads_neither_torch_nor_transformers():
+    code = ("import sys, json\nimport serving.service, serving.engine, serving.doctor\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum'))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_doctor_reports_providers_cpu_threads_gpus():
+    proc = run_cli("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)
+    probes = {p["provider"]: p for p in rep["onnxruntime"]["providers"]}
+    assert probes["CPUExecutionProvider"]["works"] is True
+    assert set(probes) == set(rep["onnxruntime"]["available_providers"])
+    flags = open("/proc/cpuinfo").read()
+    assert rep["cpu"]["flags"]["avx2"] == (" avx2" in flags)
+    assert rep["threads"]["logical_cpus"] >= 1 and rep["threads"]["engine_intra_op_threads"] >= 1
+    assert isinstance(rep["gpu"]["present"], bool)
+    if not rep["gpu"]["present"]:
+        assert probes.get("CUDAExecutionProvider", {"works": False})["works"] is False
+        assert "no NVIDIA device" in rep["gpu"]["cuda_problem"]
+    text = run_cli("doctor")
+    assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
+
+
+def test_doctor_probe_model_runs():
+    from serving.doctor import probe_provider
+
+    assert probe_provider("CPUExecutionProvider")["works"] is True
+
+
+def test_serve_config_from_env():
+    from bertpack.errors import BertpackError
+    from serving.source import ServeConfig
+
+    cfg = ServeConfig.from_env({"BERTPACK_MODEL": "/x", "BERTPACK_THREADS": "3", "BERTPACK_CUDA_GRAPHS": "0"})
+    assert (cfg.model, cfg.threads, cfg.cuda_graphs, cfg.device) == ("/x", 3, False, "auto")
+    assert ServeConfig.from_env({}).model == "bertpack-cola:latest"
+    with pytest.raises(BertpackError, match="BERTPACK_DEVICE"):
+        ServeConfig.from_env({"BERTPACK_DEVICE": "tpu"})
+    with pytest.raises(BertpackError, match="BERTPACK_THREADS"):
+        ServeConfig.from_env({"BERTPACK_THREADS": "-1"})
+
+
+def test_missing_model_tag_is_a_clear_error(tmp_path):
+    code = ("import sys\nfrom bertpack.errors import BertpackError\nfrom serving.source import resolve_model\n"
+            "try:\n    resolve_model('bertpack-cola:latest')\nexcept BertpackError as e:\n    print(e); sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path)})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "not in the BentoML model store" in proc.stdout and "bertpack export" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def cuda_artifact(tiny_run, synthetic_cola, tmp_path_factory):
+    from serving.engine import cuda_available
+
+    if not cuda_available():
+        pytest.skip("no NVIDIA GPU with the CUDA provider on this host: the fp16/CUDA path and CUDA graphs are untested here")
+    out = tmp_path_factory.mktemp("cuda") / "artifact"
+    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_fp16_matches_cpu(cuda_artifact, graphs):
+    from serving.engine import OnnxClassifier
+
+    sentences = ["The cat sat on the mat.", "Mat the on sat cat the.", "It rained all day long in the city."] * 3
+    cpu = OnnxClassifier(cuda_artifact, variant="optimized", device="cpu").logits(sentences)
+    gpu = OnnxClassifier(cuda_artifact, device="cuda", cuda_graph=graphs)
+    assert gpu.provider == "CUDAExecutionProvider" and gpu.variant == "fp16"
+    for _ in range(3):  # graphs are captured on a shape's first runs and replayed afterwards
+        got = gpu.logits(sentences, batch_size=4)
+    assert abs(got - cpu).max() < 2e-2
+    assert (gpu.graphs is not None) == graphs

@@ -4,7 +4,7 @@ command functions: `bertpack --help` must not import torch or onnxruntime."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -39,16 +39,25 @@ def bench(
     profile: bool = typer.Option(True, help="Per-operator ONNX Runtime profile of the ONNX CPU engines at --profile-batch-size."),
     profile_batch_size: int = typer.Option(32, help="Batch size profiled."),
     export_dir: Optional[Path] = typer.Option(None, help="bert-base: keep (and reuse) the random-weight export here instead of a temp folder."),
+    int8_candidates: bool = typer.Option(False, help="Also build and measure int8 from the fused graph (QAttention), for the int8 investigation."),
+    extra_model: Optional[List[str]] = typer.Option(None, help="NAME=PATH: also measure this ONNX file (engine file:NAME), e.g. an int8 candidate. Repeatable."),
 ) -> None:
     """Benchmark ONNX Runtime variants against PyTorch: latency, throughput, memory and MCC per engine and batch size."""
     from bench.config import ENGINES, BenchConfig
     from bench.runner import run_bench
 
     chosen = tuple(e.strip() for e in engines.split(",") if e.strip()) if engines else ENGINES
+    extras = {}
+    for item in extra_model or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise BertpackError(f"--extra-model takes NAME=PATH, got {item!r}")
+        extras[name] = Path(path)
     cfg = BenchConfig(artifact_dir=artifact_dir, out=out, arch=arch, batch_sizes=_int_list(batch_sizes, "--batch-sizes"), data=data,
                       engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
                       max_passes=max_passes, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
-                      profile_batch_size=profile_batch_size, export_dir=export_dir)
+                      profile_batch_size=profile_batch_size, export_dir=export_dir, extra_models=extras,
+                      int8_candidates=int8_candidates)
     run_bench(cfg, typer.echo)
 
 

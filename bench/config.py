@@ -35,7 +35,9 @@ class BenchConfig:
     profile_batch_size: int = 32
     export_dir: Path | None = None  # bert-base: reuse / keep the temporary export here
     worker_timeout_s: float = 1800.0
-    extra: dict = field(default_factory=dict)
+    # More ONNX files measured beside the artifact's variants (name -> path), e.g. int8 candidates; engine "file:<name>".
+    extra_models: dict[str, Path] = field(default_factory=dict)
+    int8_candidates: bool = False  # also build and measure the int8 variants of bench/int8_candidates.py
 
     def sentence_count(self) -> int | None:
         if self.sentences is not None:

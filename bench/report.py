@@ -65,7 +65,10 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     for name, engine, other, b, measure, target in BARS:
         a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
         if a is None or o is None:
-            why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), f"batch size {b} not measured")
+            why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)
+            if why is None:
+                missing = [e for e in (engine, other) if e not in by_engine]
+                why = f"{', '.join(missing)} not run (--engines)" if missing else f"batch size {b} not measured"
             bars.append({"bar": name, "target": target, "value": None, "passed": None, "note": f"not measured: {why}"})
             continue
         value = o["p50_ms"] / a["p50_ms"] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
@@ -136,7 +139,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def _order(row: dict) -> int:
     from bench.config import ENGINES
 
-    return ENGINES.index(row["engine"]) if row["engine"] in ENGINES else len(ENGINES)
+    return ENGINES.index(row["engine"]) if row["engine"] in ENGINES else len(ENGINES)  # extra files last
 
 
 def _bar_lines(payload: dict) -> list[str]:

@@ -29,6 +29,10 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
     if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
         raise BertpackError("--batch-sizes must be positive integers, e.g. 1,8,32,128")
+    cfg.engines = tuple(dict.fromkeys(cfg.engines))  # each engine once
+    for name, path in cfg.extra_models.items():
+        if not Path(path).is_file():
+            raise BertpackError(f"--extra-model {name}={path}: no such ONNX file")
     unknown = [e for e in cfg.engines if e not in ENGINES]
     if unknown:
         raise BertpackError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
@@ -63,7 +67,7 @@ def _cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def plan_engines(cfg: BenchConfig, manifest: dict, device: str, torch_cuda: bool) -> tuple[list[dict], list[dict]]:
+def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, torch_cuda: bool) -> tuple[list[dict], list[dict]]:
     """(engines to run, engines skipped with the reason)."""
     from serving.engine import cuda_available
 
@@ -79,7 +83,7 @@ def plan_engines(cfg: BenchConfig, manifest: dict, device: str, torch_cuda: bool
             if name == "pytorch_bf16" and torch_device == "cpu" and not _cpu_has_bf16():
                 reason = "this CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)"
         elif name == "onnx_fp16_cuda":
-            spec.update(device="cuda", variant="fp16")
+            spec.update(device="cuda", variant="fp16", model_file=str(artifact / variants.get("fp16", {}).get("file", "-")))
             if not cuda_available():
                 reason = "no GPU: the CUDA execution provider needs an NVIDIA device (none visible here)"
             elif "fp16" not in variants:
@@ -89,10 +93,14 @@ def plan_engines(cfg: BenchConfig, manifest: dict, device: str, torch_cuda: bool
             spec["variant"] = variant
             if variant is None or variant not in variants:
                 reason = f"the artifact has no {variant or 'second int8'} variant"
+            else:
+                spec.update(model_file=str(artifact / variants[variant]["file"]), settings=variants[variant].get("settings"))
         if reason:
             skipped.append({"engine": name, "reason": reason})
         else:
             run.append(spec)
+    for name, path in cfg.extra_models.items():
+        run.append({"engine": f"file:{name}", "device": "cpu", "model_file": str(Path(path).resolve())})
     return run, skipped
 
 
@@ -131,6 +139,9 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     from bench.machine import machine_info
     from serving.engine import OnnxClassifier, cuda_available, physical_cores
 
+    import datasets
+
+    datasets.disable_progress_bars()
     manifest = check_config(cfg)
     data_dir = _data_dir(cfg)
     threads = cfg.threads or physical_cores()
@@ -150,6 +161,11 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             raise BertpackError(f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
                                 "the PyTorch engines load it: keep the run folder, or re-export from where it is now")
 
+        if cfg.int8_candidates:
+            from bench.int8_candidates import build_candidates
+
+            echo("bench: building the int8 candidates (quantized fused graph) ...")
+            cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
         sentences, labels, domains = _select_sentences(*validation_sentences(data_dir), cfg.sentence_count())
         encoder = OnnxClassifier(artifact, variant="fp32", device="cpu", threads=1, verify=True)  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
@@ -162,7 +178,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
             torch_cuda = torch.cuda.is_available()
         device = "cuda" if torch_cuda or cuda_available() else "cpu"
-        engines, skipped = plan_engines(cfg, manifest, device, torch_cuda)
+        engines, skipped = plan_engines(cfg, manifest, artifact, device, torch_cuda)
         echo(f"bench: {len(sentences)} CoLA validation sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
              f"engines {', '.join(e['engine'] for e in engines)}" + (f" (skipped: {', '.join(s['engine'] for s in skipped)})" if skipped else ""))
         base = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "ids": ids, "pad_id": pad_id,

@@ -82,25 +82,33 @@ class TorchEngine:
 
 
 class OnnxEngine:
-    """An exported variant in ONNX Runtime. On CUDA the inputs and outputs are bound to the device
-    (IO binding), so the timed call is the model, not host-device copies the caller can overlap."""
+    """One ONNX model in ONNX Runtime, with the serving engine's session options. On CUDA the inputs
+    and outputs are bound to the device (IO binding), so the timed call is the model, not host-device
+    copies the caller could overlap."""
 
-    def __init__(self, artifact_dir: str, variant: str, device: str, threads: int):
-        from serving.engine import OnnxClassifier
+    def __init__(self, model_path: str, device: str, threads: int, settings: dict | None = None):
+        import onnxruntime as ort
 
+        from serving.engine import session_options
+
+        providers: list = ["CPUExecutionProvider"]
         if device == "cuda":
             import torch  # noqa: F401 - puts the CUDA libraries in the process for onnxruntime-gpu
-        self.clf = OnnxClassifier(artifact_dir, variant=variant, device=device, threads=threads, verify=False)
-        if device == "cuda" and self.clf.provider != "CUDAExecutionProvider":
-            raise RuntimeError(f"ONNX Runtime fell back to {self.clf.provider}")
+
+            providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+        self.model_path = Path(model_path)
+        self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads), providers=providers)
+        provider = self.session.get_providers()[0]
+        if device == "cuda" and provider != "CUDAExecutionProvider":
+            raise RuntimeError(f"ONNX Runtime fell back to {provider}")
         self.device = device
-        self.session = self.clf.session
-        self.model_path = Path(artifact_dir) / self.clf.manifest["variants"][variant]["file"]
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_names = {i.name for i in self.session.get_inputs()}
         self.size_bytes = self.model_path.stat().st_size
-        self.info = {"provider": self.clf.provider, "model_file": self.model_path.name, "intra_op_threads": threads,
-                     "variant_settings": self.clf.manifest["variants"][variant].get("settings")}
+        self.info = {"provider": provider, "model_file": str(self.model_path), "intra_op_threads": threads, "variant_settings": settings}
 
     def prepare(self, inputs: dict[str, np.ndarray]):
+        inputs = {k: v for k, v in inputs.items() if k in self.input_names}
         if self.device != "cuda":
             return inputs
         import onnxruntime as ort
@@ -108,14 +116,14 @@ class OnnxEngine:
         binding = self.session.io_binding()
         for name, arr in inputs.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
-        binding.bind_output(self.clf.output_name, "cuda", 0)
+        binding.bind_output(self.output_name, "cuda", 0)
         return binding
 
     def run(self, prepared):
         if self.device == "cuda":
             self.session.run_with_iobinding(prepared)
             return prepared
-        return self.session.run([self.clf.output_name], prepared)[0]
+        return self.session.run([self.output_name], prepared)[0]
 
     def sync(self) -> None:
         pass  # run_with_iobinding returns after the CUDA stream is synchronised; CPU runs are synchronous
@@ -137,7 +145,7 @@ def load_engine(spec: dict):
     if engine.startswith("pytorch_"):
         mode = {"pytorch_fp32": "fp32", "pytorch_fast": "fast", "pytorch_bf16": "bf16"}[engine]
         return TorchEngine(spec["checkpoint"], mode, device, threads)
-    return OnnxEngine(spec["artifact_dir"], spec["variant"], device, threads)
+    return OnnxEngine(spec["model_file"], device, threads, spec.get("settings"))
 
 
 def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
@@ -170,7 +178,7 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
     if spec.get("profile_batch_size") == batch_size and isinstance(engine, OnnxEngine) and engine.device == "cpu":
         from bench.profile import profile_session
 
-        result["profile"] = profile_session(engine.model_path, spec["threads"], prepared, engine.clf.output_name,
+        result["profile"] = profile_session(engine.model_path, spec["threads"], prepared, engine.output_name,
                                             Path(spec["profile_dir"]))
     return result
 

@@ -1,0 +1,151 @@
+"""`bertpack bench` on the tiny random model: real export (the export stage's pipeline), real worker
+processes, real files. Speed itself is not asserted (that is what the benchmark prints)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+QUICK = ["--min-time", "0", "--min-samples", "1", "--max-passes", "1"]
+REQUIRED_ROW_FIELDS = {"engine", "device", "batch_size", "p50_ms", "p95_ms", "p99_ms", "sentences_per_s", "speedup_p50",
+                       "speedup_throughput", "peak_rss_mib", "model_mb", "mcc", "accuracy", "agreement"}
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
+    from export.parity import Tolerance
+    from export.pipeline import export_artifact
+
+    out = tmp_path_factory.mktemp("bench-art") / "artifact"
+    wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
+    export_artifact(tiny_run, out, data=synthetic_cola, store=False, tolerance=wide_open, limit=24,
+                    calibration_samples=16, flip_check=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_result(tiny_artifact, synthetic_cola, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "32",
+                   "--batch-sizes", "1,8", "--e2e-sentences", "16", "--profile-batch-size", "8", *QUICK)
+    return out, proc
+
+
+def test_bench_writes_table_json_md_png(bench_result):
+    out, proc = bench_result
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "p50 ms" in proc.stdout and "sent/s" in proc.stdout and "MCC" in proc.stdout
+    payload = json.loads((out / "bench.json").read_text())
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "bench.md").read_text()
+    assert "| engine |" in md and "## Bars" in md
+
+    engines = {r["engine"] for r in payload["rows"]}
+    assert {"pytorch_fp32", "pytorch_fast", "onnx_fp32", "onnx_optimized", "onnx_int8"} <= engines
+    assert {(r["engine"], r["batch_size"]) for r in payload["rows"]} >= {(e, b) for e in engines for b in (1, 8)}
+    for row in payload["rows"]:
+        assert REQUIRED_ROW_FIELDS <= row.keys()
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["sentences_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["model_mb"] > 0
+        assert -1.0 <= row["mcc"] <= 1.0
+    ref = [r for r in payload["rows"] if r["engine"] == "pytorch_fp32"]
+    assert all(r["speedup_p50"] == pytest.approx(1.0) and r["agreement"] == 100.0 for r in ref)
+    # Same sentences, same padding: the fp32 graph and PyTorch must predict the same classes.
+    assert all(r["agreement"] == 100.0 for r in payload["rows"] if r["engine"] in ("onnx_fp32", "onnx_optimized"))
+    int8_size = next(r["model_mb"] for r in payload["rows"] if r["engine"] == "onnx_int8")
+    fp32_size = next(r["model_mb"] for r in payload["rows"] if r["engine"] == "onnx_fp32")
+    assert int8_size < fp32_size / 2
+
+    assert set(payload["padding"]) == {"1", "8"}
+    assert payload["padding"]["1"]["padding_ratio"] == 0.0 and payload["padding"]["8"]["padding_ratio"] > 0.0
+    machine = payload["machine"]
+    assert machine["cpu_model"] is not None and machine["physical_cores"] >= 1 and "onnxruntime-gpu" in machine["versions"]
+    assert payload["settings"]["threads"] >= 1 and payload["sentences"] == 32
+
+    e2e = payload["end_to_end"]
+    assert e2e["book"]["sentences_per_s"] > 0 and e2e["serving"]["sentences_per_s"] > 0 and e2e["speedup"] > 0
+    assert e2e["book"]["pad_to"] == 128 and e2e["padding_book"]["padding_ratio"] > 1.0
+    bars = {b["bar"]: b for b in payload["bars"]}
+    assert any("batch 1" in name and b["value"] is not None for name, b in bars.items() if name.startswith("int8"))
+    profiled = [r for r in payload["rows"] if r.get("profile")]
+    assert profiled and all(r["batch_size"] == 8 and r["profile"]["ops"] for r in profiled)
+
+
+def test_gpu_rows_are_skipped_with_a_reason(bench_result):
+    from serving.engine import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is present: the CUDA rows run instead of being skipped")
+    out, proc = bench_result
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads((out / "bench.json").read_text())
+    skipped = {s["engine"]: s["reason"] for s in payload["skipped"]}
+    assert "no GPU" in skipped["onnx_fp16_cuda"]
+    assert "onnx_fp16_cuda" not in {r["engine"] for r in payload["rows"]}
+    assert "skipped onnx_fp16_cuda: no GPU" in proc.stdout
+    gpu_bars = [b for b in payload["bars"] if "CUDA" in b["bar"]]
+    assert gpu_bars and all(b["value"] is None and "no GPU" in b["note"] for b in gpu_bars)
+
+
+def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, synthetic_cola, tmp_path):
+    export_dir = tmp_path / "export"
+    shutil.copytree(tiny_artifact, export_dir / "artifact")  # stands in for the random BERT-base export (minutes)
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--arch", "bert-base", "--export-dir", str(export_dir), "--out", str(out),
+                   "--data", str(synthetic_cola), "--sentences", "16", "--batch-sizes", "4", "--engines", "pytorch_fp32,onnx_int8",
+                   "--no-end-to-end", "--no-profile", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reusing the export" in proc.stdout
+    payload = json.loads((out / "bench.json").read_text())
+    assert payload["speed_only"] and payload["arch"] == "bert-base"
+    assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_int8"}
+    assert all(r["mcc"] is None for r in payload["rows"])
+    assert not any(b["bar"].startswith("int8 MCC") for b in payload["bars"])
+
+
+def test_int8_candidates_quantize_the_fused_graph(tiny_artifact, tmp_path):
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from bench.int8_candidates import build_candidates
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    models = build_candidates(tiny_artifact, manifest, tmp_path)
+    ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_fused_qattention"])).graph.node)
+    assert ops["QAttention"] == 2 and ops["Attention"] == 0  # one per layer of the tiny model
+    ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_fused_fp32_attention"])).graph.node)
+    assert ops["Attention"] == 2 and ops["MatMulInteger"] > 0
+    for path in models.values():
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engines", "pytorch_fp32,warp_drive"], "unknown engine"),
+    (["--engines", "onnx_int8"], "must include pytorch_fp32"),
+    (["--batch-sizes", "1,x"], "comma-separated integers"),
+    (["--arch", "gpt"], "--arch must be one of"),
+    (["--extra-model", "nothing"], "NAME=PATH"),
+])
+def test_bad_options_are_one_line_errors(tiny_artifact, tmp_path, args, message):
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(tmp_path / "out"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_artifact_and_foreign_out_folder(tiny_artifact, tmp_path):
+    proc = run_cli("bench", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(foreign))
+    assert proc.returncode == 2 and "not a previous bench output" in proc.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -119,10 +119,14 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, spin: bool = True):
+    """`spin=False` stops idle ORT threads from busy-waiting: in a server they would take the CPU
+    that the HTTP side needs between batches."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = threads or physical_cores()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -151,7 +155,7 @@ class OnnxClassifier:
 
     def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
                  threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None = DEFAULT_BUCKETS,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, spin: bool = True):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -184,7 +188,7 @@ class OnnxClassifier:
         if want_cuda:
             preload_cuda_libraries()
             providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-        self.session = _open_session(self.model_path, session_options(threads), providers)
+        self.session = _open_session(self.model_path, session_options(threads, spin), providers)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
             log.error("CUDA was requested but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "

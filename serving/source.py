@@ -17,7 +17,7 @@ class ServeConfig:
     model: str = DEFAULT_MODEL  # BERTPACK_MODEL: a model tag or an artifact folder
     device: str = "auto"  # BERTPACK_DEVICE: auto, cpu or cuda
     threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads (default: physical cores)
-    engine_batch: int = 16  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
+    engine_batch: int = 32  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
 
     @classmethod
@@ -27,7 +27,7 @@ class ServeConfig:
         if device not in ("auto", "cpu", "cuda"):
             raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}")
         return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
-                   threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 16,
+                   threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 32,
                    cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"))
 
 

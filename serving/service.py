@@ -42,6 +42,17 @@ MAX_BATCH_SIZE = 64
 MAX_LATENCY_MS = 10_000
 
 
+def _log_to_stderr() -> None:
+    """BentoML configures only its own loggers; without this the engine's provider line and its
+    CUDA-fallback errors would not reach the server log."""
+    root = logging.getLogger("bertpack")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 async def _info(request: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().info())
 
@@ -87,6 +98,7 @@ class JsonOnly:
 )
 class Bertpack:
     def __init__(self) -> None:
+        _log_to_stderr()
         self.config = ServeConfig.from_env()
         self.source = resolve_model(self.config.model)
         manifest = read_manifest(self.source.path)

@@ -299,7 +299,9 @@ def test_fuzz_never_5xx(server, payload):
 def test_healthy_after_fuzz(server):
     assert _fuzz_count["n"] >= 500 or _fuzz_count["n"] == 0  # 0 when the fuzz test was deselected
     assert_healthy(server)
-    assert "Traceback" not in server["log"].read_text().split("Exception on")[0]  # start-up was clean
+    log = server["log"].read_text()
+    assert "Traceback" not in log.split("Exception on")[0]  # start-up was clean
+    assert f"serving bertpack-cola:{server['manifest']['version']} (int8 from store) with model_int8.onnx on CPUExecutionProvider" in log
 
 
 def test_bentoml_build(server, tmp_path):

@@ -113,3 +113,20 @@ def test_manifest_file_table_hashes(tmp_path):
     version = make_version(tmp_path, datetime(2026, 1, 2, 3, 4, 5))
     assert version.startswith("20260102-030405-") and version == version.lower()
     assert sha256_file(tmp_path / "a.bin") == table["a.bin"]["sha256"]
+
+
+def test_report_tables_render_every_row():
+    ref_row = dict(parity.score("pytorch fp32", REF, REF, DATA), status="reference")
+    int8 = dict(parity.score("int8", REF, REF, DATA, 2_000_000), status="pass", method="static", flip_rate=0.0)
+    report = {"source": "/x/model", "created": "now", "sentences": 4, "provider": "CPUExecutionProvider",
+              "tolerance": parity.tolerance_dict(parity.Tolerance()), "rows": [ref_row, int8, {"variant": "fp16", "status": "not checked (no GPU)"}],
+              "int8_tries": {"static": [{"settings": {"name": "static avx2 per-tensor minmax"}, "passed": True, "problems": [],
+                                         "mcc": 1.0, "agreement": 100.0, "max_abs_logit_diff": 0.0}]},
+              "serving_default_cpu": "int8", "failures": []}
+    text = parity.format_text(report)
+    assert "int8 (static)" in text and "not checked (no GPU)" in text and "static avx2 per-tensor minmax" in text
+    md = parity.format_markdown(report)
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3
+    assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # escaped pipes keep the columns aligned
+    assert "| int8 (static) | 1.0000 |" in md and "2.0 |" in md

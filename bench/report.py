@@ -166,7 +166,8 @@ def _e2e_lines(payload: dict) -> list[str]:
     mcc = lambda side: "" if payload["speed_only"] else f", MCC {side['mcc']:.4f}"  # noqa: E731
     lines.append(f"- the book's way (pad every sentence to {book['pad_to']}, input order, PyTorch fp32 eager): "
                  f"{book['sentences_per_s']:.1f} sentences/s{mcc(book)}; padding ratio {e2e['padding_book']['padding_ratio']:.2f}")
-    lines.append(f"- bertpack serving path (OnnxClassifier: length-sorted, buckets {serving['buckets']}, variant {serving['variant']} on "
+    padding = f"buckets {serving['buckets']}" if serving.get("buckets") else "each batch padded to its longest"
+    lines.append(f"- bertpack serving path (OnnxClassifier as the service builds it: length-sorted, {padding}, variant {serving['variant']} on "
                  f"{serving['provider']}): {serving['sentences_per_s']:.1f} sentences/s{mcc(serving)}")
     lines.append(f"- ratio: {e2e['speedup']:.1f}x")
     return lines

@@ -229,10 +229,13 @@ def run_book(spec: dict) -> dict:
 def run_serving(spec: dict) -> dict:
     """bertpack's serving path, end to end: OnnxClassifier (tokenize, sort, bucket, the manifest's
     default model for this device)."""
-    from serving.engine import OnnxClassifier
+    from serving.engine import DEFAULT_BUCKETS, OnnxClassifier
 
     device = spec["device"]
-    clf = OnnxClassifier(spec["artifact_dir"], device=device, threads=spec["threads"], verify=False)
+    # As serving/service.py builds it: on CPU each batch padded to its longest (buckets on GPU), idle threads not spinning.
+    on_gpu = device == "cuda"
+    clf = OnnxClassifier(spec["artifact_dir"], device=device, threads=spec["threads"], verify=False,
+                         buckets=DEFAULT_BUCKETS if on_gpu else None, spin=False)
     sentences, bs = spec["sentences"], spec["e2e_batch_size"]
     clf.logits(sentences, batch_size=bs)  # warm-up: every bucket shape
     times, preds = [], None
@@ -247,7 +250,19 @@ def run_serving(spec: dict) -> dict:
             "predictions": preds.tolist(), "peak_rss_mib": _peak_rss_mib()}
 
 
+def _exit_with_parent() -> None:
+    """Linux: end this worker when the bench process dies (e.g. Ctrl-C), rather than leave it running."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
+    _exit_with_parent()
     spec_path, result_path = Path(argv[0]), Path(argv[1])
     spec = json.loads(spec_path.read_text())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

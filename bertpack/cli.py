@@ -40,6 +40,7 @@ def train(
     epochs: float = typer.Option(None, help="Training epochs."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     batch_size: int = typer.Option(None, help="Per-device training batch size."),
+    eval_batch_size: int = typer.Option(None, help="Per-device evaluation batch size."),
     max_length: int = typer.Option(None, help="Truncate sentences to this many tokens."),
     warmup: float = typer.Option(None, help="Warm-up as a fraction of the training steps."),
     weight_decay: float = typer.Option(None, help="AdamW weight decay."),
@@ -61,7 +62,7 @@ def train(
     cfg = TrainConfig(model=model, data=_data_option(data), out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"),
                       max_steps=max_steps, limit=limit, group_by_length=group_by_length,
                       keep_checkpoints=keep_checkpoints, overwrite=overwrite, resume=resume)
-    for name, value in dict(epochs=epochs, learning_rate=lr, batch_size=batch_size, max_length=max_length,
+    for name, value in dict(epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                             warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
                             head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout, seed=seed).items():
         if value is not None:

@@ -8,11 +8,12 @@ declare -A RECIPES=(
   [A_lr1e-4_ep4]="--lr 1e-4 --epochs 4"
   [B_lr2e-4_ep5]="--lr 2e-4 --epochs 5"
   [C_lr1e-4_ep6_llrd0.85_head5]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5"
-  [D_lr1e-4_ep5_bs16]="--lr 1e-4 --epochs 5 --batch-size 16"
+  [E_lr1e-4_ep3_llrd0.85_head10]="--lr 1e-4 --epochs 3 --layer-decay 0.85 --head-lr-multiplier 10"
+  [F_lr1.5e-4_ep3_llrd0.8_head10]="--lr 1.5e-4 --epochs 3 --layer-decay 0.8 --head-lr-multiplier 10"
 )
 for name in $(printf '%s\n' "${!RECIPES[@]}" | sort); do
   if [ -f "$ROOT/$name/metrics.json" ]; then continue; fi
   echo "=== $name: ${RECIPES[$name]}"
-  bertpack train --data "$DATA" --out "$ROOT/$name" --overwrite ${RECIPES[$name]} > "$ROOT.$name.log" 2>&1 || echo "failed: $name"
+  flock /tmp/bertpack-measure.lock bertpack train --data "$DATA" --out "$ROOT/$name" --overwrite ${RECIPES[$name]} > "$ROOT.$name.log" 2>&1 || echo "failed: $name"
 done
 python scripts/summarize_runs.py "$ROOT"/*/metrics.json

@@ -147,6 +147,7 @@ def train(cfg: TrainConfig) -> dict:
         bf16=use_bf16,
         fp16=on_gpu and not use_bf16,
         ddp_backend=("nccl" if on_gpu else "gloo") if distributed else None,
+        ddp_find_unused_parameters=False if distributed else None,
         dataloader_num_workers=0,
         report_to=[],
         disable_tqdm=False,
@@ -165,6 +166,7 @@ def train(cfg: TrainConfig) -> dict:
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     wall = time.perf_counter() - started
+    epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
     final = trainer.evaluate()  # the best checkpoint is loaded back at the end
 
     metrics = {
@@ -175,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
         "validation_rows": len(val),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
-        "device": torch.cuda.get_device_name(0) if on_gpu else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(0) if on_gpu else _cpu_name(),
         "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
         "world_size": args.world_size,
         "best": {
@@ -185,7 +187,7 @@ def train(cfg: TrainConfig) -> dict:
             "mcc_in_domain": final.get("eval_in_mcc"),
             "mcc_out_domain": final.get("eval_out_mcc"),
         },
-        "epochs": _per_epoch(trainer.state.log_history),
+        "epochs": epochs,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "wall_time_s": wall,
@@ -241,6 +243,16 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _version(name: str) -> str:

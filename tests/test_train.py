@@ -1,0 +1,170 @@
+"""`bertpack train`: the optimizer recipe, every CLI error path, resume, DDP under torchrun, and one
+real fine-tuning run of the embedded model that checks the run-folder contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+# ----------------------------------------------------------------------------- unit
+def test_layer_decay_and_head_multiplier_set_group_learning_rates(tiny_run: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from trainer.config import TrainConfig
+    from trainer.train import build_optimizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run / "model")
+    cfg = TrainConfig(learning_rate=1e-3, layer_decay=0.5, head_lr_multiplier=4.0, weight_decay=0.1)
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params["classifier.weight"])] == pytest.approx(4e-3)
+    assert lr_of[id(params["bert.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.5)  # top layer (L=2)
+    assert lr_of[id(params["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.125)
+    assert wd_of[id(params["bert.encoder.layer.0.attention.self.query.bias"])] == 0.0
+    assert wd_of[id(params["bert.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
+    assert wd_of[id(params["classifier.weight"])] == 0.1
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+
+
+# ----------------------------------------------------------------------------- CLI errors
+def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> None:
+    proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
+                   env={"HF_HUB_OFFLINE": "1"})
+    _one_line_error(proc, "pass a local checkpoint folder")
+    proc = run_cli("train", "--model", "./no/such/dir", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"))
+    _one_line_error(proc, "no such folder")
+    assert not (tmp_path / "r").exists()
+
+
+def test_model_that_is_not_bert_or_not_safetensors(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (gpt / "model.safetensors").write_bytes(b"")
+    _one_line_error(run_cli("train", "--model", str(gpt), "--data", str(synthetic_cola), "--out", str(tmp_path / "r")), "'gpt2' checkpoint")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_run / "model", pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    _one_line_error(run_cli("train", "--model", str(pickled), "--data", str(synthetic_cola), "--out", str(tmp_path / "r")), "only safetensors")
+
+
+def test_bad_data_and_bad_options(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    model = str(tiny_run / "model")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")), "does not exist")
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_cola, bad)
+    (bad / "raw" / "in_domain_train.tsv").write_text("gj04\t7\t\tA sentence.\n")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(bad), "--out", str(tmp_path / "r")), "label must be 0 or 1")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--lr", "-1"), "--lr")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--padding", "nope"), "--padding")
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_foreign_output_folder(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    proc = run_cli("train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out))
+    _one_line_error(proc, "is not a bertpack run")
+    assert (out / "thesis.tex").read_text() == "precious"
+    _one_line_error(run_cli("train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--resume"),
+                    "no bertpack run to resume")
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "run"
+    common = ["train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--batch-size", "8"]
+    first = run_cli(*common, "--max-steps", "4", "--keep-checkpoints")
+    assert first.returncode == 0, first.stderr[-2000:]
+    # simulate a crash after the last checkpoint: the run is not marked complete
+    marker = json.loads((out / "bertpack_run.json").read_text())
+    (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
+    _one_line_error(run_cli(*common, "--max-steps", "8"), "--resume")
+    second = run_cli(*common, "--max-steps", "8", "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"][-1]["epoch"] > 0
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+    assert not (out / "checkpoints").exists()
+    # the resumed process starts at step 4 of 8 (its progress bar never shows step 1) and reaches step 8
+    assert "| 8/8 [" in second.stderr and "| 1/8 [" not in second.stderr, second.stderr[-1500:]
+
+
+# ----------------------------------------------------------------------------- distributed
+def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted by every torchrun path)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "bertpack.cli",
+         "train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out),
+         "--max-steps", "4", "--batch-size", "8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert (out / "model" / "model.safetensors").is_file()
+    assert proc.stdout.count("run written to") == 1  # only rank 0 reports and writes
+
+
+# ----------------------------------------------------------------------------- the real thing
+@pytest.mark.slow
+def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_dir: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(cola_dir), "--out", str(out), "--limit", "512", "--max-steps", "32", "--eval-batch-size", "256")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "samples/s" in proc.stdout and "best (" in proc.stdout
+
+    model_dir = out / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "unacceptable", "1": "acceptable"}
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    for name in ("model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        assert (model_dir / name).is_file(), name
+    assert not list(model_dir.glob("*.bin")), "weights must be safetensors only"
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain"):
+        assert -1.0 <= metrics["best"][key] <= 1.0
+    assert metrics["validation_rows"] == (1043 if cola_dir.name == "cola" else 48)
+    assert metrics["train_samples_per_second"] > 0 and metrics["seed"] == 42
+    assert set(metrics["versions"]) >= {"torch", "transformers", "datasets"}
+    assert all(len(h) == 64 for h in metrics["data_sha256"].values()) and len(metrics["data_sha256"]) == 3
+    assert len(metrics["epochs"]) == 2 and all("mcc" in r and "train_loss" in r for r in metrics["epochs"])
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+    assert not (out / "checkpoints").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temp files left behind"
+
+    # the fine-tuned weights load back and classify
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert model.config.num_labels == 2
+
+    _one_line_error(run_cli("train", "--data", str(cola_dir), "--out", str(out)), "already holds a bertpack run")

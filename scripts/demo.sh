@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults, from a fresh clone: install, train, export, serve, classify.
+# Usage: bash scripts/demo.sh [COLA_DIR]   (default: ../shared/data/cola)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/cola}
+RUN=runs/demo
+ART=artifacts/demo
+PORT=${PORT:-3000}
+export HF_HUB_OFFLINE=1 BENTOML_HOME=${BENTOML_HOME:-$PWD/.bentoml}
+
+python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e .
+source .venv/bin/activate
+
+bertpack train --data "$DATA" --out "$RUN" --overwrite
+bertpack export "$RUN" --data "$DATA" --out "$ART" --overwrite
+bertpack predict "$ART" "The book was written by John." "Books were sent to each other by the students."
+
+bentoml serve serving.service:Bertpack --host 127.0.0.1 --port "$PORT" > runs/demo-serve.log 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 1; done
+curl -sf -X POST "http://127.0.0.1:$PORT/classify" -H 'content-type: application/json' \
+     -d '{"sentences": ["The book was written by John.", "Books were sent to each other by the students."]}'
+echo
+curl -sf "http://127.0.0.1:$PORT/info"; echo

@@ -5,21 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from importlib import metadata
 
+from bertpack.machine import library_versions
 from export.cpu import cpu_report
 
-LIBRARIES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "tokenizers", "numpy")
-
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def gpu_name() -> str | None:

@@ -6,22 +6,11 @@ u8s8 int8 kernels on AVX2/AVX-512 without VNNI (VPMADDUBSW) can saturate; VNNI (
 from __future__ import annotations
 
 import platform
-from pathlib import Path
+
+from bertpack.machine import cpu_flags, cpu_model
 
 TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 _REPORTED = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8", "sse4_2")
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The flags of the first CPU listed in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def quantization_target(flags: set[str] | None = None) -> str:
@@ -41,13 +30,6 @@ def quantization_target(flags: set[str] | None = None) -> str:
 def cpu_report(flags: set[str] | None = None) -> dict:
     """What the manifest records about the exporting CPU."""
     flags = cpu_flags() if flags is None else flags
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return {"machine": platform.machine(), "model": model, "flags": {f: f in flags for f in _REPORTED},
             "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "quantization_target": quantization_target(flags)}

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from bertpack.errors import BertpackError
+from bertpack.machine import library_versions  # noqa: F401 - part of this module's API (manifest "versions")
 from bertpack.files import sha256_file, write_json_atomic
 from serving.engine import ARTIFACT_FORMAT, MANIFEST, read_manifest, verify_files
 
 # Tokenizer and config files copied beside the models (tokenizer.json is what the engine reads).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-_PACKAGES = ("bertpack", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "onnxruntime",
-             "tokenizers", "numpy", "bentoml")
 
 
 def file_table(folder: Path) -> dict[str, dict]:
@@ -23,16 +20,6 @@ def file_table(folder: Path) -> dict[str, dict]:
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def make_version(checkpoint: Path, when: datetime) -> str:

@@ -12,27 +12,17 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from bertpack.machine import library_versions
 
 # A one-node ONNX model (y = x + x, float[1,4], opset 13, IR 8), serialized with onnx.helper. Embedded
 # so the probe needs only onnxruntime (the Bento does not ship the `onnx` package).
 PROBE_MODEL = base64.b64decode(
     "CAgSD2JlcnRwYWNrLWRvY3RvcjpBCg4KAXgKAXgSAXkiA0FkZBIFcHJvYmVaEwoBeBIOCgwIARIICgIIAQoCCARiEwoBeRIOCgwIARIICgIIAQoCCARCBAoAEA0=")
-_PACKAGES = ("bertpack", "onnxruntime-gpu", "onnxruntime", "tokenizers", "numpy", "bentoml", "pydantic", "torch", "transformers", "optimum")
 _CPU_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
               "amx_tile", "amx_int8", "amx_bf16")
 _NEEDS_GPU = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def probe_provider(provider: str) -> dict:
@@ -61,7 +51,8 @@ def probe_provider(provider: str) -> dict:
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    from export.cpu import cpu_flags, quantization_target
+    from bertpack.machine import cpu_flags
+    from export.cpu import quantization_target
 
     flags = cpu_flags(cpuinfo)
     model = ""
@@ -123,7 +114,7 @@ def report() -> dict:
     from serving.engine import onnxruntime_packages
 
     available = ort.get_available_providers()
-    return {"versions": versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),
+    return {"versions": library_versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),
                                                     "available_providers": available,
                                                     "providers": [probe_provider(p) for p in available]},
             "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info()}

@@ -156,7 +156,6 @@ class OnnxClassifier:
     def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
                  threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None = DEFAULT_BUCKETS,
                  cuda_graph: bool = False, spin: bool = True):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.artifact_dir = Path(artifact_dir)

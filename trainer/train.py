@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from bertpack.data import file_hashes, load_cola
 from bertpack.errors import BertpackError
 from bertpack.files import staging_dir, write_json_atomic
+from bertpack.machine import cpu_model, library_versions
 from bertpack.metrics import cola_scores
 from bertpack.models import LABELS, resolve_model
 from trainer.config import TrainConfig
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
         "validation_rows": len(val),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
-        "device": torch.cuda.get_device_name(0) if on_gpu else _cpu_name(),
+        "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
         "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
         "world_size": args.world_size,
         "best": {
@@ -193,8 +193,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_samples_per_second": _training_samples_per_second(trainer.state, result.metrics, args.world_size * cfg.batch_size),
         "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
         "wall_time_s": wall,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "datasets": _version("datasets")},
+        "versions": library_versions(),
     }
 
     if trainer.is_world_process_zero():
@@ -252,22 +251,6 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 def summary(metrics: dict) -> str:

@@ -200,6 +200,7 @@ def train(cfg: TrainConfig) -> dict:
         with staging_dir(cfg.out / "model") as tmp:
             trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in metrics.json
         write_json_atomic(cfg.out / "metrics.json", metrics)
         plot_curves(metrics["epochs"], cfg.out / "training_curves.png")
         if not cfg.keep_checkpoints:

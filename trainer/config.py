@@ -13,7 +13,7 @@ class TrainConfig:
     model: str = "embedded"
     data: str = ""
     out: Path = field(default_factory=lambda: Path("runs"))
-    epochs: float = 4.0
+    epochs: float = 6.0
     learning_rate: float = 1e-4
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -21,9 +21,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     # Layer-wise learning-rate decay: layer l of L gets lr * decay**(L - l); 1.0 disables it.
-    layer_decay: float = 1.0
+    layer_decay: float = 0.85
     # The randomly initialised classifier learns this many times faster than the encoder.
-    head_lr_multiplier: float = 1.0
+    head_lr_multiplier: float = 5.0
     classifier_dropout: float | None = None
     seed: int = 42
     max_steps: int = -1

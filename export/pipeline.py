@@ -308,7 +308,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             flips[f"int8_{method}"] = parity.flip_rate(load(f"int8_{method}"), data.sentences, seed=cfg.seed)
             best["row"]["flip_rate"] = flips[f"int8_{method}"]["flip_rate"]
     choice = _choose_int8(winners, flips)
-    # The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method>.
+    # The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method> if it passed.
     chosen = winners[choice]
     (stage / f"model_int8_{choice}.onnx").rename(stage / MODEL_FILES["int8"])
     settings = body["variants"].pop(f"int8_{choice}")
@@ -318,6 +318,10 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
         method = choice if name == "int8" else name.split("_", 1)[1]
         row = dict(winners[method]["row"], variant=name, method=method)
         row["status"] = "FAIL" if winners[method]["problems"] else "pass"
+        if name != "int8" and winners[method]["problems"]:
+            # Every variant that ships passes its tolerance: a losing method that failed is reported, not shipped.
+            (stage / body["variants"].pop(name)["file"]).unlink()
+            row["status"] = "FAIL (not shipped)"
         rows.append(row)
         if name == "int8":
             failures += [f"int8 ({method}): {p} after {len(tries[method])} tries" for p in winners[method]["problems"]]

@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +27,8 @@ from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from serving import local_server  # noqa: E402 - after the repo is on the path
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -81,42 +81,14 @@ def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], secon
             "per_setting": rows, "best_setting": best, "best_sentences_per_s": rows[best]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str, threads: int | None, log_path: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "BERTPACK_MODEL": model, "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ, "BERTPACK_MODEL": model}
     if threads:
         env["BERTPACK_THREADS"] = str(threads)
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    proc = subprocess.Popen([bentoml, "serve", "serving.service:Bertpack", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    sys.exit(f"server did not start; see {log_path}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        return local_server.start_server(env, log_path, timeout=300)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 async def load(url: str, sentences: list[str], clients: int, warmup: float, duration: float, max_requests: int) -> dict:
@@ -192,7 +164,7 @@ def main() -> int:
         healthy = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         if proc is not None:
-            stop_server(proc)
+            local_server.stop_server(proc)
     b0, b1 = before["batching"], info["batching"]
     batches, batched = b1["batches"] - b0["batches"], b1["sentences"] - b0["sentences"]
     ratio = served["sentences_per_s"] / raw["best_sentences_per_s"]

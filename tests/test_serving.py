@@ -7,17 +7,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from serving import local_server
 
 try:  # tests/ may or may not be a package
     from conftest import REPO, run_cli
@@ -28,44 +27,18 @@ pytestmark = pytest.mark.slow
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(home: Path, log_path: Path, env: dict | None = None, target: str = "serving.service:Bertpack",
                  timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`bentoml serve` in its own process group; returns once /readyz answers 200."""
-    port = free_port()
+    """A real server with a private model store and none of the caller's BERTPACK_* settings."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTPACK_")}
-    full_env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})})
-    log = open(log_path, "w")
-    proc = subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=full_env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError(f"server did not become ready; log tail:\n{log_path.read_text()[-4000:]}")
+    full_env.update({"BENTOML_HOME": str(home), **(env or {})})
+    try:
+        return local_server.start_server(full_env, log_path, target=target, timeout=timeout)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+stop_server = local_server.stop_server
 
 
 @pytest.fixture(scope="module")

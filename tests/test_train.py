@@ -112,11 +112,9 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
 
 # ----------------------------------------------------------------------------- distributed
 def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
-    import socket
+    from serving.local_server import free_port
 
-    with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted by every torchrun path)
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())  # a free port for the rendezvous (port 0 is not accepted by every torchrun path)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(

@@ -62,7 +62,7 @@ def _data_dir(cfg: BenchConfig) -> Path:
 
 
 def _cpu_has_bf16() -> bool:
-    from export.cpu import cpu_flags
+    from bertpack.machine import cpu_flags
 
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bertpack.errors import BertpackError
-from bertpack.machine import library_versions  # noqa: F401 - part of this module's API (manifest "versions")
 from bertpack.files import sha256_file, write_json_atomic
 from serving.engine import ARTIFACT_FORMAT, MANIFEST, read_manifest, verify_files
 

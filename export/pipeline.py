@@ -18,6 +18,7 @@ from typing import Callable
 
 from bertpack.errors import BertpackError, ParityError
 from bertpack.files import write_json_atomic, write_text_atomic
+from bertpack.machine import library_versions
 from export import manifest as mf
 from export import optimize, parity, quantize
 from export.checkpoint import Checkpoint, locate_checkpoint
@@ -125,7 +126,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
                 "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
-                "versions": mf.library_versions(), "cpu_flags": cpu, "status": "in progress"}
+                "versions": library_versions(), "cpu_flags": cpu, "status": "in progress"}
         mf.write_manifest(stage, body)  # provisional: lets the engine load variants for the parity run
 
         report = _parity_and_int8(cfg, ckpt, data_dir, stage, work, body, target, echo)

@@ -51,15 +51,11 @@ def probe_provider(provider: str) -> dict:
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    from bertpack.machine import cpu_flags
+    from bertpack.machine import cpu_flags, cpu_model
     from export.cpu import quantization_target
 
     flags = cpu_flags(cpuinfo)
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
-    except OSError:
-        pass
+    model = cpu_model(cpuinfo)
     vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
     if "amx_int8" in flags:
         note = "AMX and VNNI int8 instructions: int8 should be the fastest CPU variant"

@@ -17,6 +17,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.files import sha256_file
+from bertpack.machine import library_versions
 
 log = logging.getLogger("bertpack.engine")
 
@@ -73,14 +74,8 @@ def cuda_available() -> bool:
 
 def onnxruntime_packages() -> dict[str, str]:
     """Installed ONNX Runtime distributions; `onnxruntime` beside `onnxruntime-gpu` shadows the GPU build."""
-    from importlib import metadata
-
-    found = {}
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    found = library_versions(("onnxruntime", "onnxruntime-gpu"))
+    found.pop("python")
     return found
 
 

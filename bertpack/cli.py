@@ -47,6 +47,8 @@ def train(
     layer_decay: float = typer.Option(None, help="Layer-wise lr decay (1.0 = off)."),
     head_lr_multiplier: float = typer.Option(None, help="Classifier/pooler lr = lr x this."),
     classifier_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier (default: the model's)."),
+    reinit_pooler: bool = typer.Option(None, help="Re-initialise the pooler before training."),
+    evals_per_epoch: int = typer.Option(None, help="Validation points per epoch; the best by dev MCC is kept."),
     seed: int = typer.Option(None, help="Random seed."),
     max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (quick runs)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
@@ -64,7 +66,8 @@ def train(
                       keep_checkpoints=keep_checkpoints, overwrite=overwrite, resume=resume)
     for name, value in dict(epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                             warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
-                            head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout, seed=seed).items():
+                            head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout,
+                            reinit_pooler=reinit_pooler, evals_per_epoch=evals_per_epoch, seed=seed).items():
         if value is not None:
             setattr(cfg, name, value)
     _check_train_options(cfg, padding)
@@ -93,6 +96,8 @@ def _check_train_options(cfg, padding: str) -> None:
         raise BertpackError("--warmup is a fraction of the training steps, in [0, 1)")
     if cfg.limit is not None and cfg.limit < 1:
         raise BertpackError("--limit must be a positive number of rows")
+    if cfg.evals_per_epoch < 1:
+        raise BertpackError("--evals-per-epoch must be >= 1")
     if not 0 < cfg.layer_decay <= 1:
         raise BertpackError("--layer-decay must be in (0, 1]")
 

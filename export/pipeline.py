@@ -274,18 +274,20 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     if "static" in methods:
         calibration = _calibration(data_dir, fp32, cfg)
     n_calib = len(calibration.ids) if calibration else None
+    fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}
     for method in methods:
         tries[method] = []
         best = None
         ranges_cache: dict = {}
+        source = quantize.source_dir(method, work / "fp32", fused)
         for k, settings in enumerate(quantize.ladder(method, target)):
-            path = quantize.quantize(work / "fp32", work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
+            path = quantize.quantize(source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
             name = f"int8_{method}"
             shutil.copyfile(path, stage / f"model_{name}.onnx")
             body["variants"][name] = {"file": f"model_{name}.onnx", "method": method,
-                                      "settings": quantize.settings_record(settings, ckpt.num_layers, work / "fp32" / "model.onnx", n_calib)}
+                                      "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
             mf.write_manifest(stage, body)
             row = evaluate(name, load(name))
             problems = parity.check(row, ref_row, cfg.tolerance)
@@ -300,7 +302,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             if not problems:
                 break
         shutil.copyfile(best["path"], stage / f"model_int8_{method}.onnx")
-        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, work / "fp32" / "model.onnx", n_calib)
+        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, source / "model.onnx", n_calib)
         winners[method] = best
 
     mf.write_manifest(stage, body)

@@ -1,11 +1,17 @@
 """int8 quantization with Optimum's ORTQuantizer: dynamic or static (calibrated on CoLA training
-sentences), and the ladder of safer settings the accuracy-aware export climbs when a try fails."""
+sentences), and the ladder of safer settings the accuracy-aware export climbs when a try fails.
+
+Dynamic int8 quantizes the fused graph (ORTOptimizer O2), so each layer's fused Attention becomes
+one QAttention: about 150 nodes instead of about 640 for the unfused graph, which is what decides
+latency at batch 1 (README, bench). Static QDQ quantizes the unfused graph (its QDQ pairs around
+fused contrib ops are not folded on the CPU)."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -70,11 +76,13 @@ def ladder(method: str, target: str) -> list[Int8Settings]:
 
 
 def sensitive_nodes(model_path: Path, exclude: Sequence[str], num_layers: int) -> list[str]:
-    """Names of the MatMul/Gemm nodes in the `exclude` groups (see Int8Settings)."""
+    """Names of the MatMul/Gemm (and fused Attention) nodes in the `exclude` groups (see Int8Settings)."""
     if not exclude:
         return []
     graph = onnx.load(str(model_path), load_external_data=False).graph
     products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    # The fusion names them Attention_0..N-1; graph order is layer order.
+    attention = [n.name for n in graph.node if n.op_type == "Attention"]
     chosen: list[str] = []
     for group in exclude:
         if group == "head":
@@ -84,6 +92,7 @@ def sensitive_nodes(model_path: Path, exclude: Sequence[str], num_layers: int) -
         elif match := re.fullmatch(r"last(\d+)", group):
             for layer in range(max(num_layers - int(match.group(1)), 0), num_layers):
                 chosen += [n for n in products if f"/layer.{layer}/" in n]
+                chosen += attention[layer: layer + 1] if len(attention) == num_layers else []
         else:
             raise ValueError(f"unknown exclusion group {group!r}")
     return list(dict.fromkeys(chosen))
@@ -126,13 +135,33 @@ def calibration_sample(sentences: Sequence[str], count: int, seed: int = 0) -> l
     return pool if len(pool) <= count else rng.sample(pool, count)
 
 
-def quantize(fp32_dir: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
+def fused_source(optimized_model: Path, fp32_dir: Path, out_dir: Path) -> Path:
+    """A folder ORTQuantizer can load holding the fused graph as model.onnx, with the tensor types of
+    the fused contrib ops (Attention, SkipLayerNormalization...) filled in by ORT's symbolic shape
+    inference: plain ONNX shape inference cannot type them, and the quantizer needs the types."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quant_pre_process(str(optimized_model), str(out_dir / "model.onnx"), skip_optimization=True, skip_onnx_shape=True,
+                      skip_symbolic_shape=False, auto_merge=True)
+    shutil.copyfile(Path(fp32_dir) / "config.json", out_dir / "config.json")
+    return out_dir
+
+
+def source_dir(method: str, fp32_dir: Path, fused_dir: Path | None) -> Path:
+    """Where each method's input graph lives: dynamic -> the fused graph (when made), static -> the unfused one."""
+    return fused_dir if method == "dynamic" and fused_dir is not None else fp32_dir
+
+
+def quantize(source: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
              calibration: Calibration | None = None, ranges_cache: dict | None = None) -> Path:
-    """Quantize fp32_dir/model.onnx (the unfused graph: ORT's quantizer cannot type the fused contrib ops).
-    Static ranges are computed once per calibration method and kept in `ranges_cache`."""
+    """Quantize source/model.onnx (see `source_dir`). Static ranges are computed once per calibration
+    method and kept in `ranges_cache`."""
     from optimum.onnxruntime import AutoCalibrationConfig, ORTQuantizer
 
-    source = Path(fp32_dir) / "model.onnx"
+    fp32_dir = Path(source)
+    source = fp32_dir / "model.onnx"
     config = quantization_config(settings, sensitive_nodes(source, settings.exclude, num_layers))
     save_dir = Path(work_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +188,8 @@ def quantize(fp32_dir: Path, work_dir: Path, settings: Int8Settings, num_layers:
 
 def settings_record(settings: Int8Settings, num_layers: int, fp32_model: Path, calibration_sentences: int | None = None) -> dict:
     record = dataclasses.asdict(settings)
+    fused = any(n.op_type == "Attention" for n in onnx.load(str(fp32_model), load_external_data=False).graph.node)
+    record["graph"] = "fused (ORTOptimizer O2), Attention -> QAttention" if fused else "unfused (as exported)"
     record["exclude"] = list(settings.exclude)
     record["name"] = settings.name
     record["nodes_excluded"] = sensitive_nodes(fp32_model, settings.exclude, num_layers)

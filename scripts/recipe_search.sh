@@ -10,6 +10,9 @@ declare -A RECIPES=(
   [C_lr1e-4_ep6_llrd0.85_head5]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5"
   [E_lr1e-4_ep3_llrd0.85_head10]="--lr 1e-4 --epochs 3 --layer-decay 0.85 --head-lr-multiplier 10"
   [F_lr1.5e-4_ep3_llrd0.8_head10]="--lr 1.5e-4 --epochs 3 --layer-decay 0.8 --head-lr-multiplier 10"
+  [G_C_eval2]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5 --evals-per-epoch 2"
+  [H_lr5e-5_bs16_ep6_llrd0.85_head5_eval2]="--lr 5e-5 --batch-size 16 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5 --evals-per-epoch 2"
+  [I_C_reinit_pooler_eval2]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5 --reinit-pooler --evals-per-epoch 2"
 )
 for name in $(printf '%s\n' "${!RECIPES[@]}" | sort); do
   if [ -f "$ROOT/$name/metrics.json" ]; then continue; fi

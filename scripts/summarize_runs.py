@@ -15,7 +15,10 @@ def main(paths: list[str]) -> None:
         c, b = m["config"], m["best"]
         best_row = max(m["epochs"], key=lambda r: r["mcc"])
         recipe = (f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
-                  f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}, seed {c['seed']}")
+                  f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
+                  + (", pooler re-init" if c.get("reinit_pooler") else "")
+                  + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else "")
+                  + f", seed {c['seed']}")
         print(f"| {Path(p).parent.name} | {recipe} | {best_row['epoch']:g} | {b['mcc']:.3f} | {b['mcc_in_domain']:.3f} | "
               f"{b['mcc_out_domain']:.3f} | {b['accuracy']:.3f} | {m['wall_time_s'] / 60:.1f} min | {m['train_samples_per_second']:.0f} |")
         mccs.append(b["mcc"])

@@ -82,6 +82,13 @@ def test_parity_report_files(exported):
     assert rows["int8"]["status"] == "pass" and "flip_rate" in rows["int8"]
     assert set(report["int8_tries"]) == {"dynamic", "static"}
     assert all(t["settings"]["name"] for tries in report["int8_tries"].values() for t in tries)
+    # Dynamic int8 starts from the fused graph: one QAttention per layer; static from the unfused one.
+    assert all(t["settings"]["graph"].startswith("fused") for t in report["int8_tries"]["dynamic"])
+    assert all(t["settings"]["graph"].startswith("unfused") for t in report["int8_tries"]["static"])
+    dynamic_file = out / ("model_int8.onnx" if report["int8_method"] == "dynamic" else "model_int8_dynamic.onnx")
+    if dynamic_file.is_file():
+        ops = [n.op_type for n in onnx.load(str(dynamic_file), load_external_data=False).graph.node]
+        assert ops.count("QAttention") == 2, ops
     md = (out / "parity.md").read_text()
     assert "| variant |" in md and "pytorch fp32" in md
     assert "agree %" in exported["proc"].stdout and "pytorch fp32" in exported["proc"].stdout

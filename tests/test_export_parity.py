@@ -89,6 +89,26 @@ def test_sensitive_nodes(tmp_path):
     assert quantize.sensitive_nodes(path, ("last1",), 2) == names[2:5]
 
 
+def test_sensitive_nodes_fused_graph(tmp_path):
+    """In the fused graph (dynamic int8's input) lastN also keeps that layer's fused Attention in fp32."""
+    import onnx
+    from onnx import helper
+
+    nodes = [helper.make_node("Attention", ["x"], ["a0"], name="Attention_0", domain="com.microsoft"),
+             helper.make_node("MatMul", ["a0", "w"], ["m0"], name="/bert/encoder/layer.0/output/dense/MatMul"),
+             helper.make_node("Attention", ["m0"], ["a1"], name="Attention_1", domain="com.microsoft"),
+             helper.make_node("MatMul", ["a1", "w"], ["y"], name="/bert/encoder/layer.1/output/dense/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])])
+    path = tmp_path / "fused.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), str(path))
+    assert quantize.sensitive_nodes(path, ("last1",), 2) == ["/bert/encoder/layer.1/output/dense/MatMul", "Attention_1"]
+    assert quantize.sensitive_nodes(path, ("ffn_out",), 2) == ["/bert/encoder/layer.0/output/dense/MatMul",
+                                                               "/bert/encoder/layer.1/output/dense/MatMul"]
+    assert quantize.settings_record(quantize.Int8Settings("dynamic", "avx2"), 2, path)["graph"].startswith("fused")
+
+
 def test_cpu_flags_and_target(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")

@@ -25,6 +25,10 @@ class TrainConfig:
     # The randomly initialised classifier learns this many times faster than the encoder.
     head_lr_multiplier: float = 5.0
     classifier_dropout: float | None = None
+    # Re-initialise the pooler (the embedded model's pooler was never trained for its sentence task).
+    reinit_pooler: bool = False
+    # Validation points per epoch; the best one (by dev MCC) is kept.
+    evals_per_epoch: int = 1
     seed: int = 42
     max_steps: int = -1
     limit: int | None = None

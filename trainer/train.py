@@ -99,6 +99,9 @@ def train(cfg: TrainConfig) -> dict:
         use_safetensors=True, trust_remote_code=False, **extra,
     )
 
+    if cfg.reinit_pooler and getattr(getattr(model, "bert", None), "pooler", None) is not None:
+        model.bert.pooler.apply(model._init_weights)
+
     def tokenize(batch):
         enc = tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
@@ -118,6 +121,11 @@ def train(cfg: TrainConfig) -> dict:
         return {"accuracy": scores["accuracy"], "mcc": scores["mcc"]}
 
     on_gpu = torch.cuda.is_available()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
+    # Evaluate (and checkpoint) every `every` steps: per epoch, several times per epoch, or twice in a --max-steps run.
+    every = max(1, cfg.max_steps // 2) if cfg.max_steps > 0 else max(1, steps_per_epoch // cfg.evals_per_epoch)
+    by_epoch = cfg.max_steps <= 0 and cfg.evals_per_epoch == 1
     use_bf16 = on_gpu and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
         output_dir=str(cfg.out / "checkpoints"),
@@ -131,12 +139,12 @@ def train(cfg: TrainConfig) -> dict:
         lr_scheduler_type="linear",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        eval_strategy="epoch" if cfg.max_steps <= 0 else "steps",
-        save_strategy="epoch" if cfg.max_steps <= 0 else "steps",
-        eval_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
-        save_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
-        logging_strategy="epoch" if cfg.max_steps <= 0 else "steps",
-        logging_steps=None if cfg.max_steps <= 0 else max(1, cfg.max_steps // 2),
+        eval_strategy="epoch" if by_epoch else "steps",
+        save_strategy="epoch" if by_epoch else "steps",
+        eval_steps=None if by_epoch else every,
+        save_steps=None if by_epoch else every,
+        logging_strategy="epoch" if by_epoch else "steps",
+        logging_steps=None if by_epoch else every,
         save_total_limit=2,
         load_best_model_at_end=True,
         metric_for_best_model="all_mcc" if "all" in eval_sets else "mcc",
@@ -160,7 +168,7 @@ def train(cfg: TrainConfig) -> dict:
     trainer = Trainer(
         model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
         processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
-        optimizers=(build_optimizer(model, cfg), None),
+        optimizers=(build_optimizer(model, cfg), None), callbacks=[timer := _step_timer()],
     )
 
     started = time.perf_counter()
@@ -189,8 +197,9 @@ def train(cfg: TrainConfig) -> dict:
         },
         "epochs": epochs,
         "train_runtime_s": result.metrics.get("train_runtime"),
-        # The Trainer's own figure includes the per-epoch evaluations; this one is optimizer work only.
-        "train_samples_per_second": _training_samples_per_second(trainer.state, result.metrics, args.world_size * cfg.batch_size),
+        # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
+        # Approximate: the last batch of an epoch may be short.
+        "train_samples_per_second": timer.steps * args.world_size * cfg.batch_size / timer.seconds if timer.seconds else None,
         "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
         "wall_time_s": wall,
         "versions": library_versions(),
@@ -209,11 +218,23 @@ def train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def _training_samples_per_second(state, train_metrics: dict, global_batch: int) -> float:
-    eval_s = sum(v for e in state.log_history for k, v in e.items() if k.startswith("eval_") and k.endswith("_runtime"))
-    steps_s = train_metrics["train_runtime"] - eval_s
-    samples = min(state.global_step * global_batch, train_metrics["train_runtime"] * train_metrics["train_samples_per_second"])
-    return samples / steps_s if steps_s > 0 else float("nan")
+def _step_timer():
+    """A Trainer callback that adds up the wall time of the optimizer steps (forward, backward, update),
+    so samples/s counts training work only, not evaluation or checkpoint saving."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds, self.steps, self._t0 = 0.0, 0, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds += time.perf_counter() - self._t0
+            self.steps += 1
+
+    return StepTimer()
 
 
 def _per_epoch(log_history: list[dict]) -> list[dict]:

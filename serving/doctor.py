@@ -104,6 +104,15 @@ def gpu_info() -> dict:
     return {"present": gpu_present(), "device_nodes": devices, "nvidia_smi": listing, "cuda_problem": cuda_problem()}
 
 
+def http_stack() -> dict:
+    """What uvicorn (BentoML's HTTP server) will run on: with uvloop and httptools installed it uses
+    them ("auto"), otherwise asyncio and the pure-Python h11 parser, which costs more CPU per request."""
+    import importlib.util
+
+    found = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
+    return {**found, "loop": "uvloop" if found["uvloop"] else "asyncio", "http": "httptools" if found["httptools"] else "h11"}
+
+
 def report() -> dict:
     import onnxruntime as ort
 
@@ -113,7 +122,7 @@ def report() -> dict:
     return {"versions": library_versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),
                                                     "available_providers": available,
                                                     "providers": [probe_provider(p) for p in available]},
-            "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info()}
+            "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info(), "http": http_stack()}
 
 
 def format_report(rep: dict) -> str:
@@ -137,5 +146,8 @@ def format_report(rep: dict) -> str:
     lines.append(f"gpu: {'visible' if g['present'] else 'none visible'}" + (f" ({', '.join(g['device_nodes'])})" if g["device_nodes"] else ""))
     for line in g["nvidia_smi"] or []:
         lines.append(f"  {line}")
+    h = rep["http"]
+    lines.append(f"http server: uvicorn on {h['loop']} + {h['http']}" + ("" if h["uvloop"] and h["httptools"] else
+                 "  (slower per request: pip install uvloop httptools)"))
     lines.append(f"serving device: {'cuda (fp16)' if not g['cuda_problem'] else 'cpu (int8): ' + g['cuda_problem']}")
     return "\n".join(lines)

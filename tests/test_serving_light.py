@@ -34,11 +34,13 @@ def test_doctor_reports_providers_cpu_threads_gpus():
     assert rep["cpu"]["flags"]["avx2"] == (" avx2" in flags)
     assert rep["threads"]["logical_cpus"] >= 1 and rep["threads"]["engine_intra_op_threads"] >= 1
     assert isinstance(rep["gpu"]["present"], bool)
+    assert rep["http"] == {"uvloop": True, "httptools": True, "loop": "uvloop", "http": "httptools"}  # project dependencies
     if not rep["gpu"]["present"]:
         assert probes.get("CUDAExecutionProvider", {"works": False})["works"] is False
         assert "no NVIDIA device" in rep["gpu"]["cuda_problem"]
     text = run_cli("doctor")
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
+    assert "http server: uvicorn on uvloop + httptools" in text.stdout
 
 
 def test_doctor_probe_model_runs():

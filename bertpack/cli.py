@@ -48,6 +48,7 @@ def train(
     head_lr_multiplier: float = typer.Option(None, help="Classifier/pooler lr = lr x this."),
     classifier_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier (default: the model's)."),
     reinit_pooler: bool = typer.Option(None, help="Re-initialise the pooler before training."),
+    class_weights: str = typer.Option(None, help="balanced (loss weighted by inverse class frequency) or none."),
     evals_per_epoch: int = typer.Option(None, help="Validation points per epoch; the best by dev MCC is kept."),
     seed: int = typer.Option(None, help="Random seed."),
     max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (quick runs)."),
@@ -67,7 +68,7 @@ def train(
     for name, value in dict(epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                             warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
                             head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout,
-                            reinit_pooler=reinit_pooler, evals_per_epoch=evals_per_epoch, seed=seed).items():
+                            reinit_pooler=reinit_pooler, class_weights=class_weights, evals_per_epoch=evals_per_epoch, seed=seed).items():
         if value is not None:
             setattr(cfg, name, value)
     _check_train_options(cfg, padding)
@@ -96,6 +97,8 @@ def _check_train_options(cfg, padding: str) -> None:
         raise BertpackError("--warmup is a fraction of the training steps, in [0, 1)")
     if cfg.limit is not None and cfg.limit < 1:
         raise BertpackError("--limit must be a positive number of rows")
+    if cfg.class_weights not in ("balanced", "none"):
+        raise BertpackError(f"--class-weights must be 'balanced' or 'none', not {cfg.class_weights!r}")
     if cfg.evals_per_epoch < 1:
         raise BertpackError("--evals-per-epoch must be >= 1")
     if not 0 < cfg.layer_decay <= 1:

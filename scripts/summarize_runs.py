@@ -17,6 +17,7 @@ def main(paths: list[str]) -> None:
         recipe = (f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
                   f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
                   + (", pooler re-init" if c.get("reinit_pooler") else "")
+                  + (", balanced class weights" if c.get("class_weights") == "balanced" else "")
                   + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else "")
                   + f", seed {c['seed']}")
         print(f"| {Path(p).parent.name} | {recipe} | {best_row['epoch']:g} | {b['mcc']:.3f} | {b['mcc_in_domain']:.3f} | "

@@ -45,6 +45,45 @@ def test_layer_decay_and_head_multiplier_set_group_learning_rates(tiny_run: Path
     assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
 
 
+def test_balanced_class_weights_and_weighted_loss() -> None:
+    import torch
+
+    from trainer.train import balanced_class_weights, weighted_loss
+
+    weights = balanced_class_weights([1, 1, 1, 0])
+    assert weights == pytest.approx([2.0, 2 / 3])  # n / (classes * count): the minority class counts more
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([1, 1])
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert weighted_loss([1.0, 1.0])({"logits": logits}, labels) == pytest.approx(plain.item())
+    # one miss on the minority class beside one right answer on the majority class: weighted, the miss dominates
+    logits, labels = torch.tensor([[0.0, 2.0], [0.0, 2.0]]), torch.tensor([0, 1])
+    miss, right = (torch.nn.functional.cross_entropy(logits[i:i + 1], labels[i:i + 1]).item() for i in (0, 1))
+    expected = (weights[0] * miss + weights[1] * right) / (weights[0] + weights[1])
+    assert weighted_loss(weights)({"logits": logits}, labels).item() == pytest.approx(expected)
+    assert expected > torch.nn.functional.cross_entropy(logits, labels).item()
+
+
+def test_reinit_pooler_and_evals_per_epoch(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """--reinit-pooler changes only the pooler before training; --evals-per-epoch 2 gives two validation rows per epoch;
+    --class-weights balanced records its weights."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=out, epochs=1, batch_size=8,
+                      evals_per_epoch=2, reinit_pooler=True, class_weights="balanced", learning_rate=1e-12)
+    metrics = train(cfg)
+    assert [r["epoch"] for r in metrics["epochs"]] == pytest.approx([0.5, 1.0], abs=0.1)
+    assert metrics["class_weights"] and metrics["class_weights"][0] != metrics["class_weights"][1]
+    from safetensors.torch import load_file
+
+    before, after = load_file(tiny_run / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert not before["bert.pooler.dense.weight"].equal(after["bert.pooler.dense.weight"])
+    # lr 1e-12: the encoder is (numerically) untouched, so only the re-initialised pooler differs
+    assert (before["bert.encoder.layer.0.attention.self.query.weight"] - after["bert.encoder.layer.0.attention.self.query.weight"]).abs().max() < 1e-6
+
+
 # ----------------------------------------------------------------------------- CLI errors
 def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> None:
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
@@ -76,6 +115,8 @@ def test_bad_data_and_bad_options(tmp_path: Path, synthetic_cola: Path, tiny_run
     _one_line_error(run_cli("train", "--model", model, "--data", str(bad), "--out", str(tmp_path / "r")), "label must be 0 or 1")
     _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--lr", "-1"), "--lr")
     _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--padding", "nope"), "--padding")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--class-weights", "x"), "--class-weights")
+    _one_line_error(run_cli("train", "--model", model, "--data", str(synthetic_cola), "--evals-per-epoch", "0"), "--evals-per-epoch")
     assert not (tmp_path / "r").exists()
 
 

@@ -27,6 +27,9 @@ class TrainConfig:
     classifier_dropout: float | None = None
     # Re-initialise the pooler (the embedded model's pooler was never trained for its sentence task).
     reinit_pooler: bool = False
+    # "balanced": cross-entropy weighted by inverse class frequency in the training split (CoLA is
+    # 70% acceptable; MCC rewards getting the minority class right); "none": plain cross-entropy.
+    class_weights: Literal["balanced", "none"] = "none"
     # Validation points per epoch; the best one (by dev MCC) is kept.
     evals_per_epoch: int = 1
     seed: int = 42

@@ -69,6 +69,24 @@ def build_optimizer(model, cfg: TrainConfig):
     return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=cfg.learning_rate)
 
 
+# --------------------------------------------------------------------------- loss
+def balanced_class_weights(labels: list[int], num_labels: int = 2) -> list[float]:
+    """sklearn's "balanced" weights: n_samples / (n_classes * count(class))."""
+    counts = [max(1, labels.count(c)) for c in range(num_labels)]
+    return [len(labels) / (num_labels * n) for n in counts]
+
+
+def weighted_loss(weights: list[float]):
+    """A Trainer `compute_loss_func`: cross-entropy with per-class weights."""
+    import torch
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=torch.tensor(weights, device=logits.device))
+
+    return loss
+
+
 # --------------------------------------------------------------------------- the run
 def train(cfg: TrainConfig) -> dict:
     """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
@@ -120,6 +138,7 @@ def train(cfg: TrainConfig) -> dict:
         scores = cola_scores(pred.label_ids, preds, ["x"] * len(preds))
         return {"accuracy": scores["accuracy"], "mcc": scores["mcc"]}
 
+    class_weights = balanced_class_weights(encoded["train"]["label"]) if cfg.class_weights == "balanced" else None
     on_gpu = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
@@ -169,6 +188,7 @@ def train(cfg: TrainConfig) -> dict:
         model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
         processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
         optimizers=(build_optimizer(model, cfg), None), callbacks=[timer := _step_timer()],
+        compute_loss_func=weighted_loss(class_weights) if class_weights else None,
     )
 
     started = time.perf_counter()
@@ -187,6 +207,7 @@ def train(cfg: TrainConfig) -> dict:
         "config": cfg.to_dict(),
         "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
         "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
+        "class_weights": class_weights,
         "world_size": args.world_size,
         "best": {
             "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,

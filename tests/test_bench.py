@@ -108,7 +108,7 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert not any(b["bar"].startswith("int8 MCC") for b in payload["bars"])
 
 
-def test_int8_candidates_quantize_the_fused_graph(tiny_artifact, tmp_path):
+def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
     import collections
 
     import onnx
@@ -118,8 +118,10 @@ def test_int8_candidates_quantize_the_fused_graph(tiny_artifact, tmp_path):
 
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
     models = build_candidates(tiny_artifact, manifest, tmp_path)
-    ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_fused_qattention"])).graph.node)
-    assert ops["QAttention"] == 2 and ops["Attention"] == 0  # one per layer of the tiny model
+    ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_fused_all"])).graph.node)
+    assert ops["QAttention"] == 2 and ops["Attention"] == 0 and ops["MatMul"] == 0  # one per layer of the tiny model
+    ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_unfused"])).graph.node)
+    assert ops["QAttention"] == 0 and ops["Softmax"] == 2 and ops["MatMulInteger"] > 0
     ops = collections.Counter(n.op_type for n in onnx.load(str(models["int8_fused_fp32_attention"])).graph.node)
     assert ops["Attention"] == 2 and ops["MatMulInteger"] > 0
     for path in models.values():

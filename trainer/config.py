@@ -29,9 +29,9 @@ class TrainConfig:
     reinit_pooler: bool = False
     # "balanced": cross-entropy weighted by inverse class frequency in the training split (CoLA is
     # 70% acceptable; MCC rewards getting the minority class right); "none": plain cross-entropy.
-    class_weights: Literal["balanced", "none"] = "none"
+    class_weights: Literal["balanced", "none"] = "balanced"
     # Validation points per epoch; the best one (by dev MCC) is kept.
-    evals_per_epoch: int = 1
+    evals_per_epoch: int = 2
     seed: int = 42
     max_steps: int = -1
     limit: int | None = None

@@ -20,6 +20,7 @@ def export(
     quant_target: str = typer.Option("auto", help="Quantization preset: auto (from this CPU's flags), avx2, avx512, avx512_vnni, arm64."),
     calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8."),
     flip_check: bool = typer.Option(True, help="Measure prediction flips: each sentence alone vs inside mixed batches of 32."),
+    require_int8: bool = typer.Option(False, help="Fail (exit 3) when no int8 method meets the tolerance, instead of shipping without int8."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N validation sentences (quick checks; the report says so)."),
 ) -> None:
     """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on CoLA."""
@@ -29,7 +30,8 @@ def export(
 
     cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_dir.resolve().name, data=data, store=store,
                        overwrite=overwrite, tolerance=Tolerance.parse(tolerance), int8=int8, quant_target=quant_target,
-                       calibration_samples=calibration_samples, flip_check=flip_check, limit=limit)
+                       calibration_samples=calibration_samples, flip_check=flip_check, limit=limit,
+                       require_int8=require_int8)
     run_export(cfg, typer.echo)
 
 

@@ -194,3 +194,32 @@ def test_tolerance_failure_exits_3_and_keeps_report(tiny_run, synthetic_cola, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed parity" and not manifest["parity"]["passed"]
     assert "registered" not in proc.stdout and not (tmp_path / "bentoml" / "models" / "bertpack-cola").exists()
+
+
+def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_path):
+    """An int8 agreement bar above 100% (the Python API takes any Tolerance): no int8 can pass. The export ships
+    without int8 (CPU default: optimized, status ok) and says why; require_int8 turns it into a ParityError (exit 3)."""
+    from bertpack.errors import ParityError
+    from export.parity import Tolerance
+    from export.pipeline import export_artifact
+
+    lines: list[str] = []
+    common = dict(data=synthetic_cola, store=False, int8="dynamic", flip_check=False, tolerance=Tolerance(min_agreement=100.5))
+    result = export_artifact(tiny_run, tmp_path / "art", echo=lines.append, **common)
+    out = tmp_path / "art"
+    assert not result.failures
+    assert any(line.startswith("warning: no int8 method within tolerance") for line in lines), lines[-5:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["serving_default"]["cpu"] == "optimized"
+    assert "int8" not in manifest["variants"] and not (out / "model_int8.onnx").exists()
+    assert "model_int8.onnx" not in manifest["files"] and manifest["parity"]["warnings"]
+    rows = {r["variant"]: r for r in json.loads((out / "parity.json").read_text())["rows"]}
+    assert rows["int8"]["status"] == "FAIL (not shipped)"
+    from serving.engine import OnnxClassifier
+
+    assert OnnxClassifier(out, device="cpu").variant == "optimized"  # what the service will load
+
+    with pytest.raises(ParityError) as err:
+        export_artifact(tiny_run, tmp_path / "strict", echo=lines.append, require_int8=True, **common)
+    assert err.value.exit_code == 3 and "int8 (dynamic)" in str(err.value)
+    assert json.loads((tmp_path / "strict" / "manifest.json").read_text())["status"] == "failed parity"

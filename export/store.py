@@ -11,12 +11,12 @@ MODEL_NAME = "bertpack-cola"
 
 
 def _plain(value):
-    """BentoML metadata accepts only simple JSON-like values."""
+    """BentoML metadata accepts only simple JSON-like values, and no None: absent figures are left out."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) or isinstance(value, (int, str, bool)) or value is None:
+        return [_plain(v) for v in value if v is not None]
+    if isinstance(value, (float, int, str, bool)):
         return value
     return str(value)
 
@@ -39,6 +39,6 @@ def register(artifact_dir: Path, manifest: dict) -> str:
             for src in sorted(Path(artifact_dir).iterdir()):
                 if src.is_file():
                     shutil.copy2(src, Path(model.path) / src.name)
-    except bentoml.exceptions.BentoMLException as exc:
+    except (bentoml.exceptions.BentoMLException, ValueError) as exc:
         raise BertpackError(f"could not register {tag} in the BentoML model store ({exc}); pass --no-store to skip") from None
     return tag

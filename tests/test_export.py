@@ -4,6 +4,7 @@ the BentoML store, and the damaged-model / tolerance failure paths (real process
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 MODELS = ["model.onnx", "model_optimized.onnx", "model_fp16.onnx", "model_int8.onnx"]
 
@@ -218,6 +219,11 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
     from serving.engine import OnnxClassifier
 
     assert OnnxClassifier(out, device="cpu").variant == "optimized"  # what the service will load
+    # the store takes it (its metadata has no int8 method: BentoML refuses None values)
+    code = f"import json; from export.store import register; print(register({str(out)!r}, json.load(open({str(out / 'manifest.json')!r}))))"
+    stored = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert stored.returncode == 0 and stored.stdout.startswith("bertpack-cola:"), stored.stderr[-2000:]
 
     with pytest.raises(ParityError) as err:
         export_artifact(tiny_run, tmp_path / "strict", echo=lines.append, require_int8=True, **common)

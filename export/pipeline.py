@@ -304,7 +304,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             if not problems:
                 break
         shutil.copyfile(best["path"], stage / f"model_int8_{method}.onnx")
-        body["variants"][f"int8_{method}"]["settings"] = quantize.settings_record(best["settings"], ckpt.num_layers, source / "model.onnx", n_calib)
+        body["variants"][f"int8_{method}"]["settings"] = tries[method][best["k"]]["settings"]  # recorded when it was tried
         winners[method] = best
 
     mf.write_manifest(stage, body)
@@ -322,7 +322,6 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     # Every variant that ships passes its tolerance. An int8 method that failed every try is reported and
     # not shipped; when none passed, the CPU serves the fp32 `optimized` graph instead (exact, deterministic),
     # unless --require-int8 asks for the export to fail.
-    int8_failed = not chosen["passed"]
     warnings: list[str] = []
     for name in order:
         method = choice if name == "int8" else name.split("_", 1)[1]
@@ -339,7 +338,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
         rows.append(row)
     if "int8" in body["variants"]:
         body["variants"]["int8"]["parity_passed"] = chosen["passed"]
-    if int8_failed and not cfg.require_int8:
+    if not chosen["passed"] and not cfg.require_int8:
         warnings.append("no int8 method within tolerance: int8 not shipped; the CPU serves the fp32 `optimized` graph")
 
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"

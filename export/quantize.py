@@ -75,11 +75,16 @@ def ladder(method: str, target: str) -> list[Int8Settings]:
     return safer
 
 
-def sensitive_nodes(model_path: Path, exclude: Sequence[str], num_layers: int) -> list[str]:
-    """Names of the MatMul/Gemm (and fused Attention) nodes in the `exclude` groups (see Int8Settings)."""
+def _load_graph(model_path: Path) -> onnx.GraphProto:
+    return onnx.load(str(model_path), load_external_data=False).graph
+
+
+def sensitive_nodes(model: Path | onnx.GraphProto, exclude: Sequence[str], num_layers: int) -> list[str]:
+    """Names of the MatMul/Gemm (and fused Attention) nodes in the `exclude` groups (see Int8Settings),
+    in the model file or its already loaded graph."""
     if not exclude:
         return []
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    graph = model if isinstance(model, onnx.GraphProto) else _load_graph(model)
     products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
     # The fusion names them Attention_0..N-1; graph order is layer order.
     attention = [n.name for n in graph.node if n.op_type == "Attention"]
@@ -154,18 +159,16 @@ def source_dir(method: str, fp32_dir: Path, fused_dir: Path | None) -> Path:
     return fused_dir if method == "dynamic" and fused_dir is not None else fp32_dir
 
 
-def quantize(source: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
+def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
              calibration: Calibration | None = None, ranges_cache: dict | None = None) -> Path:
-    """Quantize source/model.onnx (see `source_dir`). Static ranges are computed once per calibration
+    """Quantize model_dir/model.onnx (see `source_dir`). Static ranges are computed once per calibration
     method and kept in `ranges_cache`."""
     from optimum.onnxruntime import AutoCalibrationConfig, ORTQuantizer
 
-    fp32_dir = Path(source)
-    source = fp32_dir / "model.onnx"
-    config = quantization_config(settings, sensitive_nodes(source, settings.exclude, num_layers))
+    config = quantization_config(settings, sensitive_nodes(Path(model_dir) / "model.onnx", settings.exclude, num_layers))
     save_dir = Path(work_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    quantizer = ORTQuantizer.from_pretrained(str(fp32_dir), file_name="model.onnx")
+    quantizer = ORTQuantizer.from_pretrained(str(model_dir), file_name="model.onnx")
     ranges = None
     if settings.method == "static":
         if calibration is None or not calibration.ids:
@@ -186,13 +189,15 @@ def quantize(source: Path, work_dir: Path, settings: Int8Settings, num_layers: i
     return path
 
 
-def settings_record(settings: Int8Settings, num_layers: int, fp32_model: Path, calibration_sentences: int | None = None) -> dict:
+def settings_record(settings: Int8Settings, num_layers: int, model_path: Path, calibration_sentences: int | None = None) -> dict:
+    """The manifest's record of one try: the settings, the graph it quantized, the nodes kept in fp32."""
+    graph = _load_graph(model_path)
     record = dataclasses.asdict(settings)
-    fused = any(n.op_type == "Attention" for n in onnx.load(str(fp32_model), load_external_data=False).graph.node)
+    fused = any(n.op_type == "Attention" for n in graph.node)
     record["graph"] = "fused (ORTOptimizer O2), Attention -> QAttention" if fused else "unfused (as exported)"
     record["exclude"] = list(settings.exclude)
     record["name"] = settings.name
-    record["nodes_excluded"] = sensitive_nodes(fp32_model, settings.exclude, num_layers)
+    record["nodes_excluded"] = sensitive_nodes(graph, settings.exclude, num_layers)
     if settings.method == "static":
         record["operators"] = STATIC_OPERATORS
         record["calibration_sentences"] = calibration_sentences  # CoLA training split, seeded sample

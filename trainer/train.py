@@ -80,9 +80,11 @@ def weighted_loss(weights: list[float]):
     """A Trainer `compute_loss_func`: cross-entropy with per-class weights."""
     import torch
 
+    weight = torch.tensor(weights)
+
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=torch.tensor(weights, device=logits.device))
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight.to(logits.device))
 
     return loss
 
@@ -102,7 +104,8 @@ def train(cfg: TrainConfig) -> dict:
                               Trainer, TrainingArguments)
 
     transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main and not cfg.resume:
         if cfg.overwrite and cfg.out.exists():
@@ -140,7 +143,6 @@ def train(cfg: TrainConfig) -> dict:
 
     class_weights = balanced_class_weights(encoded["train"]["label"]) if cfg.class_weights == "balanced" else None
     on_gpu = torch.cuda.is_available()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
     # Evaluate (and checkpoint) every `every` steps: per epoch, several times per epoch, or twice in a --max-steps run.
     every = max(1, cfg.max_steps // 2) if cfg.max_steps > 0 else max(1, steps_per_epoch // cfg.evals_per_epoch)

@@ -27,8 +27,9 @@ def bench(
     arch: str = typer.Option("finetuned", help="finetuned (the artifact's model) or bert-base (random BertConfig() weights, speed only)."),
     batch_sizes: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
     data: Optional[Path] = typer.Option(None, help="CoLA folder (default ../shared/data/cola)."),
-    engines: Optional[str] = typer.Option(None, help="Comma-separated subset of: pytorch_fp32, pytorch_fast, pytorch_bf16, onnx_fp32, "
-                                                     "onnx_optimized, onnx_int8, onnx_int8_alt, onnx_fp16_cuda (default all)."),
+    engines: Optional[str] = typer.Option(None, help="Comma-separated subset of: pytorch_fp32, pytorch_fast, pytorch_bf16, pytorch_fp16, onnx_fp32, "
+                                                     "onnx_optimized, onnx_int8, onnx_int8_alt, onnx_fp16_cuda, onnx_fp16_cuda_graph "
+                                                     "(default all)."),
     threads: Optional[int] = typer.Option(None, help="Threads per engine (default: physical cores)."),
     sentences: Optional[int] = typer.Option(None, help="Use N validation sentences (default all; 256 for bert-base)."),
     min_time: float = typer.Option(2.0, help="Time each engine and batch size for at least this many seconds."),

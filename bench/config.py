@@ -9,8 +9,9 @@ ARCHS = ("finetuned", "bert-base")
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 
 # Engine names, in the order they are measured and shown. `pytorch_fp32` is the reference (the book's way).
-ENGINES = ("pytorch_fp32", "pytorch_fast", "pytorch_bf16", "onnx_fp32", "onnx_optimized", "onnx_int8",
-           "onnx_int8_alt", "onnx_fp16_cuda")
+ENGINES = ("pytorch_fp32", "pytorch_fast", "pytorch_bf16", "pytorch_fp16", "onnx_fp32", "onnx_optimized", "onnx_int8",
+           "onnx_int8_alt", "onnx_fp16_cuda", "onnx_fp16_cuda_graph")
+INT8_ENGINES = ("onnx_int8", "onnx_int8_alt")
 REFERENCE = "pytorch_fp32"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.batches import make_batches, pad_to_fixed, padding_stats
-from bench.config import ARCHS, ENGINES, REFERENCE, BenchConfig
+from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.errors import BertpackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,9 @@ def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, 
             spec["device"] = torch_device
             if name == "pytorch_bf16" and torch_device == "cpu" and not _cpu_has_bf16():
                 reason = "this CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)"
-        elif name == "onnx_fp16_cuda":
+            if name == "pytorch_fp16" and torch_device == "cpu":
+                reason = "fp16 weights are for CUDA (no GPU here; PyTorch CPU fp16 matmuls are not a fast path)"
+        elif name in ("onnx_fp16_cuda", "onnx_fp16_cuda_graph"):
             spec.update(device="cuda", variant="fp16", model_file=str(artifact / variants.get("fp16", {}).get("file", "-")))
             if not cuda_available():
                 reason = "no GPU: the CUDA execution provider needs an NVIDIA device (none visible here)"
@@ -154,7 +156,9 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
             export_work = Path(cfg.export_dir) if cfg.export_dir else work / "bert-base"
             method = manifest["variants"].get("int8", {}).get("method", "auto")
-            artifact = export_bert_base(export_work, artifact, data_dir, method if method in ("static", "dynamic") else "auto", echo)
+            if not cfg.int8_candidates and not set(INT8_ENGINES) & set(cfg.engines):
+                method = "none"  # no int8 engine asked for: skip the slowest part of the export
+            artifact = export_bert_base(export_work, artifact, data_dir, method if method in ("static", "dynamic", "none") else "auto", echo)
             manifest = json.loads((artifact / "manifest.json").read_text())
         checkpoint = manifest["source"]["checkpoint"]
         if not Path(checkpoint, "config.json").is_file():

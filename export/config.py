@@ -7,7 +7,7 @@ from pathlib import Path
 
 from export.parity import Tolerance
 
-INT8_CHOICES = ("auto", "dynamic", "static")
+INT8_CHOICES = ("auto", "dynamic", "static", "none")
 
 
 @dataclass
@@ -18,7 +18,7 @@ class ExportConfig:
     store: bool = True  # register in the BentoML model store
     overwrite: bool = False
     tolerance: Tolerance = field(default_factory=Tolerance)
-    int8: str = "auto"  # auto = both methods, the serving default picked from the figures
+    int8: str = "auto"  # auto = both methods, the serving default picked from the figures; none = no int8 (GPU-only)
     quant_target: str = "auto"  # auto = from this CPU's flags; or avx2 / avx512 / avx512_vnni / arm64
     calibration_samples: int = 256
     flip_check: bool = True

@@ -45,6 +45,8 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
     ckpt = locate_checkpoint(cfg.run_dir)
     if cfg.int8 not in INT8_CHOICES:
         raise BertpackError(f"--int8 must be one of {', '.join(INT8_CHOICES)}, not {cfg.int8!r}")
+    if cfg.int8 == "none" and cfg.require_int8:
+        raise BertpackError("--require-int8 contradicts --int8 none; drop one of them")
     if cfg.quant_target != "auto" and cfg.quant_target not in TARGETS:
         raise BertpackError(f"--quant-target must be auto or one of {', '.join(TARGETS)}, not {cfg.quant_target!r}")
     if cfg.calibration_samples < 1:
@@ -270,6 +272,15 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
         row = {"variant": "fp16", "bytes": (stage / MODEL_FILES["fp16"]).stat().st_size, "status": "not checked (no GPU)"}
     rows.append(row)
 
+    cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
+    providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
+    if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
+        rows.append({"variant": "int8", "status": "not built (--int8 none)"})
+        return {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
+                "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
+                "int8_tries": {}, "flip_rate": flips, "int8_choice": None, "int8_method": None, "quantization_target": target,
+                "serving_default_cpu": cpu_ok, "failures": failures, "warnings": []}
+
     # -- int8: climb the ladder per method, then pick the serving default from the figures --------
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     calibration = None
@@ -341,10 +352,9 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     if not chosen["passed"] and not cfg.require_int8:
         warnings.append("no int8 method within tolerance: int8 not shipped; the CPU serves the fp32 `optimized` graph")
 
-    cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
     default_cpu = "int8" if chosen["passed"] else cpu_ok
     return {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
-            "provider": "CPUExecutionProvider", "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
+            "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
             "int8_tries": tries, "flip_rate": flips, "int8_choice": _choice_text(choice, winners, flips),
             "int8_method": choice if chosen["passed"] else None, "quantization_target": target, "serving_default_cpu": default_cpu,
             "failures": failures, "warnings": warnings}

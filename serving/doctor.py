@@ -8,6 +8,8 @@ settings and visible GPUs. Imports no torch.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import platform
 import shutil
@@ -34,20 +36,38 @@ def probe_provider(provider: str) -> dict:
 
     if provider in _NEEDS_GPU and not gpu_present():
         return {"provider": provider, "works": False, "detail": "not tried: no NVIDIA device visible"}
+    if provider == "TensorrtExecutionProvider" and not _loadable("libnvinfer.so.10"):
+        return {"provider": provider, "works": False, "detail": "not tried: the TensorRT libraries (libnvinfer.so.10) are not installed"}
     if provider in _NEEDS_GPU:
         preload_cuda_libraries()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # A provider that fails to load makes ORT log to stderr and print a fallback notice to stdout;
+    # keep both out of the report (stdout may be `doctor --json`).
+    ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[provider])
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[provider])
         used = session.get_providers()[0]
         out = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
     except Exception as exc:  # noqa: BLE001 - a provider that fails to load is what doctor reports
         return {"provider": provider, "works": False, "detail": str(exc).splitlines()[0][:300]}
+    finally:
+        ort.set_default_logger_severity(2)
     if used != provider:
         return {"provider": provider, "works": False, "detail": f"session fell back to {used}"}
     ok = bool(np.allclose(out, 2.0))
     return {"provider": provider, "works": ok, "detail": "ran a one-node model" if ok else f"wrong result {out.tolist()}"}
+
+
+def _loadable(library: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+        return True
+    except OSError:
+        return False
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
@@ -130,7 +150,11 @@ def format_report(rep: dict) -> str:
     o = rep["onnxruntime"]
     lines.append(f"onnxruntime {o['version']} ({o['device']} build; installed: {', '.join(f'{k} {v}' for k, v in o['packages'].items())})")
     if len(o["packages"]) > 1:
-        lines.append("  WARNING: onnxruntime and onnxruntime-gpu are both installed; the CPU build shadows the GPU one")
+        if "CUDAExecutionProvider" in o["available_providers"]:
+            lines.append("  note: onnxruntime and onnxruntime-gpu are both installed; this process imports the GPU build, "
+                         "but one reinstall can swap them: keep only onnxruntime-gpu")
+        else:
+            lines.append("  WARNING: onnxruntime and onnxruntime-gpu are both installed; the CPU build shadows the GPU one")
     lines.append("providers (listed -> works?):")
     for p in o["providers"]:
         lines.append(f"  {p['provider']:<28} {'yes' if p['works'] else 'no '}  {p['detail']}")

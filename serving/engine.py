@@ -85,13 +85,13 @@ def cuda_problem() -> str | None:
 
     if not gpu_present():
         return "no NVIDIA device is visible (/dev/nvidia*)"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None  # the imported build has CUDA (an `onnxruntime` distribution beside it, if any, is not the one imported)
     packages = onnxruntime_packages()
     if "onnxruntime" in packages and "onnxruntime-gpu" in packages:
         return ("both `onnxruntime` and `onnxruntime-gpu` are installed and the CPU build shadows the GPU one: "
                 "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
-    return None
+    return f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
 
 
 def preload_cuda_libraries() -> None:
@@ -191,8 +191,13 @@ class OnnxClassifier:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.graphs: CudaGraphs | None = None
+        self.graph_error: str | None = None  # why CUDA graphs were asked for and are not used
         if cuda_graph and self.provider == "CUDAExecutionProvider":
-            self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id)
+            try:
+                self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id)
+            except BertpackError as exc:
+                self.graph_error = str(exc)
+                log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
         log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
 
     # -- tokenization ------------------------------------------------------------------------
@@ -222,12 +227,14 @@ class OnnxClassifier:
     def run(self, batch: Batch) -> np.ndarray:
         if self.provider != "CUDAExecutionProvider":
             return self.session.run([self.output_name], batch.inputs)[0].astype(np.float32)
-        if self.graphs is not None:
+        if self.graphs is not None and self.graphs.fits(*batch.inputs["input_ids"].shape):
             try:
                 return self.graphs.run(batch.inputs)
             except Exception as exc:  # noqa: BLE001 - capture can fail for graphs with CPU nodes; IO binding still works
-                log.error("CUDA graph run failed (%s); continuing without CUDA graphs", str(exc).splitlines()[0][:300])
+                self.graph_error = str(exc).splitlines()[0][:300]
+                log.error("CUDA graph run failed (%s); continuing without CUDA graphs", self.graph_error)
                 self.graphs = None
+        # Shapes without a graph (over the largest graph batch, or past MAX_GRAPHS shapes) take this path too.
         # IO binding: inputs copied to the device once, the output allocated there by ORT.
         binding = self.session.io_binding()
         for name, array in batch.inputs.items():
@@ -294,13 +301,11 @@ class CudaGraphs:
 
     @classmethod
     def create(cls, model_path: Path, threads: int | None, input_names: list[str], output_name: str,
-               n_labels: int, pad_id: int) -> "CudaGraphs | None":
-        try:
-            session = _open_session(model_path, session_options(threads),
-                                    [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})])
-        except BertpackError as exc:
-            log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
-            return None
+               n_labels: int, pad_id: int) -> "CudaGraphs":
+        """A second session of the model with CUDA graphs on; raises BertpackError when ORT refuses
+        (e.g. a node that runs on the CPU provider)."""
+        session = _open_session(model_path, session_options(threads),
+                                [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})])
         return cls(session, input_names, output_name, n_labels, pad_id)
 
     def _slot(self, rows: int, length: int) -> _GraphSlot:
@@ -308,8 +313,6 @@ class CudaGraphs:
 
         key = (rows, length)
         if key not in self.slots:
-            if len(self.slots) >= self.MAX_GRAPHS:
-                raise RuntimeError(f"more than {self.MAX_GRAPHS} graph shapes")
             binding = self.session.io_binding()
             inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, "cuda", 0) for name in self.input_names}
             for name, value in inputs.items():
@@ -321,11 +324,17 @@ class CudaGraphs:
             self.slots[key] = _GraphSlot(binding, inputs, run_options)
         return self.slots[key]
 
+    def fits(self, n: int, length: int) -> bool:
+        """A graph exists or may still be captured for this batch shape."""
+        rows = bucket_length(n, self.BATCHES)
+        return rows <= self.BATCHES[-1] and ((rows, length) in self.slots or len(self.slots) < self.MAX_GRAPHS)
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         n, length = inputs["input_ids"].shape
+        if not self.fits(n, length):
+            raise RuntimeError(f"no CUDA graph for a batch of {n} x {length} tokens (largest graph batch {self.BATCHES[-1]}, "
+                               f"at most {self.MAX_GRAPHS} shapes)")
         rows = bucket_length(n, self.BATCHES)
-        if rows > self.BATCHES[-1]:
-            raise RuntimeError(f"batch of {n} is over the largest graph batch {self.BATCHES[-1]}")
         slot = self._slot(rows, length)
         for name in self.input_names:
             padded = np.full((rows, length), self.pad_id if name == "input_ids" else 0, dtype=np.int64)

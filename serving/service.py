@@ -197,7 +197,7 @@ class Bertpack:
         return {
             "model": self.source.tag, "model_version": self.version, "origin": self.source.origin, "path": str(self.source.path),
             "engine": {"variant": self.engine.variant, "file": self.engine.model_path.name, "provider": self.engine.provider,
-                       "device_requested": self.config.device, "cuda_graphs": self.engine.graphs is not None,
+                       "device_requested": self.config.device, "cuda_graphs": self.engine.graphs is not None, "cuda_graph_error": self.engine.graph_error,
                        "threads": self.engine.session.get_session_options().intra_op_num_threads,
                        "engine_batch": self._engine_batch(), "cuda_problem": cuda_problem()},
             "labels": self.engine.labels, "max_length": self.engine.max_length,

@@ -85,8 +85,9 @@ def test_gpu_rows_are_skipped_with_a_reason(bench_result):
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads((out / "bench.json").read_text())
     skipped = {s["engine"]: s["reason"] for s in payload["skipped"]}
-    assert "no GPU" in skipped["onnx_fp16_cuda"]
-    assert "onnx_fp16_cuda" not in {r["engine"] for r in payload["rows"]}
+    assert "no GPU" in skipped["onnx_fp16_cuda"] and "no GPU" in skipped["onnx_fp16_cuda_graph"]
+    assert "CUDA" in skipped["pytorch_fp16"]
+    assert not {"onnx_fp16_cuda", "onnx_fp16_cuda_graph", "pytorch_fp16"} & {r["engine"] for r in payload["rows"]}
     assert "skipped onnx_fp16_cuda: no GPU" in proc.stdout
     gpu_bars = [b for b in payload["bars"] if "CUDA" in b["bar"]]
     assert gpu_bars and all(b["value"] is None and "no GPU" in b["note"] for b in gpu_bars)

@@ -229,3 +229,17 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
         export_artifact(tiny_run, tmp_path / "strict", echo=lines.append, require_int8=True, **common)
     assert err.value.exit_code == 3 and "int8 (dynamic)" in str(err.value)
     assert json.loads((tmp_path / "strict" / "manifest.json").read_text())["status"] == "failed parity"
+
+
+def test_int8_none_ships_no_int8(tiny_run, synthetic_cola, tmp_path):
+    """--int8 none (a GPU-only deployment): no quantization, the int8 row says so, the CPU default is optimized."""
+    out = tmp_path / "art"
+    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
+                   "--no-flip-check")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["serving_default"]["cpu"] == "optimized"
+    assert not any(name.startswith("int8") for name in manifest["variants"]) and not list(out.glob("model_int8*.onnx"))
+    rows = {r["variant"]: r for r in json.loads((out / "parity.json").read_text())["rows"]}
+    assert rows["int8"]["status"] == "not built (--int8 none)" and rows["optimized"]["status"] == "pass"
+    assert "not built (--int8 none)" in (out / "parity.md").read_text()

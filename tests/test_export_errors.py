@@ -60,6 +60,7 @@ def test_output_dir_holding_other_files_or_another_export(tmp_path, tiny_run, sy
     (["--tolerance", "fast"], "--tolerance"),
     (["--quant-target", "sse"], "--quant-target"),
     (["--calibration-samples", "0"], "--calibration-samples"),
+    (["--int8", "none", "--require-int8"], "--require-int8 contradicts --int8 none"),
 ])
 def test_bad_options(tmp_path, tiny_run, synthetic_cola, args, needle):
     err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store", *args))

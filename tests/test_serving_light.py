@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 try:  # tests/ may or may not be a package
@@ -95,3 +96,16 @@ def test_cuda_fp16_matches_cpu(cuda_artifact, graphs):
         got = gpu.logits(sentences, batch_size=4)
     assert abs(got - cpu).max() < 2e-2
     assert (gpu.graphs is not None) == graphs
+
+
+def test_cuda_graph_shapes_are_bounded():
+    """Which batch shapes get a CUDA graph (pure bookkeeping; the capture itself needs a GPU): rows up to the
+    largest graph batch, and at most MAX_GRAPHS shapes; anything else takes plain IO binding."""
+    from serving.engine import CudaGraphs
+
+    graphs = CudaGraphs(session=None, input_names=["input_ids"], output_name="logits", n_labels=2, pad_id=0)
+    assert graphs.fits(1, 16) and graphs.fits(64, 128) and not graphs.fits(65, 16)
+    graphs.slots = {(1, n): None for n in range(graphs.MAX_GRAPHS)}
+    assert graphs.fits(1, 0) and not graphs.fits(1, 10_000)
+    with pytest.raises(RuntimeError, match="no CUDA graph"):
+        graphs.run({"input_ids": np.zeros((65, 16), dtype=np.int64)})

@@ -18,7 +18,7 @@ def export(
     tolerance: Optional[str] = typer.Option(None, help="int8/fp16 MCC drop (e.g. 0.01), or key=value pairs: mcc_drop=0.01,agreement=98,logit=1e-3."),
     int8: str = typer.Option("auto", help="int8 method: static (calibrated on CoLA train), dynamic, auto (both; the default picked from the figures), or none (no int8: a GPU-only deployment; the CPU then serves `optimized`)."),
     quant_target: str = typer.Option("auto", help="Quantization preset: auto (from this CPU's flags), avx2, avx512, avx512_vnni, arm64."),
-    calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8."),
+    calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8 and the SmoothQuant step of dynamic int8."),
     flip_check: bool = typer.Option(True, help="Measure prediction flips: each sentence alone vs inside mixed batches of 32."),
     require_int8: bool = typer.Option(False, help="Fail (exit 3) when no int8 method meets the tolerance, instead of shipping without int8."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N validation sentences (quick checks; the report says so)."),

@@ -27,13 +27,15 @@ STATIC_OPERATORS = ["MatMul", "Gemm", "Gather"]
 
 
 EXCLUDE_GROUPS = ("head", "ffn_out", "last1", "last2")
+SMOOTH_ALPHA = 0.5  # SmoothQuant's default; 0.75 was no better on the embedded model (README, export)
 
 
 @dataclass(frozen=True)
 class Int8Settings:
     """One quantization try. `exclude` names the groups of sensitive nodes kept in fp32:
     head = classifier + pooler; ffn_out = every layer's FFN down-projection (its input is the GELU
-    output, whose outliers a per-tensor activation scale cannot hold); lastN = all products of the last N layers."""
+    output, whose outliers a per-tensor activation scale cannot hold); lastN = all products of the last N layers.
+    `smooth_alpha` (dynamic only): SmoothQuant the QKV and FFN-up inputs first (export/smoothquant.py)."""
 
     method: str  # dynamic | static
     target: str  # avx2 | avx512 | avx512_vnni | arm64 (AutoQuantizationConfig preset)
@@ -41,6 +43,7 @@ class Int8Settings:
     reduce_range: bool = False
     exclude: tuple[str, ...] = ()
     calibration: str = "minmax"  # static only: minmax | percentile
+    smooth_alpha: float | None = None  # dynamic only: SmoothQuant migration strength
 
     @property
     def name(self) -> str:
@@ -51,27 +54,28 @@ class Int8Settings:
             parts.append("reduce-range")
         if self.exclude:
             parts.append("exclude " + "+".join(self.exclude))
+        if self.smooth_alpha is not None:
+            parts.append(f"smoothquant {self.smooth_alpha:g}")
         return " ".join(parts)
 
 
 def ladder(method: str, target: str) -> list[Int8Settings]:
-    """The tries in order: optimum-cli's defaults first, then safer and safer settings."""
+    """The tries in order: optimum-cli's defaults first, then safer and safer settings. Dynamic int8
+    smooths its inputs from the fourth rung on: on the two models measured, SmoothQuant raised int8
+    agreement to about 99% and halved the batch-dependent flips, for 12 elementwise Muls."""
     base = Int8Settings(method=method, target=target)
     pc = dataclasses.replace(base, per_channel=True)
-    safer = [
-        base,
-        pc,
-        dataclasses.replace(pc, exclude=("head",)),
-        dataclasses.replace(pc, exclude=("head", "ffn_out")),
-    ]
+    safer = [base, pc, dataclasses.replace(pc, exclude=("head",))]
     if method == "static":
         pct = dataclasses.replace(pc, exclude=("head", "ffn_out"), calibration="percentile")
-        safer += [pct, dataclasses.replace(pct, exclude=("head", "ffn_out", "last1")),
+        safer += [dataclasses.replace(pc, exclude=("head", "ffn_out")), pct,
+                  dataclasses.replace(pct, exclude=("head", "ffn_out", "last1")),
                   dataclasses.replace(pct, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
     else:
-        safer += [dataclasses.replace(pc, exclude=("head", "ffn_out"), reduce_range=True),
-                  dataclasses.replace(pc, exclude=("head", "ffn_out", "last1"), reduce_range=True),
-                  dataclasses.replace(pc, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
+        smooth = dataclasses.replace(pc, exclude=("head", "ffn_out"), smooth_alpha=SMOOTH_ALPHA)
+        safer += [smooth, dataclasses.replace(smooth, reduce_range=True),
+                  dataclasses.replace(smooth, exclude=("head", "ffn_out", "last1"), reduce_range=True),
+                  dataclasses.replace(smooth, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
     return safer
 
 
@@ -161,13 +165,15 @@ def source_dir(method: str, fp32_dir: Path, fused_dir: Path | None) -> Path:
 
 def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
              calibration: Calibration | None = None, ranges_cache: dict | None = None) -> Path:
-    """Quantize model_dir/model.onnx (see `source_dir`). Static ranges are computed once per calibration
-    method and kept in `ranges_cache`."""
+    """Quantize model_dir/model.onnx (see `source_dir`). Static ranges and SmoothQuant's channel ranges
+    are computed once and kept in `ranges_cache`."""
     from optimum.onnxruntime import AutoCalibrationConfig, ORTQuantizer
 
     config = quantization_config(settings, sensitive_nodes(Path(model_dir) / "model.onnx", settings.exclude, num_layers))
     save_dir = Path(work_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    if settings.smooth_alpha is not None:
+        model_dir = _smoothed_source(Path(model_dir), save_dir / "smoothed", settings.smooth_alpha, calibration, ranges_cache)
     quantizer = ORTQuantizer.from_pretrained(str(model_dir), file_name="model.onnx")
     ranges = None
     if settings.method == "static":
@@ -189,6 +195,22 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
     return path
 
 
+def _smoothed_source(model_dir: Path, out_dir: Path, alpha: float, calibration: Calibration | None,
+                     ranges_cache: dict | None) -> Path:
+    """model_dir's graph with SmoothQuant applied, in a folder ORTQuantizer can load."""
+    from export import smoothquant
+
+    if calibration is None or not calibration.ids:
+        raise BertpackError("SmoothQuant needs calibration sentences (CoLA training split); pass --data")
+    cache = {} if ranges_cache is None else ranges_cache
+    if "smoothquant" not in cache:
+        cache["smoothquant"] = smoothquant.channel_ranges(model_dir / "model.onnx", calibration.ids, calibration.input_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    smoothquant.smooth(model_dir / "model.onnx", out_dir / "model.onnx", cache["smoothquant"], alpha)
+    shutil.copyfile(model_dir / "config.json", out_dir / "config.json")
+    return out_dir
+
+
 def settings_record(settings: Int8Settings, num_layers: int, model_path: Path, calibration_sentences: int | None = None) -> dict:
     """The manifest's record of one try: the settings, the graph it quantized, the nodes kept in fp32."""
     graph = _load_graph(model_path)
@@ -201,4 +223,9 @@ def settings_record(settings: Int8Settings, num_layers: int, model_path: Path, c
     if settings.method == "static":
         record["operators"] = STATIC_OPERATORS
         record["calibration_sentences"] = calibration_sentences  # CoLA training split, seeded sample
+    if settings.smooth_alpha is not None:
+        from export.smoothquant import SMOOTHED
+
+        record["smoothquant"] = {"alpha": settings.smooth_alpha, "inputs_of": list(SMOOTHED),
+                                 "calibration_sentences": calibration_sentences}
     return record

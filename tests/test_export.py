@@ -243,3 +243,37 @@ def test_int8_none_ships_no_int8(tiny_run, synthetic_cola, tmp_path):
     rows = {r["variant"]: r for r in json.loads((out / "parity.json").read_text())["rows"]}
     assert rows["int8"]["status"] == "not built (--int8 none)" and rows["optimized"]["status"] == "pass"
     assert "not built (--int8 none)" in (out / "parity.md").read_text()
+
+
+def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
+    """SmoothQuant moves range from activations into weights: one Mul per smoothed product (QKV, FFN up), fp32 logits
+    unchanged, and each scale is s_j = sqrt(max|x_j| / max|W_j|) (alpha 0.5) of the original weight."""
+    import onnxruntime as ort
+
+    from export import smoothquant
+
+    art = exported["out"]
+    source = art / "model_optimized.onnx"
+    feeds = [{"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+              "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64)} for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])]
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    ranges = smoothquant.channel_ranges(source, [f["input_ids"][0].tolist() for f in feeds], names)
+    smoothed = smoothquant.smooth(source, tmp_path / "smoothed.onnx", ranges, alpha=0.5)
+
+    graph = onnx.load(str(tmp_path / "smoothed.onnx")).graph
+    groups = [g for _, g in smoothquant.products(graph)]
+    assert len(smoothed) == groups.count("qkv") + groups.count("ffn_in") == 2 * 2  # 2 layers
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in graph.node) == len(smoothed)
+    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(tmp_path / "smoothed.onnx"), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        np.testing.assert_allclose(after.run(None, feed)[0], before.run(None, feed)[0], atol=1e-4)
+    # what the quantizer sees is x / s with s_j = sqrt(max|x_j| / max|W_j|): its channel maxima are sqrt(max|x_j| max|W_j|)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    for name in smoothed:
+        mul = nodes[f"{name}_smooth"]
+        inv_s = inits[mul.input[1]]
+        x_max, w_max = ranges[mul.input[0]], np.abs(inits[nodes[name].input[1]]).max(axis=1) * inv_s  # the weight before scaling
+        expected = np.clip(np.sqrt(np.maximum(x_max, 1e-5) / np.maximum(w_max, 1e-5)), 1e-2, 1e2)
+        np.testing.assert_allclose(1.0 / inv_s, expected, rtol=1e-3)

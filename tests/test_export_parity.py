@@ -68,6 +68,10 @@ def test_ladder_starts_at_optimum_defaults_and_gets_safer():
         assert all(t.per_channel for t in tries[1:])
         assert len({t.name for t in tries}) == len(tries)
         assert "ffn_out" in tries[-1].exclude and tries[-1].reduce_range
+        smoothed = [t for t in tries if t.smooth_alpha is not None]
+        # dynamic smooths from the fourth rung on (every rung that keeps ffn_out in fp32); static never does
+        assert smoothed == (tries[3:] if method == "dynamic" else [])
+        assert all("ffn_out" in t.exclude and "smoothquant 0.5" in t.name for t in smoothed)
 
 
 def test_sensitive_nodes(tmp_path):

@@ -40,6 +40,15 @@ class ExportResult:
     failures: list[str] = field(default_factory=list)
 
 
+def served_buckets(device: str) -> tuple[int, ...] | None:
+    """Pad parity batches as serving/service.py does: to a few bucket lengths on CUDA (CUDA graphs),
+    to each batch's longest sentence on the CPU. Dynamic int8's per-batch scales see the padding, so
+    the parity report scores the padding that is served."""
+    from serving.engine import DEFAULT_BUCKETS
+
+    return DEFAULT_BUCKETS if device == "cuda" else None
+
+
 def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
     """Every user error that can be found before the slow work starts."""
     ckpt = locate_checkpoint(cfg.run_dir)
@@ -175,7 +184,7 @@ def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.To
         if data is None:
             raise BertpackError("no CoLA data for the parity check: pass --data with the CoLA folder")
     evals = _load_eval(Path(data), None)
-    fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False)
+    fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False, buckets=served_buckets("cpu"))
     reference = parity.reference_logits(checkpoint, fp32, evals.sentences)
     ref_row = dict(parity.score("pytorch fp32", reference, reference, evals), status="reference")
     rows, failures = [ref_row], []
@@ -186,7 +195,7 @@ def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.To
                 rows.append({"variant": name, "status": "not checked (no GPU)", "bytes": (artifact_dir / variant["file"]).stat().st_size})
                 continue
             device = "cuda"
-        clf = OnnxClassifier(artifact_dir, variant=name, device=device, verify=False)
+        clf = OnnxClassifier(artifact_dir, variant=name, device=device, verify=False, buckets=served_buckets(device))
         row = parity.score(name, clf.logits(evals.sentences), reference, evals, (artifact_dir / variant["file"]).stat().st_size)
         problems = parity.check(row, ref_row, tolerance)
         row["status"] = "FAIL" if problems else "pass"
@@ -239,7 +248,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     echo(f"parity on CoLA validation: {len(data.sentences)} sentences from {data_dir}")
 
     def load(variant: str, device: str = "cpu") -> OnnxClassifier:
-        return OnnxClassifier(stage, variant=variant, device=device, verify=False)
+        return OnnxClassifier(stage, variant=variant, device=device, verify=False, buckets=served_buckets(device))
 
     fp32 = load("fp32")
     reference = parity.reference_logits(ckpt.path, fp32, data.sentences)

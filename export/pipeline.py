@@ -294,7 +294,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     # CoLA training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
     calibration = _calibration(data_dir, fp32, cfg)
-    n_calib = len(calibration.ids) if calibration else None
+    n_calib = len(calibration.ids)
     fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}

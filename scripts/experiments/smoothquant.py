@@ -7,10 +7,10 @@ sentence's prediction depends on its batch neighbours (the export's flip rate). 
 s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), computed on calibration sentences. The fp32 model is
 unchanged up to rounding; the activations the quantizer sees are flatter.
 
-Here the scaling is an explicit Mul in front of each quantized product (the LayerNorm outputs also
-feed the residual path, so the scale cannot be folded into LayerNorm), on the fused graph
-(`model_optimized.onnx`), then quantized exactly as the export does (ORT symbolic shape inference,
-ORTQuantizer dynamic). Every candidate is scored on the CoLA validation set in length-sorted batches
+The transform is export/smoothquant.py's (an explicit Mul in front of each smoothed product, on the
+fused graph `model_optimized.onnx`); each candidate is then quantized exactly as the export does (ORT
+symbolic shape inference, ORTQuantizer dynamic). This script measured which products to smooth and
+which alpha; the export's ladder uses the answer. Every candidate is scored on the CoLA validation set in length-sorted batches
 of 1, 8, 32 and 128 (as `bertpack bench` builds them) against the fp32 graph:
 
     python scripts/experiments/smoothquant.py artifacts/cola --data ../shared/data/cola --alphas 0.5,0.75
@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -36,73 +34,12 @@ from bench.batches import make_batches  # noqa: E402
 from bertpack.data import load_cola, validation_sentences  # noqa: E402
 from bertpack.metrics import mcc  # noqa: E402
 from export import quantize as q  # noqa: E402
+from export.smoothquant import channel_ranges, smooth  # noqa: E402
 from serving.engine import OnnxClassifier, session_options  # noqa: E402
 
+ALL_GROUPS = ("qkv", "attn_out", "ffn_in", "ffn_out")
+
 BATCH_SIZES = (1, 8, 32, 128)
-
-
-def products(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, str]]:
-    """(node, group) for every product the dynamic quantizer touches: fused Attention (QKV) and MatMuls with a weight."""
-    inits = {i.name for i in graph.initializer}
-    out = []
-    for node in graph.node:
-        if node.op_type == "Attention":
-            out.append((node, "qkv"))
-        elif node.op_type == "MatMul" and node.input[1] in inits and "/encoder/" in node.name:
-            group = "attn_out" if "/attention/output/" in node.name else "ffn_in" if "/intermediate/" in node.name else "ffn_out"
-            out.append((node, group))
-    return out
-
-
-def channel_ranges(model_path: Path, tensors: list[str], ids: list[list[int]], input_names: list[str]) -> dict[str, np.ndarray]:
-    """max |x| per hidden channel of each tensor over the calibration sentences (one sentence per run: no padding)."""
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    for name in tensors:
-        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(model, str(path))
-        session = ort.InferenceSession(str(path), session_options(2), providers=["CPUExecutionProvider"])
-    ranges: dict[str, np.ndarray] = {}
-    for seq in ids:
-        feed = {"input_ids": np.array([seq], dtype=np.int64), "attention_mask": np.ones((1, len(seq)), dtype=np.int64),
-                "token_type_ids": np.zeros((1, len(seq)), dtype=np.int64)}
-        outs = session.run(tensors, {k: v for k, v in feed.items() if k in input_names})
-        for name, value in zip(tensors, outs):
-            m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            ranges[name] = m if name not in ranges else np.maximum(ranges[name], m)
-    return ranges
-
-
-def smooth(model_path: Path, out_path: Path, ranges: dict[str, np.ndarray], alpha: float, groups: set[str]) -> dict:
-    """Insert x / s before each product of `groups` and fold s into its weight rows."""
-    model = onnx.load(str(model_path))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    stats = {}
-    new_nodes = []
-    for node, group in products(graph):
-        if group not in groups:
-            continue
-        x, w_name = node.input[0], node.input[1]
-        weight = numpy_helper.to_array(inits[w_name]).astype(np.float32)  # [in, out]
-        w_max = np.maximum(np.abs(weight).max(axis=1), 1e-5)
-        s = np.clip(np.maximum(ranges[x], 1e-5) ** alpha / w_max ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
-        inits[w_name].CopyFrom(numpy_helper.from_array((weight * s[:, None]).astype(np.float32), w_name))
-        scale_name = f"{node.name}_smooth_inv_scale"
-        graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), scale_name))
-        smoothed = f"{node.name}_smoothed_input"
-        new_nodes.append((node, helper.make_node("Mul", [x, scale_name], [smoothed], name=f"{node.name}_smooth")))
-        node.input[0] = smoothed
-        stats[node.name] = {"group": group, "x_max_ratio_before": float(ranges[x].max() / np.median(ranges[x])),
-                            "x_max_ratio_after": float((ranges[x] / s).max() / np.median(ranges[x] / s))}
-    for consumer, mul in new_nodes:  # keep topological order: the Mul right before its consumer
-        index = list(graph.node).index(consumer)
-        graph.node.insert(index, mul)
-    onnx.save(model, str(out_path))
-    return stats
 
 
 def predictions(model_path: Path, ids: list[list[int]], pad_id: int, input_names: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -160,10 +97,8 @@ def main() -> None:
     score("shipped int8", art / "model_int8.onnx", manifest["variants"].get("int8", {}).get("settings", {}).get("name", ""))
     with tempfile.TemporaryDirectory(prefix="smoothquant-") as tmp:
         work = Path(tmp)
-        graph = onnx.load(str(art / "model_optimized.onnx"), load_external_data=False).graph
-        tensors = sorted({node.input[0] for node, _ in products(graph)})
-        ranges = channel_ranges(art / "model_optimized.onnx", tensors, calib_ids, names)
-        for name in tensors:
+        ranges = channel_ranges(art / "model_optimized.onnx", calib_ids, names, groups=ALL_GROUPS)
+        for name in sorted(ranges):
             r = ranges[name]
             print(f"  {name}: max {r.max():.1f}, median {np.median(r):.2f}, max/median {r.max() / np.median(r):.1f}")
         plans = [("no smoothing, exclude head+ffn_out", None, {"qkv", "attn_out", "ffn_in", "ffn_out"}, ("head", "ffn_out"))]
@@ -178,7 +113,7 @@ def main() -> None:
             if alpha is None:
                 src = art / "model_optimized.onnx"
             else:
-                smooth(art / "model_optimized.onnx", src, ranges, alpha, groups)
+                smooth(art / "model_optimized.onnx", src, ranges, alpha, tuple(groups))
             fused = q.fused_source(src, art, work / f"fused{k}")
             settings = q.Int8Settings(method="dynamic", target=target, per_channel=True, exclude=exclude)
             path = q.quantize(fused, work / f"int8-{k}", settings, num_layers)

@@ -115,6 +115,9 @@ def train(cfg: TrainConfig) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True)
     extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
+    # Seed before the model exists: its classifier head (and a re-initialised pooler) is drawn at load time,
+    # before the Trainer seeds anything, so without this the same --seed gives a different head every run.
+    transformers.set_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
         use_safetensors=True, trust_remote_code=False, **extra,

@@ -85,6 +85,26 @@ def test_reinit_pooler_and_evals_per_epoch(tmp_path: Path, synthetic_cola: Path,
 
 
 # ----------------------------------------------------------------------------- CLI errors
+def test_same_seed_same_weights(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """A checkpoint without a classifier (like the embedded model) gets a new head at load time: --seed must
+    decide it, so two runs with one seed end with identical weights and another seed does not."""
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer, BertModel
+
+    encoder = tmp_path / "encoder"
+    BertModel.from_pretrained(tiny_run / "model").save_pretrained(encoder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_run / "model").save_pretrained(encoder)
+    weights = {}
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        proc = run_cli("train", "--model", str(encoder), "--data", str(synthetic_cola), "--out", str(tmp_path / name),
+                       "--limit", "32", "--max-steps", "2", "--batch-size", "8", "--seed", seed)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights[name] = load_file(str(tmp_path / name / "model" / "model.safetensors"))
+    assert weights["a"].keys() == weights["b"].keys() and "classifier.weight" in weights["a"]
+    assert all((weights["a"][k] == weights["b"][k]).all() for k in weights["a"])
+    assert not (weights["a"]["classifier.weight"] == weights["c"]["classifier.weight"]).all()
+
+
 def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> None:
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
                    env={"HF_HUB_OFFLINE": "1"})

@@ -93,10 +93,10 @@ class OnnxGraphEngine:
     warmup_runs = 3  # ORT runs a shape normally before it captures its graph
 
     def __init__(self, artifact_dir: str, threads: int):
-        from serving.engine import DEFAULT_BUCKETS, OnnxClassifier
+        from serving.engine import OnnxClassifier, served_buckets
 
         self.clf = OnnxClassifier(artifact_dir, variant="fp16", device="cuda", threads=threads, verify=False,
-                                  buckets=DEFAULT_BUCKETS, cuda_graph=True)
+                                  buckets=served_buckets("cuda"), cuda_graph=True)
         if self.clf.provider != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime fell back to {self.clf.provider}")
         if self.clf.graphs is None:
@@ -283,13 +283,13 @@ def run_book(spec: dict) -> dict:
 def run_serving(spec: dict) -> dict:
     """bertpack's serving path, end to end: OnnxClassifier (tokenize, sort, bucket, the manifest's
     default model for this device)."""
-    from serving.engine import DEFAULT_BUCKETS, OnnxClassifier
+    from serving.engine import OnnxClassifier, served_buckets
 
     device = spec["device"]
     # As serving/service.py builds it: on CPU each batch padded to its longest (buckets on GPU), idle threads not spinning.
     on_gpu = device == "cuda"
     clf = OnnxClassifier(spec["artifact_dir"], device=device, threads=spec["threads"], verify=False,
-                         buckets=DEFAULT_BUCKETS if on_gpu else None, cuda_graph=on_gpu, spin=False)
+                         buckets=served_buckets(device), cuda_graph=on_gpu, spin=False)
     sentences, bs = spec["sentences"], spec["e2e_batch_size"]
     for _ in range(3 if clf.graphs else 1):  # warm-up: every bucket shape (CUDA graphs: captured on the third run)
         clf.logits(sentences, batch_size=bs)

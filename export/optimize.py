@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
 from bertpack.errors import BertpackError
+from serving.engine import quiet_ort_logs
 
 CPU_LEVEL = "O2"  # O2 = fusions without the approximate GeLU of O3, so fp32 logits stay within 1e-3
 GPU_LEVEL = "O4"  # O3 fusions + fp16 with fp32 inputs/outputs (keep_io_types)
-
-
-@contextlib.contextmanager
-def _quiet_ort():
-    """The fp16 pass asks ORT for CUDA; on a host without a GPU that only logs errors, so silence them."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(4)
-    try:
-        yield
-    finally:
-        ort.set_default_logger_severity(2)
 
 
 def optimize(fp32_dir: Path, work_dir: Path, level: str) -> tuple[Path, dict[str, int]]:
@@ -32,7 +20,7 @@ def optimize(fp32_dir: Path, work_dir: Path, level: str) -> tuple[Path, dict[str
     config = getattr(AutoOptimizationConfig, level)()
     save_dir = Path(work_dir) / suffix
     optimizer = ORTOptimizer.from_pretrained(str(fp32_dir), file_names=["model.onnx"])
-    with _quiet_ort():
+    with quiet_ort_logs():  # the fp16 pass asks ORT for CUDA; without a GPU that only logs errors
         optimizer.optimize(optimization_config=config, save_dir=save_dir, file_suffix=suffix)
     path = save_dir / f"model_{suffix}.onnx"
     if not path.is_file():

@@ -25,6 +25,7 @@ from export.checkpoint import Checkpoint, locate_checkpoint
 from export.config import INT8_CHOICES, ExportConfig
 from export.cpu import TARGETS, cpu_report
 from export.onnx_export import export_fp32, graph_inputs
+from serving.engine import served_buckets
 
 log = logging.getLogger("bertpack.export")
 
@@ -38,15 +39,6 @@ class ExportResult:
     report: dict
     tag: str | None = None
     failures: list[str] = field(default_factory=list)
-
-
-def served_buckets(device: str) -> tuple[int, ...] | None:
-    """Pad parity batches as serving/service.py does: to a few bucket lengths on CUDA (CUDA graphs),
-    to each batch's longest sentence on the CPU. Dynamic int8's per-batch scales see the padding, so
-    the parity report scores the padding that is served."""
-    from serving.engine import DEFAULT_BUCKETS
-
-    return DEFAULT_BUCKETS if device == "cuda" else None
 
 
 def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
@@ -283,12 +275,12 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
 
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
     providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
+    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
+              "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
+              "quantization_target": target, "failures": failures}
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
         rows.append({"variant": "int8", "status": "not built (--int8 none)"})
-        return {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
-                "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
-                "int8_tries": {}, "flip_rate": flips, "int8_choice": None, "int8_method": None, "quantization_target": target,
-                "serving_default_cpu": cpu_ok, "failures": failures, "warnings": []}
+        return {**report, "int8_tries": {}, "int8_choice": None, "int8_method": None, "serving_default_cpu": cpu_ok, "warnings": []}
 
     # -- int8: climb the ladder per method, then pick the serving default from the figures --------
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
@@ -360,12 +352,9 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     if not chosen["passed"] and not cfg.require_int8:
         warnings.append("no int8 method within tolerance: int8 not shipped; the CPU serves the fp32 `optimized` graph")
 
-    default_cpu = "int8" if chosen["passed"] else cpu_ok
-    return {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
-            "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows,
-            "int8_tries": tries, "flip_rate": flips, "int8_choice": _choice_text(choice, winners, flips),
-            "int8_method": choice if chosen["passed"] else None, "quantization_target": target, "serving_default_cpu": default_cpu,
-            "failures": failures, "warnings": warnings}
+    return {**report, "int8_tries": tries, "int8_choice": _choice_text(choice, winners, flips),
+            "int8_method": choice if chosen["passed"] else None, "serving_default_cpu": "int8" if chosen["passed"] else cpu_ok,
+            "warnings": warnings}
 
 
 def _calibration(data_dir: Path, clf, cfg: ExportConfig) -> quantize.Calibration:

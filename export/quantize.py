@@ -197,17 +197,21 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
 
 def _smoothed_source(model_dir: Path, out_dir: Path, alpha: float, calibration: Calibration | None,
                      ranges_cache: dict | None) -> Path:
-    """model_dir's graph with SmoothQuant applied, in a folder ORTQuantizer can load."""
+    """model_dir's graph with SmoothQuant applied, in a folder ORTQuantizer can load. The channel ranges
+    and the smoothed graph are made once per alpha and reused by every rung that smooths (in `ranges_cache`)."""
     from export import smoothquant
 
     if calibration is None or not calibration.ids:
         raise BertpackError("SmoothQuant needs calibration sentences (CoLA training split); pass --data")
     cache = {} if ranges_cache is None else ranges_cache
+    if ("smoothed", alpha) in cache:
+        return cache[("smoothed", alpha)]
     if "smoothquant" not in cache:
         cache["smoothquant"] = smoothquant.channel_ranges(model_dir / "model.onnx", calibration.ids, calibration.input_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     smoothquant.smooth(model_dir / "model.onnx", out_dir / "model.onnx", cache["smoothquant"], alpha)
     shutil.copyfile(model_dir / "config.json", out_dir / "config.json")
+    cache[("smoothed", alpha)] = out_dir
     return out_dir
 
 

@@ -32,7 +32,7 @@ def probe_provider(provider: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from serving.engine import gpu_present, preload_cuda_libraries
+    from serving.engine import gpu_present, preload_cuda_libraries, quiet_ort_logs
 
     if provider in _NEEDS_GPU and not gpu_present():
         return {"provider": provider, "works": False, "detail": "not tried: no NVIDIA device visible"}
@@ -44,16 +44,13 @@ def probe_provider(provider: str) -> dict:
     opts.log_severity_level = 3
     # A provider that fails to load makes ORT log to stderr and print a fallback notice to stdout;
     # keep both out of the report (stdout may be `doctor --json`).
-    ort.set_default_logger_severity(4)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_ort_logs(), contextlib.redirect_stdout(io.StringIO()):
             session = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[provider])
         used = session.get_providers()[0]
         out = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
     except Exception as exc:  # noqa: BLE001 - a provider that fails to load is what doctor reports
         return {"provider": provider, "works": False, "detail": str(exc).splitlines()[0][:300]}
-    finally:
-        ort.set_default_logger_severity(2)
     if used != provider:
         return {"provider": provider, "works": False, "detail": f"session fell back to {used}"}
     ok = bool(np.allclose(out, 2.0))

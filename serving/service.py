@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.engine import DEFAULT_BUCKETS, OnnxClassifier, cuda_available, cuda_problem, gpu_present, read_manifest, softmax, verify_files
+from serving.engine import (OnnxClassifier, cuda_available, cuda_problem, gpu_present, read_manifest, served_buckets, softmax,
+                            verify_files)
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             no_tokens_error, too_long_error)
 from serving.source import ServeConfig, resolve_model
@@ -108,7 +109,7 @@ class Bertpack:
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.
         on_gpu = self.config.device == "cuda" or (self.config.device == "auto" and cuda_available())
         self.engine = OnnxClassifier(self.source.path, device=self.config.device, threads=self.config.threads, verify=False,
-                                     buckets=DEFAULT_BUCKETS if on_gpu else None, cuda_graph=self.config.cuda_graphs, spin=False)
+                                     buckets=served_buckets("cuda" if on_gpu else "cpu"), cuda_graph=self.config.cuda_graphs, spin=False)
         self.version = str(manifest["version"])
         self.vocab_size = self.engine.tokenizer.get_vocab_size()
         self.batch_sizes: Counter[int] = Counter()  # sentences per adaptive batch reaching the engine

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import torch
 from torch import nn
 import transformers
 from transformers import BertModel, BertPreTrainedModel

@@ -298,8 +298,9 @@ def _open_session(path: Path, options, providers: list):
 @dataclass
 class _GraphSlot:
     binding: object
-    inputs: dict
+    inputs: dict  # name -> OrtValue on the device, bound once
     run_options: object
+    on_device: dict = field(default_factory=dict)  # name -> the host array last copied into that OrtValue
 
 
 class CudaGraphs:
@@ -307,16 +308,18 @@ class CudaGraphs:
 
     ORT replays a captured graph only when every input and output stays at the same device address
     and shape, so each shape gets preallocated device tensors bound once and refreshed in place, and
-    its own `gpu_graph_id`. Not exercised on the CPU-only development host: any failure disables the
-    graphs and the engine goes on with plain IO binding (see OnnxClassifier.run).
+    its own `gpu_graph_id`. The capture needs a GPU (tests/test_serving_light.py runs this bookkeeping on
+    CPU tensors without one); any failure disables the graphs and the engine goes on with plain IO binding
+    (see OnnxClassifier.run).
     """
 
     BATCHES = (1, 2, 4, 8, 16, 32, 64)
     MAX_GRAPHS = 48
 
-    def __init__(self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int):
+    def __init__(self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int, device: str = "cuda"):
         self.session, self.input_names, self.output_name = session, input_names, output_name
         self.n_labels, self.pad_id = n_labels, pad_id
+        self.device = device  # where the bound tensors live; "cpu" only to test this bookkeeping without a GPU
         self.slots: dict[tuple[int, int], _GraphSlot] = {}
 
     @classmethod
@@ -334,10 +337,10 @@ class CudaGraphs:
         key = (rows, length)
         if key not in self.slots:
             binding = self.session.io_binding()
-            inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, "cuda", 0) for name in self.input_names}
+            inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, self.device, 0) for name in self.input_names}
             for name, value in inputs.items():
                 binding.bind_ortvalue_input(name, value)
-            output = ort.OrtValue.ortvalue_from_shape_and_type((rows, self.n_labels), np.float32, "cuda", 0)
+            output = ort.OrtValue.ortvalue_from_shape_and_type((rows, self.n_labels), np.float32, self.device, 0)
             binding.bind_ortvalue_output(self.output_name, output)
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(len(self.slots)))
@@ -361,7 +364,11 @@ class CudaGraphs:
             padded[:n] = inputs[name]
             if name == "attention_mask":
                 padded[n:, 0] = 1  # filler rows attend to one token so they stay finite; their output is dropped
-            slot.inputs[name].update_inplace(padded)
+            # Each copy is a synchronous host-to-device transfer on the request's path; token_type_ids (all
+            # zeros for single sentences) and a repeated mask are already on the device.
+            if not np.array_equal(slot.on_device.get(name), padded):
+                slot.inputs[name].update_inplace(padded)
+                slot.on_device[name] = padded
         self.session.run_with_iobinding(slot.binding, slot.run_options)
         return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
 

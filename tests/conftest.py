@@ -91,6 +91,20 @@ def tiny_run(tmp_path_factory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("tiny-run"))
 
 
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
+    """The tiny run exported in-process with every tolerance open (its int8 is kept whatever it scores),
+    no model store: for tests of what reads an artifact, not of the export itself."""
+    from export.parity import Tolerance
+    from export.pipeline import export_artifact
+
+    out = tmp_path_factory.mktemp("tiny-artifact") / "artifact"
+    wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
+    export_artifact(tiny_run, out, data=synthetic_cola, store=False, tolerance=wide_open, limit=24,
+                    calibration_samples=16, flip_check=False)
+    return out
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `bertpack ARGS` as a user would (a real process), capturing its output."""
     full_env = {**os.environ, **(env or {})}

@@ -17,18 +17,6 @@ REQUIRED_ROW_FIELDS = {"engine", "device", "batch_size", "p50_ms", "p95_ms", "p9
 
 
 @pytest.fixture(scope="session")
-def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
-    from export.parity import Tolerance
-    from export.pipeline import export_artifact
-
-    out = tmp_path_factory.mktemp("bench-art") / "artifact"
-    wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
-    export_artifact(tiny_run, out, data=synthetic_cola, store=False, tolerance=wide_open, limit=24,
-                    calibration_samples=16, flip_check=False)
-    return out
-
-
-@pytest.fixture(scope="session")
 def bench_result(tiny_artifact, synthetic_cola, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("bench") / "out"
     proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "32",

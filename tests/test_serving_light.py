@@ -109,3 +109,24 @@ def test_cuda_graph_shapes_are_bounded():
     assert graphs.fits(1, 0) and not graphs.fits(1, 10_000)
     with pytest.raises(RuntimeError, match="no CUDA graph"):
         graphs.run({"input_ids": np.zeros((65, 16), dtype=np.int64)})
+
+
+def test_cuda_graph_bookkeeping_on_cpu_buffers(tiny_artifact):
+    """The graph engine's own logic (a bound tensor per shape, filler rows, copies skipped when the device
+    already holds the same values) driven through a CPU session and CPU tensors, as the GPU test cannot run
+    here: batch after batch on one shape, the logits must equal the plain session's, so a skipped copy that
+    should have happened shows up as a stale input."""
+    from serving.engine import CudaGraphs, OnnxClassifier
+
+    clf = OnnxClassifier(tiny_artifact, variant="optimized", device="cpu", buckets=(16, 32))
+    graphs = CudaGraphs(clf.session, clf.input_names, clf.output_name, len(clf.labels), clf.pad_id, device="cpu")
+    ids = clf.encode(["The cat sat on the mat.", "Mat the on sat cat the.", "It rained all day long in the city.",
+                      "John seems that Mary left.", "Who did you see?", "Books were read by the students yesterday.", "She likes."])
+    for chunk in (ids[0:3], ids[3:6], ids[0:3], ids[6:7], ids[1:4]):
+        batch = clf.pad(chunk)
+        np.testing.assert_allclose(graphs.run(batch.inputs), clf.run(batch), atol=1e-6)
+    assert set(graphs.slots) == {(4, 16), (1, 16)}
+    slot = graphs.slots[(4, 16)]
+    zeros = slot.on_device["token_type_ids"]
+    graphs.run(clf.pad(ids[3:6]).inputs)
+    assert slot.on_device["token_type_ids"] is zeros  # all zeros every time: copied once for this shape

@@ -44,10 +44,10 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError("--sentences must be >= 1")
     if cfg.min_time_s < 0 or cfg.min_samples < 1 or cfg.max_passes < 1:
         raise BertpackError("--min-time must be >= 0, --min-samples and --max-passes >= 1")
+    manifest = read_manifest(Path(cfg.artifact_dir))  # the argument's error before the options' (--out defaults)
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
-    manifest = read_manifest(Path(cfg.artifact_dir))
     return manifest
 
 

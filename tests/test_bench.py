@@ -132,11 +132,11 @@ def test_bad_options_are_one_line_errors(tiny_artifact, tmp_path, args, message)
 
 
 def test_missing_artifact_and_foreign_out_folder(tiny_artifact, tmp_path):
-    proc = run_cli("bench", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
+    proc = run_cli("bench", str(tmp_path / "nope"), "--out", str(foreign))  # the artifact is named first
+    assert proc.returncode == 2 and "artifact folder" in proc.stderr and "does not exist" in proc.stderr
     proc = run_cli("bench", str(tiny_artifact), "--out", str(foreign))
     assert proc.returncode == 2 and "not a previous bench output" in proc.stderr
     assert (foreign / "notes.txt").read_text() == "keep me"

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from bertpack.errors import BertpackError
+
 
 def export(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bertpack train` (holding model/), or a checkpoint folder."),
@@ -48,6 +50,9 @@ def predict(
     from serving.engine import OnnxClassifier
 
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
+    empty = [str(i + 1) for i, ids in enumerate(clf.encode(sentences)) if len(ids) <= 2]  # only [CLS] [SEP]
+    if empty:  # the service refuses these too (400): a score for no text means nothing
+        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read; pass non-blank sentences")
     for sentence, result in zip(sentences, clf.classify(sentences)):
         prob = result["probabilities"][result["label"]]
         if json_output:

@@ -104,6 +104,9 @@ def test_predict_cli(exported):
         assert r["label"] in ("acceptable", "unacceptable") and abs(sum(r["probabilities"].values()) - 1) < 1e-5
     table = run_cli("predict", str(exported["out"]), "The cat sat on the mat.")
     assert table.returncode == 0 and "The cat sat on the mat." in table.stdout
+    blank = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", "   ")
+    assert blank.returncode == 2 and blank.stdout == "" and "Traceback" not in blank.stderr
+    assert "sentence 2 has no text" in blank.stderr  # as the service's 400: no score for no text
 
 
 def test_store_registration(exported):

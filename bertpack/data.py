@@ -10,7 +10,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, quiet_hub_retries
 from bertpack.files import sha256_file
 
 COLUMNS = ["source", "label", "star", "sentence"]
@@ -112,7 +112,8 @@ def _load_glue(limit: int | None):
     import datasets
 
     try:
-        glue = datasets.load_dataset("nyu-mll/glue", "cola")
+        with quiet_hub_retries():
+            glue = datasets.load_dataset("nyu-mll/glue", "cola")
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
         raise BertpackError(f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder instead") from None
     train = glue["train"]

@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints `error: <message>` and exits non-zero, no traceback."""
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 
 class BertpackError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
@@ -11,3 +15,16 @@ class ParityError(BertpackError):
     """An exported variant broke its tolerance (the artifact is still written, marked failed)."""
 
     exit_code = 3
+
+
+@contextlib.contextmanager
+def quiet_hub_retries() -> Iterator[None]:
+    """Offline, huggingface_hub logs each failed request (the raw exception, one long line) before the
+    caller can raise its own one-line BertpackError; keep only that error."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, quiet_hub_retries
 
 EMBEDDED = "embedded"
 LABELS = {0: "unacceptable", 1: "acceptable"}
@@ -55,7 +55,8 @@ def resolve_model(model: str) -> str:
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise BertpackError(f"--model {model}: no such folder; pass an existing checkpoint folder, a hub id, or leave the default (embedded)")
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+        with quiet_hub_retries():
+            config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     except OSError as exc:
         text = str(exc)
         if "offline" in text.lower() or "connect" in text.lower() or "couldn't" in text.lower() or "resolve" in text.lower():

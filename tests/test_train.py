@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,15 @@ def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> 
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
                    env={"HF_HUB_OFFLINE": "1"})
     _one_line_error(proc, "pass a local checkpoint folder")
+    # Offline without HF_HUB_OFFLINE (a hub that refuses connections): after the hub's own retries (~25 s),
+    # stderr holds our one line only, not also the hub's logged exception.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
+                   env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}"})
+    _one_line_error(proc, "could not reach the Hugging Face hub")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = run_cli("train", "--model", "./no/such/dir", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"))
     _one_line_error(proc, "no such folder")
     assert not (tmp_path / "r").exists()

@@ -12,34 +12,42 @@
 #   4. bertpack export of that run (fp16 parity checked on the CUDA provider), no int8
 #   5. bertpack bench of that artifact: the served model's shape on CUDA, IO binding with and without
 #      CUDA graphs, and the serving path end to end (issue 5's engine check)
-# META is any bertpack artifact (its manifest and tokenizer seed step 2). Every step has its own
+# META is any bertpack artifact (its manifest and tokenizer seed step 2). PARTS picks the steps
+# (default all: doctor,bench,repeat,train,export,served; about 11 minutes on an H100, over one device
+# call's 10: name only what is still open, e.g. PARTS=doctor,bench,repeat). Every step has its own
 # time limit; results are packed into $OUT/results.tgz after each step, so a cut-off run still
-# returns what finished.
+# returns what finished. scripts/gpu_stage.sh stages the wheels and data for a machine without network.
 set -uo pipefail
 : "${OUT:?set OUT}" "${DATA:?set DATA}" "${SHAPE:?set SHAPE}" "${META:?set META}"
 WORK=${WORK:-/tmp/bertpack-gpu}
 STEPS=${STEPS:-300}
 REPEATS=${REPEATS:-2}
+PARTS=${PARTS:-doctor,bench,repeat,train,export,served}
 BB_ENGINES=${BB_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_bf16,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 MINI_ENGINES=${MINI_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 RES="$WORK/results"
 rm -rf "$RES" && mkdir -p "$OUT" "$RES"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
-bp() { python3 -m bertpack.cli "$@"; }
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
 step() { echo "== $1 ($(date +%T))"; }
 pack() { tar czf "$OUT/results.tgz" -C "$RES" . ; }
 
 step "machine"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; python3 -V; } 2>&1 | tee "$RES/machine.txt"
+if want doctor; then
 step "doctor"
 timeout -k 5 90 python3 -m bertpack.cli doctor 2>&1 | tee "$RES/doctor.txt"
 pack
+fi
 
+if want bench; then
 step "bench bert-base (issue 4)"
 timeout -k 10 330 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" --engines "$BB_ENGINES" \
   --batch-sizes 1,8,32,128 --min-time 0.5 --min-samples 20 --no-profile --export-dir "$WORK/bert-base" \
   --out "$RES/bench-bert-base" 2>&1 | tee "$RES/bench-bert-base.log"
 pack
+fi
+want repeat || REPEATS=0
 for i in $(seq 1 "$REPEATS"); do
   step "bench bert-base, batch 1 only, repeat $i"
   timeout -k 10 120 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" \
@@ -48,22 +56,28 @@ for i in $(seq 1 "$REPEATS"); do
   pack
 done
 
+if want train; then
 step "train on the GPU (issue 2)"
 python3 scripts/random_model.py "$SHAPE" "$WORK/shape-random" 2>&1 | tail -1
 timeout -k 10 240 python3 -m bertpack.cli train --model "$WORK/shape-random" --data "$DATA" --max-steps "$STEPS" \
   --out "$WORK/run" --overwrite 2>&1 | grep -v "it/s]$" | tee "$RES/train.log"
 cp "$WORK/run/metrics.json" "$RES/train-metrics.json" 2>/dev/null
 pack
+fi
 
+if want export; then
 step "export the GPU run (fp16 parity on CUDA)"
 timeout -k 10 240 python3 -m bertpack.cli export "$WORK/run" --out "$WORK/artifact" --data "$DATA" --int8 none --no-store \
   2>&1 | tee "$RES/export.log"
 cp "$WORK/artifact/parity.md" "$WORK/artifact/manifest.json" "$RES/" 2>/dev/null
 pack
+fi
 
+if want served; then
 step "bench the served shape on CUDA (issue 5)"
 timeout -k 10 240 python3 -m bertpack.cli bench "$WORK/artifact" --data "$DATA" --engines "$MINI_ENGINES" \
   --batch-sizes 1,8,32,64 --sentences 512 --min-time 0.5 --min-samples 20 --no-profile \
   --out "$RES/bench-served-shape" 2>&1 | tee "$RES/bench-served-shape.log"
 pack
+fi
 step "done"

@@ -50,13 +50,19 @@ def predict(
     from serving.engine import OnnxClassifier
 
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
-    empty = [str(i + 1) for i, ids in enumerate(clf.encode(sentences)) if len(ids) <= 2]  # only [CLS] [SEP]
+    tokens = [len(e.ids) for e in clf.tokenizer.encode_batch(list(sentences))]
+    empty = [str(i + 1) for i, n in enumerate(tokens) if n <= 2]  # only [CLS] [SEP]
     if empty:  # the service refuses these too (400): a score for no text means nothing
         raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read; pass non-blank sentences")
-    for sentence, result in zip(sentences, clf.classify(sentences)):
+    for i, n in enumerate(tokens):
+        if n > clf.max_length:  # the service refuses these unless asked to truncate; here the user sees the cut
+            typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
+                       f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
+    for sentence, n, result in zip(sentences, tokens, clf.classify(sentences)):
         prob = result["probabilities"][result["label"]]
-        if json_output:
-            typer.echo(json.dumps({"sentence": sentence, **result, "variant": clf.variant}))
+        if json_output:  # the fields of the service's predictions
+            typer.echo(json.dumps({"sentence": sentence, **result, "tokens": min(n, clf.max_length), "truncated": n > clf.max_length,
+                                   "variant": clf.variant}))
         else:
             typer.echo(f"{result['label']:<13} {prob:.3f}  {sentence}")
     if not json_output:

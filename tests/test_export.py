@@ -104,6 +104,13 @@ def test_predict_cli(exported):
         assert r["label"] in ("acceptable", "unacceptable") and abs(sum(r["probabilities"].values()) - 1) < 1e-5
     table = run_cli("predict", str(exported["out"]), "The cat sat on the mat.")
     assert table.returncode == 0 and "The cat sat on the mat." in table.stdout
+    manifest = json.loads((exported["out"] / "manifest.json").read_text())
+    long = " ".join(["the dog barked"] * manifest["max_length"])
+    cut = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", long, "--json")
+    assert cut.returncode == 0, cut.stderr
+    rows = [json.loads(line) for line in cut.stdout.splitlines()]
+    assert [(r["truncated"], r["tokens"]) for r in rows] == [(False, 9), (True, manifest["max_length"])]
+    assert "note: sentence 2 has" in cut.stderr and "truncated" in cut.stderr
     blank = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", "   ")
     assert blank.returncode == 2 and blank.stdout == "" and "Traceback" not in blank.stderr
     assert "sentence 2 has no text" in blank.stderr  # as the service's 400: no score for no text

@@ -51,7 +51,7 @@ want repeat || REPEATS=0
 for i in $(seq 1 "$REPEATS"); do
   step "bench bert-base, batch 1 only, repeat $i"
   timeout -k 10 120 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" \
-    --engines pytorch_fp32,onnx_fp16_cuda,onnx_fp16_cuda_graph --batch-sizes 1 --min-time 0.5 --min-samples 20 \
+    --engines pytorch_fp32,onnx_fp16_cuda,onnx_fp16_cuda_graph --batch-sizes 1 --min-time 0.5 --min-samples 20 --no-end-to-end \
     --no-profile --export-dir "$WORK/bert-base" --out "$RES/bench-bert-base-b1-repeat$i" 2>&1 | tee "$RES/bench-bert-base-b1-repeat$i.log"
   pack
 done

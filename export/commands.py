@@ -47,10 +47,11 @@ def predict(
     """Classify sentences with an exported model (ONNX Runtime + tokenizers; no PyTorch)."""
     import json
 
-    from serving.engine import OnnxClassifier
+    from serving.engine import OnnxClassifier, keep_within
 
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
-    tokens = [len(e.ids) for e in clf.tokenizer.encode_batch(list(sentences))]
+    ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
+    tokens = [len(seq) for seq in ids]
     empty = [str(i + 1) for i, n in enumerate(tokens) if n <= 2]  # only [CLS] [SEP]
     if empty:  # the service refuses these too (400): a score for no text means nothing
         raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read; pass non-blank sentences")
@@ -58,7 +59,8 @@ def predict(
         if n > clf.max_length:  # the service refuses these unless asked to truncate; here the user sees the cut
             typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
                        f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
-    for sentence, n, result in zip(sentences, tokens, clf.classify(sentences)):
+    results = clf.classify_ids([keep_within(seq, clf.max_length) for seq in ids])
+    for sentence, n, result in zip(sentences, tokens, results):
         prob = result["probabilities"][result["label"]]
         if json_output:  # the fields of the service's predictions
             typer.echo(json.dumps({"sentence": sentence, **result, "tokens": min(n, clf.max_length), "truncated": n > clf.max_length,

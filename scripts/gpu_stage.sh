@@ -48,7 +48,8 @@ PY
 tar -cf - -C "$tmp/site" . | xz -9 -T0 > "$tmp/ort.tar.xz"
 # p1 smaller: the first call also carries .whl/extra and .gpu
 size=$(stat -c %s "$tmp/ort.tar.xz")
-first=44000000 rest=$(( (size - 44000000 + 2) / 3 ))
+first=44000000
+rest=$(( (size - first + 2) / 3 ))
 mkdir -p "$tmp/parts"
 head -c "$first" "$tmp/ort.tar.xz" > "$tmp/parts/ortpart_0"
 tail -c +"$((first + 1))" "$tmp/ort.tar.xz" | split -b "$rest" -d -a 1 - "$tmp/parts/ortpart_tail"

@@ -17,7 +17,7 @@ import os
 import bentoml
 import numpy as np
 
-from serving.engine import OnnxClassifier, softmax
+from serving.engine import OnnxClassifier, keep_within, softmax
 from serving.schema import Sentences
 from serving.source import ServeConfig, resolve_model
 
@@ -35,7 +35,7 @@ class SinglePass:
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     def classify(self, sentences: Sentences) -> list[dict]:
         limit = self.engine.max_length
-        ids = [e.ids if len(e.ids) <= limit else e.ids[: limit - 1] + [e.ids[-1]] for e in self.engine.tokenizer.encode_batch(sentences)]
+        ids = [keep_within(e.ids, limit) for e in self.engine.tokenizer.encode_batch(sentences)]
         probabilities = softmax(self.engine.logits_from_ids(ids, batch_size=self.engine_batch))
         labels = self.engine.labels
         return [{"label": labels[int(np.argmax(p))], "probabilities": dict(zip(labels, map(float, p)))} for p in probabilities]

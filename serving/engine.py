@@ -150,6 +150,11 @@ def quiet_ort_logs():
         ort.set_default_logger_severity(2)  # ORT's default: warnings
 
 
+def keep_within(ids: list[int], limit: int) -> list[int]:
+    """Token ids over `limit` cut to their first limit - 1 and the final [SEP]; shorter ones as they are."""
+    return ids if len(ids) <= limit else ids[: limit - 1] + [ids[-1]]
+
+
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     for b in buckets:
         if n <= b:
@@ -228,7 +233,7 @@ class OnnxClassifier:
             if len(seq) > self.max_length:
                 if not truncate:
                     raise BertpackError(f"sentence {i} has {len(seq)} tokens, over the model's max length {self.max_length}")
-                ids[i] = seq[: self.max_length - 1] + [seq[-1]]  # keep [SEP]
+                ids[i] = keep_within(seq, self.max_length)
         return ids
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> Batch:
@@ -280,8 +285,11 @@ class OnnxClassifier:
 
     def classify(self, sentences: Sequence[str], batch_size: int = 32, truncate: bool = True) -> list[dict]:
         """Label and per-label probability for each sentence."""
-        logits = self.logits(sentences, batch_size=batch_size, truncate=truncate)
-        probs = softmax(logits)
+        return self.classify_ids(self.encode(sentences, truncate=truncate), batch_size=batch_size)
+
+    def classify_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[dict]:
+        """The same for already-encoded sentences (each within max_length)."""
+        probs = softmax(self.logits_from_ids(ids, batch_size=batch_size))
         return [{"label": self.labels[int(p.argmax())], "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
                 for p in probs]
 

@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.engine import (OnnxClassifier, cuda_available, cuda_problem, gpu_present, read_manifest, served_buckets, softmax,
-                            verify_files)
+from serving.engine import (OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, read_manifest, served_buckets,
+                            softmax, verify_files)
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             no_tokens_error, too_long_error)
 from serving.source import ServeConfig, resolve_model
@@ -139,7 +139,7 @@ class Bertpack:
         if too_long and not truncate:
             raise too_long_error(too_long, limit)
         truncated = [len(seq) > limit for seq in ids]
-        ids = [seq[: limit - 1] + [seq[-1]] if cut else seq for seq, cut in zip(ids, truncated)]
+        ids = [keep_within(seq, limit) for seq in ids]
         probabilities = await self._infer(ids)
         labels = self.engine.labels
         return ClassifyResponse(model=self.source.tag, predictions=[
@@ -176,7 +176,7 @@ class Bertpack:
         model's limit. Nothing here raises on a request's contents, so no request fails its batch.
         """
         limit, unk = self.engine.max_length, self._unk_id()
-        clean = [[t if t < self.vocab_size else unk for t in (seq if len(seq) <= limit else seq[: limit - 1] + [seq[-1]])]
+        clean = [[t if t < self.vocab_size else unk for t in keep_within(seq, limit)]
                  for seq in ids]
         with self._lock:
             self.batch_sizes[len(clean)] += 1

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def check_config(cfg: BenchConfig) -> dict:
     """Every user error that can be found before the slow work starts; returns the manifest."""
-    from serving.engine import read_manifest
+    from bertpack.files import check_writable_parent
+    from serving.engine import read_manifest, verify_files
 
     if cfg.arch not in ARCHS:
         raise BertpackError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
@@ -31,8 +32,7 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError("--batch-sizes must be positive integers, e.g. 1,8,32,128")
     cfg.engines = tuple(dict.fromkeys(cfg.engines))  # each engine once
     for name, path in cfg.extra_models.items():
-        if not Path(path).is_file():
-            raise BertpackError(f"--extra-model {name}={path}: no such ONNX file")
+        _check_onnx_file(name, Path(path))
     unknown = [e for e in cfg.engines if e not in ENGINES]
     if unknown:
         raise BertpackError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
@@ -44,17 +44,47 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError("--sentences must be >= 1")
     if cfg.min_time_s < 0 or cfg.min_samples < 1 or cfg.max_passes < 1:
         raise BertpackError("--min-time must be >= 0, --min-samples and --max-passes >= 1")
-    manifest = read_manifest(Path(cfg.artifact_dir))  # the argument's error before the options' (--out defaults)
+    if cfg.e2e_sentences is not None and cfg.e2e_sentences < 1:
+        raise BertpackError(f"--e2e-sentences must be >= 1 (default 256), not {cfg.e2e_sentences}; to skip the comparison pass --no-end-to-end")
+    if cfg.profile_batch_size < 1:
+        raise BertpackError(f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass --no-profile")
+    artifact = Path(cfg.artifact_dir)
+    manifest = read_manifest(artifact)  # the argument's error before the options' (--out defaults)
+    verify_files(artifact, manifest)  # a damaged model would otherwise show up only as a "failed" row
+    if not Path(manifest.get("source", {}).get("checkpoint", ""), "config.json").is_file() and cfg.arch == "finetuned":
+        raise BertpackError(f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in {artifact}/manifest.json "
+                            "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now")
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
+    check_writable_parent(out, "--out")
+    if cfg.export_dir is not None:
+        if Path(cfg.export_dir).is_file():
+            raise BertpackError(f"--export-dir {cfg.export_dir} is a file; pass a folder to keep the bert-base export in")
+        check_writable_parent(Path(cfg.export_dir) / "artifact", "--export-dir")
     return manifest
+
+
+def _check_onnx_file(name: str, path: Path) -> None:
+    """An --extra-model must be an ONNX model with a graph (an empty file parses as an empty model)."""
+    import onnx
+
+    if not path.is_file():
+        raise BertpackError(f"--extra-model {name}={path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
+        raise BertpackError(f"--extra-model {name}={path} is not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+    if not model.graph.node or not model.graph.input:
+        raise BertpackError(f"--extra-model {name}={path} is not an ONNX model (no graph nodes or inputs); pass a .onnx file written by an exporter")
 
 
 def _data_dir(cfg: BenchConfig) -> Path:
     from bertpack.data import default_data_dir, locate
 
     data = cfg.data or default_data_dir()
+    if str(data) == "glue":
+        raise BertpackError("bench reads CoLA from a folder (--data glue is for train only); pass --data with the CoLA folder")
     if data is None:
         raise BertpackError("no CoLA data: pass --data with the CoLA folder (release or GLUE layout)")
     locate(data)
@@ -160,7 +190,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
                 method = "none"  # no int8 engine asked for: skip the slowest part of the export
             artifact = export_bert_base(export_work, artifact, data_dir, method if method in ("static", "dynamic", "none") else "auto", echo)
             manifest = json.loads((artifact / "manifest.json").read_text())
-        checkpoint = manifest["source"]["checkpoint"]
+        checkpoint = manifest.get("source", {}).get("checkpoint", "")
         if not Path(checkpoint, "config.json").is_file():
             raise BertpackError(f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
                                 "the PyTorch engines load it: keep the run folder, or re-export from where it is now")

@@ -73,3 +73,19 @@ def staging_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_parent(out: Path, option: str) -> None:
+    """Create the folder that will hold `out` and make sure files can be created there, so an
+    unwritable destination is a one-line error before any slow work rather than a traceback after it."""
+    from bertpack.errors import BertpackError
+
+    out = Path(out)
+    blocker = next((a for a in out.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BertpackError(f"{option} {out}: {blocker} is a file, not a folder; choose another path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent))
+    except OSError as exc:
+        raise BertpackError(f"{option} {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a folder you can write to") from None

@@ -40,12 +40,18 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise BertpackError(f"{path}/config.json is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BertpackError(f"{path}/config.json cannot be read ({getattr(exc, 'strerror', None) or 'not UTF-8 text'}); check its permissions") from None
+    if not isinstance(config, dict):
+        raise BertpackError(f"{path}/config.json holds a JSON {type(config).__name__}, not a model config object; the checkpoint is damaged")
     archs = config.get("architectures") or []
     if config.get("model_type") != "bert" or not any(a.endswith("ForSequenceClassification") for a in archs):
         raise BertpackError(
             f"{path} is a {config.get('model_type')!r} checkpoint with architectures {archs}, not a BERT sequence "
             "classifier; export the run folder written by `bertpack train` (BertForSequenceClassification)")
     id2label = config.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise BertpackError(f"{path}/config.json: id2label must map label ids to names, not {type(id2label).__name__}; the checkpoint is damaged")
     labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label) or 2)]
     if len(labels) != 2:
         raise BertpackError(f"{path} has {len(labels)} labels; a CoLA classifier has 2 (unacceptable, acceptable)")

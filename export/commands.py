@@ -39,7 +39,7 @@ def export(
 
 def predict(
     artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
-    sentences: List[str] = typer.Argument(..., help="One or more sentences to classify."),
+    sentences: List[str] = typer.Argument(..., help="One or more sentences to classify; - reads them from stdin, one per line."),
     variant: Optional[str] = typer.Option(None, help="fp32, optimized, fp16, int8, ... (default: the manifest's serving default)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
@@ -49,6 +49,14 @@ def predict(
 
     from serving.engine import OnnxClassifier, keep_within
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise BertpackError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if list(sentences) == ["-"]:
+        import sys
+
+        sentences = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        if not sentences:
+            raise BertpackError("no sentences on stdin (predict ARTIFACT - reads one sentence per line)")
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
     ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
     tokens = [len(seq) for seq in ids]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bertpack.errors import BertpackError, ParityError
-from bertpack.files import write_json_atomic, write_text_atomic
+from bertpack.files import check_writable_parent, write_json_atomic, write_text_atomic
 from bertpack.machine import library_versions
 from export import manifest as mf
 from export import optimize, parity, quantize
@@ -64,6 +64,8 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
             raise BertpackError("no CoLA data for the parity report: pass --data with the CoLA folder (release or GLUE layout)")
     from bertpack.data import locate
 
+    if str(data) == "glue":
+        raise BertpackError("export reads CoLA from a folder (--data glue is for train only); pass --data with the CoLA folder")
     locate(data)  # raises a one-line error for a missing or wrong folder
     return ckpt, Path(data)
 
@@ -71,14 +73,16 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
 def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BertpackError(f"--out {out} is a file; pass a folder for the artifact")
+    check_writable_parent(out, "--out")
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return
     manifest_path = out / mf.MANIFEST
     if not manifest_path.is_file():
         raise BertpackError(f"--out {out} is not empty and holds no bertpack export; pick another folder or pass --overwrite")
     try:
-        previous = json.loads(manifest_path.read_text()).get("source", {}).get("checkpoint")
-    except json.JSONDecodeError:
+        previous = json.loads(manifest_path.read_text())
+        previous = previous.get("source", {}).get("checkpoint") if isinstance(previous, dict) else None
+    except (OSError, UnicodeDecodeError, AttributeError, json.JSONDecodeError):
         previous = None
     if previous != str(ckpt.path):
         raise BertpackError(f"--out {out} holds a different export (of {previous}); pick another folder or pass --overwrite to replace it")

@@ -30,18 +30,62 @@ DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 def read_manifest(artifact_dir: Path) -> dict:
-    path = Path(artifact_dir) / MANIFEST
-    if not Path(artifact_dir).is_dir():
+    """The artifact's manifest.json, checked for the shape every reader relies on."""
+    artifact_dir = Path(artifact_dir)
+    path = artifact_dir / MANIFEST
+    if artifact_dir.is_file():
+        raise BertpackError(f"{artifact_dir} is a file, not an artifact folder; pass the folder written by `bertpack export` (holding {MANIFEST})")
+    if not artifact_dir.is_dir():
         raise BertpackError(f"artifact folder {artifact_dir} does not exist; create it with `bertpack export RUN_DIR --out {artifact_dir}`")
     if not path.is_file():
-        raise BertpackError(f"{artifact_dir} has no {MANIFEST}; it is not a bertpack export (run `bertpack export RUN_DIR`)")
+        what = f"whose {MANIFEST} is a folder, not a file" if path.exists() else f"has no {MANIFEST}"
+        raise BertpackError(f"{artifact_dir} {what}; it is not a bertpack export (run `bertpack export RUN_DIR`)")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BertpackError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run bertpack export") from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise BertpackError(f"{path}: unknown artifact format {manifest.get('format')!r} (expected {ARTIFACT_FORMAT})")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BertpackError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}); "
+                            "check its permissions or re-run bertpack export") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BertpackError(f"{path}: unknown artifact format {found!r} (expected {ARTIFACT_FORMAT}); re-run bertpack export")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BertpackError(f"{path} is damaged: {problem}; re-run bertpack export")
     return manifest
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the fields every reader uses (None when nothing): checked once here so no
+    reader meets a KeyError or TypeError in the middle of its work."""
+    files, variants, default = manifest.get("files"), manifest.get("variants"), manifest.get("serving_default")
+    if not isinstance(manifest.get("version"), str) or not manifest["version"]:
+        return "'version' is missing or not a string"
+    if not isinstance(files, dict) or not files:
+        return "'files' is missing or not a table of file names"
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("bytes")) is int and meta["bytes"] >= 0):
+            return f"files[{name!r}] needs a sha256 string and a byte count"
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"files[{name!r}] points outside the artifact folder"
+    if not isinstance(variants, dict) or not variants:
+        return "'variants' is missing or empty"
+    for name, variant in variants.items():
+        if not isinstance(variant, dict) or not isinstance(variant.get("file"), str):
+            return f"variants[{name!r}] has no 'file'"
+        if variant["file"] not in files:
+            return f"variants[{name!r}] names {variant['file']!r}, which 'files' does not list"
+    if not isinstance(default, dict) or any(default.get(k) not in variants for k in ("cpu", "cuda")):
+        return f"'serving_default' {default!r} must name an existing variant for cpu and for cuda"
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        return "'labels' must be a list of label names"
+    if type(manifest.get("max_length")) is not int or not 2 < manifest["max_length"] <= 8192:
+        return "'max_length' must be a whole number of tokens"
+    if type(manifest.get("pad_token_id", 0)) is not int:
+        return "'pad_token_id' must be an integer"
+    return None
 
 
 def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None = None) -> None:
@@ -174,14 +218,18 @@ class OnnxClassifier:
     """One exported variant in one ONNX Runtime session, with its tokenizer."""
 
     def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
-                 threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None = DEFAULT_BUCKETS,
+                 threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None | str = "served",
                  cuda_graph: bool = False, spin: bool = True):
+        """`buckets="served"` pads as the service does on the provider in use (served_buckets), so
+        predict, parity and the service compute the same thing for the same sentences."""
         from tokenizers import Tokenizer
 
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
         if device not in ("auto", "cpu", "cuda"):
             raise BertpackError(f"device must be auto, cpu or cuda, not {device!r}")
+        if device == "cuda" and cuda_problem():
+            raise BertpackError(f"device cuda was asked for, but {cuda_problem()}; use device auto or cpu")
         want_cuda = device == "cuda" or (device == "auto" and cuda_available())
         if device == "auto" and not want_cuda and gpu_present():
             # A GPU is visible, so CUDA was expected: never fall back to the CPU silently.
@@ -196,7 +244,6 @@ class OnnxClassifier:
 
         self.max_length = int(self.manifest["max_length"])
         self.labels: list[str] = list(self.manifest["labels"])
-        self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))
         self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -213,6 +260,9 @@ class OnnxClassifier:
             log.error("CUDA was requested but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "
                       "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`",
                       self.provider, cuda_problem() or "CUDA provider failed to initialise; see the ONNX Runtime log above")
+        if buckets == "served":
+            buckets = served_buckets("cuda" if self.provider == "CUDAExecutionProvider" else "cpu")
+        self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.graphs: CudaGraphs | None = None

@@ -7,8 +7,8 @@ set -euo pipefail
 DATA=${1:?usage: scripts/recipe_search.sh DATA_DIR [OUT_ROOT]}
 ROOT=${2:-runs/recipes}
 declare -A RECIPES=(
-  [A_lr1e-4_ep4]="--lr 1e-4 --epochs 4 --class-weights none --evals-per-epoch 1"
-  [B_lr2e-4_ep5]="--lr 2e-4 --epochs 5 --class-weights none --evals-per-epoch 1"
+  [A_lr1e-4_ep4]="--lr 1e-4 --epochs 4 --layer-decay 1 --head-lr-multiplier 1 --class-weights none --evals-per-epoch 1"
+  [B_lr2e-4_ep5]="--lr 2e-4 --epochs 5 --layer-decay 1 --head-lr-multiplier 1 --class-weights none --evals-per-epoch 1"
   [C_lr1e-4_ep6_llrd0.85_head5]="--lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5 --class-weights none --evals-per-epoch 1"
   [E_lr1e-4_ep3_llrd0.85_head10]="--lr 1e-4 --epochs 3 --layer-decay 0.85 --head-lr-multiplier 10 --class-weights none --evals-per-epoch 1"
   [F_lr1.5e-4_ep3_llrd0.8_head10]="--lr 1.5e-4 --epochs 3 --layer-decay 0.8 --head-lr-multiplier 10 --class-weights none --evals-per-epoch 1"

@@ -31,6 +31,13 @@ class ColaFiles:
 def locate(data: str | Path) -> ColaFiles:
     """Find the CoLA files under `data` in the release layout (raw/…) or the GLUE layout (train.tsv, dev.tsv)."""
     root = Path(data)
+    try:
+        return _locate(root)
+    except OSError as exc:  # e.g. a folder without read/search permission: is_file() raises instead of saying False
+        raise BertpackError(f"--data {root}: cannot read {exc.filename or root} ({exc.strerror or exc}); fix its permissions (chmod a+rX) or pass another --data") from None
+
+
+def _locate(root: Path) -> ColaFiles:
     if not root.exists():
         raise BertpackError(f"CoLA data folder {root} does not exist; pass --data with the folder of the CoLA release (holding raw/) or of GLUE CoLA (train.tsv, dev.tsv), or --data glue when online")
     if not root.is_dir():
@@ -65,16 +72,19 @@ def check_tsv(path: Path) -> int:
                 rows += 1
     except UnicodeDecodeError as exc:
         raise BertpackError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the CoLA TSV files") from None
+    except OSError as exc:  # unreadable (permissions), a folder named like the file, an I/O error
+        raise BertpackError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass another --data") from None
     if rows == 0:
         raise BertpackError(f"{path} holds no rows; CoLA TSV files have one sentence per line")
     return rows
 
 
-def _load_tsv(files: list[Path], limit: int | None = None):
+def _load_tsv(files: list[Path], limit: int | None = None, checked: bool = False):
     import datasets
 
-    for p in files:
-        check_tsv(p)
+    if not checked:
+        for p in files:
+            check_tsv(p)
     ds = datasets.load_dataset(
         "csv",
         data_files=[str(p) for p in files],
@@ -103,9 +113,11 @@ def load_cola(data: str | Path, limit: int | None = None):
     if str(data) == GLUE:
         return _load_glue(limit)
     files = locate(data)
+    for p in [files.train, *files.validation]:  # every file before any loading: a bad dev file fails at once
+        check_tsv(p)
     import datasets
 
-    return datasets.DatasetDict(train=_load_tsv([files.train], limit), validation=_load_tsv(files.validation))
+    return datasets.DatasetDict(train=_load_tsv([files.train], limit, checked=True), validation=_load_tsv(files.validation, checked=True))
 
 
 def _load_glue(limit: int | None):

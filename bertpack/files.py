@@ -20,12 +20,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def umask_mode(base: int) -> int:
+    """`base` less the process umask: the mode open()/mkdir() would give. mkstemp/mkdtemp create 0600/0700,
+    which would leave every written file private to its owner (another user could not export or serve it)."""
+    try:  # Linux reports the umask without changing it (os.umask can only read it by setting it, racing threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return base & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return base & ~mask
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2, sort_keys=False, default=str)
             fh.write("\n")
@@ -43,6 +58,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
@@ -62,6 +78,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

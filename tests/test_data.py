@@ -95,3 +95,11 @@ def test_cola_scores_split_by_domain() -> None:
     assert scores["mcc_in_domain"] == pytest.approx(1.0)
     assert scores["mcc_out_domain"] == pytest.approx(-0.5)
     assert scores["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_unreadable_tsv_is_a_user_error(tmp_path: Path) -> None:
+    """A path check_tsv cannot open (here a folder where a TSV belongs; a chmod 000 file is tested through the
+    CLI in test_train_errors) is a BertpackError naming the file, not an OSError traceback."""
+    (tmp_path / "in_domain_dev.tsv").mkdir()
+    with pytest.raises(BertpackError, match="in_domain_dev.tsv: cannot read it"):
+        check_tsv(tmp_path / "in_domain_dev.tsv")

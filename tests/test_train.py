@@ -171,8 +171,12 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     marker = json.loads((out / "bertpack_run.json").read_text())
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
     _one_line_error(run_cli(*common, "--max-steps", "8"), "--resume")
-    second = run_cli(*common, "--max-steps", "8", "--resume")
+    # --resume takes the data, model and recipe from the run's bertpack_run.json; --max-steps may lengthen it,
+    # and --no-keep-checkpoints overrides the recorded --keep-checkpoints
+    second = run_cli("train", "--out", str(out), "--max-steps", "8", "--no-keep-checkpoints", "--resume")
     assert second.returncode == 0, second.stderr[-2000:]
+    recorded = json.loads((out / "bertpack_run.json").read_text())["config"]
+    assert (recorded["data"], recorded["model"], recorded["batch_size"], recorded["max_steps"]) == (str(synthetic_cola), str(tiny_run / "model"), 8, 8)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"][-1]["epoch"] > 0
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"

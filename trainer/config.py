@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -45,3 +45,24 @@ class TrainConfig:
         d = asdict(self)
         d["out"] = str(self.out)
         return d
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> TrainConfig:
+        """The config recorded in a run's bertpack_run.json; keys an older version did not write keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in recorded.items() if k in known})
+        cfg.out = Path(cfg.out)
+        return cfg
+
+
+# On --resume these may differ from the recorded run: they lengthen it or change what is kept, not what is
+# learned. Every other recipe option must match the recording, or the resumed run would silently be a
+# different experiment stitched onto the first one's checkpoint.
+RESUME_MAY_CHANGE = frozenset({"epochs", "max_steps", "eval_batch_size", "keep_checkpoints"})
+# Fields that are not recipe: where and how this invocation writes.
+NOT_RECIPE = frozenset({"out", "overwrite", "resume"})
+
+
+def option_name(field_name: str) -> str:
+    """The `bertpack train` option that sets a TrainConfig field."""
+    return {"learning_rate": "--lr", "warmup_ratio": "--warmup"}.get(field_name, "--" + field_name.replace("_", "-"))

@@ -2,7 +2,7 @@
 Trainer, keep the best checkpoint by validation MCC, write the run folder atomically.
 
 Run folder (the contract `bertpack export` reads):
-    OUT/bertpack_run.json      marker + status ("training" / "complete") + the recipe
+    OUT/bertpack_run.json      marker + status ("training" / "complete" / "failed" with a "reason") + the recipe
     OUT/model/                 best checkpoint: model.safetensors, config.json (id2label), tokenizer files
     OUT/metrics.json           per-epoch loss/accuracy/MCC, timing, versions, seed, data hashes
     OUT/training_curves.png    loss and MCC per epoch
@@ -11,40 +11,203 @@ Run folder (the contract `bertpack export` reads):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bertpack.data import file_hashes, load_cola
 from bertpack.errors import BertpackError
-from bertpack.files import staging_dir, write_json_atomic
+from bertpack.files import staging_dir, umask_mode, write_json_atomic
 from bertpack.machine import cpu_model, library_versions
 from bertpack.metrics import cola_scores
 from bertpack.models import LABELS, resolve_model
-from trainer.config import TrainConfig
+from trainer.config import NOT_RECIPE, RESUME_MAY_CHANGE, TrainConfig, option_name
 
 RUN_MARKER = "bertpack_run.json"
 
 
 # --------------------------------------------------------------------------- output folder checks
 def check_out_dir(cfg: TrainConfig) -> None:
-    """Refuse to clobber a folder that is not ours; --resume needs an interrupted run."""
+    """Refuse to clobber a folder that is not ours; --resume needs an interrupted run with a checkpoint;
+    an --out that cannot be written is an error now, not after the model has loaded."""
     out = cfg.out
-    marker = out / RUN_MARKER
-    if cfg.resume:
-        if not marker.is_file():
-            raise BertpackError(f"--resume: {out} holds no bertpack run to resume; drop --resume to start a new one")
-        if not any((out / "checkpoints").glob("checkpoint-*")):
-            raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (interrupted before the first epoch ended); start again with --overwrite")
+    if cfg.resume and cfg.overwrite:
+        raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
+    try:
+        if out.exists() and not out.is_dir():
+            raise BertpackError(f"--out {out} is a file, not a folder; pass a folder for the run, e.g. --out runs/cola")
+        _check_writable(out, replacing=cfg.overwrite)
+        marker = out / RUN_MARKER
+        if cfg.resume:
+            status = read_marker(out).get("status")
+            if status == "complete":
+                raise BertpackError(f"--resume: the run in {out} is already complete, there is nothing to resume; pass --overwrite to train it again, or choose another --out")
+            if not has_checkpoint(out):
+                raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (it stopped before its first checkpoint); start again with --overwrite")
+            return
+        if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+            if marker.is_file():
+                status = read_marker(out).get("status")
+                if status == "complete":
+                    hint = "pass --overwrite to replace it or choose another --out"
+                elif has_checkpoint(out):
+                    hint = "pass --resume to continue it or --overwrite to start over"
+                else:
+                    hint = "it has no checkpoint to resume from; pass --overwrite to start over or choose another --out"
+                raise BertpackError(f"{out} already holds a bertpack run ({status}); {hint}")
+            raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
+    except OSError as exc:  # e.g. a parent folder without search permission: even exists() cannot tell
+        raise BertpackError(f"--out {out}: cannot inspect {exc.filename or out} ({exc.strerror or exc}); choose a folder you can write to") from None
+
+
+def _check_writable(out: Path, replacing: bool) -> None:
+    """Create and remove a probe folder where the run will write: in OUT when it exists, in the nearest
+    existing parent otherwise (and beside OUT too when --overwrite will move the old run aside)."""
+    places = []
+    if out.is_dir():
+        places.append(out)
+        if replacing and any(out.iterdir()):
+            places.append(out.parent)
+    else:
+        existing = next(p for p in out.parents if p.exists())
+        if not existing.is_dir():
+            raise BertpackError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+        places.append(existing)
+    for place in places:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".bertpack-probe-", dir=place))
+        except OSError as exc:
+            raise BertpackError(f"--out {out}: cannot write in {place} ({exc.strerror or exc}); choose a folder you can write to, or fix its permissions") from None
+
+
+def read_marker(out: Path) -> dict:
+    """OUT/bertpack_run.json, or a one-line error that says what to do without it."""
+    marker = Path(out) / RUN_MARKER
+    if not marker.is_file():
+        raise BertpackError(f"--resume: {out} holds no bertpack run to resume; drop --resume to start a new one")
+    try:
+        body = json.loads(marker.read_text())
+        if not isinstance(body, dict) or body.get("kind") != "bertpack-run":
+            raise ValueError("not a bertpack run marker")
+    except (OSError, ValueError) as exc:
+        raise BertpackError(f"{marker} is unreadable ({exc}); pass --overwrite to start the run over, or choose another --out") from None
+    return body
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether OUT/checkpoints holds a folder the Trainer can resume from (its own naming: checkpoint-<step>)."""
+    return any(p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) for p in (Path(out) / "checkpoints").glob("checkpoint-*"))
+
+
+def resume_config(out: Path, given: dict) -> TrainConfig:
+    """The config to --resume OUT with: the run's recorded recipe, with the options given on the command line.
+
+    Options that only lengthen the run or change what is kept (RESUME_MAY_CHANGE) win over the recording;
+    any other option that differs from it is refused, since the checkpoint's optimizer and schedule belong to it.
+    """
+    recorded = read_marker(out).get("config") or {}
+    if not isinstance(recorded, dict) or not recorded.get("data"):
+        raise BertpackError(f"--resume: {out / RUN_MARKER} records no training config (written by an older bertpack?); start again with --overwrite")
+    cfg = TrainConfig.from_dict(recorded)
+    for name, value in given.items():
+        if name in NOT_RECIPE:
+            continue
+        before = getattr(cfg, name)
+        if name not in RESUME_MAY_CHANGE and not _same_setting(name, before, value):
+            raise BertpackError(
+                f"--resume: {option_name(name)} {value} differs from the run's recorded {before}; a resumed run keeps its recipe: "
+                f"drop {option_name(name)} (only --epochs, --max-steps, --eval-batch-size and --keep-checkpoints may change), "
+                "or start a new run with --overwrite or another --out"
+            )
+        setattr(cfg, name, value)
+    cfg.out, cfg.resume, cfg.overwrite = Path(out), True, False
+    return cfg
+
+
+def _same_setting(name: str, a, b) -> bool:
+    if a == b:
+        return True
+    if name in ("data", "model") and isinstance(a, str) and isinstance(b, str):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()  # the same folder spelled differently
+    return False
+
+
+@contextlib.contextmanager
+def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
+    """Make OUT the run folder for the body, called once the inputs are checked and the model has loaded.
+
+    A new run is written in OUT itself (so --resume finds its checkpoints after a crash); with --overwrite the
+    old content is first moved aside beside OUT and deleted only once the new run succeeded. When the body
+    fails: an --overwrite run puts the old content back, a new run without a checkpoint leaves nothing behind,
+    and a run with a checkpoint (or a resumed one) stays, marked "failed" with the reason, for --resume.
+    Only the main process touches the folder; the others write into OUT/checkpoints through the Trainer.
+    """
+    out = cfg.out
+    if not is_main:
+        yield
         return
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        if marker.is_file():
-            status = json.loads(marker.read_text()).get("status")
-            hint = "pass --resume to continue it or --overwrite to start over" if status != "complete" else "pass --overwrite to replace it or choose another --out"
-            raise BertpackError(f"{out} already holds a bertpack run ({status}); {hint}")
-        raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
+    backup: Path | None = None
+    created = [p for p in (out, *out.parents) if not p.exists()]  # folders this run makes, deepest first
+    try:  # from the first change on, so a Ctrl-C at any point is undone like a failure
+        if not cfg.resume:
+            if cfg.overwrite and out.is_dir() and any(out.iterdir()):
+                aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+                os.replace(out, aside)
+                backup, created = aside, [out]
+            out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN_MARKER, {"kind": "bertpack-run", "status": "training", "config": cfg.to_dict()})
+        yield
+    except BaseException as exc:
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
+        if backup is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(backup, out)
+            kept = f"the previous content of {out} is back unchanged"
+        elif not cfg.resume and not has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+            for folder in created[1:]:  # parents made for this run, if nothing else appeared in them
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            if not created:  # OUT was an empty folder before: leave it empty, not gone
+                out.mkdir(exist_ok=True)
+            kept = f"nothing was kept in {out} (no checkpoint yet); start the run again"
+        else:
+            write_json_atomic(out / RUN_MARKER, {"kind": "bertpack-run", "status": "failed", "reason": reason, "config": cfg.to_dict()})
+            kept = f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume --out {out}"
+        err = _user_error(exc, kept)
+        if err is exc:
+            raise
+        raise err from None
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _user_error(exc: BaseException, kept: str) -> BaseException:
+    """What a failure inside the run becomes: a one-line error for what the user can act on (Ctrl-C, a full or
+    unwritable disk, GPU memory), the original exception (with a note on what was kept) for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        err = BertpackError(f"interrupted; {kept}")
+        err.exit_code = 130
+        return err
+    if isinstance(exc, BertpackError):
+        return BertpackError(f"{exc}; {kept}")
+    if isinstance(exc, OSError):
+        return BertpackError(f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or fix permissions; {kept}")
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return BertpackError(f"out of GPU memory; lower --batch-size or --eval-batch-size or --max-length; {kept}")
+    exc.add_note(kept)
+    return exc
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -100,28 +263,18 @@ def train(cfg: TrainConfig) -> dict:
 
     import torch
     import transformers
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main and not cfg.resume:
-        if cfg.overwrite and cfg.out.exists():
-            shutil.rmtree(cfg.out)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "training", "config": cfg.to_dict()})
 
-    tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True)
-    extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
+    # Everything that can fail on a bad input happens before the run folder exists (run_folder below).
     # Seed before the model exists: its classifier head (and a re-initialised pooler) is drawn at load time,
     # before the Trainer seeds anything, so without this the same --seed gives a different head every run.
     transformers.set_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-        use_safetensors=True, trust_remote_code=False, **extra,
-    )
+    tokenizer, model = load_model(model_id, cfg)
 
     if cfg.reinit_pooler and getattr(getattr(model, "bert", None), "pooler", None) is not None:
         model.bert.pooler.apply(model._init_weights)
@@ -189,59 +342,84 @@ def train(cfg: TrainConfig) -> dict:
         tokenizer, padding="max_length" if cfg.padding == "max" else "longest",
         max_length=cfg.max_length if cfg.padding == "max" else None,
     )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
-        processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
-        optimizers=(build_optimizer(model, cfg), None), callbacks=[timer := _step_timer()],
-        compute_loss_func=weighted_loss(class_weights) if class_weights else None,
-    )
+    with run_folder(cfg, is_main):
+        trainer = Trainer(
+            model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
+            processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+            optimizers=(build_optimizer(model, cfg), None), callbacks=[timer := _step_timer()],
+            compute_loss_func=weighted_loss(class_weights) if class_weights else None,
+        )
 
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-    wall = time.perf_counter() - started
-    epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
-    final = trainer.evaluate()  # the best checkpoint is loaded back at the end
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+        wall = time.perf_counter() - started
+        epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
+        final = trainer.evaluate()  # the best checkpoint is loaded back at the end
 
-    metrics = {
-        "model": model_id,
-        "data": str(cfg.data),
-        "data_sha256": file_hashes(cfg.data),
-        "train_rows": len(encoded["train"]),
-        "validation_rows": len(val),
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
-        "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
-        "class_weights": class_weights,
-        "world_size": args.world_size,
-        "best": {
-            "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-            "accuracy": final.get("eval_all_accuracy"),
-            "mcc": final.get("eval_all_mcc"),
-            "mcc_in_domain": final.get("eval_in_mcc"),
-            "mcc_out_domain": final.get("eval_out_mcc"),
-        },
-        "epochs": epochs,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
-        # Approximate: the last batch of an epoch may be short.
-        "train_samples_per_second": timer.steps * args.world_size * cfg.batch_size / timer.seconds if timer.seconds else None,
-        "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
-        "wall_time_s": wall,
-        "versions": library_versions(),
-    }
+        metrics = {
+            "model": model_id,
+            "data": str(cfg.data),
+            "data_sha256": file_hashes(cfg.data),
+            "train_rows": len(encoded["train"]),
+            "validation_rows": len(val),
+            "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
+            "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
+            "class_weights": class_weights,
+            "world_size": args.world_size,
+            "best": {
+                "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+                "accuracy": final.get("eval_all_accuracy"),
+                "mcc": final.get("eval_all_mcc"),
+                "mcc_in_domain": final.get("eval_in_mcc"),
+                "mcc_out_domain": final.get("eval_out_mcc"),
+            },
+            "epochs": epochs,
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
+            # Approximate: the last batch of an epoch may be short.
+            "train_samples_per_second": timer.steps * args.world_size * cfg.batch_size / timer.seconds if timer.seconds else None,
+            "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
+            "wall_time_s": wall,
+            "versions": library_versions(),
+        }
 
-    if trainer.is_world_process_zero():
-        with staging_dir(cfg.out / "model") as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in metrics.json
-        write_json_atomic(cfg.out / "metrics.json", metrics)
-        plot_curves(metrics["epochs"], cfg.out / "training_curves.png")
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
-        write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "complete", "config": cfg.to_dict()})
+        if trainer.is_world_process_zero():
+            with staging_dir(cfg.out / "model") as tmp:
+                trainer.save_model(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
+                (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe is in metrics.json
+                for file in tmp.iterdir():  # safetensors writes 0600; the weights should be as readable as the rest
+                    os.chmod(file, umask_mode(0o666))
+            write_json_atomic(cfg.out / "metrics.json", metrics)
+            plot_curves(metrics["epochs"], cfg.out / "training_curves.png")
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
+            write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "complete", "config": cfg.to_dict()})
     return metrics
+
+
+def load_model(model_id: str, cfg: TrainConfig):
+    """The tokenizer and the classification model, or a one-line error naming --model (a truncated or damaged
+    checkpoint fails here, before the run folder is made)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True)
+    except Exception as exc:  # noqa: BLE001 - missing files, a damaged tokenizer.json, the hub: all "cannot load"
+        raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({_one_line(exc)}); the checkpoint needs its tokenizer files "
+                            "(tokenizer.json or vocab.txt) beside config.json") from None
+    extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+            use_safetensors=True, trust_remote_code=False, **extra,
+        )
+    except Exception as exc:  # noqa: BLE001 - a truncated safetensors file, shapes that do not match config.json, ...
+        raise BertpackError(f"--model {cfg.model}: cannot load its weights ({_one_line(exc)}); the checkpoint looks damaged or incomplete: "
+                            "copy or download it again, or pass another --model") from None
+    return tokenizer, model
 
 
 def _step_timer():

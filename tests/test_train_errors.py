@@ -1,0 +1,223 @@
+"""`bertpack train` on bad inputs and failed runs: one `error:` line each, and nothing written half-way
+(no folder from a run that never started, an --overwrite that fails keeps the old run, a failed run
+with checkpoints is marked "failed" so --resume and its hints agree). Every test runs the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.test_train import _one_line_error
+
+QUICK = ["--max-steps", "2", "--limit", "16", "--batch-size", "8"]
+
+
+def _train(tiny_run: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(tiny_run / "model"), "--data", str(data), "--out", str(out), *extra]
+
+
+def _run_cli_unprivileged(*args: str) -> subprocess.CompletedProcess:
+    """`bertpack ARGS` in a process that file permissions apply to: root ignores them (CAP_DAC_OVERRIDE),
+    so as root drop the capabilities that let it, keeping uid 0 (its own files stay readable)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        caps = [setpriv, "--bounding-set=-dac_override,-dac_read_search"] if setpriv else []
+        if not caps or subprocess.run([*caps, "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE: file permissions are not enforced")
+        prefix = caps
+    return subprocess.run([*prefix, sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+
+
+def _interrupt_once_training(args: list[str], out: Path, max_steps: int) -> subprocess.CompletedProcess:
+    """Start `bertpack ARGS`, send Ctrl-C (SIGINT) once the run folder records this run (status "training",
+    this --max-steps) and the Trainer is going, return the finished process."""
+    proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    marker = out / "bertpack_run.json"
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            body = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            body = {}
+        if body.get("status") == "training" and body.get("config", {}).get("max_steps") == max_steps and (out / "checkpoints").is_dir():
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # well into the optimizer steps (the first checkpoint is max_steps/2 steps away)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _interrupted_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit 130 and one `error:` line; tqdm leaves its bar (carriage returns, cursor escapes) before it on the line."""
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line[line.index("error:"):] for line in re.split(r"[\r\n]", proc.stderr) if "error:" in line]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
+
+
+def _finished_run(tiny_run: Path, data: Path, out: Path, *extra: str) -> dict:
+    proc = run_cli(*_train(tiny_run, data, out, *QUICK, *extra))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "bertpack_run.json").read_text())
+
+
+# ----------------------------------------------------------------------------- bad --out
+def test_out_that_is_a_file(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, notes)), "is a file, not a folder")
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, notes, "--overwrite")), "is a file, not a folder")
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, notes / "run")), "is a file, not a folder")
+    assert notes.read_text() == "precious"
+
+
+def test_unwritable_out_folder(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        proc = _run_cli_unprivileged(*_train(tiny_run, synthetic_cola, locked / "run"))
+        _one_line_error(proc, f"cannot write in {locked}")
+        assert not (locked / "run").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unreadable_data_file(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    data = tmp_path / "cola"
+    shutil.copytree(synthetic_cola, data)
+    dev = data / "raw" / "in_domain_dev.tsv"
+    dev.chmod(0)
+    try:
+        proc = _run_cli_unprivileged(*_train(tiny_run, data, tmp_path / "r"))
+        _one_line_error(proc, f"{dev}: cannot read it")
+        assert "Generating train split" not in proc.stderr, "every file is checked before any is loaded"
+    finally:
+        dev.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    (data / "raw").chmod(0)
+    try:
+        _one_line_error(_run_cli_unprivileged(*_train(tiny_run, data, tmp_path / "r")), "cannot read")
+    finally:
+        (data / "raw").chmod(0o755)
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- a model that fails to load
+def test_damaged_model_is_one_line_and_leaves_no_folder(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run / "model", damaged)
+    with open(damaged / "model.safetensors", "r+b") as fh:
+        fh.truncate(1000)
+    out = tmp_path / "runs" / "new"
+    _one_line_error(run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out)), "cannot load its weights")
+    assert not (tmp_path / "runs").exists()
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_run / "model" / name, no_tokenizer / name)
+    _one_line_error(run_cli("train", "--model", str(no_tokenizer), "--data", str(synthetic_cola), "--out", str(out)), "cannot load its tokenizer")
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- option ranges
+@pytest.mark.parametrize("option, value", [
+    ("--classifier-dropout", "1.5"), ("--classifier-dropout", "-0.1"), ("--eval-batch-size", "0"),
+    ("--head-lr-multiplier", "-5"), ("--head-lr-multiplier", "0"), ("--weight-decay", "-1"), ("--max-steps", "0"),
+    ("--max-steps", "-2"), ("--seed", "-1"), ("--batch-size", "0"), ("--max-length", "4"), ("--limit", "0"),
+    ("--warmup", "1"), ("--layer-decay", "0"), ("--lr", "nan"), ("--epochs", "inf"),
+])
+def test_out_of_range_option(tmp_path: Path, synthetic_cola: Path, tiny_run: Path, option: str, value: str) -> None:
+    proc = run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r"), option, value)
+    _one_line_error(proc, option)
+    assert f"e.g. {option} " in proc.stderr, proc.stderr  # names a value that works
+    assert not (tmp_path / "r").exists()
+
+
+def test_negative_epochs_with_max_steps(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r", "--epochs", "-1", "--max-steps", "3")), "--epochs")
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- --overwrite, failures mid-run
+def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "run"
+    assert _finished_run(tiny_run, synthetic_cola, out)["status"] == "complete"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # files get the usual modes (umask), not mkstemp's 0600 / mkdtemp's 0700
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path, base in ((out / "model", 0o777), (out / "model" / "model.safetensors", 0o666), (out / "bertpack_run.json", 0o666),
+                       (out / "metrics.json", 0o666)):
+        assert stat.S_IMODE(path.stat().st_mode) == base & ~umask, path
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run / "model", damaged)
+    with open(damaged / "model.safetensors", "r+b") as fh:
+        fh.truncate(1000)
+    _one_line_error(run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out), "--overwrite"),
+                    "cannot load its weights")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # Ctrl-C in the middle of the new run: the old run comes back, nothing of the new one stays
+    proc = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "100000", "--batch-size", "8"),
+                                    out, 100000)
+    _interrupted_error(proc, "previous content")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "runs" / "new"
+    proc = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--max-steps", "100000", "--batch-size", "8"), out, 100000)
+    _interrupted_error(proc, "nothing was kept")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interrupted_resume_is_marked_failed_and_resumable(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "run"
+    marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
+    (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))  # as if it had crashed
+    proc = _interrupt_once_training(["train", "--out", str(out), "--resume", "--max-steps", "100000"], out, 100000)
+    _interrupted_error(proc, "--resume --out")
+    body = json.loads((out / "bertpack_run.json").read_text())
+    assert body["status"] == "failed" and "interrupted" in body["reason"]
+    assert any((out / "checkpoints").glob("checkpoint-*"))
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, out)), "(failed); pass --resume")
+
+
+# ----------------------------------------------------------------------------- --resume
+def test_resume_of_a_complete_run_says_so(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "run"
+    _finished_run(tiny_run, synthetic_cola, out)
+    proc = run_cli("train", "--out", str(out), "--resume")
+    _one_line_error(proc, "already complete")
+    assert "--overwrite" in proc.stderr and "no Trainer checkpoint" not in proc.stderr
+    _one_line_error(run_cli("train", "--out", str(out), "--resume", "--overwrite"), "contradict")
+
+
+def test_resume_refuses_a_different_recipe_and_a_run_without_checkpoint(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    out = tmp_path / "run"
+    marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
+    (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
+    for option, value in (("--lr", "3e-5"), ("--batch-size", "16"), ("--data", str(tmp_path)), ("--seed", "7")):
+        proc = run_cli("train", "--out", str(out), "--resume", option, value)
+        _one_line_error(proc, f"{option} ")
+        assert "differs from the run's recorded" in proc.stderr, proc.stderr
+    shutil.rmtree(out / "checkpoints")
+    _one_line_error(run_cli("train", "--out", str(out), "--resume"), "no Trainer checkpoint")
+    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, out)), "no checkpoint to resume from; pass --overwrite")

@@ -101,9 +101,35 @@ def thread_info() -> dict:
     except (OSError, ValueError, IndexError):
         pass
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "BERTPACK_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ}
+    threads = os.environ.get("BERTPACK_THREADS", "")
+    # An invalid BERTPACK_THREADS is reported by serve_settings(); the service would refuse to start.
+    valid = threads.isascii() and threads.isdigit() and int(threads) >= 1
     return {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "affinity": affinity, "cgroup_cpu_quota": quota,
-            "engine_intra_op_threads": int(os.environ.get("BERTPACK_THREADS") or physical_cores()), "engine_inter_op_threads": 1,
+            "engine_intra_op_threads": int(threads) if valid else physical_cores(), "engine_inter_op_threads": 1,
             "env": env}
+
+
+SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS")
+
+
+def serve_settings(env: dict[str, str] | None = None) -> dict:
+    """The BERTPACK_* settings `bentoml serve` reads, checked as the service checks them (ServeConfig.from_env),
+    each on its own so that every bad one is reported; `problems` lists what would stop the service from starting."""
+    from bertpack.errors import BertpackError
+    from serving.engine import cuda_problem
+    from serving.source import ServeConfig
+
+    env = dict(os.environ if env is None else env)
+    given = {k: env[k] for k in SERVE_SETTINGS if k in env}
+    problems = []
+    for name, value in given.items():
+        try:
+            ServeConfig.from_env({name: value})
+        except BertpackError as exc:
+            problems.append(str(exc))
+    if given.get("BERTPACK_DEVICE") == "cuda" and cuda_problem():
+        problems.append(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
+    return {"env": given, "problems": problems}
 
 
 def gpu_info() -> dict:
@@ -139,7 +165,7 @@ def report() -> dict:
     return {"versions": library_versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),
                                                     "available_providers": available,
                                                     "providers": [probe_provider(p) for p in available]},
-            "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info(), "http": http_stack()}
+            "cpu": cpu_info(), "threads": thread_info(), "gpu": gpu_info(), "http": http_stack(), "serve_settings": serve_settings()}
 
 
 def format_report(rep: dict) -> str:
@@ -171,4 +197,8 @@ def format_report(rep: dict) -> str:
     lines.append(f"http server: uvicorn on {h['loop']} + {h['http']}" + ("" if h["uvloop"] and h["httptools"] else
                  "  (slower per request: pip install uvloop httptools)"))
     lines.append(f"serving device: {'cuda (fp16)' if not g['cuda_problem'] else 'cpu (int8): ' + g['cuda_problem']}")
+    settings = rep.get("serve_settings", {"env": {}, "problems": []})
+    lines.append("serve settings: " + (", ".join(f"{k}={v}" for k, v in settings["env"].items()) or "defaults (no BERTPACK_* set)"))
+    for problem in settings["problems"]:
+        lines.append(f"  PROBLEM: {problem}")
     return "\n".join(lines)

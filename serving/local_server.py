@@ -40,8 +40,10 @@ def start_server(env: dict[str, str], log_path: Path, target: str = "serving.ser
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
+    exited = proc.poll()
     stop_server(proc)
-    raise RuntimeError(f"`bentoml serve` did not become ready; log tail:\n{Path(log_path).read_text()[-4000:]}")
+    why = f"exited with status {exited}" if exited is not None else f"did not become ready within {timeout:g} s"
+    raise RuntimeError(f"`bentoml serve` {why}; log tail:\n{Path(log_path).read_text()[-4000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

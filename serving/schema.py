@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, StrictStr, ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
+import re
+
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr
 
 # Documented limits (README, section serve). CoLA sentences are under 250 characters; 1000 leaves
 # room for real text while bounding the work one request can ask for.
@@ -33,8 +34,10 @@ def _readable(text: str) -> str:
 Sentence = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CHARS), AfterValidator(_readable)]
 Sentences = Annotated[list[Sentence], Field(min_length=1, max_length=MAX_SENTENCES,
                                             description=f"1 to {MAX_SENTENCES} sentences of at most {MAX_CHARS} characters")]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]], Field(min_length=1, max_length=MAX_IDS)]
-EncodedBatch = Annotated[list[TokenIds], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_TOKEN_ID)]], Field(min_length=1, max_length=MAX_IDS)]
+# At most MAX_SENTENCES sequences per /infer request, as /classify (adaptive batches may merge several requests).
+EncodedBatch = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_SENTENCES,
+                                               description=f"1 to {MAX_SENTENCES} sequences of 1 to {MAX_IDS} token ids")]
 
 
 class Prediction(BaseModel):
@@ -50,16 +53,103 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def too_long_error(too_long: list[tuple[int, str, int]], limit: int) -> ValidationError:
-    """The same 400 body BentoML gives for typed-validation failures, for sentences whose token
-    count (known only after tokenization) is over the model's limit."""
-    details = [InitErrorDetails(type=PydanticCustomError(
-        "too_many_tokens", "sentence has {tokens} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true",
-        {"tokens": n, "limit": limit}), loc=("sentences", i), input=text) for i, text, n in too_long]
-    return ValidationError.from_exception_data("Input", details)
+# -- 400 bodies ------------------------------------------------------------------------------
+# Every 400 (BentoML's typed validation, rewritten by the service's middleware, and the service's own
+# token checks) has the same shape: {"error": every problem with its fix, "errors": [one line per
+# problem], "detail": [pydantic-style {"type", "loc", "msg"}]}.
+
+FIELDS = {"/classify": ("sentences", "truncate"), "/infer": ("ids",)}
+EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}', "/infer": '{"ids": [[101, 1996, 4937, 102]]}'}
+OVERLOADED = ("server overloaded: the request waited over {seconds:g} s in the batching queue; "
+              "retry later, or add replicas/workers")
 
 
-def no_tokens_error(indexes: list[int]) -> ValidationError:
-    details = [InitErrorDetails(type=PydanticCustomError("no_tokens", "sentence has no text the tokenizer can read"),
-                                loc=("sentences", i), input="") for i in indexes]
-    return ValidationError.from_exception_data("Input", details)
+def _where(loc) -> str:
+    if not loc:
+        return "body"
+    out = str(loc[0])
+    for part in loc[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _got(msg: str) -> str:
+    found = re.search(r"not (\d+)\s*$", msg)
+    return f" (got {found.group(1)})" if found else ""
+
+
+def problem_line(entry: dict, route: str = "/classify") -> str:
+    """One readable line for one validation problem: where, what, and how to fix it."""
+    kind, loc, msg = entry.get("type", ""), tuple(entry.get("loc") or ()), str(entry.get("msg", ""))
+    where, fields = _where(loc), FIELDS.get(route, ())
+    example = EXAMPLE.get(route, "a JSON object (see GET /docs.json)")
+    top = loc[0] if loc else None
+    if kind == "json_invalid":
+        return f"body: not valid JSON ({msg.removeprefix('Invalid JSON: ')}); send a JSON object such as {example}"
+    if not loc or kind in ("model_type", "model_attributes_type", "dict_type") and len(loc) <= 1:
+        return f"body: must be a JSON object such as {example}"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field; the valid fields are {', '.join(fields)} (check the spelling)"
+    if kind == "missing" and len(loc) == 1:
+        return f"{where}: missing; send {example}"
+    if top == "sentences":
+        if len(loc) == 1:
+            if kind == "list_type":
+                return f"sentences: must be a list of strings; send {example}"
+            if kind == "too_short":
+                return f"sentences: the list is empty; send 1 to {MAX_SENTENCES} sentences"
+            if kind == "too_long":
+                return f"sentences: send 1 to {MAX_SENTENCES} sentences per request{_got(msg)}; split the list over several requests"
+        else:
+            if kind == "string_type":
+                return f"{where}: not a string; send each sentence as a JSON string"
+            if kind == "string_too_short" or (kind == "value_error" and "empty" in msg):
+                return f"{where}: empty or only whitespace; remove it or send some text"
+            if kind == "string_too_long":
+                return f"{where}: over {MAX_CHARS} characters{_got(msg)}; shorten it or split it into several sentences"
+            if kind == "value_error" and "Unicode" in msg:
+                return f"{where}: not valid Unicode text (lone surrogate); send UTF-8 text"
+            if kind in ("no_tokens", "too_many_tokens"):
+                return f"{where}: {msg}"
+    if top == "truncate" and kind == "bool_type":
+        return "truncate: must be a JSON boolean, true or false (not a string or number)"
+    if top == "ids":
+        if len(loc) == 1:
+            if kind == "list_type":
+                return f"ids: must be a list of token-id lists; send {example}"
+            if kind == "too_short":
+                return f"ids: the list is empty; send 1 to {MAX_SENTENCES} sequences"
+            if kind == "too_long":
+                return f"ids: send 1 to {MAX_SENTENCES} sequences per request{_got(msg)}; split the list over several requests"
+        elif len(loc) == 2:
+            if kind == "list_type":
+                return f"{where}: must be a list of token ids; send e.g. [101, 1996, 102]"
+            if kind == "too_short":
+                return f"{where}: empty; send at least one token id"
+            if kind == "too_long":
+                return f"{where}: over {MAX_IDS} token ids{_got(msg)}; cut the sequence (the model reads at most its max_length)"
+        else:
+            return f"{where}: must be a whole number from 0 to {MAX_TOKEN_ID} (a token id, not a boolean, float or string)"
+    return f"{where}: {msg}; see GET /docs.json for the request schema"
+
+
+def error_body(detail: list[dict], route: str = "/classify") -> dict:
+    """The JSON body of a 400: every problem on one line, with its fix."""
+    detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in detail]
+    lines = [problem_line(e, route) for e in detail]
+    error = lines[0] if len(lines) == 1 else f"{len(lines)} problems: " + " | ".join(lines)
+    return {"error": error, "errors": lines, "detail": detail}
+
+
+def too_long_detail(too_long: list[tuple[int, int]], limit: int) -> list[dict]:
+    """Sentences whose token count (known only after tokenization) is over the model's limit."""
+    return [{"type": "too_many_tokens", "loc": ["sentences", i],
+             "msg": f"sentence has {n} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"}
+            for i, n in too_long]
+
+
+def no_tokens_detail(indexes: list[int]) -> list[dict]:
+    """Sentences with nothing but [UNK] (or nothing at all) between [CLS] and [SEP]."""
+    return [{"type": "no_tokens", "loc": ["sentences", i],
+             "msg": "sentence has no text the tokenizer can read (only emoji, symbols or invisible characters); send words"}
+            for i in indexes]

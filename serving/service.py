@@ -8,30 +8,42 @@ ids sent through the service's own proxy (`self.to_async.infer`, an in-process H
 into one ONNX Runtime run. An exception inside a batch would fail every request in it, so `infer`
 accepts only what has been validated and cannot raise on its contents.
 
+Errors: every client mistake is a 4xx JSON body whose "error" names each problem and its fix (the
+JsonOnly middleware rewrites BentoML's 400/404/405/503 bodies) and costs one WARNING line in the log.
+A bad setting or artifact stops `bentoml serve` before any worker starts (check_before_serving), with
+one "cannot serve: ..." line and exit status 1.
+
 No torch, no transformers: ONNX Runtime, tokenizers and numpy (serving/engine.py).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
 import os
+import signal
 import sys
+import tempfile
 import threading
 from collections import Counter
+from http import HTTPStatus
 
 import bentoml
 import numpy as np
-from pydantic import StrictBool
+from pydantic import ConfigDict, StrictBool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bertpack.errors import BertpackError
 from serving.engine import (OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, read_manifest, served_buckets,
                             softmax, verify_files)
-from serving.schema import (MAX_CHARS, MAX_SENTENCES, ClassifyResponse, EncodedBatch, Prediction, Sentences,
-                            no_tokens_error, too_long_error)
-from serving.source import ServeConfig, resolve_model
+from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
+                            error_body, no_tokens_detail, too_long_detail)
+from serving.source import ServeConfig, ModelSource, resolve_model
 
 log = logging.getLogger("bertpack.service")
 
@@ -44,14 +56,86 @@ MAX_LATENCY_MS = 10_000
 
 
 def _log_to_stderr() -> None:
-    """BentoML configures only its own loggers; without this the engine's provider line and its
-    CUDA-fallback errors would not reach the server log."""
-    root = logging.getLogger("bertpack")
-    if not root.handlers:
+    """Let the engine's provider line and its CUDA-fallback errors reach the server log, once: under
+    `bentoml serve` the root logger has BentoML's handler and bertpack's records propagate to it; a
+    handler of bertpack's own is added only where nothing upstream prints (a plain script)."""
+    ours = logging.getLogger("bertpack")
+    ours.setLevel(logging.INFO)
+    if not ours.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        ours.addHandler(handler)
+    http_log = logging.getLogger("bentoml._internal.server.http_app")  # BentoML's log_exception()
+    if not any(isinstance(f, ClientErrorsOnOneLine) for f in http_log.filters):
+        http_log.addFilter(ClientErrorsOnOneLine())
+
+
+class ClientErrorsOnOneLine(logging.Filter):
+    """BentoML logs every exception an API raises with its traceback at ERROR, a client's bad input
+    (pydantic ValidationError, 400) and an overloaded queue (503) included. Those are the client's or
+    the load's doing, not the server's: one WARNING line each, no traceback. Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+            summary = f"client error, 400 ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}: {what})"
+        elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500 or \
+                isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+            kind = "overloaded" if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE else "client error"
+            summary = f"{kind}, {int(exc.error_code)} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+        else:
+            return True
+        where = " ".join(reversed(record.args)) if isinstance(record.args, tuple) and len(record.args) == 2 else record.getMessage()
+        record.msg, record.args = f"{where}: {summary}", ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def preflight() -> tuple[ServeConfig, ModelSource, dict]:
+    """Everything that can make start-up fail on the artifact or the settings, checked without loading
+    a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, CUDA when asked for."""
+    config = ServeConfig.from_env()
+    source = resolve_model(config.model)
+    manifest = read_manifest(source.path)
+    verify_files(source.path, manifest)  # every file, before anything is served
+    if config.device == "cuda" and cuda_problem():
+        raise BertpackError(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
+    return config, source, manifest
+
+
+# Set by check_before_serving in `bentoml serve`'s own process; its workers inherit it (circus copies the environment).
+FAILED_MARK = "BERTPACK_SERVE_FAILED_MARK"
+
+
+def _cannot_serve(exc: BertpackError) -> None:
+    """A start-up failure inside a BentoML worker (the checks before serving passed, the worker still
+    failed, e.g. ONNX Runtime refusing the model): one line in the log, then stop the whole server
+    with a non-zero exit (circus would restart the worker forever, each time with a traceback)."""
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is None:
+        return  # not a worker (Bertpack.inner() in a script or test): the caller raises
+    log.error("cannot serve: %s", exc)
+    if os.environ.get(FAILED_MARK):
+        with contextlib.suppress(OSError):
+            with open(os.environ[FAILED_MARK], "w") as fh:
+                fh.write(str(exc))
+    os.kill(os.getppid(), signal.SIGTERM)  # the arbiter: `bentoml serve` stops its workers and returns
+    os._exit(1)
+
+
+def _exit_failed_if_marked(mark: str) -> None:
+    """atexit in `bentoml serve`'s process: a worker that could not start left the mark; exit 1, not 0."""
+    if os.path.exists(mark):
+        with contextlib.suppress(OSError):
+            os.remove(mark)
+        logging.shutdown()
+        os._exit(1)
 
 
 async def _info(request: Request) -> JSONResponse:
@@ -62,9 +146,18 @@ async def _info(request: Request) -> JSONResponse:
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
 
+ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
+             "GET / (Swagger UI)"]
+
+
 class JsonOnly:
-    """ASGI middleware: the API takes JSON. BentoML would parse form bodies, and a malformed
-    multipart body escapes its error handling as a 500; answer 415 before that can happen."""
+    """ASGI middleware, so that every answer is JSON and names the fix:
+    - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
+      escapes its error handling as a 500);
+    - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
+    - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})
+      becomes one line per problem with its fix (serving.schema.error_body);
+    - a 503 from the batching queue says the server is overloaded instead of "unexpected error"."""
 
     FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
 
@@ -72,7 +165,11 @@ class JsonOnly:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope.get("method", ""), scope.get("path", "")
+        if method == "POST":
             ctype = b""
             for key, value in scope.get("headers", ()):
                 if key.lower() == b"content-type":
@@ -82,7 +179,67 @@ class JsonOnly:
                                                   "with Content-Type: application/json"}, status_code=415)
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        held: dict = {}
+
+        async def rewrite(message) -> None:
+            if message["type"] == "http.response.start":
+                if self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
+                    held["start"], held["body"] = message, b""
+                    return
+            elif message["type"] == "http.response.body" and "start" in held:
+                held["body"] += message.get("body", b"")
+                if message.get("more_body", False):
+                    return
+                start = held.pop("start")
+                body = self._body(start["status"], method, path, held.pop("body"), start.get("headers", ()))
+                data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+    @staticmethod
+    def _rewrites(status: int, ctype: bytes, path: str) -> bool:
+        if status in (404, 405):
+            return ctype.startswith(b"text/plain")
+        return status in (400, 503) and path in FIELDS and ctype.startswith(b"application/json")
+
+    @staticmethod
+    def _body(status: int, method: str, path: str, raw: bytes, headers) -> dict:
+        if status == 404:
+            return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
+        if status == 405:
+            allowed = dict(headers).get(b"allow", b"").decode("latin-1") or "another method"
+            return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
+                    "endpoints": ENDPOINTS}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if status == 503:
+            return {"error": OVERLOADED.format(seconds=MAX_LATENCY_MS / 1000)}
+        if isinstance(body, dict) and isinstance(body.get("detail"), list) and "errors" not in body:
+            return error_body(body["detail"], path)
+        return body if isinstance(body, dict) else {"error": str(body)}
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """POST /classify's body. A misspelled field is refused rather than ignored (extra="forbid")."""
+
+    model_config = ConfigDict(extra="forbid", title="ClassifyRequest")
+    sentences: Sentences
+    truncate: StrictBool = False
+
+
+class InferInput(bentoml.IODescriptor):
+    """POST /infer's body (internal, batched): token ids per sentence."""
+
+    model_config = ConfigDict(extra="forbid", title="InferRequest")
+    ids: EncodedBatch
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -98,12 +255,32 @@ class JsonOnly:
     tracing={"excluded_urls": ["/infer"]},
 )
 class Bertpack:
+    @bentoml.on_deployment
+    def check_before_serving() -> None:
+        """`bentoml serve` runs this once, in its own process, before it starts any worker: a bad
+        setting or artifact stops the server here with one line and exit status 1, instead of workers
+        that fail and are restarted forever with a traceback each. (`bentoml build` and a plain import
+        do not run it, so both work where no model is present.)"""
+        _log_to_stderr()
+        try:
+            preflight()
+        except BertpackError as exc:
+            log.error("cannot serve: %s", exc)
+            raise SystemExit(1) from None
+        mark = os.path.join(tempfile.gettempdir(), f"bertpack-serve-{os.getpid()}.failed")
+        os.environ[FAILED_MARK] = mark
+        atexit.register(_exit_failed_if_marked, mark)
+
     def __init__(self) -> None:
         _log_to_stderr()
-        self.config = ServeConfig.from_env()
-        self.source = resolve_model(self.config.model)
-        manifest = read_manifest(self.source.path)
-        verify_files(self.source.path, manifest)  # every file, before anything is served
+        try:
+            self._start()
+        except BertpackError as exc:
+            _cannot_serve(exc)
+            raise
+
+    def _start(self) -> None:
+        self.config, self.source, manifest = preflight()
         # Fixed padded lengths (buckets) serve CUDA graphs; on the CPU padding each run to its own longest
         # sentence is ~30% faster on CoLA (README, serve), so the CPU engine runs without buckets.
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.
@@ -122,7 +299,7 @@ class Bertpack:
         for length in self.engine.buckets[:2] or (16,):
             self.engine.run(self.engine.pad([[101, 102]], length=length))
 
-    @bentoml.api
+    @bentoml.api(input_spec=ClassifyInput)
     async def classify(self, sentences: Sentences, truncate: StrictBool = False) -> ClassifyResponse:
         """Classify 1-64 sentences as acceptable/unacceptable English (CoLA).
 
@@ -131,16 +308,25 @@ class Bertpack:
         """
         encodings = self.engine.tokenizer.encode_batch(sentences)
         ids = [e.ids for e in encodings]
-        limit = self.engine.max_length
-        empty = [i for i, seq in enumerate(ids) if len(seq) <= 2]
+        limit, unk = self.engine.max_length, self._unk_id()
+        # Nothing between [CLS] and [SEP] but [UNK] (emoji, symbols): the model would score noise.
+        empty = [i for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
         if empty:
-            raise no_tokens_error(empty)
-        too_long = [(i, sentences[i], len(seq)) for i, seq in enumerate(ids) if len(seq) > limit]
+            return JSONResponse(error_body(no_tokens_detail(empty)), status_code=400)  # type: ignore[return-value]
+        too_long = [(i, len(seq)) for i, seq in enumerate(ids) if len(seq) > limit]
         if too_long and not truncate:
-            raise too_long_error(too_long, limit)
+            return JSONResponse(error_body(too_long_detail(too_long, limit)), status_code=400)  # type: ignore[return-value]
         truncated = [len(seq) > limit for seq in ids]
         ids = [keep_within(seq, limit) for seq in ids]
-        probabilities = await self._infer(ids)
+        from bentoml.exceptions import BentoMLException
+
+        try:
+            probabilities = await self._infer(ids)
+        except BentoMLException as exc:
+            if exc.error_code != HTTPStatus.SERVICE_UNAVAILABLE:
+                raise
+            log.warning("503 overloaded: a /classify request waited over %d ms in the batching queue", MAX_LATENCY_MS)
+            return JSONResponse({"error": OVERLOADED.format(seconds=MAX_LATENCY_MS / 1000)}, status_code=503)  # type: ignore[return-value]
         labels = self.engine.labels
         return ClassifyResponse(model=self.source.tag, predictions=[
             Prediction(label=labels[int(np.argmax(p))], probabilities=dict(zip(labels, map(float, p))),
@@ -167,7 +353,7 @@ class Bertpack:
             log.warning("self-proxy call to infer cut off (%s); retrying once", exc)
             return await client.infer(ids)
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, input_spec=InferInput)
     def infer(self, ids: EncodedBatch) -> list[list[float]]:
         """Internal, batched: label probabilities for token-id sequences ([CLS] ... [SEP]).
 

@@ -25,7 +25,8 @@ class ServeConfig:
         env = dict(os.environ if env is None else env)
         device = env.get("BERTPACK_DEVICE", "auto")
         if device not in ("auto", "cpu", "cuda"):
-            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}")
+            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}; set one of those "
+                                "(or unset it for auto: CUDA when usable, else the CPU)")
         return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
                    threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 32,
                    cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"))
@@ -35,8 +36,8 @@ def _positive(env: dict[str, str], name: str) -> int | None:
     value = env.get(name)
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise BertpackError(f"{name} must be a positive integer, not {value!r}")
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise BertpackError(f"{name} must be a positive integer, not {value!r}; set a whole number such as 4 (or unset it for the default)")
     return int(value)
 
 
@@ -47,14 +48,27 @@ class ModelSource:
     origin: str  # "store" or "folder"
 
 
+def looks_like_path(spec: str) -> bool:
+    """A spec with a path separator, or starting with '.' or '~', means a folder (BentoML tags have neither)."""
+    return "/" in spec or os.sep in spec or spec.startswith((".", "~"))
+
+
 def resolve_model(spec: str) -> ModelSource:
-    """An existing folder is an artifact folder; anything else is a BentoML model tag."""
-    from serving.engine import read_manifest
+    """An existing folder is an artifact folder; a spec that looks like a path must be one; anything
+    else is a BentoML model tag."""
+    from serving.engine import MANIFEST, read_manifest
 
     folder = Path(spec).expanduser()
     if folder.is_dir():
         manifest = read_manifest(folder)
         return ModelSource(folder.resolve(), f"bertpack-cola:{manifest['version']}", "folder")
+    if folder.exists():
+        raise BertpackError(f"model {spec!r} is a file, not an artifact folder: set BERTPACK_MODEL to the folder written by "
+                            f"`bertpack export` (the one holding {MANIFEST}), or to a model tag such as {DEFAULT_MODEL}")
+    if looks_like_path(spec):
+        raise BertpackError(f"artifact folder {spec!r} does not exist ({folder.absolute()}): check the path in BERTPACK_MODEL, "
+                            f"write the folder with `bertpack export RUN_DIR --out {spec}`, or set BERTPACK_MODEL to a model tag "
+                            f"such as {DEFAULT_MODEL}")
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -64,5 +78,6 @@ def resolve_model(spec: str) -> ModelSource:
         raise BertpackError(f"model {spec!r} is not in the BentoML model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}): "
                             "run `bertpack export RUN_DIR`, or set BERTPACK_MODEL to a tag or an artifact folder") from None
     except (BentoMLException, ValueError) as exc:
-        raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc})") from None
+        raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc}); "
+                            f"set it to a tag such as {DEFAULT_MODEL} or to an artifact folder's path") from None
     return ModelSource(Path(model.path), str(model.tag), "store")

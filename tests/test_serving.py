@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -129,7 +130,9 @@ BAD_INPUTS = {
     "over the token limit without truncate": {"sentences": [LONG_TOKENS]},
     "too many sentences": {"sentences": ["The cat sat."] * 65},
     "truncate not a boolean": {"sentences": ["The cat sat."], "truncate": "yes"},
+    "misspelled truncate": {"sentences": ["The cat sat."], "truncat": True},
     "no readable text": {"sentences": ["\u200b\u200b"]},
+    "only unknown tokens": {"sentences": ["\U0001f642\U0001f642"]},
     "a list body": ["The cat sat."],
 }
 
@@ -273,8 +276,109 @@ def test_healthy_after_fuzz(server):
     assert _fuzz_count["n"] >= 500 or _fuzz_count["n"] == 0  # 0 when the fuzz test was deselected
     assert_healthy(server)
     log = server["log"].read_text()
-    assert "Traceback" not in log.split("Exception on")[0]  # start-up was clean
+    assert "Traceback" not in log  # start-up was clean, and client errors log one line each, no traceback
     assert f"serving bertpack-cola:{server['manifest']['version']} (int8 from store) with model_int8.onnx on CPUExecutionProvider" in log
+
+
+# -- error bodies: every 4xx is JSON and names the fix --------------------------------------------------
+
+@pytest.mark.parametrize("payload,wanted", [
+    ({"sentences": ["The cat sat."] * 65}, "sentences: send 1 to 64 sentences per request (got 65); split the list"),
+    ({"sentences": []}, "sentences: the list is empty; send 1 to 64 sentences"),
+    ({"sentences": ["The cat sat.", 42]}, "sentences[1]: not a string; send each sentence as a JSON string"),
+    ({"sentences": [" "]}, "sentences[0]: empty or only whitespace; remove it or send some text"),
+    ({"sentences": ["a" * 1001]}, "sentences[0]: over 1000 characters"),
+    ({"sentences": ["x"], "truncate": "yes"}, "truncate: must be a JSON boolean, true or false"),
+    ({"sentences": ["x"], "truncat": True}, "truncat: unknown field; the valid fields are sentences, truncate"),
+    ({"sentence": ["x"]}, "sentence: unknown field; the valid fields are sentences, truncate"),
+    ({"sentences": [LONG_TOKENS]}, "over the model's limit of 64; shorten it or send \"truncate\": true"),
+    ({"sentences": ["\U0001f642\U0001f642"]}, "sentences[0]: sentence has no text the tokenizer can read"),
+    (["The cat sat."], "body: must be a JSON object such as {\"sentences\": ["),
+], ids=["65 sentences", "empty list", "not a string", "whitespace", "1001 chars", "truncate a string", "misspelled truncate",
+        "misspelled sentences", "too many tokens", "only [UNK]", "list body"])
+def test_400_body_names_problem_and_fix(server, payload, wanted):
+    r = classify(server["url"], payload)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), r.text[:300]
+    body = r.json()
+    assert wanted in body["error"], body
+    assert "validation error for" not in body["error"]
+    assert len(body["errors"]) == len(body["detail"]) >= 1 and any(wanted in line for line in body["errors"])
+
+
+def test_400_body_lists_every_problem(server):
+    body = classify(server["url"], {"sentences": ["", 3, "ok"], "truncate": "yes", "extra": 1}).json()
+    assert body["error"].startswith("4 problems: ") and len(body["errors"]) == 4
+    assert [line.split(":")[0] for line in body["errors"]] == ["sentences[0]", "sentences[1]", "truncate", "extra"]
+
+
+def test_malformed_json_names_the_fix(server):
+    r = httpx.post(f"{server['url']}/classify", content=b'{"sentences": ["x"', headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"].startswith("body: not valid JSON")
+    assert 'send a JSON object such as {"sentences"' in r.json()["error"]
+
+
+@pytest.mark.parametrize("method,path,status,wanted", [
+    ("GET", "/nope", 404, "no endpoint GET /nope; the endpoints are POST /classify"),
+    ("POST", "/classifyy", 404, "no endpoint POST /classifyy"),
+    ("GET", "/classify", 405, "GET is not allowed on /classify; use POST"),
+    ("PUT", "/info", 405, "PUT is not allowed on /info; use GET"),
+])
+def test_404_and_405_are_json(server, method, path, status, wanted):
+    r = httpx.request(method, f"{server['url']}{path}", timeout=10)
+    assert r.status_code == status and r.headers["content-type"].startswith("application/json"), (r.status_code, r.text[:200])
+    body = r.json()
+    assert wanted in body["error"] and "GET /docs.json (OpenAPI)" in body["endpoints"]
+
+
+def test_docs_json_is_the_openapi_spec(server):
+    spec = httpx.get(f"{server['url']}/docs.json", timeout=10).json()
+    assert "/classify" in spec["paths"] and "/infer" in spec["paths"]
+
+
+# -- /infer: the internal batched endpoint is public too ------------------------------------------------
+
+def infer(url: str, payload) -> httpx.Response:
+    return httpx.post(f"{url}/infer", json=payload, timeout=60)
+
+
+def test_infer_caps_sequences_per_request(server):
+    r = infer(server["url"], {"ids": [[101, 1996, 102]] * 65})
+    assert r.status_code == 400, r.text[:300]
+    assert "ids: send 1 to 64 sequences per request (got 65); split the list" in r.json()["error"]
+    ok = infer(server["url"], {"ids": [[101, 1996, 102]] * 64})
+    assert ok.status_code == 200 and len(ok.json()) == 64
+
+
+@pytest.mark.parametrize("token", [True, False, 101.0, "101", -1, 2**31])
+def test_infer_ids_are_strict_ints(server, token):
+    r = infer(server["url"], {"ids": [[101, token, 102]]})
+    assert r.status_code == 400, (token, r.text[:300])
+    assert "ids[0][1]: must be a whole number from 0 to" in r.json()["error"]
+
+
+def test_infer_refuses_unknown_fields(server):
+    r = infer(server["url"], {"ids": [[101, 102]], "idz": 1})
+    assert r.status_code == 400 and "idz: unknown field; the valid fields are ids" in r.json()["error"]
+
+
+def test_client_errors_log_one_line(server):
+    """A 400 is the client's mistake: one WARNING line in the server log, no ERROR, no traceback."""
+    before = server["log"].read_text()
+    marker = "unique-misspelled-field-3f9a"
+    assert classify(server["url"], {"sentences": ["x"], marker: 1}).status_code == 400
+    assert infer(server["url"], {"ids": [[101, True, 102]]}).status_code == 400
+    time.sleep(1)  # let the server flush its log
+    new = server["log"].read_text()[len(before):]
+    assert "Traceback" not in new and "[ERROR]" not in new, new[-3000:]
+    lines = [line for line in new.splitlines() if marker in line]
+    assert len(lines) == 1 and "[WARNING]" in lines[0] and "client error, 400" in lines[0], new[-3000:]
+    assert sum("POST /infer: client error, 400" in line for line in new.splitlines()) == 1, new[-3000:]
+
+
+def test_log_lines_are_not_doubled(server):
+    log = server["log"].read_text()
+    assert log.count(f"serving bertpack-cola:{server['manifest']['version']} (int8 from store)") == 1, log[:3000]
+    assert log.count("loaded model_int8.onnx (int8) on CPUExecutionProvider") == 1, log[:3000]
 
 
 def test_bentoml_build(server, tmp_path):

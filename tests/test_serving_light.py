@@ -130,3 +130,66 @@ def test_cuda_graph_bookkeeping_on_cpu_buffers(tiny_artifact):
     zeros = slot.on_device["token_type_ids"]
     graphs.run(clf.pad(ids[3:6]).inputs)
     assert slot.on_device["token_type_ids"] is zeros  # all zeros every time: copied once for this shape
+
+
+@pytest.mark.parametrize("spec,wanted", [
+    ("/nope/artifact", "artifact folder '/nope/artifact' does not exist"),
+    ("./artifacts/typo", "artifact folder './artifacts/typo' does not exist"),
+    ("~/no-such-bertpack-artifact", "does not exist"),
+])
+def test_model_path_that_does_not_exist_is_named(spec, wanted):
+    """A BERTPACK_MODEL that looks like a path is a folder that must exist, not a (bad) BentoML tag."""
+    from bertpack.errors import BertpackError
+    from serving.source import resolve_model
+
+    with pytest.raises(BertpackError) as err:
+        resolve_model(spec)
+    assert wanted in str(err.value) and "bertpack export" in str(err.value) and "tag" in str(err.value)
+    assert "not a valid BentoML tag" not in str(err.value)
+
+
+def test_model_path_to_a_file_is_named(tmp_path):
+    from bertpack.errors import BertpackError
+    from serving.source import resolve_model
+
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(BertpackError, match="is a file, not an artifact folder"):
+        resolve_model(str(tmp_path / "model.onnx"))
+
+
+def test_serve_config_errors_name_the_fix():
+    from bertpack.errors import BertpackError
+    from serving.source import ServeConfig
+
+    for env, wanted in [({"BERTPACK_THREADS": "two"}, "set a whole number"), ({"BERTPACK_THREADS": "\u0663"}, "positive integer"),
+                        ({"BERTPACK_DEVICE": "gpu"}, "set one of those")]:
+        with pytest.raises(BertpackError, match=wanted):
+            ServeConfig.from_env(env)
+
+
+def test_doctor_flags_bad_serve_settings():
+    """The settings the service refuses are problems for doctor too: reported, exit status 1, no traceback."""
+    proc = run_cli("doctor", "--json", env={"BERTPACK_THREADS": "0", "BERTPACK_DEVICE": "tpu"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    problems = json.loads(proc.stdout)["serve_settings"]["problems"]
+    assert any("BERTPACK_THREADS must be a positive integer, not '0'" in p for p in problems), problems
+    assert any("BERTPACK_DEVICE must be auto, cpu or cuda, not 'tpu'" in p for p in problems), problems
+    text = run_cli("doctor", env={"BERTPACK_THREADS": "abc"})
+    assert text.returncode == 1 and "Traceback" not in text.stdout + text.stderr, text.stderr[-2000:]
+    assert "PROBLEM: BERTPACK_THREADS must be a positive integer, not 'abc'" in text.stdout
+    assert text.stderr.strip().count("\n") == 0 and "BERTPACK_THREADS" in text.stderr  # one line
+
+
+def test_error_lines_name_the_fix():
+    """How the service words each 400 problem (serving.schema.error_body), from pydantic's error entries."""
+    from serving.schema import error_body
+
+    body = error_body([{"type": "too_long", "loc": ("sentences",), "msg": "List should have at most 64 items after validation, not 65"},
+                       {"type": "extra_forbidden", "loc": ("sentense",), "msg": "Extra inputs are not permitted"}])
+    assert body["errors"] == ["sentences: send 1 to 64 sentences per request (got 65); split the list over several requests",
+                              "sentense: unknown field; the valid fields are sentences, truncate (check the spelling)"]
+    assert body["error"] == "2 problems: " + " | ".join(body["errors"])
+    one = error_body([{"type": "int_type", "loc": ["ids", 2, 0], "msg": "Input should be a valid integer"}], "/infer")
+    assert one["error"].startswith("ids[2][0]: must be a whole number from 0 to")
+    odd = error_body([{"type": "something_new", "loc": ["sentences", 0], "msg": "Odd"}])
+    assert odd["error"] == "sentences[0]: Odd; see GET /docs.json for the request schema"

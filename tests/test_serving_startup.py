@@ -1,0 +1,112 @@
+"""`bentoml serve` with a bad setting or a bad artifact: a real `bentoml serve` process must stop on its own,
+promptly, with a non-zero exit status and one readable line naming the problem and the fix; no traceback,
+no worker restarted over and over. (The settings and the artifact are checked in `bentoml serve`'s own
+process before any worker starts, so most of these cases take about a second.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ may or may not be a package
+    from conftest import REPO
+except ImportError:
+    from tests.conftest import REPO
+
+from serving.local_server import free_port
+
+pytestmark = pytest.mark.slow
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def serve_expecting_failure(env: dict[str, str], home: Path, timeout: float = 60) -> tuple[int, str, float]:
+    """Run `bentoml serve` until it exits by itself; (exit status, output, seconds). A server still running
+    after `timeout` seconds (the old behaviour: a worker restarted forever) fails the test."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTPACK_")}
+    full_env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **env})
+    start = time.monotonic()
+    proc = subprocess.Popen([BENTOML, "serve", "serving.service:Bertpack", "--host", "127.0.0.1", "--port", str(free_port())],
+                            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"`bentoml serve` with {env} still running after {timeout} s; output tail:\n{out[-3000:]}")
+    return proc.returncode, out, time.monotonic() - start
+
+
+def assert_one_line_failure(rc: int, out: str, seconds: float, *fragments: str, limit: float = 20) -> None:
+    assert rc != 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "cannot serve:" in line]
+    assert len(errors) == 1, out[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert seconds < limit, f"took {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("env,fragments", [
+    ({"BERTPACK_DEVICE": "gpu"}, ["BERTPACK_DEVICE must be auto, cpu or cuda, not 'gpu'", "set one of those"]),
+    ({"BERTPACK_THREADS": "two"}, ["BERTPACK_THREADS must be a positive integer, not 'two'", "set a whole number"]),
+    ({"BERTPACK_THREADS": "0"}, ["BERTPACK_THREADS must be a positive integer, not '0'"]),
+    ({"BERTPACK_MODEL": "bertpack-cola:nosuchversion"}, ["not in the BentoML model store", "bertpack export"]),
+    ({"BERTPACK_MODEL": "/nope/artifact"}, ["artifact folder '/nope/artifact' does not exist", "check the path"]),
+    ({"BERTPACK_MODEL": "./artifacts/typo"}, ["artifact folder './artifacts/typo' does not exist"]),
+], ids=["device-gpu", "threads-two", "threads-zero", "unknown-tag", "absolute-path", "relative-path"])
+def test_bad_setting_stops_serve_with_one_line(tmp_path, env, fragments):
+    rc, out, seconds = serve_expecting_failure(env, tmp_path / "empty-home")
+    assert_one_line_failure(rc, out, seconds, *fragments)
+
+
+def _damage(art: Path, how: str) -> None:
+    manifest = json.loads((art / "manifest.json").read_text())
+    model = art / manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
+    if how == "truncated model":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    elif how == "no manifest":
+        (art / "manifest.json").unlink()
+    elif how == "manifest not JSON":
+        (art / "manifest.json").write_text('{"format": "bertpack-artifact/1", ')
+    elif how == "a file, not a folder":
+        shutil.rmtree(art)
+        art.write_text("not an artifact")
+
+
+@pytest.mark.parametrize("how,fragments", [
+    ("truncated model", ["truncated or replaced", "re-run bertpack export"]),
+    ("no manifest", ["has no manifest.json", "bertpack export"]),
+    ("manifest not JSON", ["is not valid JSON", "re-run bertpack export"]),
+    ("a file, not a folder", ["is a file, not an artifact folder"]),
+])
+def test_bad_artifact_stops_serve_with_one_line(tiny_artifact, tmp_path, how, fragments):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    _damage(art, how)
+    rc, out, seconds = serve_expecting_failure({"BERTPACK_MODEL": str(art)}, tmp_path / "empty-home")
+    assert_one_line_failure(rc, out, seconds, *fragments)
+
+
+def test_model_that_onnxruntime_refuses_stops_serve(tiny_artifact, tmp_path):
+    """A model file whose hash matches its manifest but that ONNX Runtime cannot load passes the checks before
+    serving and fails in the worker: the worker logs one line and stops the whole server (exit status 1)."""
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    name = manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
+    garbage = b"this is not an ONNX model" * 100
+    (art / name).write_bytes(garbage)
+    manifest["files"][name] = {**manifest["files"][name], "sha256": hashlib.sha256(garbage).hexdigest(), "bytes": len(garbage)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    rc, out, seconds = serve_expecting_failure({"BERTPACK_MODEL": str(art)}, tmp_path / "empty-home")
+    assert_one_line_failure(rc, out, seconds, "ONNX Runtime cannot load", name, limit=45)

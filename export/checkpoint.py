@@ -32,7 +32,9 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         status = _run_status(run_dir)
-        hint = f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else ""
+        hint = (f" (its bertpack_run.json says status 'failed': continue it with `bertpack train --resume --out {run_dir}` "
+                "or retrain with --overwrite)" if status == "failed" else
+                f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else "")
         raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{hint}")
     if not (path / "tokenizer.json").is_file():
         raise BertpackError(f"{path} has no tokenizer.json (fast tokenizer); re-save the checkpoint with its tokenizer")

@@ -60,7 +60,9 @@ def predict(
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
     ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
     tokens = [len(seq) for seq in ids]
-    empty = [str(i + 1) for i, n in enumerate(tokens) if n <= 2]  # only [CLS] [SEP]
+    unk = clf.tokenizer.token_to_id("[UNK]")
+    # Nothing between [CLS] and [SEP] but [UNK] (or nothing at all): the service refuses these too.
+    empty = [str(i + 1) for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
     if empty:  # the service refuses these too (400): a score for no text means nothing
         raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read; pass non-blank sentences")
     for i, n in enumerate(tokens):

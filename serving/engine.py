@@ -350,7 +350,8 @@ def _open_session(path: Path, options, providers: list):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-        raise BertpackError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
+        raise BertpackError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}; "
+                            "re-run bertpack export (or check the onnxruntime version with bertpack doctor)") from None
 
 
 @dataclass

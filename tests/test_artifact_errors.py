@@ -93,6 +93,8 @@ def test_predict_reads_stdin_and_refuses_cuda_without_gpu(tiny_artifact):
                           input="The cat sat on the mat.\n\nIt rained.\n", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["sentence"] for line in proc.stdout.splitlines()] == ["The cat sat on the mat.", "It rained."]
+    err = _one_line_error(run_cli("predict", str(tiny_artifact), "The cat sat.", "\U0001F642\U0001F642"))
+    assert "sentence 2 has no text the tokenizer can read" in err  # all [UNK]: the service's 400 too
     if cuda_available():
         pytest.skip("a usable GPU is present: --device cuda is valid here")
     proc = run_cli("predict", str(tiny_artifact), "The cat sat.", "--device", "cuda", "--json")

@@ -92,15 +92,17 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
         return f"{where}: unknown field; the valid fields are {', '.join(fields)} (check the spelling)"
     if kind == "missing" and len(loc) == 1:
         return f"{where}: missing; send {example}"
+    lists = {"sentences": ("strings", "sentences"), "ids": ("token-id lists", "sequences")}  # field: (items, noun)
+    if top in lists and len(loc) == 1:
+        items, noun = lists[top]
+        if kind == "list_type":
+            return f"{top}: must be a list of {items}; send {example}"
+        if kind == "too_short":
+            return f"{top}: the list is empty; send 1 to {MAX_SENTENCES} {noun}"
+        if kind == "too_long":
+            return f"{top}: send 1 to {MAX_SENTENCES} {noun} per request{_got(msg)}; split the list over several requests"
     if top == "sentences":
-        if len(loc) == 1:
-            if kind == "list_type":
-                return f"sentences: must be a list of strings; send {example}"
-            if kind == "too_short":
-                return f"sentences: the list is empty; send 1 to {MAX_SENTENCES} sentences"
-            if kind == "too_long":
-                return f"sentences: send 1 to {MAX_SENTENCES} sentences per request{_got(msg)}; split the list over several requests"
-        else:
+        if len(loc) > 1:
             if kind == "string_type":
                 return f"{where}: not a string; send each sentence as a JSON string"
             if kind == "string_too_short" or (kind == "value_error" and "empty" in msg):
@@ -114,21 +116,14 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
     if top == "truncate" and kind == "bool_type":
         return "truncate: must be a JSON boolean, true or false (not a string or number)"
     if top == "ids":
-        if len(loc) == 1:
-            if kind == "list_type":
-                return f"ids: must be a list of token-id lists; send {example}"
-            if kind == "too_short":
-                return f"ids: the list is empty; send 1 to {MAX_SENTENCES} sequences"
-            if kind == "too_long":
-                return f"ids: send 1 to {MAX_SENTENCES} sequences per request{_got(msg)}; split the list over several requests"
-        elif len(loc) == 2:
+        if len(loc) == 2:
             if kind == "list_type":
                 return f"{where}: must be a list of token ids; send e.g. [101, 1996, 102]"
             if kind == "too_short":
                 return f"{where}: empty; send at least one token id"
             if kind == "too_long":
                 return f"{where}: over {MAX_IDS} token ids{_got(msg)}; cut the sequence (the model reads at most its max_length)"
-        else:
+        elif len(loc) > 2:
             return f"{where}: must be a whole number from 0 to {MAX_TOKEN_ID} (a token id, not a boolean, float or string)"
     return f"{where}: {msg}; see GET /docs.json for the request schema"
 

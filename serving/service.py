@@ -213,7 +213,9 @@ class JsonOnly:
         if status == 404:
             return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
         if status == 405:
-            allowed = dict(headers).get(b"allow", b"").decode("latin-1") or "another method"
+            # Starlette's Allow header comes from a set (order varies between runs) and adds HEAD to every GET route.
+            methods = {m.strip() for m in dict(headers).get(b"allow", b"").decode("latin-1").split(",") if m.strip()}
+            allowed = ", ".join(sorted(methods - {"HEAD"} if "GET" in methods else methods)) or "another method"
             return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
                     "endpoints": ENDPOINTS}
         try:

@@ -109,7 +109,8 @@ def thread_info() -> dict:
             "env": env}
 
 
-SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS")
+SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS",
+                  "BERTPACK_VARIANT")
 
 
 def serve_settings(env: dict[str, str] | None = None) -> dict:

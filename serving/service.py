@@ -103,6 +103,10 @@ def preflight() -> tuple[ServeConfig, ModelSource, dict]:
     source = resolve_model(config.model)
     manifest = read_manifest(source.path)
     verify_files(source.path, manifest)  # every file, before anything is served
+    if config.variant and config.variant not in manifest["variants"]:
+        default = manifest["serving_default"]
+        raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
+                            f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
     if config.device == "cuda" and cuda_problem():
         raise BertpackError(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
     return config, source, manifest
@@ -287,7 +291,8 @@ class Bertpack:
         # sentence is ~30% faster on CoLA (README, serve), so the CPU engine runs without buckets.
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.
         on_gpu = self.config.device == "cuda" or (self.config.device == "auto" and cuda_available())
-        self.engine = OnnxClassifier(self.source.path, device=self.config.device, threads=self.config.threads, verify=False,
+        self.engine = OnnxClassifier(self.source.path, variant=self.config.variant, device=self.config.device,
+                                     threads=self.config.threads, verify=False,
                                      buckets=served_buckets("cuda" if on_gpu else "cpu"), cuda_graph=self.config.cuda_graphs, spin=False)
         self.version = str(manifest["version"])
         self.vocab_size = self.engine.tokenizer.get_vocab_size()
@@ -295,6 +300,11 @@ class Bertpack:
         self._lock = threading.Lock()
         if gpu_present() and self.engine.provider != "CUDAExecutionProvider":
             log.error("GPU visible but serving on %s: %s", self.engine.provider, cuda_problem() or "see the ONNX Runtime log")
+        made_for = manifest["variants"][self.engine.variant].get("for")
+        on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
+        if self.config.variant and made_for in ("cpu", "cuda") and made_for != on:
+            log.warning("BERTPACK_VARIANT=%s was made for %s but runs on %s here: expect it to be slower than the default (%s)",
+                        self.engine.variant, made_for, on, manifest["serving_default"][on])
         log.info("serving %s (%s from %s) with %s on %s", self.source.tag, self.engine.variant, self.source.origin,
                  self.engine.model_path.name, self.engine.provider)
         # Warm-up: the first ORT run of each shape allocates; do it before /readyz says ready.

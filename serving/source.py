@@ -19,6 +19,7 @@ class ServeConfig:
     threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads (default: physical cores)
     engine_batch: int = 32  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
+    variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServeConfig":
@@ -29,7 +30,8 @@ class ServeConfig:
                                 "(or unset it for auto: CUDA when usable, else the CPU)")
         return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
                    threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 32,
-                   cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"))
+                   cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"),
+                   variant=env.get("BERTPACK_VARIANT", "").strip() or None)
 
 
 def _positive(env: dict[str, str], name: str) -> int | None:

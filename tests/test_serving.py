@@ -428,3 +428,24 @@ def test_serves_an_artifact_folder_by_env(server, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"origin": "folder", "tag": f"bertpack-cola:{server['manifest']['version']}", "variant": "int8"}
+
+
+def test_serves_the_variant_asked_for(server, tmp_path):
+    """BERTPACK_VARIANT=optimized: a real second server answers with the exact fp32 graph, so a sentence gets the
+    same probabilities alone and beside other sentences (the int8 default cannot promise that)."""
+    from serving.engine import OnnxClassifier
+
+    proc, url = start_server(tmp_path / "empty-home", tmp_path / "serve.log",
+                             env={"BERTPACK_MODEL": str(server["artifact"]), "BERTPACK_VARIANT": "optimized"})
+    try:
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        assert info["engine"]["variant"] == "optimized" and info["engine"]["file"] == "model_optimized.onnx"
+        sentence = "The cat sat on the mat."
+        alone = classify(url, {"sentences": [sentence]}).json()["predictions"][0]
+        crowd = classify(url, {"sentences": ["Who do you think that left?", sentence, "It rained " + "and rained " * 20 + "."]})
+        beside = crowd.json()["predictions"][1]
+        expected = OnnxClassifier(server["artifact"], variant="optimized", device="cpu").classify([sentence])[0]
+        for label, prob in expected["probabilities"].items():
+            assert abs(alone["probabilities"][label] - prob) < 1e-5 and abs(beside["probabilities"][label] - prob) < 1e-5
+    finally:
+        stop_server(proc)

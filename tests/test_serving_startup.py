@@ -97,6 +97,12 @@ def test_bad_artifact_stops_serve_with_one_line(tiny_artifact, tmp_path, how, fr
     assert_one_line_failure(rc, out, seconds, *fragments)
 
 
+def test_unknown_variant_stops_serve(tiny_artifact, tmp_path):
+    rc, out, seconds = serve_expecting_failure({"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "int4"},
+                                               tmp_path / "empty-home")
+    assert_one_line_failure(rc, out, seconds, "BERTPACK_VARIANT='int4' is not in", "optimized", "unset it for the default")
+
+
 def test_model_that_onnxruntime_refuses_stops_serve(tiny_artifact, tmp_path):
     """A model file whose hash matches its manifest but that ONNX Runtime cannot load passes the checks before
     serving and fails in the worker: the worker logs one line and stops the whole server (exit status 1)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ REAL_COLA = REPO.parent / "shared" / "data" / "cola"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The serving settings a developer may have exported in their shell (README, serve) would change what the
+# service and `bertpack doctor` do under test; every test that wants one passes it explicitly.
+for _name in [k for k in os.environ if k.startswith("BERTPACK_")]:
+    del os.environ[_name]
 
 _GOOD = ["The cat sat on the mat.", "John gave Mary a book.", "She voted for herself.", "The book was written by John.",
          "I saw that gas can explode.", "We walked to the station.", "They like apples.", "He has finished the work.",
@@ -103,6 +108,20 @@ def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
     export_artifact(tiny_run, out, data=synthetic_cola, store=False, tolerance=wide_open, limit=24,
                     calibration_samples=16, flip_check=False)
     return out
+
+
+def run_process_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run CMD from the repo root in its own process group; on timeout kill the whole group (torchrun's
+    ranks too, which would otherwise keep both cores busy for the rest of the suite), then fail."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:4])} ... still running after {timeout:g} s; stderr tail:\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

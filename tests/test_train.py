@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli, run_process_group
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
@@ -107,8 +107,9 @@ def test_same_seed_same_weights(tmp_path: Path, synthetic_cola: Path, tiny_run: 
 
 
 def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> None:
+    empty_cache = str(tmp_path / "hf")  # bert-base-uncased in a developer's own cache would load from there
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
-                   env={"HF_HUB_OFFLINE": "1"})
+                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": empty_cache})
     _one_line_error(proc, "pass a local checkpoint folder")
     # Offline without HF_HUB_OFFLINE (a hub that refuses connections): after the hub's own retries (~25 s),
     # stderr holds our one line only, not also the hub's logged exception.
@@ -116,7 +117,7 @@ def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> 
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
-                   env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}"})
+                   env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HOME": empty_cache})
     _one_line_error(proc, "could not reach the Hugging Face hub")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = run_cli("train", "--model", "./no/such/dir", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"))
@@ -192,11 +193,11 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_r
     port = str(free_port())  # a free port for the rendezvous (port 0 is not accepted by every torchrun path)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
+    proc = run_process_group(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "bertpack.cli",
          "train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out),
          "--max-steps", "4", "--batch-size", "8"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

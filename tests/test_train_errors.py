@@ -58,7 +58,12 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int) -> subp
         time.sleep(0.05)
     time.sleep(1.5)  # well into the optimizer steps (the first checkpoint is max_steps/2 steps away)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=240)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a 100000-step run left going would hold both cores for the rest of the suite
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"training still running 240 s after Ctrl-C; stderr tail:\n{stderr[-2000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

@@ -20,9 +20,21 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], log_path: Path, target: str = "serving.service:Bertpack",
-                 timeout: float = 180) -> tuple[subprocess.Popen, str]:
+                 timeout: float = 180, tries: int = 3) -> tuple[subprocess.Popen, str]:
     """`bentoml serve TARGET` in its own process group on a free port; returns once /readyz answers 200.
-    Raises RuntimeError with the log's tail when it does not come up within `timeout` seconds."""
+    Raises RuntimeError with the log's tail when it does not come up within `timeout` seconds.
+    free_port() releases the port before the server binds it, so another process may take it in between:
+    that one case is retried on a new port."""
+    for attempt in range(tries):
+        try:
+            return _start_once(env, log_path, target, timeout)
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(env: dict[str, str], log_path: Path, target: str, timeout: float) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()

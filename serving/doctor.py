@@ -110,7 +110,7 @@ def thread_info() -> dict:
 
 
 SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS",
-                  "BERTPACK_VARIANT")
+                  "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS")
 
 
 def serve_settings(env: dict[str, str] | None = None) -> dict:

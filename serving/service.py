@@ -50,9 +50,20 @@ log = logging.getLogger("bertpack.service")
 # Adaptive batching, from scripts/loadtest.py runs on the 2-core CPU host (README, section serve):
 # the int8 engine is fastest at 8-16 rows per ORT run, and a batch of up to 64 sentences cut into such
 # runs keeps the CPU busy while the next batch forms; the latency bound only sheds load
-# (503) when the queue is hopeless, so it is set well above the measured p99 at 64 clients.
+# (503) when the queue is hopeless, so its default is set well above the measured p99 at 64 clients.
 MAX_BATCH_SIZE = 64
-MAX_LATENCY_MS = 10_000
+
+
+def _max_latency_ms() -> int:
+    """BERTPACK_MAX_LATENCY_MS, read at import because BentoML takes the bound in the decorator; a bad
+    value falls back to the default here and is refused with its one line by preflight() at start-up."""
+    try:
+        return ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": os.environ.get("BERTPACK_MAX_LATENCY_MS", "")}).max_latency_ms
+    except BertpackError:
+        return ServeConfig.max_latency_ms
+
+
+MAX_LATENCY_MS = _max_latency_ms()
 
 
 def _log_to_stderr() -> None:

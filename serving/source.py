@@ -20,6 +20,7 @@ class ServeConfig:
     engine_batch: int = 32  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
     variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
+    max_latency_ms: int = 10_000  # BERTPACK_MAX_LATENCY_MS: a request queued longer than this for a batch gets 503
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServeConfig":
@@ -31,7 +32,8 @@ class ServeConfig:
         return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
                    threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 32,
                    cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"),
-                   variant=env.get("BERTPACK_VARIANT", "").strip() or None)
+                   variant=env.get("BERTPACK_VARIANT", "").strip() or None,
+                   max_latency_ms=_positive(env, "BERTPACK_MAX_LATENCY_MS") or cls.max_latency_ms)
 
 
 def _positive(env: dict[str, str], name: str) -> int | None:

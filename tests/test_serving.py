@@ -449,3 +449,29 @@ def test_serves_the_variant_asked_for(server, tmp_path):
             assert abs(alone["probabilities"][label] - prob) < 1e-5 and abs(beside["probabilities"][label] - prob) < 1e-5
     finally:
         stop_server(proc)
+
+
+def test_overload_answers_503_json(server, tmp_path):
+    """A request that cannot be batched within BERTPACK_MAX_LATENCY_MS gets 503 with a JSON body naming the fix;
+    the server keeps answering. (A 1 ms bound makes the adaptive batcher shed load at once.)"""
+    proc, url = start_server(tmp_path / "empty-home", tmp_path / "serve.log",
+                             env={"BERTPACK_MODEL": str(server["artifact"]), "BERTPACK_MAX_LATENCY_MS": "1"})
+    try:
+        assert httpx.get(f"{url}/info", timeout=10).json()["batching"]["max_latency_ms"] == 1
+        shed = []
+        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
+            for _ in range(10):  # bursts until the batcher sheds one (the first burst does, in practice)
+                replies = list(pool.map(lambda i: client.post("/classify", json={"sentences": [_sentence(i % 30 + 1)]}), range(48)))
+                assert {r.status_code for r in replies} <= {200, 503}, [r.text[:200] for r in replies if r.status_code not in (200, 503)]
+                shed = [r for r in replies if r.status_code == 503]
+                if shed:
+                    break
+        assert shed, "no request was shed with a 1 ms latency bound"
+        assert shed[0].headers["content-type"].startswith("application/json")
+        assert shed[0].json() == {"error": "server overloaded: the request waited over 0.001 s in the batching queue; "
+                                           "retry later, or add replicas/workers"}
+        assert proc.poll() is None and httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert "503 overloaded" in (tmp_path / "serve.log").read_text()
+    finally:
+        stop_server(proc)

@@ -60,10 +60,11 @@ def assert_one_line_failure(rc: int, out: str, seconds: float, *fragments: str, 
     ({"BERTPACK_DEVICE": "gpu"}, ["BERTPACK_DEVICE must be auto, cpu or cuda, not 'gpu'", "set one of those"]),
     ({"BERTPACK_THREADS": "two"}, ["BERTPACK_THREADS must be a positive integer, not 'two'", "set a whole number"]),
     ({"BERTPACK_THREADS": "0"}, ["BERTPACK_THREADS must be a positive integer, not '0'"]),
+    ({"BERTPACK_MAX_LATENCY_MS": "fast"}, ["BERTPACK_MAX_LATENCY_MS must be a positive integer, not 'fast'"]),
     ({"BERTPACK_MODEL": "bertpack-cola:nosuchversion"}, ["not in the BentoML model store", "bertpack export"]),
     ({"BERTPACK_MODEL": "/nope/artifact"}, ["artifact folder '/nope/artifact' does not exist", "check the path"]),
     ({"BERTPACK_MODEL": "./artifacts/typo"}, ["artifact folder './artifacts/typo' does not exist"]),
-], ids=["device-gpu", "threads-two", "threads-zero", "unknown-tag", "absolute-path", "relative-path"])
+], ids=["device-gpu", "threads-two", "threads-zero", "latency-word", "unknown-tag", "absolute-path", "relative-path"])
 def test_bad_setting_stops_serve_with_one_line(tmp_path, env, fragments):
     rc, out, seconds = serve_expecting_failure(env, tmp_path / "empty-home")
     assert_one_line_failure(rc, out, seconds, *fragments)

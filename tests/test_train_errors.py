@@ -41,8 +41,8 @@ def _run_cli_unprivileged(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _interrupt_once_training(args: list[str], out: Path, max_steps: int) -> subprocess.CompletedProcess:
-    """Start `bertpack ARGS`, send Ctrl-C (SIGINT) once the run folder records this run (status "training",
+def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Start `bertpack ARGS`, send Ctrl-C (SIGINT, or `sig`) once the run folder records this run (status "training",
     this --max-steps) and the Trainer is going, return the finished process."""
     proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -57,14 +57,16 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int) -> subp
             break
         time.sleep(0.05)
     time.sleep(1.5)  # well into the optimizer steps (the first checkpoint is max_steps/2 steps away)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
         proc.kill()  # a 100000-step run left going would hold both cores for the rest of the suite
         stdout, stderr = proc.communicate()
         pytest.fail(f"training still running 240 s after Ctrl-C; stderr tail:\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    done.pid = proc.pid  # type: ignore[attr-defined]  # names the .NAME.replaced-PID folder an --overwrite makes
+    return done
 
 
 def _interrupted_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
@@ -184,6 +186,22 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, 
     _interrupted_error(proc, "previous content")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """SIGKILL leaves no chance to put the old run back: the next train on that --out names where it is."""
+    out = tmp_path / "run"
+    _finished_run(tiny_run, synthetic_cola, out)
+    killed = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "100000", "--batch-size", "8"),
+                                      out, 100000, sig=signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    left = tmp_path / f".run.replaced-{killed.pid}"
+    assert json.loads((left / "bertpack_run.json").read_text())["status"] == "complete"
+    again = run_cli(*_train(tiny_run, synthetic_cola, out, "--overwrite", *QUICK))
+    assert again.returncode == 0, again.stderr[-2000:]
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(left) in warnings[0] and "move it elsewhere to keep it, or delete it" in warnings[0], again.stderr[-2000:]
+    assert left.is_dir()  # the user's old run is never deleted for them
 
 
 def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:

@@ -12,10 +12,12 @@ Run folder (the contract `bertpack export` reads):
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -152,6 +154,9 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
     if not is_main:
         yield
         return
+    for left in killed_overwrite_backups(out):
+        print(f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
+              f"(it could not put it back); move it elsewhere to keep it, or delete it", file=sys.stderr, flush=True)
     backup: Path | None = None
     created = [p for p in (out, *out.parents) if not p.exists()]  # folders this run makes, deepest first
     try:  # from the first change on, so a Ctrl-C at any point is undone like a failure
@@ -186,6 +191,27 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
         raise err from None
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def killed_overwrite_backups(out: Path) -> list[Path]:
+    """Old runs that an --overwrite killed outright (SIGKILL, power loss: no cleanup ran) left beside OUT
+    as .NAME.replaced-PID, PID no longer running. Never deleted here: they may be the user's only copy."""
+    found = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.replaced-*")):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            found.append(path)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _one_line(exc: BaseException) -> str:

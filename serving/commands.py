@@ -8,7 +8,7 @@ import typer
 
 def doctor(json_output: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Check this host for serving: versions, working ONNX Runtime providers, CPU flags, threads, GPUs,
-    and the BERTPACK_* serve settings (exit status 1 when one of them would stop the service)."""
+    the BERTPACK_* serve settings and the model they name (exit status 1 when one would stop the service)."""
     import json
 
     from serving.doctor import format_report, report
@@ -17,7 +17,7 @@ def doctor(json_output: bool = typer.Option(False, "--json", help="Print the rep
     typer.echo(json.dumps(rep, indent=2) if json_output else format_report(rep))
     problems = rep["serve_settings"]["problems"]
     if problems:
-        typer.echo(f"doctor: {len(problems)} serve setting{'s' if len(problems) > 1 else ''} would stop `bentoml serve`: "
+        typer.echo(f"doctor: {len(problems)} problem{'s' if len(problems) > 1 else ''} would stop `bentoml serve`: "
                    + " | ".join(problems), err=True)
         raise typer.Exit(1)
 

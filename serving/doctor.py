@@ -130,7 +130,29 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
             problems.append(str(exc))
     if given.get("BERTPACK_DEVICE") == "cuda" and cuda_problem():
         problems.append(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
-    return {"env": given, "problems": problems}
+    model = None
+    if not problems:  # the settings are fine: the model they name, checked as `bentoml serve` checks it
+        model, problem = serve_model(env)
+        problems += [problem] if problem else []
+    return {"env": given, "problems": problems, "model": model}
+
+
+def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
+    """(what `bentoml serve` would serve, None) or (None, why it would stop), from the same preflight()."""
+    from bertpack.errors import BertpackError
+    from serving.engine import cuda_available
+    from serving.source import preflight
+
+    try:
+        config, source, manifest = preflight(env)
+    except BertpackError as exc:
+        return None, str(exc)
+    except ImportError as exc:  # a host with the engine but not the server (bentoml): the tag cannot be looked up
+        return {"checked": False, "why": f"{exc.name} is not installed"}, None
+    on_gpu = config.device == "cuda" or (config.device == "auto" and cuda_available())
+    return {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path),
+            "variant": config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"],
+            "device": "cuda" if on_gpu else "cpu"}, None
 
 
 def gpu_info() -> dict:
@@ -197,9 +219,15 @@ def format_report(rep: dict) -> str:
     h = rep["http"]
     lines.append(f"http server: uvicorn on {h['loop']} + {h['http']}" + ("" if h["uvloop"] and h["httptools"] else
                  "  (slower per request: pip install uvloop httptools)"))
-    lines.append(f"serving device: {'cuda (fp16)' if not g['cuda_problem'] else 'cpu (int8): ' + g['cuda_problem']}")
+    lines.append(f"serving device: {'cuda' if not g['cuda_problem'] else 'cpu: ' + g['cuda_problem']}")
     settings = rep.get("serve_settings", {"env": {}, "problems": []})
     lines.append("serve settings: " + (", ".join(f"{k}={v}" for k, v in settings["env"].items()) or "defaults (no BERTPACK_* set)"))
+    model = settings.get("model")
+    if model and model["checked"]:
+        lines.append(f"serve model: {model['tag']} ({model['origin']}: {model['path']}), every file's hash checked; "
+                     f"would serve {model['variant']} on {model['device']}")
+    elif model:
+        lines.append(f"serve model: not checked ({model['why']})")
     for problem in settings["problems"]:
         lines.append(f"  PROBLEM: {problem}")
     return "\n".join(lines)

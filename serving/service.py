@@ -39,11 +39,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving.engine import (OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, read_manifest, served_buckets,
-                            softmax, verify_files)
+from serving.engine import OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, served_buckets, softmax
 from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
-from serving.source import ServeConfig, ModelSource, resolve_model
+from serving.source import ServeConfig, preflight
 
 log = logging.getLogger("bertpack.service")
 
@@ -105,22 +104,6 @@ class ClientErrorsOnOneLine(logging.Filter):
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
-
-
-def preflight() -> tuple[ServeConfig, ModelSource, dict]:
-    """Everything that can make start-up fail on the artifact or the settings, checked without loading
-    a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, CUDA when asked for."""
-    config = ServeConfig.from_env()
-    source = resolve_model(config.model)
-    manifest = read_manifest(source.path)
-    verify_files(source.path, manifest)  # every file, before anything is served
-    if config.variant and config.variant not in manifest["variants"]:
-        default = manifest["serving_default"]
-        raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
-                            f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
-    if config.device == "cuda" and cuda_problem():
-        raise BertpackError(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
-    return config, source, manifest
 
 
 # Set by check_before_serving in `bentoml serve`'s own process; its workers inherit it (circus copies the environment).

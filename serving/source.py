@@ -85,3 +85,22 @@ def resolve_model(spec: str) -> ModelSource:
         raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc}); "
                             f"set it to a tag such as {DEFAULT_MODEL} or to an artifact folder's path") from None
     return ModelSource(Path(model.path), str(model.tag), "store")
+
+
+def preflight(env: dict[str, str] | None = None) -> tuple[ServeConfig, ModelSource, dict]:
+    """Everything that can make start-up fail on the artifact or the settings, checked without loading
+    a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the variant, CUDA
+    when asked for. `bentoml serve` runs it before any worker starts; `bertpack doctor` runs it too."""
+    from serving.engine import cuda_problem, read_manifest, verify_files
+
+    config = ServeConfig.from_env(env)
+    source = resolve_model(config.model)
+    manifest = read_manifest(source.path)
+    verify_files(source.path, manifest)  # every file, before anything is served
+    if config.variant and config.variant not in manifest["variants"]:
+        default = manifest["serving_default"]
+        raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
+                            f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
+    if config.device == "cuda" and cuda_problem():
+        raise BertpackError(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
+    return config, source, manifest

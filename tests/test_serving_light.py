@@ -4,6 +4,7 @@ the GPU path where a GPU exists (skipped here otherwise)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -24,8 +25,8 @@ def test_service_import_loads_neither_torch_nor_transformers():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
-def test_doctor_reports_providers_cpu_threads_gpus():
-    proc = run_cli("doctor", "--json")
+def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
+    proc = run_cli("doctor", "--json", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)
     probes = {p["provider"]: p for p in rep["onnxruntime"]["providers"]}
@@ -39,8 +40,13 @@ def test_doctor_reports_providers_cpu_threads_gpus():
     if not rep["gpu"]["present"]:
         assert probes.get("CUDAExecutionProvider", {"works": False})["works"] is False
         assert "no NVIDIA device" in rep["gpu"]["cuda_problem"]
-    text = run_cli("doctor")
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    assert rep["serve_settings"]["model"] == {"checked": True, "tag": f"bertpack-cola:{manifest['version']}", "origin": "folder",
+                                              "path": str(tiny_artifact.resolve()), "device": "cpu" if not rep["gpu"]["present"] else "cuda",
+                                              "variant": manifest["serving_default"]["cpu" if not rep["gpu"]["present"] else "cuda"]}
+    text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
+    assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout
     assert "http server: uvicorn on uvloop + httptools" in text.stdout
 
 
@@ -178,6 +184,23 @@ def test_doctor_flags_bad_serve_settings():
     assert text.returncode == 1 and "Traceback" not in text.stdout + text.stderr, text.stderr[-2000:]
     assert "PROBLEM: BERTPACK_THREADS must be a positive integer, not 'abc'" in text.stdout
     assert text.stderr.strip().count("\n") == 0 and "BERTPACK_THREADS" in text.stderr  # one line
+
+
+def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
+    """No model in the store, a variant the artifact lacks, a damaged file: each stops `bentoml serve`
+    (tests/test_serving_startup.py), so doctor reports it as a problem and exits 1."""
+    empty = run_cli("doctor", env={"BENTOML_HOME": str(tmp_path / "empty-home")})
+    assert empty.returncode == 1 and "Traceback" not in empty.stderr, empty.stderr[-2000:]
+    assert "PROBLEM: model 'bertpack-cola:latest' is not in the BentoML model store" in empty.stdout
+    assert empty.stderr.startswith("doctor: 1 problem would stop `bentoml serve`: model 'bertpack-cola:latest'")
+    variant = run_cli("doctor", "--json", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "int4"})
+    assert variant.returncode == 1
+    assert any("BERTPACK_VARIANT='int4' is not in" in p for p in json.loads(variant.stdout)["serve_settings"]["problems"])
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    (art / "vocab.txt").write_text("changed")
+    damaged = run_cli("doctor", env={"BERTPACK_MODEL": str(art)})
+    assert damaged.returncode == 1 and "vocab.txt" in damaged.stderr, damaged.stderr[-2000:]
 
 
 def test_error_lines_name_the_fix():

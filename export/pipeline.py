@@ -303,7 +303,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             path = quantize.quantize(source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
             name = f"int8_{method}"
             shutil.copyfile(path, stage / f"model_{name}.onnx")
-            body["variants"][name] = {"file": f"model_{name}.onnx", "method": method,
+            body["variants"][name] = {"file": f"model_{name}.onnx", "method": method, "for": "cpu",
                                       "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
             mf.write_manifest(stage, body)
             row = evaluate(name, load(name))

@@ -148,7 +148,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     except BertpackError as exc:
         return None, str(exc)
     except ImportError as exc:  # a host with the engine but not the server (bentoml): the tag cannot be looked up
-        return {"checked": False, "why": f"{exc.name} is not installed"}, None
+        return {"checked": False, "why": f"{exc.name or exc} is not installed"}, None
     on_gpu = config.device == "cuda" or (config.device == "auto" and cuda_available())
     return {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path),
             "variant": config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"],

@@ -60,7 +60,8 @@ class ClassifyResponse(BaseModel):
 
 FIELDS = {"/classify": ("sentences", "truncate"), "/infer": ("ids",)}
 EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}', "/infer": '{"ids": [[101, 1996, 4937, 102]]}'}
-OVERLOADED = ("server overloaded: the request waited over {seconds:g} s in the batching queue; "
+# BentoML's batcher sheds a request when its queue wait plus the batch's estimated run time reaches the bound.
+OVERLOADED = ("server overloaded: the request could not be answered within {seconds:g} s (batching queue wait plus estimated run time); "
               "retry later, or add replicas/workers")
 
 

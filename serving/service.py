@@ -294,7 +294,8 @@ class Bertpack:
         self._lock = threading.Lock()
         if gpu_present() and self.engine.provider != "CUDAExecutionProvider":
             log.error("GPU visible but serving on %s: %s", self.engine.provider, cuda_problem() or "see the ONNX Runtime log")
-        made_for = manifest["variants"][self.engine.variant].get("for")
+        served = manifest["variants"][self.engine.variant]
+        made_for = served.get("for", "cpu" if "method" in served else None)  # int8_<method> lacked "for" in older exports
         on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
         if self.config.variant and made_for in ("cpu", "cuda") and made_for != on:
             log.warning("BERTPACK_VARIANT=%s was made for %s but runs on %s here: expect it to be slower than the default (%s)",
@@ -331,7 +332,7 @@ class Bertpack:
         except BentoMLException as exc:
             if exc.error_code != HTTPStatus.SERVICE_UNAVAILABLE:
                 raise
-            log.warning("503 overloaded: a /classify request waited over %d ms in the batching queue", MAX_LATENCY_MS)
+            log.warning("503 overloaded: a /classify request could not be answered within %d ms (batching queue)", MAX_LATENCY_MS)
             return JSONResponse({"error": OVERLOADED.format(seconds=MAX_LATENCY_MS / 1000)}, status_code=503)  # type: ignore[return-value]
         labels = self.engine.labels
         return ClassifyResponse(model=self.source.tag, predictions=[

@@ -469,7 +469,8 @@ def test_overload_answers_503_json(server, tmp_path):
                     break
         assert shed, "no request was shed with a 1 ms latency bound"
         assert shed[0].headers["content-type"].startswith("application/json")
-        assert shed[0].json() == {"error": "server overloaded: the request waited over 0.001 s in the batching queue; "
+        assert shed[0].json() == {"error": "server overloaded: the request could not be answered within 0.001 s "
+                                           "(batching queue wait plus estimated run time); "
                                            "retry later, or add replicas/workers"}
         assert proc.poll() is None and httpx.get(f"{url}/healthz", timeout=10).status_code == 200
         assert "503 overloaded" in (tmp_path / "serve.log").read_text()

@@ -41,9 +41,10 @@ def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
         assert probes.get("CUDAExecutionProvider", {"works": False})["works"] is False
         assert "no NVIDIA device" in rep["gpu"]["cuda_problem"]
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    device = "cuda" if rep["gpu"]["cuda_problem"] is None else "cpu"
     assert rep["serve_settings"]["model"] == {"checked": True, "tag": f"bertpack-cola:{manifest['version']}", "origin": "folder",
-                                              "path": str(tiny_artifact.resolve()), "device": "cpu" if not rep["gpu"]["present"] else "cuda",
-                                              "variant": manifest["serving_default"]["cpu" if not rep["gpu"]["present"] else "cuda"]}
+                                              "path": str(tiny_artifact.resolve()), "device": device,
+                                              "variant": manifest["serving_default"][device]}
     text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
     assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout

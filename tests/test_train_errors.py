@@ -197,10 +197,14 @@ def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_co
     assert killed.returncode == -signal.SIGKILL
     left = tmp_path / f".run.replaced-{killed.pid}"
     assert json.loads((left / "bertpack_run.json").read_text())["status"] == "complete"
+    # OUT now holds the killed run, so a plain train is refused: the warning comes first, naming the old run
+    refused = run_cli(*_train(tiny_run, synthetic_cola, out, *QUICK))
+    assert refused.returncode == 2 and "already holds a bertpack run (training)" in refused.stderr, refused.stderr[-2000:]
     again = run_cli(*_train(tiny_run, synthetic_cola, out, "--overwrite", *QUICK))
     assert again.returncode == 0, again.stderr[-2000:]
-    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(left) in warnings[0] and "move it elsewhere to keep it, or delete it" in warnings[0], again.stderr[-2000:]
+    for proc in (refused, again):
+        warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and str(left) in warnings[0] and "move it elsewhere to keep it, or delete it" in warnings[0], proc.stderr[-2000:]
     assert left.is_dir()  # the user's old run is never deleted for them
 
 

@@ -39,6 +39,10 @@ def check_out_dir(cfg: TrainConfig) -> None:
     """Refuse to clobber a folder that is not ours; --resume needs an interrupted run with a checkpoint;
     an --out that cannot be written is an error now, not after the model has loaded."""
     out = cfg.out
+    if int(os.environ.get("RANK", "0")) == 0:  # before any refusal below: OUT then holds the killed run, not this one
+        for left in killed_overwrite_backups(out):
+            print(f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
+                  f"(it could not put it back); move it elsewhere to keep it, or delete it", file=sys.stderr, flush=True)
     if cfg.resume and cfg.overwrite:
         raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
     try:
@@ -154,9 +158,6 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
     if not is_main:
         yield
         return
-    for left in killed_overwrite_backups(out):
-        print(f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
-              f"(it could not put it back); move it elsewhere to keep it, or delete it", file=sys.stderr, flush=True)
     backup: Path | None = None
     created = [p for p in (out, *out.parents) if not p.exists()]  # folders this run makes, deepest first
     try:  # from the first change on, so a Ctrl-C at any point is undone like a failure

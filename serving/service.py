@@ -42,7 +42,7 @@ from bertpack.errors import BertpackError
 from serving.engine import OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, served_buckets, softmax
 from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
-from serving.source import ServeConfig, preflight
+from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
 
 log = logging.getLogger("bertpack.service")
 
@@ -263,10 +263,13 @@ class Bertpack:
         do not run it, so both work where no model is present.)"""
         _log_to_stderr()
         try:
-            preflight()
+            _, source, manifest = preflight()
         except BertpackError as exc:
             log.error("cannot serve: %s", exc)
             raise SystemExit(1) from None
+        fingerprint = files_fingerprint(source.path, manifest)
+        if fingerprint:  # the workers skip the second hashing pass while no file changes
+            os.environ[VERIFIED_FILES] = fingerprint
         mark = os.path.join(tempfile.gettempdir(), f"bertpack-serve-{os.getpid()}.failed")
         os.environ[FAILED_MARK] = mark
         atexit.register(_exit_failed_if_marked, mark)
@@ -280,7 +283,7 @@ class Bertpack:
             raise
 
     def _start(self) -> None:
-        self.config, self.source, manifest = preflight()
+        self.config, self.source, manifest = preflight(verified=os.environ.get(VERIFIED_FILES))
         # Fixed padded lengths (buckets) serve CUDA graphs; on the CPU padding each run to its own longest
         # sentence is ~30% faster on CoLA (README, serve), so the CPU engine runs without buckets.
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.

@@ -217,3 +217,33 @@ def test_error_lines_name_the_fix():
     assert one["error"].startswith("ids[2][0]: must be a whole number from 0 to")
     odd = error_body([{"type": "something_new", "loc": ["sentences", 0], "msg": "Odd"}])
     assert odd["error"] == "sentences[0]: Odd; see GET /docs.json for the request schema"
+
+
+def test_preflight_hashes_again_unless_the_files_are_unchanged(tiny_artifact, tmp_path):
+    """The serve process hashes every file and hands its workers a fingerprint (size, mtime, inode): a worker
+    skips the second pass only while the fingerprint matches; a file rewritten since is hashed and refused."""
+    import os
+
+    from bertpack.errors import BertpackError
+    from serving.source import files_fingerprint, preflight
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    env = {"BERTPACK_MODEL": str(art)}
+    _, source, manifest = preflight(env)
+    fingerprint = files_fingerprint(source.path, manifest)
+    vocab = art / "vocab.txt"
+    before = vocab.stat()
+    original = vocab.read_bytes()
+    changed = original.replace(b"[UNK]", b"[UNX]")
+    assert changed != original and len(changed) == len(original)
+    vocab.write_bytes(changed)  # same size and inode, new mtime
+    with pytest.raises(BertpackError, match="vocab.txt"):
+        preflight(env, verified=fingerprint)
+    # with the old mtime put back the fingerprint matches and the files are trusted without hashing:
+    # proof that the worker's second pass is really skipped (and of what the fingerprint can miss)
+    os.utime(vocab, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert files_fingerprint(source.path, manifest) == fingerprint
+    preflight(env, verified=fingerprint)
+    with pytest.raises(BertpackError, match="vocab.txt"):
+        preflight(env)

@@ -76,22 +76,21 @@ def train(
         padding=padding, group_by_length=group_by_length, keep_checkpoints=keep_checkpoints,
     ).items() if value is not None}
     if resume:
-        from trainer.train import resume_config
+        from trainer.train import check_resume_overwrite, resume_config
 
         if out is None:
             raise BertpackError("--resume needs --out with the folder of the interrupted run, e.g. --out runs/cola")
-        if overwrite:
-            raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
+        check_resume_overwrite(resume, overwrite)  # here too: resume_config() reads OUT's recording first
         cfg = resume_config(out, given)
     else:
         given["data"] = _data_option(data)
         cfg = TrainConfig(out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), overwrite=overwrite, **given)
     _check_train_options(cfg)
 
-    from trainer.train import summary, train as run_training
+    from trainer.train import is_main_process, summary, train as run_training
 
     metrics = run_training(cfg)
-    if metrics and _is_main_process():
+    if metrics and is_main_process():
         typer.echo("\n" + summary(metrics))
         typer.echo(f"\nrun written to {cfg.out}  (next: bertpack export {cfg.out})")
 
@@ -140,12 +139,6 @@ def _check_train_options(cfg) -> None:
         raise BertpackError(f"--evals-per-epoch {cfg.evals_per_epoch} is out of range; pass at least 1, e.g. --evals-per-epoch 2")
     if not 0 <= cfg.seed < 2**32:  # numpy's seed range
         raise BertpackError(f"--seed {cfg.seed} is out of range; pass a number from 0 to 4294967295, e.g. --seed 42")
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _register_stage_commands() -> None:

@@ -117,8 +117,7 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
     """The BERTPACK_* settings `bentoml serve` reads, checked as the service checks them (ServeConfig.from_env),
     each on its own so that every bad one is reported; `problems` lists what would stop the service from starting."""
     from bertpack.errors import BertpackError
-    from serving.engine import cuda_problem
-    from serving.source import ServeConfig
+    from serving.source import ServeConfig, device_problem
 
     env = dict(os.environ if env is None else env)
     given = {k: env[k] for k in SERVE_SETTINGS if k in env}
@@ -128,8 +127,8 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
             ServeConfig.from_env({name: value})
         except BertpackError as exc:
             problems.append(str(exc))
-    if given.get("BERTPACK_DEVICE") == "cuda" and cuda_problem():
-        problems.append(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
+    if problem := device_problem(given.get("BERTPACK_DEVICE", "auto")):
+        problems.append(problem)
     model = None
     if not problems:  # the settings are fine: the model they name, checked as `bentoml serve` checks it
         model, problem = serve_model(env)
@@ -140,7 +139,7 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
 def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     """(what `bentoml serve` would serve, None) or (None, why it would stop), from the same preflight()."""
     from bertpack.errors import BertpackError
-    from serving.engine import cuda_available
+    from serving.engine import uses_cuda
     from serving.source import preflight
 
     try:
@@ -149,7 +148,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
         return None, str(exc)
     except ImportError as exc:  # a host with the engine but not the server (bentoml): the tag cannot be looked up
         return {"checked": False, "why": f"{exc.name or exc} is not installed"}, None
-    on_gpu = config.device == "cuda" or (config.device == "auto" and cuda_available())
+    on_gpu = uses_cuda(config.device)
     return {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path),
             "variant": config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"],
             "device": "cuda" if on_gpu else "cpu"}, None

@@ -109,6 +109,11 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether a device setting (auto, cpu, cuda) runs on the CUDA provider: the engine, the service and doctor agree."""
+    return device == "cuda" or (device == "auto" and cuda_available())
+
+
 def cuda_available() -> bool:
     """CUDA can be asked for: onnxruntime-gpu lists its CUDA provider even where no GPU exists, and
     asking for it there logs errors, so require a visible device as well."""
@@ -230,7 +235,7 @@ class OnnxClassifier:
             raise BertpackError(f"device must be auto, cpu or cuda, not {device!r}")
         if device == "cuda" and cuda_problem():
             raise BertpackError(f"device cuda was asked for, but {cuda_problem()}; use device auto or cpu")
-        want_cuda = device == "cuda" or (device == "auto" and cuda_available())
+        want_cuda = uses_cuda(device)
         if device == "auto" and not want_cuda and gpu_present():
             # A GPU is visible, so CUDA was expected: never fall back to the CPU silently.
             log.error("a GPU is visible but ONNX Runtime cannot use it, serving on the CPU: %s", cuda_problem())

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving.engine import OnnxClassifier, cuda_available, cuda_problem, gpu_present, keep_within, served_buckets, softmax
+from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, served_buckets, softmax, uses_cuda
 from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
 from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
@@ -287,7 +287,7 @@ class Bertpack:
         # Fixed padded lengths (buckets) serve CUDA graphs; on the CPU padding each run to its own longest
         # sentence is ~30% faster on CoLA (README, serve), so the CPU engine runs without buckets.
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.
-        on_gpu = self.config.device == "cuda" or (self.config.device == "auto" and cuda_available())
+        on_gpu = uses_cuda(self.config.device)
         self.engine = OnnxClassifier(self.source.path, variant=self.config.variant, device=self.config.device,
                                      threads=self.config.threads, verify=False,
                                      buckets=served_buckets("cuda" if on_gpu else "cpu"), cuda_graph=self.config.cuda_graphs, spin=False)

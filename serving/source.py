@@ -103,6 +103,15 @@ def files_fingerprint(folder: Path, manifest: dict) -> str | None:
     return json.dumps({"path": str(folder.resolve()), "files": stats}, sort_keys=True)
 
 
+def device_problem(device: str) -> str | None:
+    """Why BERTPACK_DEVICE cannot be honoured on this host (cuda asked for, none usable), or None."""
+    from serving.engine import cuda_problem
+
+    if device == "cuda" and cuda_problem():
+        return f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu"
+    return None
+
+
 def preflight(env: dict[str, str] | None = None, verified: str | None = None) -> tuple[ServeConfig, ModelSource, dict]:
     """Everything that can make start-up fail on the artifact or the settings, checked without loading
     a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the variant, CUDA
@@ -110,7 +119,7 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None) ->
     `verified`: the files_fingerprint() taken when the files were last hashed; if it still matches, the
     files are not hashed again (a worker after the serve process's own check: one pass is 0.3 s for the
     demo's 250 MB artifact here, ~1.5 s at that rate for a bert-base artifact)."""
-    from serving.engine import cuda_problem, read_manifest, verify_files
+    from serving.engine import read_manifest, verify_files
 
     config = ServeConfig.from_env(env)
     source = resolve_model(config.model)
@@ -121,6 +130,6 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None) ->
         default = manifest["serving_default"]
         raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
                             f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
-    if config.device == "cuda" and cuda_problem():
-        raise BertpackError(f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu")
+    if problem := device_problem(config.device):
+        raise BertpackError(problem)
     return config, source, manifest

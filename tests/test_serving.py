@@ -30,9 +30,8 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 def start_server(home: Path, log_path: Path, env: dict | None = None, target: str = "serving.service:Bertpack",
                  timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """A real server with a private model store and none of the caller's BERTPACK_* settings."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTPACK_")}
-    full_env.update({"BENTOML_HOME": str(home), **(env or {})})
+    """A real server with a private model store (conftest has cleared the shell's BERTPACK_* settings)."""
+    full_env = {**os.environ, "BENTOML_HOME": str(home), **(env or {})}
     try:
         return local_server.start_server(full_env, log_path, target=target, timeout=timeout)
     except RuntimeError as exc:

@@ -31,8 +31,7 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 def serve_expecting_failure(env: dict[str, str], home: Path, timeout: float = 60) -> tuple[int, str, float]:
     """Run `bentoml serve` until it exits by itself; (exit status, output, seconds). A server still running
     after `timeout` seconds (the old behaviour: a worker restarted forever) fails the test."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTPACK_")}
-    full_env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **env})
+    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **env}
     start = time.monotonic()
     proc = subprocess.Popen([BENTOML, "serve", "serving.service:Bertpack", "--host", "127.0.0.1", "--port", str(free_port())],
                             cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

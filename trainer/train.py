@@ -39,12 +39,11 @@ def check_out_dir(cfg: TrainConfig) -> None:
     """Refuse to clobber a folder that is not ours; --resume needs an interrupted run with a checkpoint;
     an --out that cannot be written is an error now, not after the model has loaded."""
     out = cfg.out
-    if int(os.environ.get("RANK", "0")) == 0:  # before any refusal below: OUT then holds the killed run, not this one
+    if is_main_process():  # before any refusal below: OUT then holds the killed run, not this one
         for left in killed_overwrite_backups(out):
             print(f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
                   f"(it could not put it back); move it elsewhere to keep it, or delete it", file=sys.stderr, flush=True)
-    if cfg.resume and cfg.overwrite:
-        raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
+    check_resume_overwrite(cfg.resume, cfg.overwrite)
     try:
         if out.exists() and not out.is_dir():
             raise BertpackError(f"--out {out} is a file, not a folder; pass a folder for the run, e.g. --out runs/cola")
@@ -70,6 +69,16 @@ def check_out_dir(cfg: TrainConfig) -> None:
             raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
     except OSError as exc:  # e.g. a parent folder without search permission: even exists() cannot tell
         raise BertpackError(f"--out {out}: cannot inspect {exc.filename or out} ({exc.strerror or exc}); choose a folder you can write to") from None
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (RANK), or a plain single process: the one that owns the run folder and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_resume_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
 
 
 def _check_writable(out: Path, replacing: bool) -> None:
@@ -295,7 +304,7 @@ def train(cfg: TrainConfig) -> dict:
     transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = is_main_process()
 
     # Everything that can fail on a bad input happens before the run folder exists (run_folder below).
     # Seed before the model exists: its classifier head (and a re-initialised pooler) is drawn at load time,

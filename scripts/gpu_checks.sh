@@ -12,8 +12,10 @@
 #   4. bertpack export of that run (fp16 parity checked on the CUDA provider), no int8
 #   5. bertpack bench of that artifact: the served model's shape on CUDA, IO binding with and without
 #      CUDA graphs, and the serving path end to end (issue 5's engine check)
+#   6. the tests that need a GPU (fp16 on the CUDA provider against the CPU's fp32, with and without CUDA
+#      graphs; needs pytest on the machine)
 # META is any bertpack artifact (its manifest and tokenizer seed step 2). PARTS picks the steps
-# (default all: doctor,bench,repeat,train,export,served; about 11 minutes on an H100, over one device
+# (default all: doctor,bench,repeat,train,export,served,tests; about 12 minutes on an H100, over one device
 # call's 10: name only what is still open, e.g. PARTS=doctor,bench,repeat). Every step has its own
 # time limit; results are packed into $OUT/results.tgz after each step, so a cut-off run still
 # returns what finished. scripts/gpu_stage.sh stages the wheels and data for a machine without network.
@@ -22,7 +24,7 @@ set -uo pipefail
 WORK=${WORK:-/tmp/bertpack-gpu}
 STEPS=${STEPS:-300}
 REPEATS=${REPEATS:-2}
-PARTS=${PARTS:-doctor,bench,repeat,train,export,served}
+PARTS=${PARTS:-doctor,bench,repeat,train,export,served,tests}
 BB_ENGINES=${BB_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_bf16,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 MINI_ENGINES=${MINI_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 RES="$WORK/results"
@@ -78,6 +80,11 @@ step "bench the served shape on CUDA (issue 5)"
 timeout -k 10 240 python3 -m bertpack.cli bench "$WORK/artifact" --data "$DATA" --engines "$MINI_ENGINES" \
   --batch-sizes 1,8,32,64 --sentences 512 --min-time 0.5 --min-samples 20 --no-profile \
   --out "$RES/bench-served-shape" 2>&1 | tee "$RES/bench-served-shape.log"
+pack
+fi
+if want tests; then
+step "the tests that need a GPU"
+timeout -k 10 240 python3 -m pytest -q -p no:cacheprovider tests/test_serving_light.py -k cuda 2>&1 | tee "$RES/gpu-tests.log"
 pack
 fi
 step "done"

@@ -50,7 +50,8 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError(f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass --no-profile")
     artifact = Path(cfg.artifact_dir)
     manifest = read_manifest(artifact)  # the argument's error before the options' (--out defaults)
-    verify_files(artifact, manifest)  # a damaged model would otherwise show up only as a "failed" row
+    if cfg.arch == "finetuned":  # bert-base takes only the tokenizer and settings from it (a GPU host gets those alone)
+        verify_files(artifact, manifest)  # a damaged model would otherwise show up only as a "failed" row
     if not Path(manifest.get("source", {}).get("checkpoint", ""), "config.json").is_file() and cfg.arch == "finetuned":
         raise BertpackError(f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in {artifact}/manifest.json "
                             "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now")

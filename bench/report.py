@@ -162,15 +162,16 @@ def _e2e_lines(payload: dict) -> list[str]:
     if not e2e:
         return []
     book, serving = e2e["book"], e2e["serving"]
-    lines = [f"End to end, {e2e['sentences']} sentences, batch {e2e['batch_size']}, tokenization included:"]
+    lines = [f"End to end, {e2e['sentences']} sentences, batch {e2e['batch_size']}, tokenization included, the median of each side's timed passes:"]
     if "error" in book or "error" in serving:
         return lines + [f"- failed: {book.get('error') or serving.get('error')}"]
+    passes = lambda side: f"{side['passes']} pass{'es' if side['passes'] != 1 else ''}"  # noqa: E731
     mcc = lambda side: "" if payload["speed_only"] else f", MCC {side['mcc']:.4f}"  # noqa: E731
     lines.append(f"- the book's way (pad every sentence to {book['pad_to']}, input order, PyTorch fp32 eager): "
-                 f"{book['sentences_per_s']:.1f} sentences/s{mcc(book)}; padding ratio {e2e['padding_book']['padding_ratio']:.2f}")
+                 f"{book['sentences_per_s']:.1f} sentences/s ({passes(book)}){mcc(book)}; padding ratio {e2e['padding_book']['padding_ratio']:.2f}")
     padding = f"buckets {serving['buckets']}" if serving.get("buckets") else "each batch padded to its longest"
     lines.append(f"- bertpack serving path (OnnxClassifier as the service builds it: length-sorted, {padding}, variant {serving['variant']} on "
-                 f"{serving['provider']}): {serving['sentences_per_s']:.1f} sentences/s{mcc(serving)}")
+                 f"{serving['provider']}): {serving['sentences_per_s']:.1f} sentences/s ({passes(serving)}){mcc(serving)}")
     lines.append(f"- ratio: {e2e['speedup']:.1f}x")
     return lines
 

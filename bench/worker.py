@@ -271,13 +271,17 @@ def run_book(spec: dict) -> dict:
     if len(sentences) % bs:
         batch_logits(sentences[: len(sentences) % bs])
     preds = np.empty(len(sentences), dtype=np.int64)
-    t0 = time.perf_counter()
-    for start in range(0, len(sentences), bs):
-        preds[start : start + bs] = batch_logits(sentences[start : start + bs]).argmax(axis=-1)
-    elapsed = time.perf_counter() - t0
+    times: list[float] = []
+    # The serving side's rule (run_serving): one pass on a CPU takes seconds, on a GPU a few ms, too short to time once.
+    while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
+        t0 = time.perf_counter()
+        for start in range(0, len(sentences), bs):
+            preds[start : start + bs] = batch_logits(sentences[start : start + bs]).argmax(axis=-1)
+        times.append(time.perf_counter() - t0)
+    seconds = float(np.median(times))
     return {"engine": "book", "device": spec["device"], "threads": spec["threads"], "sentences": len(sentences),
-            "batch_size": bs, "pad_to": length, "seconds": elapsed, "sentences_per_s": len(sentences) / elapsed,
-            "predictions": preds.tolist(), "passes": 1, "peak_rss_mib": _peak_rss_mib(), "info": engine.info}
+            "batch_size": bs, "pad_to": length, "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
+            "predictions": preds.tolist(), "passes": len(times), "peak_rss_mib": _peak_rss_mib(), "info": engine.info}
 
 
 def run_serving(spec: dict) -> dict:

@@ -81,6 +81,21 @@ def test_gpu_rows_are_skipped_with_a_reason(bench_result):
     assert gpu_bars and all(b["value"] is None and "no GPU" in b["note"] for b in gpu_bars)
 
 
+def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthetic_cola, tmp_path):
+    """Both sides of the end-to-end comparison repeat their pass until --min-time or --max-passes and report the
+    median pass: a fast book pass (a GPU's few ms) is not timed once."""
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
+                   "--batch-sizes", "8", "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile",
+                   "--min-time", "60", "--min-samples", "1", "--max-passes", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    e2e = json.loads((out / "bench.json").read_text())["end_to_end"]
+    assert e2e["book"]["passes"] == e2e["serving"]["passes"] == 3
+    assert proc.stdout.count("sentences/s (3 passes)") == 2
+    for side in ("book", "serving"):
+        assert e2e[side]["sentences_per_s"] == pytest.approx(8 / e2e[side]["seconds"])
+
+
 def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, synthetic_cola, tmp_path):
     export_dir = tmp_path / "export"
     shutil.copytree(tiny_artifact, export_dir / "artifact")  # stands in for the random BERT-base export (minutes)

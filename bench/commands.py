@@ -35,6 +35,9 @@ def bench(
     min_time: float = typer.Option(2.0, help="Time each engine and batch size for at least this many seconds."),
     min_samples: int = typer.Option(30, help="... and over at least this many timed batches."),
     max_passes: int = typer.Option(20, help="At most this many timed passes over the sentences."),
+    rounds: int = typer.Option(1, help="Run every engine this many times, each time in a fresh process, engines interleaved: the table "
+                                       "shows the medians, each bar the median of the per-round ratios and their range (PyTorch's "
+                                       "GPU launch cost changes from one process to the next)."),
     end_to_end: bool = typer.Option(True, help="Also time the book's way (pad to 128, PyTorch fp32, batch 32) against the serving path."),
     e2e_sentences: Optional[int] = typer.Option(None, help="Sentences for the end-to-end comparison (default 256; 64 for bert-base)."),
     profile: bool = typer.Option(True, help="Per-operator ONNX Runtime profile of the ONNX CPU engines at --profile-batch-size."),
@@ -56,7 +59,7 @@ def bench(
         extras[name] = Path(path)
     cfg = BenchConfig(artifact_dir=artifact_dir, out=out, arch=arch, batch_sizes=_int_list(batch_sizes, "--batch-sizes"), data=data,
                       engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
-                      max_passes=max_passes, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
+                      max_passes=max_passes, rounds=rounds, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
                       profile_batch_size=profile_batch_size, export_dir=export_dir, extra_models=extras,
                       int8_candidates=int8_candidates)
     run_bench(cfg, typer.echo)

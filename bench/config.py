@@ -28,6 +28,7 @@ class BenchConfig:
     min_time_s: float = 2.0  # time each (engine, batch size) at least this long, after a full warm-up pass
     min_samples: int = 30  # ... and over at least this many timed batches
     max_passes: int = 20
+    rounds: int = 1  # run every engine this many times, each in a fresh process, engines interleaved; medians reported
     end_to_end: bool = True  # the book's way (pad to 128, torch fp32, batch 32) vs the serving path
     e2e_sentences: int | None = None  # None = 256 (finetuned) / 64 (bert-base)
     e2e_batch_size: int = 32

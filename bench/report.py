@@ -35,15 +35,12 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
     return out
 
 
-def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
-                  sentences: int, labels: list, domains: list, results: list[dict], skipped: list[dict], padding: dict,
-                  e2e: dict | None, data_dir: Path) -> dict:
+def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bool) -> list[dict]:
+    """One round's table rows: every engine's figures, its speed-ups against the same round's reference."""
     from bertpack.metrics import cola_scores
 
-    speed_only = cfg.arch == "bert-base"
     ref = next(r for r in results if r["engine"] == REFERENCE)
     ref_rows = {row["batch_size"]: row for row in ref["rows"]}
-    by_engine = {r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results}
     rows = []
     for res in results:
         for row in res["rows"]:
@@ -63,19 +60,69 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             if "profile" in row:
                 out["profile"] = row["profile"]
             rows.append(out)
+    return rows
+
+
+ROUND_FIELDS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "speedup_p50", "speedup_throughput")
+
+
+def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
+    """With --rounds > 1: each (engine, batch size) row holds the median of its rounds' figures (speed-ups: the median
+    of the per-round ratios, each against that round's reference) and every round's own figures under "rounds";
+    accuracy comes from the first round (the same batches every round), peak memory is the highest."""
+    import statistics
+
+    if len(per_round) == 1:
+        return per_round[0]
+    merged = []
+    for row in per_round[0]:
+        key = (row["engine"], row["batch_size"])
+        same = [r for rows in per_round for r in rows if (r["engine"], r["batch_size"]) == key]
+        out = dict(row)
+        for field in ROUND_FIELDS:
+            values = [r[field] for r in same if r[field] is not None]
+            out[field] = statistics.median(values) if values else None
+        out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in same)
+        allocated = [r["cuda_max_allocated_mib"] for r in same if r["cuda_max_allocated_mib"] is not None]
+        out["cuda_max_allocated_mib"] = max(allocated) if allocated else None
+        out["rounds"] = [{field: r[field] for field in ROUND_FIELDS} for r in same]
+        merged.append(out)
+    return merged
+
+
+def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str) -> float | None:
+    a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
+    if a is None or o is None:
+        return None
+    return o["p50_ms"] / a["p50_ms"] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
+
+
+def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
+                  sentences: int, labels: list, domains: list, rounds: list[list[dict]], skipped: list[dict], padding: dict,
+                  e2e: dict | None, data_dir: Path) -> dict:
+    """`rounds`: the workers' results of each round (one round unless --rounds)."""
+    import statistics
+
+    speed_only = cfg.arch == "bert-base"
+    rows = _merge_rounds([_round_rows(results, labels, domains, speed_only) for results in rounds])
+    by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]
     bars = []
     for name, engine, other, b, measure, target in BARS:
-        a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
-        if a is None or o is None:
+        values = [v for v in (_bar_value(by_engine, engine, other, b, measure) for by_engine in by_round) if v is not None]
+        if not values:
+            ran = set().union(*by_round)
             why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)
             if why is None:
-                missing = [e for e in (engine, other) if e not in by_engine]
+                missing = [e for e in (engine, other) if e not in ran]
                 why = f"{', '.join(missing)} not run (--engines)" if missing else f"batch size {b} not measured"
             bars.append({"bar": name, "target": target, "value": None, "passed": None, "note": f"not measured: {why}"})
             continue
-        value = o["p50_ms"] / a["p50_ms"] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
-        bars.append({"bar": name, "target": target, "value": value, "passed": value >= target})
-    if not speed_only and "onnx_int8" in by_engine:
+        value = statistics.median(values)
+        bar = {"bar": name, "target": target, "value": value, "passed": value >= target}
+        if len(rounds) > 1:
+            bar["rounds"] = values
+        bars.append(bar)
+    if not speed_only and any("onnx_int8" in by_engine for by_engine in by_round):
         worst = max((abs(r["mcc_delta"]) for r in rows if r["engine"] == "onnx_int8" and r["mcc_delta"] is not None), default=None)
         bars.append({"bar": "int8 MCC within 0.01 of PyTorch fp32 (worst batch size)", "target": MCC_TOLERANCE, "value": worst,
                      "passed": None if worst is None else worst <= MCC_TOLERANCE, "kind": "at most"})
@@ -92,7 +139,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "data": str(data_dir), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
             "workers": [{k: r[k] for k in ("engine", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
-                         if k in r} for r in results]}
+                         if k in r} for results in rounds for r in results]}
 
 
 def _strip(e2e: dict | None) -> dict | None:
@@ -153,7 +200,12 @@ def _bar_lines(payload: dict) -> list[str]:
         if bar.get("kind") == "at most":
             out.append(f"- {bar['bar']}: |dMCC| {bar['value']:.4f} (at most {bar['target']}) -> {'PASS' if bar['passed'] else 'MISS'}")
         else:
-            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x) -> {'PASS' if bar['passed'] else 'MISS'}")
+            spread = ""
+            if bar.get("rounds"):
+                r = bar["rounds"]
+                spread = (f", median of {len(r)} rounds: {min(r):.2f}x-{max(r):.2f}x, "
+                          f"{sum(v >= bar['target'] for v in r)} of {len(r)} at or over {bar['target']:g}x")
+            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}")
     return out
 
 
@@ -191,12 +243,17 @@ def _machine_line(payload: dict) -> str:
             f"load average at start {m['load_average_at_start']}")
 
 
+def _rounds_note(payload: dict) -> str:
+    n = payload["settings"].get("rounds", 1)
+    return f"; medians of {n} rounds (every engine in a fresh process each round, engines interleaved)" if n > 1 else ""
+
+
 def format_text(payload: dict) -> str:
     header, body = _table(payload["rows"])
     widths = [max(len(header[i]), *(len(r[i]) for r in body)) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [f"bertpack bench: {payload['arch']}{' (random weights: speed only)' if payload['speed_only'] else ''}, "
-           f"{payload['sentences']} sentences, {payload['settings']['threads']} threads", _machine_line(payload), "",
+           f"{payload['sentences']} sentences, {payload['settings']['threads']} threads{_rounds_note(payload)}", _machine_line(payload), "",
            line(header), line(["-" * w for w in widths]), *(line(r) for r in body), ""]
     out += [f"skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
     out += [_padding_line(payload), *_e2e_lines(payload), "Bars:", *_bar_lines(payload)]
@@ -212,12 +269,19 @@ def format_markdown(payload: dict) -> str:
            f"Started {payload['created']}, finished {payload['finished']}.", "",
            f"Machine: {_machine_line(payload)}", "",
            f"Settings: {s['threads']} threads; {s['batching']}; {s['timing']}; {s['process']}; at least {s['min_time_s']} s and "
-           f"{s['min_samples']} timed batches per (engine, batch size). Speed-ups are against {REFERENCE} (eager, no_grad) on the same batches.", "",
+           f"{s['min_samples']} timed batches per (engine, batch size). Speed-ups are against {REFERENCE} (eager, no_grad) on the same batches"
+           f"{_rounds_note(payload)}.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in body]
     out.append("")
     out += [f"- skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
     out += ["", _padding_line(payload), "", *_e2e_lines(payload), "", "## Bars", "", *_bar_lines(payload)]
+    if any(r.get("rounds") for r in payload["rows"]):
+        out += ["", "## Rounds (p50 ms and speed-up against the same round's reference, round by round)", ""]
+        for r in sorted(payload["rows"], key=lambda r: (r["batch_size"], _order(r))):
+            each = ", ".join(f"{x['p50_ms']:.2f} ms" + (f" ({x['speedup_p50']:.2f}x)" if x["speedup_p50"] is not None else "")
+                             for x in r.get("rounds", []))
+            out.append(f"- {r['engine']}, batch {r['batch_size']}: {each}")
     profiles = [r for r in payload["rows"] if r.get("profile")]
     if profiles:
         out += ["", f"## Where the time goes (ONNX Runtime profiler, batch {s['profile_batch_size']}, ms per batch by operator)", ""]

@@ -44,6 +44,8 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError("--sentences must be >= 1")
     if cfg.min_time_s < 0 or cfg.min_samples < 1 or cfg.max_passes < 1:
         raise BertpackError("--min-time must be >= 0, --min-samples and --max-passes >= 1")
+    if cfg.rounds < 1:
+        raise BertpackError(f"--rounds must be >= 1 (default 1), not {cfg.rounds}")
     if cfg.e2e_sentences is not None and cfg.e2e_sentences < 1:
         raise BertpackError(f"--e2e-sentences must be >= 1 (default 256), not {cfg.e2e_sentences}; to skip the comparison pass --no-end-to-end")
     if cfg.profile_batch_size < 1:
@@ -220,18 +222,29 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
                 "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
                 "min_samples": cfg.min_samples, "max_passes": cfg.max_passes,
                 "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles")}
-        results = []
-        for spec in engines:
-            echo(f"  {spec['engine']} ({spec['device']}) ...")
-            res = run_worker({**base, **spec, "mode": "batches"}, work, threads, cfg.worker_timeout_s, echo)
-            if "error" in res:
-                if spec["engine"] == REFERENCE:
-                    raise BertpackError(f"the reference engine {REFERENCE} failed: {res['error']}")
-                skipped.append({"engine": spec["engine"], "reason": f"failed: {res['error']}"})
-                echo(f"    failed: {res['error']}")
-                continue
-            results.append(res)
-            echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+        rounds: list[list[dict]] = []
+        for number in range(1, cfg.rounds + 1):
+            if cfg.rounds > 1:
+                echo(f"  round {number} of {cfg.rounds}")
+            results = []
+            for spec in engines:
+                if any(s["engine"] == spec["engine"] for s in skipped):
+                    continue  # failed in an earlier round
+                echo(f"  {spec['engine']} ({spec['device']}) ...")
+                # The per-operator profile once, in the first round: it is not part of the timing.
+                profile_batch = base["profile_batch_size"] if number == 1 else None
+                res = run_worker({**base, **spec, "mode": "batches", "profile_batch_size": profile_batch}, work, threads,
+                                 cfg.worker_timeout_s, echo)
+                if "error" in res:
+                    if spec["engine"] == REFERENCE:
+                        raise BertpackError(f"the reference engine {REFERENCE} failed: {res['error']}")
+                    when = f" in round {number} (its earlier rounds are kept)" if number > 1 else ""
+                    skipped.append({"engine": spec["engine"], "reason": f"failed{when}: {res['error']}"})
+                    echo(f"    failed: {res['error']}")
+                    continue
+                results.append(res)
+                echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+            rounds.append(results)
 
         e2e = None
         if cfg.end_to_end:
@@ -240,7 +253,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
                                    started=started, sentences=len(sentences), labels=labels, domains=domains,
-                                   results=results, skipped=skipped, padding=padding, e2e=e2e, data_dir=data_dir)
+                                   rounds=rounds, skipped=skipped, padding=padding, e2e=e2e, data_dir=data_dir)
         with staging_dir(Path(cfg.out)) as stage:
             rp.write_outputs(payload, stage)
     echo("")

@@ -5,8 +5,9 @@
 #   OUT=results DATA=CoLA_folder SHAPE=model_shape_dir META=artifact_dir bash scripts/gpu_checks.sh
 #
 #   1. bertpack doctor (providers that really load, GPU)
-#   2. bertpack bench --arch bert-base on the GPU engines (issue 4's H100 table), then REPEATS more runs
-#      of the batch-1 bar's engines alone, reusing that export, to show the ratio's run-to-run spread
+#   2. bertpack bench --arch bert-base on the GPU engines (issue 4's H100 table), then the batch-1 bar's
+#      engines alone for ROUNDS rounds (`bench --rounds`: fresh processes, engines interleaved), reusing that
+#      export: PyTorch's batch-1 time changes from one process to the next, so the bar is the median ratio
 #   3. bertpack train, a few hundred steps on the GPU (mixed precision, samples/s) from random weights
 #      of SHAPE's shape (the embedded model's config + tokenizer: throughput does not depend on weights)
 #   4. bertpack export of that run (fp16 parity checked on the CUDA provider), no int8
@@ -23,7 +24,7 @@ set -uo pipefail
 : "${OUT:?set OUT}" "${DATA:?set DATA}" "${SHAPE:?set SHAPE}" "${META:?set META}"
 WORK=${WORK:-/tmp/bertpack-gpu}
 STEPS=${STEPS:-300}
-REPEATS=${REPEATS:-2}
+ROUNDS=${ROUNDS:-5}
 PARTS=${PARTS:-doctor,bench,repeat,train,export,served,tests}
 BB_ENGINES=${BB_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_bf16,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 MINI_ENGINES=${MINI_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
@@ -49,14 +50,13 @@ timeout -k 10 330 python3 -m bertpack.cli bench "$META" --arch bert-base --data 
   --out "$RES/bench-bert-base" 2>&1 | tee "$RES/bench-bert-base.log"
 pack
 fi
-want repeat || REPEATS=0
-for i in $(seq 1 "$REPEATS"); do
-  step "bench bert-base, batch 1 only, repeat $i"
-  timeout -k 10 120 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" \
-    --engines pytorch_fp32,onnx_fp16_cuda,onnx_fp16_cuda_graph --batch-sizes 1 --min-time 0.5 --min-samples 20 --no-end-to-end \
-    --no-profile --export-dir "$WORK/bert-base" --out "$RES/bench-bert-base-b1-repeat$i" 2>&1 | tee "$RES/bench-bert-base-b1-repeat$i.log"
-  pack
-done
+if want repeat; then
+step "bench bert-base, batch 1 only, $ROUNDS rounds"
+timeout -k 10 $((60 + 45 * ROUNDS)) python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" \
+  --engines pytorch_fp32,onnx_fp16_cuda,onnx_fp16_cuda_graph --batch-sizes 1 --rounds "$ROUNDS" --min-time 0.5 --min-samples 20 \
+  --no-end-to-end --no-profile --export-dir "$WORK/bert-base" --out "$RES/bench-bert-base-b1-rounds" 2>&1 | tee "$RES/bench-bert-base-b1-rounds.log"
+pack
+fi
 
 if want train; then
 step "train on the GPU (issue 2)"

@@ -96,6 +96,33 @@ def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthet
         assert e2e[side]["sentences_per_s"] == pytest.approx(8 / e2e[side]["seconds"])
 
 
+def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tmp_path):
+    """--rounds 3: every engine runs three times in fresh processes; rows and bars hold the median of the per-round
+    figures (each ratio against the same round's reference), and each round's own figures."""
+    import statistics
+
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
+                   "--batch-sizes", "1", "--engines", "pytorch_fp32,onnx_int8", "--rounds", "3", "--no-end-to-end",
+                   "--no-profile", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("onnx_int8 (cpu) ...") == 3 and "round 3 of 3" in proc.stdout
+    payload = json.loads((out / "bench.json").read_text())
+    assert payload["settings"]["rounds"] == 3 and len(payload["workers"]) == 6
+    rows = {r["engine"]: r for r in payload["rows"]}
+    assert set(rows) == {"pytorch_fp32", "onnx_int8"}
+    int8, ref = rows["onnx_int8"], rows["pytorch_fp32"]
+    assert len(int8["rounds"]) == len(ref["rounds"]) == 3
+    assert int8["p50_ms"] == pytest.approx(statistics.median(x["p50_ms"] for x in int8["rounds"]))
+    ratios = [r["p50_ms"] / i["p50_ms"] for r, i in zip(ref["rounds"], int8["rounds"])]
+    assert [x["speedup_p50"] for x in int8["rounds"]] == pytest.approx(ratios)
+    assert int8["speedup_p50"] == pytest.approx(statistics.median(ratios))
+    bar = next(b for b in payload["bars"] if b["bar"].startswith("int8 CPU p50 latency"))
+    assert bar["rounds"] == pytest.approx(ratios) and bar["value"] == pytest.approx(statistics.median(ratios))
+    assert "median of 3 rounds" in proc.stdout and "medians of 3 rounds" in (out / "bench.md").read_text()
+    assert "## Rounds" in (out / "bench.md").read_text()
+
+
 def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, synthetic_cola, tmp_path):
     export_dir = tmp_path / "export"
     shutil.copytree(tiny_artifact, export_dir / "artifact")  # stands in for the random BERT-base export (minutes)
@@ -140,6 +167,7 @@ def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
     (["--batch-sizes", "1,x"], "comma-separated integers"),
     (["--arch", "gpt"], "--arch must be one of"),
     (["--extra-model", "nothing"], "NAME=PATH"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
 ])
 def test_bad_options_are_one_line_errors(tiny_artifact, tmp_path, args, message):
     proc = run_cli("bench", str(tiny_artifact), "--out", str(tmp_path / "out"), *args)

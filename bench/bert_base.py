@@ -18,6 +18,7 @@ log = logging.getLogger("bertpack.bench")
 
 MAX_LENGTH = 128
 PARITY_SENTENCES = 64  # the export's parity run is only a smoke check here
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")  # read from the template artifact
 
 
 def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:

@@ -48,7 +48,7 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
             base = ref_rows.get(b)
             preds = row["predictions"]
             scores = cola_scores(labels, preds, domains)
-            out = {"engine": res["engine"], "device": res["device"], "batch_size": b,
+            out = {"engine": res["engine"], "device": res["device"], "batch_size": b, "round": res.get("round", 1),
                    **{k: row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "passes", "timed_calls", "batches")},
                    "speedup_p50": base["p50_ms"] / row["p50_ms"] if base else None,
                    "speedup_throughput": row["sentences_per_s"] / base["sentences_per_s"] if base else None,
@@ -74,18 +74,18 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
 
     if len(per_round) == 1:
         return per_round[0]
+    keys = list(dict.fromkeys((r["engine"], r["batch_size"]) for rows in per_round for r in rows))
     merged = []
-    for row in per_round[0]:
-        key = (row["engine"], row["batch_size"])
+    for key in keys:
         same = [r for rows in per_round for r in rows if (r["engine"], r["batch_size"]) == key]
-        out = dict(row)
+        out = dict(same[0])
         for field in ROUND_FIELDS:
             values = [r[field] for r in same if r[field] is not None]
             out[field] = statistics.median(values) if values else None
         out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in same)
         allocated = [r["cuda_max_allocated_mib"] for r in same if r["cuda_max_allocated_mib"] is not None]
         out["cuda_max_allocated_mib"] = max(allocated) if allocated else None
-        out["rounds"] = [{field: r[field] for field in ROUND_FIELDS} for r in same]
+        out["rounds"] = [{"round": r["round"], **{field: r[field] for field in ROUND_FIELDS}} for r in same]
         merged.append(out)
     return merged
 
@@ -109,6 +109,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     bars = []
     for name, engine, other, b, measure, target in BARS:
         values = [v for v in (_bar_value(by_engine, engine, other, b, measure) for by_engine in by_round) if v is not None]
+
         if not values:
             ran = set().union(*by_round)
             why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)
@@ -138,7 +139,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
             "data": str(data_dir), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
-            "workers": [{k: r[k] for k in ("engine", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
+            "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
                          if k in r} for results in rounds for r in results]}
 
 
@@ -203,7 +204,7 @@ def _bar_lines(payload: dict) -> list[str]:
             spread = ""
             if bar.get("rounds"):
                 r = bar["rounds"]
-                spread = (f", median of {len(r)} rounds: {min(r):.2f}x-{max(r):.2f}x, "
+                spread = (f", median of {_count(len(r), 'round')}: {min(r):.2f}x-{max(r):.2f}x, "
                           f"{sum(v >= bar['target'] for v in r)} of {len(r)} at or over {bar['target']:g}x")
             out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}")
     return out
@@ -243,9 +244,14 @@ def _machine_line(payload: dict) -> str:
             f"load average at start {m['load_average_at_start']}")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _rounds_note(payload: dict) -> str:
     n = payload["settings"].get("rounds", 1)
-    return f"; medians of {n} rounds (every engine in a fresh process each round, engines interleaved)" if n > 1 else ""
+    return (f"; medians of {n} rounds (every engine in a fresh process each round, engines interleaved), the speed-ups "
+            "the median of the per-round ratios (so x p50 need not equal the ratio of the p50 columns)") if n > 1 else ""
 
 
 def format_text(payload: dict) -> str:
@@ -279,7 +285,7 @@ def format_markdown(payload: dict) -> str:
     if any(r.get("rounds") for r in payload["rows"]):
         out += ["", "## Rounds (p50 ms and speed-up against the same round's reference, round by round)", ""]
         for r in sorted(payload["rows"], key=lambda r: (r["batch_size"], _order(r))):
-            each = ", ".join(f"{x['p50_ms']:.2f} ms" + (f" ({x['speedup_p50']:.2f}x)" if x["speedup_p50"] is not None else "")
+            each = ", ".join(f"round {x['round']} {x['p50_ms']:.2f} ms" + (f" ({x['speedup_p50']:.2f}x)" if x["speedup_p50"] is not None else "")
                              for x in r.get("rounds", []))
             out.append(f"- {r['engine']}, batch {r['batch_size']}: {each}")
     profiles = [r for r in payload["rows"] if r.get("profile")]

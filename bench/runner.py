@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.batches import make_batches, pad_to_fixed, padding_stats
+from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.errors import BertpackError
 
@@ -52,8 +53,9 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError(f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass --no-profile")
     artifact = Path(cfg.artifact_dir)
     manifest = read_manifest(artifact)  # the argument's error before the options' (--out defaults)
-    if cfg.arch == "finetuned":  # bert-base takes only the tokenizer and settings from it (a GPU host gets those alone)
-        verify_files(artifact, manifest)  # a damaged model would otherwise show up only as a "failed" row
+    # A damaged model would otherwise show up only as a "failed" row. bert-base takes only the tokenizer (and settings)
+    # from the artifact, so a folder holding just those will do (the GPU host gets no more).
+    verify_files(artifact, manifest, None if cfg.arch == "finetuned" else TOKENIZER_FILES)
     if not Path(manifest.get("source", {}).get("checkpoint", ""), "config.json").is_file() and cfg.arch == "finetuned":
         raise BertpackError(f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in {artifact}/manifest.json "
                             "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now")
@@ -222,29 +224,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
                 "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
                 "min_samples": cfg.min_samples, "max_passes": cfg.max_passes,
                 "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles")}
-        rounds: list[list[dict]] = []
-        for number in range(1, cfg.rounds + 1):
-            if cfg.rounds > 1:
-                echo(f"  round {number} of {cfg.rounds}")
-            results = []
-            for spec in engines:
-                if any(s["engine"] == spec["engine"] for s in skipped):
-                    continue  # failed in an earlier round
-                echo(f"  {spec['engine']} ({spec['device']}) ...")
-                # The per-operator profile once, in the first round: it is not part of the timing.
-                profile_batch = base["profile_batch_size"] if number == 1 else None
-                res = run_worker({**base, **spec, "mode": "batches", "profile_batch_size": profile_batch}, work, threads,
-                                 cfg.worker_timeout_s, echo)
-                if "error" in res:
-                    if spec["engine"] == REFERENCE:
-                        raise BertpackError(f"the reference engine {REFERENCE} failed: {res['error']}")
-                    when = f" in round {number} (its earlier rounds are kept)" if number > 1 else ""
-                    skipped.append({"engine": spec["engine"], "reason": f"failed{when}: {res['error']}"})
-                    echo(f"    failed: {res['error']}")
-                    continue
-                results.append(res)
-                echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
-            rounds.append(results)
+        rounds = run_rounds(cfg, engines, base, skipped, work, threads, echo)
 
         e2e = None
         if cfg.end_to_end:
@@ -260,6 +240,46 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     echo(rp.format_text(payload))
     echo(f"\nwritten: {cfg.out}/bench.json, bench.md, bench.png")
     return payload
+
+
+def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[dict], work: Path, threads: int,
+               echo: Callable[[str], None]) -> list[list[dict]]:
+    """Every engine in its own worker process, `cfg.rounds` times; each round starts one engine further down the list
+    so that no engine always runs first. Returns each round's results; failures go to `skipped`."""
+    rounds: list[list[dict]] = []
+    failed_first: set[str] = set()  # an engine that fails in round 1 is not tried again
+    for number in range(1, cfg.rounds + 1):
+        if cfg.rounds > 1:
+            echo(f"  round {number} of {cfg.rounds}")
+        shift = (number - 1) % len(engines)
+        results = []
+        for spec in engines[shift:] + engines[:shift]:
+            if spec["engine"] in failed_first:
+                continue
+            echo(f"  {spec['engine']} ({spec['device']}) ...")
+            # The per-operator profile once, in the first round: it is not part of the timing.
+            profile_batch = base["profile_batch_size"] if number == 1 else None
+            res = run_worker({**base, **spec, "mode": "batches", "profile_batch_size": profile_batch}, work, threads,
+                             cfg.worker_timeout_s, echo)
+            if "error" in res:
+                echo(f"    failed: {res['error']}")
+                if number == 1:
+                    if spec["engine"] == REFERENCE:
+                        raise BertpackError(f"the reference engine {REFERENCE} failed: {res['error']}")
+                    failed_first.add(spec["engine"])
+                    skipped.append({"engine": spec["engine"], "reason": f"failed: {res['error']}"})
+                elif spec["engine"] == REFERENCE:  # no ratios without it: this round is dropped, the finished ones kept
+                    skipped.append({"engine": spec["engine"], "reason": f"failed in round {number}, so the results hold rounds "
+                                                                      f"1-{number - 1}: {res['error']}"})
+                    return rounds
+                else:
+                    skipped.append({"engine": spec["engine"], "reason": f"failed in round {number} (its row holds the other rounds): {res['error']}"})
+                continue
+            res["round"] = number
+            results.append(res)
+            echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+        rounds.append(results)
+    return rounds
 
 
 def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences: list, labels: list, domains: list, threads: int,

@@ -272,7 +272,7 @@ def run_book(spec: dict) -> dict:
         batch_logits(sentences[: len(sentences) % bs])
     preds = np.empty(len(sentences), dtype=np.int64)
     times: list[float] = []
-    # The serving side's rule (run_serving): one pass on a CPU takes seconds, on a GPU a few ms, too short to time once.
+    # The serving side's rule (run_serving): one pass on a CPU takes seconds, on a GPU tens of ms, too short to time once.
     while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
         t0 = time.perf_counter()
         for start in range(0, len(sentences), bs):

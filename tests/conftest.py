@@ -63,9 +63,10 @@ def cola_dir(synthetic_cola) -> Path:
     return REAL_COLA if (REAL_COLA / "raw" / "in_domain_train.tsv").is_file() else synthetic_cola
 
 
-def make_tiny_run(root: Path, seed: int = 0) -> Path:
+def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
     """A run folder as `bertpack train` writes it, holding a tiny random BERT (2 layers, hidden 32)
-    with the embedded model's real WordPiece tokenizer."""
+    with the embedded model's real WordPiece tokenizer. `distinct`: attention and pooler weights scaled up so
+    that different sentences get clearly different logits (at init they agree within ~0.003)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -78,6 +79,11 @@ def make_tiny_run(root: Path, seed: int = 0) -> Path:
     model = BertForSequenceClassification(config).eval()
     with torch.no_grad():  # a visible margin between the two logits, so argmax is not a coin toss
         model.classifier.weight.mul_(20.0)
+        if distinct:
+            for layer in model.bert.encoder.layer:
+                layer.attention.self.value.weight.mul_(30.0)
+                layer.attention.output.dense.weight.mul_(30.0)
+            model.bert.pooler.dense.weight.mul_(20.0)
     (root / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(root / "model", safe_serialization=True)
     AutoTokenizer.from_pretrained(str(embedded_model_path())).save_pretrained(root / "model")

@@ -106,13 +106,16 @@ def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tm
                    "--batch-sizes", "1", "--engines", "pytorch_fp32,onnx_int8", "--rounds", "3", "--no-end-to-end",
                    "--no-profile", *QUICK)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("onnx_int8 (cpu) ...") == 3 and "round 3 of 3" in proc.stdout
+    order = [line.strip().split()[0] for line in proc.stdout.splitlines() if line.strip().endswith("(cpu) ...")]
+    assert order == ["pytorch_fp32", "onnx_int8", "onnx_int8", "pytorch_fp32", "pytorch_fp32", "onnx_int8"]  # rotated
+    assert "round 3 of 3" in proc.stdout
     payload = json.loads((out / "bench.json").read_text())
-    assert payload["settings"]["rounds"] == 3 and len(payload["workers"]) == 6
+    assert payload["settings"]["rounds"] == 3
+    assert sorted((w["engine"], w["round"]) for w in payload["workers"]) == [(e, k) for e in ("onnx_int8", "pytorch_fp32") for k in (1, 2, 3)]
     rows = {r["engine"]: r for r in payload["rows"]}
     assert set(rows) == {"pytorch_fp32", "onnx_int8"}
     int8, ref = rows["onnx_int8"], rows["pytorch_fp32"]
-    assert len(int8["rounds"]) == len(ref["rounds"]) == 3
+    assert [x["round"] for x in int8["rounds"]] == [x["round"] for x in ref["rounds"]] == [1, 2, 3]
     assert int8["p50_ms"] == pytest.approx(statistics.median(x["p50_ms"] for x in int8["rounds"]))
     ratios = [r["p50_ms"] / i["p50_ms"] for r, i in zip(ref["rounds"], int8["rounds"])]
     assert [x["speedup_p50"] for x in int8["rounds"]] == pytest.approx(ratios)
@@ -121,6 +124,36 @@ def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tm
     assert bar["rounds"] == pytest.approx(ratios) and bar["value"] == pytest.approx(statistics.median(ratios))
     assert "median of 3 rounds" in proc.stdout and "medians of 3 rounds" in (out / "bench.md").read_text()
     assert "## Rounds" in (out / "bench.md").read_text()
+
+
+def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
+    """Hand-made rounds: an engine missing from round 2 (it failed there) and a batch size only a later round has
+    keep their rows; each ratio pairs an engine with the same round's reference."""
+    from bench.config import BenchConfig
+    from bench.report import build_payload
+
+    def result(engine: str, number: int, p50: dict[int, float]) -> dict:
+        rows = [{"batch_size": b, "p50_ms": ms, "p95_ms": ms, "p99_ms": ms, "mean_ms": ms, "sentences_per_s": 1000 / ms,
+                 "passes": 1, "timed_calls": 1, "batches": 1, "peak_rss_mib": 100.0 + number, "predictions": [0, 1]}
+                for b, ms in p50.items()]
+        return {"engine": engine, "device": "cpu", "model_bytes": 1e6, "round": number, "rows": rows}
+
+    rounds = [[result("pytorch_fp32", 1, {1: 4.0, 8: 8.0}), result("onnx_int8", 1, {1: 1.0})],
+              [result("pytorch_fp32", 2, {1: 8.0, 8: 8.0})],
+              [result("pytorch_fp32", 3, {1: 6.0, 8: 8.0}), result("onnx_int8", 3, {1: 2.0, 8: 2.0})]]
+    payload = build_payload(cfg=BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False),
+                            artifact=Path("a"), manifest={"variants": {}, "source": {}}, machine={}, threads=1,
+                            started=__import__("datetime").datetime.now(), sentences=2, labels=[0, 1], domains=["in", "in"],
+                            rounds=rounds, skipped=[], padding={}, e2e=None, data_dir=Path("d"))
+    rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
+    assert set(rows) == {("pytorch_fp32", 1), ("pytorch_fp32", 8), ("onnx_int8", 1), ("onnx_int8", 8)}
+    int8 = rows[("onnx_int8", 1)]
+    assert [(x["round"], x["speedup_p50"]) for x in int8["rounds"]] == [(1, 4.0), (3, 3.0)]
+    assert int8["speedup_p50"] == 3.5 and int8["p50_ms"] == 1.5 and int8["peak_rss_mib"] == 103.0
+    assert [x["round"] for x in rows[("onnx_int8", 8)]["rounds"]] == [3] and rows[("onnx_int8", 8)]["speedup_p50"] == 4.0
+    assert rows[("pytorch_fp32", 1)]["p50_ms"] == 6.0
+    bar = next(b for b in payload["bars"] if b["bar"].startswith("int8 CPU p50 latency"))
+    assert bar["rounds"] == [4.0, 3.0] and bar["value"] == 3.5 and bar["passed"] is False
 
 
 def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, synthetic_cola, tmp_path):
@@ -139,6 +172,12 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_int8"}
     assert all(r["mcc"] is None for r in payload["rows"])
     assert not any(b["bar"].startswith("int8 MCC") for b in payload["bars"])
+    # ... but the tokenizer it does read is checked against the manifest
+    (template / "tokenizer.json").write_text("{}")
+    proc = run_cli("bench", str(template), "--arch", "bert-base", "--export-dir", str(export_dir), "--out", str(tmp_path / "out2"),
+                   "--data", str(synthetic_cola))
+    assert proc.returncode == 2 and "tokenizer.json is" in proc.stderr and "re-run bertpack export" in proc.stderr
+    assert not (tmp_path / "out2").exists()
 
 
 def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 try:  # tests/ may or may not be a package
-    from conftest import REPO, run_cli
+    from conftest import REPO, make_tiny_run, run_cli
 except ImportError:
-    from tests.conftest import REPO, run_cli
+    from tests.conftest import REPO, make_tiny_run, run_cli
 
 
 def test_service_import_loads_neither_torch_nor_transformers():
@@ -80,13 +80,15 @@ def test_missing_model_tag_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cuda_artifact(tiny_run, synthetic_cola, tmp_path_factory):
+def cuda_artifact(synthetic_cola, tmp_path_factory):
     from serving.engine import cuda_available
 
     if not cuda_available():
         pytest.skip("no NVIDIA GPU with the CUDA provider on this host: the fp16/CUDA path and CUDA graphs are untested here")
-    out = tmp_path_factory.mktemp("cuda") / "artifact"
-    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store")
+    root = tmp_path_factory.mktemp("cuda")
+    run = make_tiny_run(root / "run", distinct=True)  # a stale answer must differ from the right one by more than the tolerance
+    out = root / "artifact"
+    proc = run_cli("export", str(run), "--out", str(out), "--data", str(synthetic_cola), "--no-store", "--int8", "none")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -98,6 +100,8 @@ def test_cuda_fp16_matches_cpu(cuda_artifact, graphs):
     sentences = ["The cat sat on the mat.", "Mat the on sat cat the.", "It rained all day long in the city.",
                  "John seems that Mary left.", "Who did you see?", "Books were read by the students yesterday.", "She likes."]
     cpu = OnnxClassifier(cuda_artifact, variant="optimized", device="cpu").logits(sentences)
+    closest = min(abs(cpu[i] - cpu[j]).max() for i in range(len(sentences)) for j in range(i))
+    assert closest > 0.1, f"the test model answers two sentences within {closest:.4f}: it cannot tell a stale input"
     gpu = OnnxClassifier(cuda_artifact, device="cuda", cuda_graph=graphs)
     assert gpu.provider == "CUDAExecutionProvider" and gpu.variant == "fp16"
     # Different sentences on one shape in turn: a graph replays on its bound device tensors, so an input

@@ -78,7 +78,7 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
     merged = []
     for key in keys:
         same = [r for rows in per_round for r in rows if (r["engine"], r["batch_size"]) == key]
-        out = dict(same[0])
+        out = {k: v for k, v in same[0].items() if k != "round"}  # accuracy and profile: the first round that has it
         for field in ROUND_FIELDS:
             values = [r[field] for r in same if r[field] is not None]
             out[field] = statistics.median(values) if values else None
@@ -109,7 +109,6 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     bars = []
     for name, engine, other, b, measure, target in BARS:
         values = [v for v in (_bar_value(by_engine, engine, other, b, measure) for by_engine in by_round) if v is not None]
-
         if not values:
             ran = set().union(*by_round)
             why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)

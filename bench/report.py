@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
             base = ref_rows.get(b)
             preds = row["predictions"]
             scores = cola_scores(labels, preds, domains)
-            out = {"engine": res["engine"], "device": res["device"], "batch_size": b, "round": res.get("round", 1),
+            out = {"engine": res["engine"], "device": res["device"], "batch_size": b, "round": res["round"],
                    **{k: row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "passes", "timed_calls", "batches")},
                    "speedup_p50": base["p50_ms"] / row["p50_ms"] if base else None,
                    "speedup_throughput": row["sentences_per_s"] / base["sentences_per_s"] if base else None,
@@ -70,8 +71,6 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
     """With --rounds > 1: each (engine, batch size) row holds the median of its rounds' figures (speed-ups: the median
     of the per-round ratios, each against that round's reference) and every round's own figures under "rounds";
     accuracy comes from the first round (the same batches every round), peak memory is the highest."""
-    import statistics
-
     if len(per_round) == 1:
         return per_round[0]
     keys = list(dict.fromkeys((r["engine"], r["batch_size"]) for rows in per_round for r in rows))
@@ -101,8 +100,6 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
                   sentences: int, labels: list, domains: list, rounds: list[list[dict]], skipped: list[dict], padding: dict,
                   e2e: dict | None, data_dir: Path) -> dict:
     """`rounds`: the workers' results of each round (one round unless --rounds)."""
-    import statistics
-
     speed_only = cfg.arch == "bert-base"
     rows = _merge_rounds([_round_rows(results, labels, domains, speed_only) for results in rounds])
     by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]

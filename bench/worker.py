@@ -13,11 +13,13 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from bench.batches import make_batches
+
+T = TypeVar("T")
 
 
 def _peak_rss_mib() -> float:
@@ -251,6 +253,17 @@ def run_batches(spec: dict) -> dict:
     return out
 
 
+def _timed_passes(one_pass: Callable[[], T], spec: dict) -> tuple[list[float], T]:
+    """Both sides of the end-to-end comparison: whole passes, timed, until `min_time_s` (at least one, at most
+    `max_passes`; a CPU pass takes seconds, a GPU pass tens of ms); the times and the last pass's result."""
+    times: list[float] = []
+    while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
+        t0 = time.perf_counter()
+        result = one_pass()
+        times.append(time.perf_counter() - t0)
+    return times, result
+
+
 def run_book(spec: dict) -> dict:
     """The book's way, end to end: tokenizer pads every sentence to 128, input order, PyTorch fp32 eager."""
     import torch
@@ -271,13 +284,12 @@ def run_book(spec: dict) -> dict:
     if len(sentences) % bs:
         batch_logits(sentences[: len(sentences) % bs])
     preds = np.empty(len(sentences), dtype=np.int64)
-    times: list[float] = []
-    # The serving side's rule (run_serving): one pass on a CPU takes seconds, on a GPU tens of ms, too short to time once.
-    while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
-        t0 = time.perf_counter()
+
+    def one_pass() -> None:
         for start in range(0, len(sentences), bs):
             preds[start : start + bs] = batch_logits(sentences[start : start + bs]).argmax(axis=-1)
-        times.append(time.perf_counter() - t0)
+
+    times, _ = _timed_passes(one_pass, spec)
     seconds = float(np.median(times))
     return {"engine": "book", "device": spec["device"], "threads": spec["threads"], "sentences": len(sentences),
             "batch_size": bs, "pad_to": length, "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
@@ -297,17 +309,13 @@ def run_serving(spec: dict) -> dict:
     sentences, bs = spec["sentences"], spec["e2e_batch_size"]
     for _ in range(3 if clf.graphs else 1):  # warm-up: every bucket shape (CUDA graphs: captured on the third run)
         clf.logits(sentences, batch_size=bs)
-    times, preds = [], None
-    while not times or (len(times) < spec["max_passes"] and sum(times) < spec["min_time_s"]):
-        t0 = time.perf_counter()
-        logits = clf.logits(sentences, batch_size=bs)
-        times.append(time.perf_counter() - t0)
-        preds = logits.argmax(axis=-1)
+    times, logits = _timed_passes(lambda: clf.logits(sentences, batch_size=bs), spec)
+    seconds = float(np.median(times))
     return {"engine": "serving", "device": device, "threads": spec["threads"], "variant": clf.variant, "provider": clf.provider,
             "cuda_graphs": clf.graphs is not None,
             "sentences": len(sentences), "batch_size": bs, "buckets": list(clf.buckets), "passes": len(times),
-            "seconds": float(np.median(times)), "sentences_per_s": len(sentences) / float(np.median(times)),
-            "predictions": preds.tolist(), "peak_rss_mib": _peak_rss_mib()}
+            "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
+            "predictions": logits.argmax(axis=-1).tolist(), "peak_rss_mib": _peak_rss_mib()}
 
 
 def _exit_with_parent() -> None:

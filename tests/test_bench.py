@@ -83,7 +83,7 @@ def test_gpu_rows_are_skipped_with_a_reason(bench_result):
 
 def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthetic_cola, tmp_path):
     """Both sides of the end-to-end comparison repeat their pass until --min-time or --max-passes and report the
-    median pass: a fast book pass (a GPU's few ms) is not timed once."""
+    median pass: a fast book pass (tens of ms on a GPU) is not timed once."""
     out = tmp_path / "out"
     proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
                    "--batch-sizes", "8", "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile",

@@ -417,6 +417,14 @@ class CudaGraphs:
         return rows <= self.BATCHES[-1] and ((rows, length) in self.slots or len(self.slots) < self.MAX_GRAPHS)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for one batch: copy it in, replay its shape's graph, copy the logits out."""
+        slot, n = self.stage(inputs)
+        self.replay(slot)
+        return self.fetch(slot, n)
+
+    def stage(self, inputs: dict[str, np.ndarray]) -> tuple[_GraphSlot, int]:
+        """Copy a batch into its shape's bound device tensors (rows padded to a graph batch size);
+        returns the slot to replay and the batch's real row count."""
         n, length = inputs["input_ids"].shape
         if not self.fits(n, length):
             raise RuntimeError(f"no CUDA graph for a batch of {n} x {length} tokens (largest graph batch {self.BATCHES[-1]}, "
@@ -433,7 +441,15 @@ class CudaGraphs:
             if not np.array_equal(slot.on_device.get(name), padded):
                 slot.inputs[name].update_inplace(padded)
                 slot.on_device[name] = padded
+        return slot, n
+
+    def replay(self, slot: _GraphSlot) -> None:
+        """Run the model on what the slot holds (the first runs of a shape capture its graph)."""
         self.session.run_with_iobinding(slot.binding, slot.run_options)
+
+    @staticmethod
+    def fetch(slot: _GraphSlot, n: int) -> np.ndarray:
+        """The first n rows of the slot's logits, copied to the host."""
         return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
 
 

@@ -126,7 +126,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
             "fp32": {"file": MODEL_FILES["fp32"], "precision": "fp32", "graph": "as exported", "for": "reference"},
             "optimized": {"file": MODEL_FILES["optimized"], "precision": "fp32", "graph": f"ORTOptimizer {optimize.CPU_LEVEL}",
                           "fused_operators": opt_fused, "for": "cpu"},
-            "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL}",
+            "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL} + EmbedLayerNormalization",
                      "fused_operators": fp16_fused, "for": "cuda"},
         }
         body = {"created": created.isoformat(timespec="seconds"), "version": version, "labels": ckpt.labels,

@@ -56,6 +56,9 @@ def test_fusions_and_fp16_io(exported):
     out = exported["out"]
     fused = json.loads((out / "manifest.json").read_text())["variants"]["optimized"]["fused_operators"]
     assert fused["Attention"] == 2  # one per layer: the eager-attention export fuses
+    assert "EmbedLayerNormalization" not in fused  # the CPU graph stays quantizable
+    fp16 = json.loads((out / "manifest.json").read_text())["variants"]["fp16"]
+    assert fp16["fused_operators"]["Attention"] == 2 and fp16["fused_operators"]["EmbedLayerNormalization"] == 1
     graph = onnx.load(str(out / "model_fp16.onnx")).graph
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -70,6 +73,12 @@ def test_dynamic_axes_every_variant(exported):
         for batch, length in ((1, 5), (3, 17)):
             ids = [[101] + [2000 + i] * (length - 2) + [102] for i in range(batch)]
             assert clf.run(clf.pad(ids, length=length)).shape == (batch, 2)
+    # The fp16 graph (fused embeddings, fp16 weights) runs on the CPU provider too: its logits against fp32's,
+    # padded rows included (the fused op derives the attention lengths from the mask; ignoring the mask moves these
+    # logits by ~0.003, fp16 by ~0.0003).
+    ids = [[101, 2023, 2003, 1037, 3231, 102], [101, 2054, 102], [101] + [2000] * 14 + [102]]
+    fp32, fp16 = (OnnxClassifier(exported["out"], variant=v, device="cpu") for v in ("fp32", "fp16"))
+    np.testing.assert_allclose(fp16.run(fp16.pad(ids, length=20)), fp32.run(fp32.pad(ids, length=20)), atol=1e-3)
 
 
 def test_parity_report_files(exported):

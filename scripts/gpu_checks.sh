@@ -8,6 +8,8 @@
 #   2. bertpack bench --arch bert-base on the GPU engines (issue 4's H100 table), then the batch-1 bar's
 #      engines alone for ROUNDS rounds (`bench --rounds`: fresh processes, engines interleaved), reusing that
 #      export: PyTorch's batch-1 time changes from one process to the next, so the bar is the median ratio
+#   2b. (kernels) a probe: the graph path at batch 1 with each ONNX Runtime attention kernel, and without the
+#      embedding fusion, on that export (scripts/experiments/attention_kernels.py)
 #   3. bertpack train, a few hundred steps on the GPU (mixed precision, samples/s) from random weights
 #      of SHAPE's shape (the embedded model's config + tokenizer: throughput does not depend on weights)
 #   4. bertpack export of that run (fp16 parity checked on the CUDA provider), no int8
@@ -16,7 +18,7 @@
 #   6. the tests that need a GPU (fp16 on the CUDA provider against the CPU's fp32, with and without CUDA
 #      graphs; needs pytest on the machine)
 # META is any bertpack artifact (its manifest and tokenizer seed step 2). PARTS picks the steps
-# (default all: doctor,bench,repeat,train,export,served,tests; about 13 minutes on an H100, over one device
+# (default all: doctor,bench,kernels,repeat,train,export,served,tests; about 13 minutes on an H100, over one device
 # call's 10: name only what is still open, e.g. PARTS=doctor,bench,repeat). Every step has its own
 # time limit; results are packed into $OUT/results.tgz after each step, so a cut-off run still
 # returns what finished. scripts/gpu_stage.sh stages the wheels and data for a machine without network.
@@ -25,7 +27,7 @@ set -uo pipefail
 WORK=${WORK:-/tmp/bertpack-gpu}
 STEPS=${STEPS:-300}
 ROUNDS=${ROUNDS:-5}
-PARTS=${PARTS:-doctor,bench,repeat,train,export,served,tests}
+PARTS=${PARTS:-doctor,bench,kernels,repeat,train,export,served,tests}
 BB_ENGINES=${BB_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_bf16,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 MINI_ENGINES=${MINI_ENGINES:-pytorch_fp32,pytorch_fast,pytorch_fp16,onnx_fp16_cuda,onnx_fp16_cuda_graph}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "error: ROUNDS must be a whole number >= 1, not '$ROUNDS'" >&2; exit 2; }
@@ -49,6 +51,16 @@ step "bench bert-base (issue 4)"
 timeout -k 10 330 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" --engines "$BB_ENGINES" \
   --batch-sizes 1,8,32,128 --min-time 0.5 --min-samples 20 --no-profile --export-dir "$WORK/bert-base" \
   --out "$RES/bench-bert-base" 2>&1 | tee "$RES/bench-bert-base.log"
+pack
+fi
+if want kernels; then
+step "attention kernels and embedding fusion at batch 1 (a probe: scripts/experiments/attention_kernels.py)"
+if [ -f "$WORK/bert-base/artifact/model_fp16.onnx" ]; then
+  timeout -k 10 240 python3 scripts/experiments/attention_kernels.py "$WORK/bert-base/artifact" --data "$DATA" \
+    --unfused-embeddings --out "$RES/attention-kernels.json" 2>&1 | grep -v "^\s*$" | tail -20 | tee "$RES/attention-kernels.log"
+else
+  echo "no bert-base export in $WORK/bert-base: run the bench part first" | tee "$RES/attention-kernels.log"
+fi
 pack
 fi
 if want repeat; then

@@ -15,7 +15,7 @@ BARS = [
     ("int8 CPU p50 latency vs PyTorch fp32 eager, batch 1", "onnx_int8", REFERENCE, 1, "speedup_p50", 4.0),
     ("int8 CPU sentences/s vs PyTorch fp32 eager, batch 32", "onnx_int8", REFERENCE, 32, "speedup_throughput", 1.5),
     ("ONNX fp16 CUDA p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda", REFERENCE, 1, "speedup_p50", 8.0),
-    ("ONNX fp16 CUDA graph (the service's GPU path) p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda_graph", REFERENCE, 1,
+    ("ONNX fp16 CUDA graph (the service's GPU path, model call) p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda_graph", REFERENCE, 1,
      "speedup_p50", 8.0),
     ("ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128", "onnx_fp16_cuda", "pytorch_fp16", 128, "throughput_vs", 1.5),
 ]
@@ -28,8 +28,8 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
     out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
                timing="time.perf_counter around each batch call, after one untimed warm-up pass over every batch (every shape); "
                       "inputs already on the device and logits left there for every GPU engine, CUDA synchronised before the "
-                      "clock is read (the CUDA-graph engine's copies into and out of its fixed device tensors are timed apart: "
-                      "host copies)",
+                      "clock is read (the CUDA-graph engine is also timed with its copies into and out of its fixed device "
+                      "tensors: p50_with_copies_ms)",
                batching="CoLA validation sentences sorted by token count, cut into batches, each padded to its longest; "
                         "the same batches for every engine",
                process="each engine in its own process; torch threads = ORT intra-op threads = `threads`, inter-op 1",
@@ -55,7 +55,7 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
                    **{k: row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "passes", "timed_calls", "batches")},
                    "speedup_p50": base["p50_ms"] / row["p50_ms"] if base else None,
                    "speedup_throughput": row["sentences_per_s"] / base["sentences_per_s"] if base else None,
-                   "host_copies_p50_ms": row.get("host_copies_p50_ms"),
+                   "p50_with_copies_ms": row.get("p50_with_copies_ms"),
                    "peak_rss_mib": row["peak_rss_mib"], "cuda_max_allocated_mib": row.get("cuda_max_allocated_mib"),
                    "model_mb": res["model_bytes"] / 1e6,
                    "mcc": None if speed_only else scores["mcc"], "accuracy": None if speed_only else scores["accuracy"],
@@ -67,7 +67,7 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
     return rows
 
 
-ROUND_FIELDS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "speedup_p50", "speedup_throughput", "host_copies_p50_ms")
+ROUND_FIELDS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "speedup_p50", "speedup_throughput", "p50_with_copies_ms")
 
 
 def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
@@ -92,11 +92,12 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str) -> float | None:
+def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> float | None:
+    """`p50="p50_with_copies_ms"`: the engine's time with its host copies (the reference's stays its model call)."""
     a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
-    if a is None or o is None:
+    if a is None or o is None or a.get(p50) is None:
         return None
-    return o["p50_ms"] / a["p50_ms"] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
+    return o["p50_ms"] / a[p50] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
 
 
 def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
@@ -121,6 +122,9 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
         bar = {"bar": name, "target": target, "value": value, "passed": value >= target}
         if len(rounds) > 1:
             bar["rounds"] = values
+        copied = [v for v in (_bar_value(by_engine, engine, other, b, measure, "p50_with_copies_ms") for by_engine in by_round) if v is not None]
+        if measure == "speedup_p50" and copied:
+            bar.update(engine=engine, with_host_copies=statistics.median(copied))
         bars.append(bar)
     if not speed_only and any("onnx_int8" in by_engine for by_engine in by_round):
         worst = max((abs(r["mcc_delta"]) for r in rows if r["engine"] == "onnx_int8" and r["mcc_delta"] is not None), default=None)
@@ -205,7 +209,9 @@ def _bar_lines(payload: dict) -> list[str]:
                 r = bar["rounds"]
                 spread = (f", median of {_count(len(r), 'round')}: {min(r):.2f}x-{max(r):.2f}x, "
                           f"{sum(v >= bar['target'] for v in r)} of {len(r)} at or over {bar['target']:g}x")
-            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}")
+            copies = "" if bar.get("with_host_copies") is None else \
+                f"; with {bar['engine']}'s host copies in its time: {bar['with_host_copies']:.2f}x"
+            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}{copies}")
     return out
 
 
@@ -229,12 +235,12 @@ def _e2e_lines(payload: dict) -> list[str]:
 
 
 def _copies_line(payload: dict) -> str | None:
-    rows = sorted((r for r in payload["rows"] if r.get("host_copies_p50_ms") is not None), key=lambda r: (_order(r), r["batch_size"]))
+    rows = sorted((r for r in payload["rows"] if r.get("p50_with_copies_ms") is not None), key=lambda r: (_order(r), r["batch_size"]))
     if not rows:
         return None
-    parts = [f"{r['engine']} batch {r['batch_size']}: {r['host_copies_p50_ms']:.3f} ms" for r in rows]
-    return ("Host copies per call, outside the p50 above (padding the batch into the graph's device inputs, logits back to "
-            "the host; the service pays them on every request): " + "; ".join(parts))
+    parts = [f"{r['engine']} batch {r['batch_size']}: {r['p50_with_copies_ms']:.3f} ms (model call {r['p50_ms']:.3f})" for r in rows]
+    return ("p50 with the host copies, as the service pays each call (padding the batch into the graph's fixed device inputs, "
+            "logits back to the host; the p50 column leaves them out like every GPU row's transfers): " + "; ".join(parts))
 
 
 def _padding_line(payload: dict) -> str:
@@ -290,8 +296,9 @@ def format_markdown(payload: dict) -> str:
     out.append("")
     out += [f"- skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
     out += ["", _padding_line(payload), ""]
-    if _copies_line(payload):
-        out += [_copies_line(payload), ""]
+    copies = _copies_line(payload)
+    if copies:
+        out += [copies, ""]
     out += [*_e2e_lines(payload), "", "## Bars", "", *_bar_lines(payload)]
     if any(r.get("rounds") for r in payload["rows"]):
         out += ["", "## Rounds (p50 ms and speed-up against the same round's reference, round by round)", ""]

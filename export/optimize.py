@@ -15,12 +15,15 @@ GPU_LEVEL = "O4"  # O3 fusions + fp16 with fp32 inputs/outputs (keep_io_types)
 GPU_OPTIONS = {"disable_embed_layer_norm_fusion": False}
 
 
-def optimize(fp32_dir: Path, work_dir: Path, level: str) -> tuple[Path, dict[str, int]]:
-    """Run ORTOptimizer at `level` on fp32_dir/model.onnx; return the new file and its fused-operator counts."""
+def optimize(fp32_dir: Path, work_dir: Path, level: str, options: dict | None = None) -> tuple[Path, dict[str, int]]:
+    """Run ORTOptimizer at `level` on fp32_dir/model.onnx; return the new file and its fused-operator counts.
+    `options`: OptimizationConfig fields over the level's (default: GPU_OPTIONS for the GPU level)."""
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
 
     suffix = "fp16" if level == GPU_LEVEL else "optimized"
-    config = getattr(AutoOptimizationConfig, level)(**(GPU_OPTIONS if level == GPU_LEVEL else {}))
+    if options is None:
+        options = GPU_OPTIONS if level == GPU_LEVEL else {}
+    config = getattr(AutoOptimizationConfig, level)(**options)
     save_dir = Path(work_dir) / suffix
     optimizer = ORTOptimizer.from_pretrained(str(fp32_dir), file_names=["model.onnx"])
     with quiet_ort_logs():  # the fp16 pass asks ORT for CUDA; without a GPU that only logs errors

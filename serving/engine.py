@@ -224,9 +224,10 @@ class OnnxClassifier:
 
     def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
                  threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None | str = "served",
-                 cuda_graph: bool = False, spin: bool = True):
+                 cuda_graph: bool = False, spin: bool = True, cuda_options: dict[str, str] | None = None):
         """`buckets="served"` pads as the service does on the provider in use (served_buckets), so
-        predict, parity and the service compute the same thing for the same sentences."""
+        predict, parity and the service compute the same thing for the same sentences. `cuda_options`:
+        extra CUDA provider options for its CUDA sessions (e.g. {"sdpa_kernel": "2"}); ORT refuses unknown ones."""
         from tokenizers import Tokenizer
 
         self.artifact_dir = Path(artifact_dir)
@@ -258,7 +259,7 @@ class OnnxClassifier:
         providers: list = ["CPUExecutionProvider"]
         if want_cuda:
             preload_cuda_libraries()
-            providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            providers = [("CUDAExecutionProvider", {"device_id": 0, **(cuda_options or {})}), "CPUExecutionProvider"]
         self.session = _open_session(self.model_path, session_options(threads, spin), providers)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
@@ -274,7 +275,8 @@ class OnnxClassifier:
         self.graph_error: str | None = None  # why CUDA graphs were asked for and are not used
         if cuda_graph and self.provider == "CUDAExecutionProvider":
             try:
-                self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id)
+                self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id,
+                                                cuda_options)
             except BertpackError as exc:
                 self.graph_error = str(exc)
                 log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
@@ -388,11 +390,11 @@ class CudaGraphs:
 
     @classmethod
     def create(cls, model_path: Path, threads: int | None, input_names: list[str], output_name: str,
-               n_labels: int, pad_id: int) -> "CudaGraphs":
+               n_labels: int, pad_id: int, cuda_options: dict[str, str] | None = None) -> "CudaGraphs":
         """A second session of the model with CUDA graphs on; raises BertpackError when ORT refuses
         (e.g. a node that runs on the CPU provider)."""
         session = _open_session(model_path, session_options(threads),
-                                [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})])
+                                [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1", **(cuda_options or {})})])
         return cls(session, input_names, output_name, n_labels, pad_id)
 
     def _slot(self, rows: int, length: int) -> _GraphSlot:

@@ -3,12 +3,11 @@ service's GPU path fastest at batch 1.
 
 For an export's fp16 graph (`bertpack bench --arch bert-base --export-dir DIR` leaves one in DIR/artifact), each
 setting runs in its own process through the bench's own CUDA-graph engine and timing loop
-(bench.worker.OnnxGraphEngine, measure_batch_size: inputs staged before the clock, replay + sync timed), one sentence
-per call over CoLA validation sentences. Settings: ORT's default kernel choice, then each `sdpa_kernel` backend
-alone, then (with --unfused-embeddings) the default on the O4 graph without the EmbedLayerNormalization fusion,
-built here from the export's model.onnx. Each line: p50, host copies, and the largest logit difference from the
-default setting on the same sentences. ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 makes ORT print the kernel it picked;
-the first such line of each setting is kept.
+(bench.worker.OnnxGraphEngine with `cuda_options`, measure_batch_size), one sentence per call over CoLA validation
+sentences. Settings: ORT's default kernel choice, then each `sdpa_kernel` backend alone, then (with
+--unfused-embeddings) the default on the O4 graph as Optimum builds it (embeddings not fused), built here from the
+export's model.onnx. Each line: p50 of the model call, p50 with the host copies, the largest logit difference from
+the default setting on the same sentences, and the kernels ORT reports picking (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO).
 
     python scripts/experiments/attention_kernels.py DIR/artifact --data CoLA --out kernels.json [--unfused-embeddings]
 
@@ -20,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,59 +28,69 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-# sdpa_kernel bits (onnxruntime contrib_ops attention_common.h, AttentionBackend)
+# sdpa_kernel bits (onnxruntime contrib_ops attention_common.h, AttentionBackend); None = ORT's own choice
 SETTINGS = [("default", None), ("flash", 1), ("efficient", 2), ("trt_fused", 4), ("cudnn_flash", 8), ("math", 16),
             ("trt_flash", 32)]
+PER_SETTING_S = 60
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def measure_one(model: Path, artifact: Path, sdpa_kernel: int | None, data: Path, sentences: int, cpu: bool) -> dict:
-    """One setting, in this process: the bench's graph engine on `model` with `sdpa_kernel`."""
+def measure_one(artifact: Path, sdpa_kernel: int | None, data: Path, sentences: int, cpu: bool) -> dict:
+    """One setting, in this process: the bench's graph engine on the artifact's fp16 model."""
     import numpy as np
 
     from bench.worker import OnnxGraphEngine, measure_batch_size
     from bertpack.data import validation_sentences
-    from serving.engine import CudaGraphs, OnnxClassifier, _open_session, preload_cuda_libraries, session_options
+    from serving.engine import CudaGraphs, OnnxClassifier, physical_cores
 
-    options = {"device_id": 0, "enable_cuda_graph": "1"}
-    if sdpa_kernel is not None:
-        options["sdpa_kernel"] = str(sdpa_kernel)
-
-    class Engine(OnnxGraphEngine):
-        def __init__(self):  # the bench's engine, its graph session opened on `model` with these provider options
-            # the classifier only tokenizes and pads (to the service's CUDA buckets); its own session stays unused
-            self.clf = OnnxClassifier(artifact, variant="fp16", device="cpu", threads=1, verify=False, buckets=(16, 32, 64, 128))
-            if not cpu:
-                preload_cuda_libraries()
-            providers = ["CPUExecutionProvider"] if cpu else [("CUDAExecutionProvider", options)]
-            session = _open_session(model, session_options(), providers)
-            self.clf.graphs = CudaGraphs(session, self.clf.input_names, self.clf.output_name, len(self.clf.labels),
-                                         self.clf.pad_id, device="cpu" if cpu else "cuda")
-
-    engine = Engine()
-    texts = validation_sentences(data)[0][:sentences]
-    ids = engine.clf.encode(texts)
+    if cpu:
+        class Engine(OnnxGraphEngine):  # the same class on a CPU session and CPU buffers
+            def __init__(self):
+                self.clf = OnnxClassifier(artifact, variant="fp16", device="cpu", verify=False, buckets=(16, 32, 64, 128))
+                self.clf.graphs = CudaGraphs(self.clf.session, self.clf.input_names, self.clf.output_name,
+                                             len(self.clf.labels), self.clf.pad_id, device="cpu")
+        engine = Engine()
+    else:
+        engine = OnnxGraphEngine(str(artifact), physical_cores(), None if sdpa_kernel is None else {"sdpa_kernel": str(sdpa_kernel)})
+    ids = engine.clf.encode(validation_sentences(data)[0][:sentences])
     spec = {"ids": ids, "pad_id": engine.clf.pad_id, "input_names": engine.clf.input_names,
             "max_passes": 20, "min_time_s": 1.0, "min_samples": 200}
     row = measure_batch_size(engine, spec, 1)
     logits = np.concatenate([engine.clf.graphs.run(engine.clf.pad([s]).inputs) for s in ids[:64]])
-    return {"p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"], "host_copies_p50_ms": row.get("host_copies_p50_ms"),
+    return {"p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"], "p50_with_copies_ms": row.get("p50_with_copies_ms"),
             "timed_calls": row["timed_calls"], "logits": logits.tolist()}
 
 
-def unfused_copy(artifact: Path, work: Path) -> Path:
-    """The O4 fp16 graph as Optimum builds it by default (embeddings not fused), from the export's model.onnx."""
-    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
+def unfused_artifact(artifact: Path, work: Path) -> Path:
+    """A copy of the artifact (links) whose model_fp16.onnx is O4 as Optimum builds it: embeddings not fused."""
+    from export.optimize import GPU_LEVEL, optimize
 
-    from serving.engine import quiet_ort_logs
+    model, _ = optimize(artifact, work, GPU_LEVEL, options={})
+    out = work / "artifact"
+    out.mkdir()
+    for f in artifact.iterdir():
+        (out / f.name).symlink_to(model if f.name == "model_fp16.onnx" else f.resolve())
+    return out
 
-    src = work / "fp32"
-    src.mkdir(parents=True)
-    for name in ("model.onnx", "config.json"):
-        (src / name).symlink_to((artifact / name).resolve())
-    with quiet_ort_logs():  # the fp16 pass asks ORT for CUDA, which logs errors where it cannot load
-        ORTOptimizer.from_pretrained(str(src), file_names=["model.onnx"]).optimize(
-            optimization_config=AutoOptimizationConfig.O4(), save_dir=work / "unfused", file_suffix="unfused")
-    return work / "unfused" / "model_unfused.onnx"
+
+def run_setting(args, name: str, artifact: Path, sdpa: int | None) -> dict:
+    cmd = [sys.executable, __file__, str(artifact), "--data", str(args.data), "--out", str(args.out),
+           "--sentences", str(args.sentences), "--one", "" if sdpa is None else str(sdpa), *(["--cpu"] if args.cpu else [])]
+    entry: dict = {"setting": name, "sdpa_kernel": sdpa, "artifact": str(artifact)}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PER_SETTING_S,
+                              env={**os.environ, "ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO": "1"})
+    except subprocess.TimeoutExpired:
+        return {**entry, "error": f"timed out after {PER_SETTING_S} s"}
+    lines = [ANSI.sub("", line).strip() for line in (proc.stdout + proc.stderr).splitlines()]
+    lines = [line for line in lines if line]
+    # ORT prints "... SdpaKernel=<kernel>" per attention node and shape; the options summary line has no "SdpaKernel="
+    entry["kernels"] = sorted({m.group(1) for line in lines for m in [re.search(r"SdpaKernel=(\S+)", line)] if m})
+    found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not found:
+        entry["error"] = (next((t for t in reversed(lines) if "rror" in t), None) or (lines[-1] if lines else f"exit {proc.returncode}"))[:300]
+        return entry
+    return {**entry, **found[0]}
 
 
 def main() -> int:
@@ -91,57 +101,44 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--unfused-embeddings", action="store_true")
     parser.add_argument("--cpu", action="store_true")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: "MODEL|SDPA" -> one JSON line on stdout
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: one setting ("" or an sdpa_kernel) -> a RESULT line
     args = parser.parse_args()
 
-    if args.one:
-        model, sdpa = args.one.split("|")
-        result = measure_one(Path(model), args.artifact, int(sdpa) if sdpa else None, args.data, args.sentences, args.cpu)
+    if args.one is not None:
+        result = measure_one(args.artifact, int(args.one) if args.one else None, args.data, args.sentences, args.cpu)
         print("RESULT " + json.dumps(result))
         return 0
 
-    fused = args.artifact / "model_fp16.onnx"
-    runs = [(name, fused, sdpa) for name, sdpa in SETTINGS]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = [(name, sdpa) for name, sdpa in SETTINGS] + ([("default, embeddings unfused", None)] if args.unfused_embeddings else [])
+    results: list[dict] = []
+    base_logits = None
+    print(f"{'setting':<28} {'p50 ms':>8} {'+copies':>8} {'max |dlogit|':>12}  kernels", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.unfused_embeddings:  # built last, so a time limit cuts this one first
-            runs.append(("default, embeddings unfused", None, None))
-        results = []
-        for name, model, sdpa in runs:
-            model = model or unfused_copy(args.artifact, Path(tmp))
-            cmd = [sys.executable, __file__, str(args.artifact), "--data", str(args.data), "--out", str(args.out),
-                   "--sentences", str(args.sentences), "--one", f"{model}|{'' if sdpa is None else sdpa}", *(["--cpu"] if args.cpu else [])]
-            env = {**os.environ, "ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO": "1"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-            lines = (proc.stdout + proc.stderr).splitlines()
-            found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
-            kernel = next((line.strip() for line in lines if "Kernel=" in line or "AttentionKernel" in line), None)
-            entry = {"setting": name, "sdpa_kernel": sdpa, "model": str(model), "kernel_debug": kernel}
-            if proc.returncode != 0 or not found:
-                text = [line.strip() for line in lines if line.strip() and line.strip() != "\x1b[m"]
-                entry["error"] = (next((t for t in reversed(text) if "Error" in t or "error" in t), None)
-                                  or (text[-1] if text else f"exit {proc.returncode}"))[:300]
-            else:
-                entry.update(found[0])
-            results.append(entry)
-            args.out.write_text(json.dumps([{k: v for k, v in r.items() if k != "logits"} for r in results], indent=2))
-    base = next((r for r in results if r["setting"] == "default" and "logits" in r), None)
-    print(f"{'setting':<28} {'p50 ms':>8} {'p95 ms':>8} {'copies ms':>9} {'max |dlogit|':>12}  kernel")
-    for r in results:
-        if "error" in r:
-            print(f"{r['setting']:<28} failed: {r['error']}")
-            continue
-        diff = None
-        if base is not None:
-            diff = max(abs(a - b) for row_a, row_b in zip(r["logits"], base["logits"]) for a, b in zip(row_a, row_b))
-        r["max_abs_logit_diff_vs_default"] = diff
-        copies = r["host_copies_p50_ms"]
-        print(f"{r['setting']:<28} {r['p50_ms']:>8.3f} {r['p95_ms']:>8.3f} {copies if copies is None else f'{copies:.3f}':>9} "
-              f"{diff if diff is None else f'{diff:.4f}':>12}  {r['kernel_debug'] or '-'}")
-    for r in results:
-        r.pop("logits", None)
-    args.out.write_text(json.dumps(results, indent=2))
-    return 0 if base is not None else 1
+        for name, sdpa in runs:  # the unfused graph is built last, so a time limit cuts it first
+            artifact = args.artifact
+            if name.endswith("unfused"):
+                try:
+                    artifact = unfused_artifact(args.artifact, Path(tmp))
+                except Exception as exc:  # noqa: BLE001 - a probe: report and stop
+                    results.append({"setting": name, "error": f"building the unfused graph: {exc}"[:300]})
+                    print(f"{name:<28} failed: {results[-1]['error']}", flush=True)
+                    break
+            r = run_setting(args, name, artifact, sdpa)
+            logits = r.pop("logits", None)
+            if name == "default":
+                base_logits = logits
+            if logits is not None and base_logits is not None:
+                r["max_abs_logit_diff_vs_default"] = max(abs(a - b) for x, y in zip(logits, base_logits) for a, b in zip(x, y))
+            results.append(r)
+            args.out.write_text(json.dumps(results, indent=2))
+            if "error" in r:
+                print(f"{name:<28} failed: {r['error']}", flush=True)
+                continue
+            diff, copies = r.get("max_abs_logit_diff_vs_default"), r["p50_with_copies_ms"]
+            print(f"{name:<28} {r['p50_ms']:>8.3f} {'-' if copies is None else f'{copies:.3f}':>8} "
+                  f"{'-' if diff is None else f'{diff:.4f}':>12}  {', '.join(r['kernels']) or '-'}", flush=True)
+    return 0 if base_logits is not None else 1
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
     out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
                timing="time.perf_counter around each batch call, after one untimed warm-up pass over every batch (every shape); "
                       "inputs already on the device and logits left there for every GPU engine, CUDA synchronised before the "
-                      "clock is read (the CUDA-graph engine is also timed with its copies into and out of its fixed device "
-                      "tensors: p50_with_copies_ms)",
+                      "clock is read; GPU engines are also timed per call with their copies (inputs to the device, logits "
+                      "back: p50_with_copies_ms)",
                batching="CoLA validation sentences sorted by token count, cut into batches, each padded to its longest; "
                         "the same batches for every engine",
                process="each engine in its own process; torch threads = ORT intra-op threads = `threads`, inter-op 1",
@@ -93,11 +93,11 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
 
 
 def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> float | None:
-    """`p50="p50_with_copies_ms"`: the engine's time with its host copies (the reference's stays its model call)."""
+    """`p50="p50_with_copies_ms"`: both engines' times with their host copies (GPU engines only)."""
     a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
-    if a is None or o is None or a.get(p50) is None:
+    if a is None or o is None or a.get(p50) is None or o.get(p50) is None:
         return None
-    return o["p50_ms"] / a[p50] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
+    return o[p50] / a[p50] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
 
 
 def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
@@ -124,7 +124,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             bar["rounds"] = values
         copied = [v for v in (_bar_value(by_engine, engine, other, b, measure, "p50_with_copies_ms") for by_engine in by_round) if v is not None]
         if measure == "speedup_p50" and copied:
-            bar.update(engine=engine, with_host_copies=statistics.median(copied))
+            bar["with_host_copies"] = statistics.median(copied)
         bars.append(bar)
     if not speed_only and any("onnx_int8" in by_engine for by_engine in by_round):
         worst = max((abs(r["mcc_delta"]) for r in rows if r["engine"] == "onnx_int8" and r["mcc_delta"] is not None), default=None)
@@ -210,7 +210,7 @@ def _bar_lines(payload: dict) -> list[str]:
                 spread = (f", median of {_count(len(r), 'round')}: {min(r):.2f}x-{max(r):.2f}x, "
                           f"{sum(v >= bar['target'] for v in r)} of {len(r)} at or over {bar['target']:g}x")
             copies = "" if bar.get("with_host_copies") is None else \
-                f"; with {bar['engine']}'s host copies in its time: {bar['with_host_copies']:.2f}x"
+                f"; with each side's host copies in its time: {bar['with_host_copies']:.2f}x"
             out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}{copies}")
     return out
 
@@ -239,8 +239,8 @@ def _copies_line(payload: dict) -> str | None:
     if not rows:
         return None
     parts = [f"{r['engine']} batch {r['batch_size']}: {r['p50_with_copies_ms']:.3f} ms (model call {r['p50_ms']:.3f})" for r in rows]
-    return ("p50 with the host copies, as the service pays each call (padding the batch into the graph's fixed device inputs, "
-            "logits back to the host; the p50 column leaves them out like every GPU row's transfers): " + "; ".join(parts))
+    return ("p50 with the host copies, per call (the batch to the device, for the CUDA-graph engine padded into its fixed "
+            "inputs as the service does, and the logits back to the host; the p50 column leaves them out): " + "; ".join(parts))
 
 
 def _padding_line(payload: dict) -> str:

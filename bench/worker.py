@@ -26,10 +26,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _staged_for(staged: tuple, prepared) -> tuple:
+    """What stage() made of `prepared`; run() on any other batch would answer for the staged one."""
+    if staged[0] is not prepared:
+        raise RuntimeError("run() without stage() of the same batch: it would answer for another batch")
+    return staged[1:]
+
+
 class TorchEngine:
     """PyTorch from the fine-tuned checkpoint. mode fp32 = the book's way (eager, no_grad, fp32);
     fast = inference_mode (+ fp16 autocast on CUDA); bf16 = bf16 autocast; fp16 = the weights cast
-    to fp16 (`model.half()`, CUDA only), the strongest plain-PyTorch baseline for the ONNX fp16 path."""
+    to fp16 (`model.half()`, CUDA only), the strongest plain-PyTorch baseline for the ONNX fp16 path.
+    On CUDA each call's inputs go to the device in stage(), before the clock, and its logits come back
+    in to_numpy(), after it; the worker times the call with them too (p50_with_copies_ms)."""
 
     def __init__(self, checkpoint: str, mode: str, device: str, threads: int):
         import torch
@@ -48,9 +57,10 @@ class TorchEngine:
         self.info = {"attn_implementation": getattr(self.model.config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
         if device == "cuda":
             self.info["gpu"] = torch.cuda.get_device_name(0)
+        self.host_copies = device == "cuda"
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> dict:
-        return {k: self.torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+        return {k: self.torch.from_numpy(v) for k, v in inputs.items()}
 
     def _context(self):
         import contextlib
@@ -65,11 +75,12 @@ class TorchEngine:
         return stack
 
     def stage(self, prepared: dict) -> None:
-        pass  # prepare() already put the batch on the device
+        self._staged = (prepared, {k: v.to(self.device) for k, v in prepared.items()})  # on the CPU: the same tensors
 
     def run(self, prepared: dict) -> Any:
+        (on_device,) = _staged_for(self._staged, prepared)
         with self._context():
-            return self.model(**prepared).logits
+            return self.model(**on_device).logits
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -131,9 +142,7 @@ class OnnxGraphEngine:
         self._staged = (prepared, *self.clf.graphs.stage(prepared))
 
     def run(self, prepared: dict[str, np.ndarray]):
-        staged, slot, n = self._staged
-        if staged is not prepared:
-            raise RuntimeError("run() without stage() of the same batch: the graph would answer for another batch")
+        slot, n = _staged_for(self._staged, prepared)
         self.clf.graphs.replay(slot)
         return slot, n
 
@@ -152,8 +161,8 @@ class OnnxGraphEngine:
 
 class OnnxEngine:
     """One ONNX model in ONNX Runtime, with the serving engine's session options. On CUDA the inputs
-    and outputs are bound to the device (IO binding), so the timed call is the model, not host-device
-    copies the caller could overlap."""
+    and outputs are bound to the device (IO binding): stage() copies a batch there before the clock,
+    to_numpy() copies the logits back after it, and the worker times the call with them too."""
 
     def __init__(self, model_path: str, device: str, threads: int, settings: dict | None = None):
         import onnxruntime as ort
@@ -175,27 +184,29 @@ class OnnxEngine:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.size_bytes = self.model_path.stat().st_size
         self.info = {"provider": provider, "model_file": str(self.model_path), "intra_op_threads": threads, "variant_settings": settings}
+        self.host_copies = device == "cuda"
 
-    def prepare(self, inputs: dict[str, np.ndarray]):
-        inputs = {k: v for k, v in inputs.items() if k in self.input_names}
+    def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in inputs.items() if k in self.input_names}
+
+    def stage(self, prepared: dict[str, np.ndarray]) -> None:
         if self.device != "cuda":
-            return inputs
+            self._staged = (prepared, prepared)
+            return
         import onnxruntime as ort
 
         binding = self.session.io_binding()
-        for name, arr in inputs.items():
+        for name, arr in prepared.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
         binding.bind_output(self.output_name, "cuda", 0)
-        return binding
-
-    def stage(self, prepared) -> None:
-        pass  # prepare() already bound the batch (on the device for CUDA)
+        self._staged = (prepared, binding)
 
     def run(self, prepared):
+        (fed,) = _staged_for(self._staged, prepared)
         if self.device == "cuda":
-            self.session.run_with_iobinding(prepared)
-            return prepared
-        return self.session.run([self.output_name], prepared)[0]
+            self.session.run_with_iobinding(fed)
+            return fed
+        return self.session.run([self.output_name], fed)[0]
 
     def sync(self) -> None:
         pass  # run_with_iobinding returns after the CUDA stream is synchronised; CPU runs are synchronous
@@ -237,9 +248,9 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
             engine.sync()
         preds[b.rows] = engine.to_numpy(out).argmax(axis=-1)
     warmup_s = time.perf_counter() - t0
-    # The clock covers run + sync only: every engine's inputs are on the device (or in host memory, on a CPU)
-    # before it starts. An engine with fixed device inputs (the CUDA-graph path) copies each batch in just
-    # before its call and the logits out after it; each call is also timed with its copies (with_copies).
+    # The clock covers run + sync only: stage() puts each batch where the model reads it (on a GPU: copies it to
+    # the device) before the clock starts, and the logits stay where the model left them. GPU engines are also
+    # timed per call with those copies and the logits' copy back to the host (with_copies).
     copies = getattr(engine, "host_copies", False)
     times: list[float] = []
     with_copies: list[float] = []

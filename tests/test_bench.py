@@ -135,7 +135,7 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     def result(engine: str, number: int, p50: dict[int, float]) -> dict:
         rows = [{"batch_size": b, "p50_ms": ms, "p95_ms": ms, "p99_ms": ms, "mean_ms": ms, "sentences_per_s": 1000 / ms,
                  "passes": 1, "timed_calls": 1, "batches": 1, "peak_rss_mib": 100.0 + number, "predictions": [0, 1],
-                 **({"p50_with_copies_ms": ms + 0.5} if engine != "pytorch_fp32" else {})}
+                 "p50_with_copies_ms": ms + (1.0 if engine == "pytorch_fp32" else 0.5)}
                 for b, ms in p50.items()]
         return {"engine": engine, "device": "cpu", "model_bytes": 1e6, "round": number, "rows": rows}
 
@@ -153,19 +153,55 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     assert int8["speedup_p50"] == 3.5 and int8["p50_ms"] == 1.5 and int8["peak_rss_mib"] == 103.0 and "round" not in int8
     assert [x["round"] for x in rows[("onnx_int8", 8)]["rounds"]] == [3] and rows[("onnx_int8", 8)]["speedup_p50"] == 4.0
     assert rows[("pytorch_fp32", 1)]["p50_ms"] == 6.0
-    assert int8["p50_with_copies_ms"] == 2.0 and rows[("pytorch_fp32", 1)]["p50_with_copies_ms"] is None
+    assert int8["p50_with_copies_ms"] == 2.0 and rows[("pytorch_fp32", 1)]["p50_with_copies_ms"] == 7.0
     from bench.report import format_markdown
 
     payload.update(arch="bert-base", artifact="a", artifact_version="v", data="d", finished="f", created="c",
                    machine={"cpu_model": "cpu", "physical_cores": 1, "cpu_flags": {}, "gpu": None, "versions": {},
                             "load_average_at_start": 0})
     md = format_markdown(payload)
-    assert "p50 with the host copies, as the service pays each call" in md
+    assert "p50 with the host copies, per call" in md
+    assert "pytorch_fp32 batch 1: 7.000 ms (model call 6.000)" in md
     assert "onnx_int8 batch 1: 2.000 ms (model call 1.500); onnx_int8 batch 8: 2.500 ms (model call 2.000)" in md
-    # the bar both ways: model call against model call (the verdict), and with the engine's copies in its time
-    assert "3.50x (bar 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with onnx_int8's host copies in its time: 2.53x" in md
+    # the bar both ways, each ratio within a round: model call against model call (the verdict), and with each side's
+    # copies in its time (round 1: 5.0 / 1.5, round 3: 7.0 / 2.5)
+    assert "3.50x (bar 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with each side's host copies in its time: 3.07x" in md
     bar = next(b for b in payload["bars"] if b["bar"].startswith("int8 CPU p50 latency"))
     assert bar["rounds"] == [4.0, 3.0] and bar["value"] == 3.5 and bar["passed"] is False
+
+
+def test_torch_engine_stages_each_call_and_refuses_an_unstaged_one(tiny_run, synthetic_cola):
+    """PyTorch's engine moves each batch to the device in stage() (on a CPU: the same tensors) and runs what was
+    staged; with its copies timed, as on CUDA, it reports them, and every call answers for its own batch."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from bench.worker import TorchEngine, measure_batch_size
+    from bertpack.data import validation_sentences
+
+    class Recorded(TorchEngine):
+        def to_numpy(self, out):
+            logits = super().to_numpy(out)
+            self.answers.append((self._staged[0], logits))
+            return logits
+
+    engine = Recorded(str(tiny_run / "model"), "fp32", "cpu", 1)
+    assert engine.host_copies is False  # nothing to copy on a CPU; timed anyway below, as on CUDA
+    engine.host_copies, engine.answers = True, []
+    tok = AutoTokenizer.from_pretrained(str(tiny_run / "model"))
+    ids = [tok(s)["input_ids"] for s in validation_sentences(synthetic_cola)[0][:6]]
+    spec = {"ids": ids, "pad_id": tok.pad_token_id, "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+            "max_passes": 1, "min_time_s": 0, "min_samples": 1}
+    row = measure_batch_size(engine, spec, 2)
+    assert row["timed_calls"] == 3 and row["p50_with_copies_ms"] >= row["p50_ms"]
+    assert len(engine.answers) == 6  # 3 warm-up calls, 3 timed
+    with torch.no_grad():
+        for batch, logits in engine.answers:
+            np.testing.assert_allclose(logits, engine.model(**batch).logits.numpy(), atol=1e-6)
+    assert len({tuple(np.round(l[0], 4)) for _, l in engine.answers}) == 3  # three batches, three different answers
+    with pytest.raises(RuntimeError, match="without stage"):
+        engine.run({"input_ids": torch.zeros((1, 4), dtype=torch.long)})
 
 
 def test_graph_engine_times_the_model_call_and_its_copies_apart(tiny_artifact, synthetic_cola):

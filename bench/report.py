@@ -100,6 +100,11 @@ def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p
     return o[p50] / a[p50] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
 
 
+def _bar_values(by_round: list[dict], engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> list[float]:
+    """The bar's ratio in every round that measured both engines (each against the same round's other engine)."""
+    return [v for v in (_bar_value(by_engine, engine, other, b, measure, p50) for by_engine in by_round) if v is not None]
+
+
 def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
                   sentences: int, labels: list, domains: list, rounds: list[list[dict]], skipped: list[dict], padding: dict,
                   e2e: dict | None, data_dir: Path) -> dict:
@@ -109,7 +114,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]
     bars = []
     for name, engine, other, b, measure, target in BARS:
-        values = [v for v in (_bar_value(by_engine, engine, other, b, measure) for by_engine in by_round) if v is not None]
+        values = _bar_values(by_round, engine, other, b, measure)
         if not values:
             ran = set().union(*by_round)
             why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)
@@ -122,8 +127,8 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
         bar = {"bar": name, "target": target, "value": value, "passed": value >= target}
         if len(rounds) > 1:
             bar["rounds"] = values
-        copied = [v for v in (_bar_value(by_engine, engine, other, b, measure, "p50_with_copies_ms") for by_engine in by_round) if v is not None]
-        if measure == "speedup_p50" and copied:
+        copied = _bar_values(by_round, engine, other, b, measure, "p50_with_copies_ms") if measure == "speedup_p50" else []
+        if copied:
             bar["with_host_copies"] = statistics.median(copied)
         bars.append(bar)
     if not speed_only and any("onnx_int8" in by_engine for by_engine in by_round):

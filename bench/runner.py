@@ -239,6 +239,12 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     echo("")
     echo(rp.format_text(payload))
     echo(f"\nwritten: {cfg.out}/bench.json, bench.md, bench.png")
+    failed = [s for s in skipped if s["reason"].startswith("failed")]  # not those skipped for want of a GPU
+    if failed:
+        raise BertpackError(f"{len(failed)} engine{'s' if len(failed) > 1 else ''} failed, so {cfg.out} lacks "
+                            f"{'their rows' if len(failed) > 1 else 'its row'} (or rounds): "
+                            + " | ".join(f"{s['engine']}: {s['reason'][:200]}" for s in failed)
+                            + "; check the model with `bertpack verify`, or leave the engine out of --engines")
     return payload
 
 

@@ -23,7 +23,16 @@ T = TypeVar("T")
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's own peak RSS. Linux carries ru_maxrss across exec, so a worker's ru_maxrss starts at the
+    size of the parent that spawned it; VmHWM belongs to the worker's own address space."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 * 1024)
 
 
 def _staged_for(staged: tuple, prepared) -> tuple:

@@ -40,6 +40,9 @@ def resolve_model(model: str) -> str:
         if not path.is_dir():
             raise BertpackError(f"--model {path} is a file; pass the checkpoint folder (config.json + model.safetensors)")
         if not (path / "config.json").is_file():
+            if (path / "model" / "config.json").is_file():  # a run folder of `bertpack train`
+                raise BertpackError(f"--model {path} is a bertpack run folder, not a checkpoint; to start from its model "
+                                    f"pass --model {path / 'model'}")
             raise BertpackError(f"--model {path} has no config.json; it is not a Hugging Face checkpoint folder")
         if not any(path.glob("*.safetensors")):
             raise BertpackError(

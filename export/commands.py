@@ -54,9 +54,22 @@ def predict(
     if list(sentences) == ["-"]:
         import sys
 
-        sentences = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        sentences = []
+        for number, line in enumerate(sys.stdin.buffer.read().splitlines(), 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BertpackError(f"line {number} on stdin is not UTF-8 text; convert the input to UTF-8 "
+                                    "(e.g. iconv -f latin1 -t utf-8)") from None
+            if text.strip():
+                sentences.append(text)
         if not sentences:
             raise BertpackError("no sentences on stdin (predict ARTIFACT - reads one sentence per line)")
+    for number, sentence in enumerate(sentences, 1):
+        try:
+            sentence.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 arrive as lone surrogates
+            raise BertpackError(f"sentence {number} is not UTF-8 text; pass UTF-8 (e.g. convert it with iconv -t utf-8)") from None
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
     ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
     tokens = [len(seq) for seq in ids]
@@ -64,7 +77,8 @@ def predict(
     # Nothing between [CLS] and [SEP] but [UNK] (or nothing at all): the service refuses these too.
     empty = [str(i + 1) for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
     if empty:  # the service refuses these too (400): a score for no text means nothing
-        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read; pass non-blank sentences")
+        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji, symbols, invisible "
+                            "characters or words over 100 characters); pass sentences with words")
     for i, n in enumerate(tokens):
         if n > clf.max_length:  # the service refuses these unless asked to truncate; here the user sees the cut
             typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
@@ -87,17 +101,28 @@ def verify(
     data: Optional[Path] = typer.Option(None, help="CoLA folder for --parity (default ../shared/data/cola)."),
     tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
-    """Re-hash every file of an artifact against its manifest and load and run each model."""
+    """Re-hash every file of an artifact against its manifest and load and run each model; exit 3 if its export
+    failed parity (unless --parity re-checks it and it passes)."""
+    from bertpack.errors import ParityError
     from export.manifest import verify_artifact
     from export.parity import Tolerance
+    from serving.engine import read_manifest
 
     tol = Tolerance.parse(tolerance)
     for line in verify_artifact(artifact_dir):
         typer.echo(f"ok  {line}")
+    recorded = read_manifest(artifact_dir)
+    failed = recorded.get("status", "ok") != "ok"
     if parity:
         from export.pipeline import recheck_artifact
 
         recheck_artifact(artifact_dir, data, tol, typer.echo)
+        if failed:
+            typer.echo("note: the export recorded a parity failure; this re-check passes with the tolerance given here", err=True)
+    elif failed:
+        why = "; ".join(recorded.get("parity", {}).get("failures", [])) or recorded["status"]
+        raise ParityError(f"{artifact_dir}: its files and models check out, but its export failed parity ({why}); "
+                          f"see {artifact_dir}/parity.md, and re-export it (a looser --tolerance, or another checkpoint)")
     typer.echo(f"{artifact_dir}: verified")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bertpack.errors import BertpackError
 from bertpack.files import sha256_file, write_json_atomic
-from serving.engine import ARTIFACT_FORMAT, MANIFEST, read_manifest, verify_files
+from serving.engine import ARTIFACT_FORMAT, MANIFEST, load_tokenizer, read_manifest, verify_files
 
 # Tokenizer and config files copied beside the models (tokenizer.json is what the engine reads).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
@@ -39,8 +39,8 @@ def write_manifest(folder: Path, body: dict) -> dict:
 
 
 def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
-    """`bertpack verify`: re-hash every file against the manifest, then load each model with ORT and
-    run one sentence through it. Returns one line per check; raises on the first failure."""
+    """`bertpack verify`: re-hash every file against the manifest, then load the tokenizer, and each model
+    with ORT and run one sentence through it. Returns one line per check; raises on the first failure."""
     import numpy as np
     import onnxruntime as ort
 
@@ -56,6 +56,8 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
     lines.append(f"{len(manifest['files'])} files match their sha256 and size")
     if not load_models:
         return lines
+    tokenizer = load_tokenizer(artifact_dir)
+    lines.append(f"tokenizer.json loads ({tokenizer.get_vocab_size()} tokens)")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     for name, variant in manifest["variants"].items():

@@ -110,7 +110,7 @@ def thread_info() -> dict:
 
 
 SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS",
-                  "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS")
+                  "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS", "BERTPACK_ACCESS_LOG")
 
 
 def serve_settings(env: dict[str, str] | None = None) -> dict:
@@ -137,9 +137,10 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
 
 
 def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
-    """(what `bentoml serve` would serve, None) or (None, why it would stop), from the same preflight()."""
+    """(what `bentoml serve` would serve, None) or (None, why it would stop): the same preflight(), then the
+    model loaded and run once on the device the service would use."""
     from bertpack.errors import BertpackError
-    from serving.engine import uses_cuda
+    from serving.engine import OnnxClassifier, uses_cuda
     from serving.source import preflight
 
     try:
@@ -149,9 +150,18 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     except ImportError as exc:  # a host with the engine but not the server (bentoml): the tag cannot be looked up
         return {"checked": False, "why": f"{exc.name or exc} is not installed"}, None
     on_gpu = uses_cuda(config.device)
-    return {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path),
-            "variant": config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"],
-            "device": "cuda" if on_gpu else "cpu"}, None
+    variant = config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"]
+    # A file can match its hash and still be refused by ONNX Runtime: load and run it as a worker would
+    # (without CUDA graphs; their capture failing only falls back, it never stops the service).
+    try:
+        engine = OnnxClassifier(source.path, variant=variant, device=config.device, threads=config.threads, verify=False,
+                                cuda_graph=False, spin=False)
+        engine.run(engine.pad([[101, 102]]))
+    except BertpackError as exc:
+        return None, str(exc)
+    model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": variant,
+             "device": "cuda" if on_gpu else "cpu", "provider": engine.provider, "parity_passed": manifest.get("status", "ok") == "ok"}
+    return model, None
 
 
 def gpu_info() -> dict:
@@ -223,8 +233,11 @@ def format_report(rep: dict) -> str:
     lines.append("serve settings: " + (", ".join(f"{k}={v}" for k, v in settings["env"].items()) or "defaults (no BERTPACK_* set)"))
     model = settings.get("model")
     if model and model["checked"]:
-        lines.append(f"serve model: {model['tag']} ({model['origin']}: {model['path']}), every file's hash checked; "
-                     f"would serve {model['variant']} on {model['device']}")
+        lines.append(f"serve model: {model['tag']} ({model['origin']}: {model['path']}), every file's hash checked, "
+                     f"{model['variant']} loads and runs; would serve it on {model['device']} ({model['provider']})")
+        if not model["parity_passed"]:
+            lines.append("  WARNING: this export failed its parity check (see parity.md in its folder); "
+                         "the service serves it, with a warning in its log")
     elif model:
         lines.append(f"serve model: not checked ({model['why']})")
     for problem in settings["problems"]:

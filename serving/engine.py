@@ -36,6 +36,9 @@ def read_manifest(artifact_dir: Path) -> dict:
     if artifact_dir.is_file():
         raise BertpackError(f"{artifact_dir} is a file, not an artifact folder; pass the folder written by `bertpack export` (holding {MANIFEST})")
     if not artifact_dir.is_dir():
+        if ":" in str(artifact_dir) and len(artifact_dir.parts) == 1:  # bertpack-cola:latest
+            raise BertpackError(f"{artifact_dir} looks like a BentoML model tag, but this takes an artifact folder: pass the folder "
+                                "written by `bertpack export` (a stored model's files are in $BENTOML_HOME/models/NAME/VERSION)")
         raise BertpackError(f"artifact folder {artifact_dir} does not exist; create it with `bertpack export RUN_DIR --out {artifact_dir}`")
     if not path.is_file():
         what = f"whose {MANIFEST} is a folder, not a file" if path.exists() else f"has no {MANIFEST}"
@@ -228,8 +231,6 @@ class OnnxClassifier:
         """`buckets="served"` pads as the service does on the provider in use (served_buckets), so
         predict, parity and the service compute the same thing for the same sentences. `cuda_options`:
         extra CUDA provider options for its CUDA sessions (e.g. {"sdpa_kernel": "2"}); ORT refuses unknown ones."""
-        from tokenizers import Tokenizer
-
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
         if device not in ("auto", "cpu", "cuda"):
@@ -250,9 +251,7 @@ class OnnxClassifier:
 
         self.max_length = int(self.manifest["max_length"])
         self.labels: list[str] = list(self.manifest["labels"])
-        self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer = load_tokenizer(self.artifact_dir)
         self.pad_id = int(self.manifest.get("pad_token_id", 0))
 
         self.model_path = self.artifact_dir / model_file
@@ -349,6 +348,21 @@ class OnnxClassifier:
         probs = softmax(self.logits_from_ids(ids, batch_size=batch_size))
         return [{"label": self.labels[int(p.argmax())], "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
                 for p in probs]
+
+
+def load_tokenizer(artifact_dir: Path):
+    """The artifact's tokenizer.json as the engine uses it (no padding, no truncation: the engine does both)."""
+    from tokenizers import Tokenizer
+
+    path = Path(artifact_dir) / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+        raise BertpackError(f"{path} is not a tokenizer the `tokenizers` library can load ({str(exc).splitlines()[0][:200]}); "
+                            "re-run bertpack export") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def _open_session(path: Path, options, providers: list):

@@ -65,6 +65,14 @@ def _max_latency_ms() -> int:
 MAX_LATENCY_MS = _max_latency_ms()
 
 
+def _access_log() -> bool:
+    """BERTPACK_ACCESS_LOG, read at import for the decorator, like the latency bound (a bad value: preflight refuses it)."""
+    try:
+        return ServeConfig.from_env({"BERTPACK_ACCESS_LOG": os.environ.get("BERTPACK_ACCESS_LOG", "")}).access_log
+    except BertpackError:
+        return ServeConfig.access_log
+
+
 def _log_to_stderr() -> None:
     """Let the engine's provider line and its CUDA-fallback errors reach the server log, once: under
     `bentoml serve` the root logger has BentoML's handler and bertpack's records propagate to it; a
@@ -136,6 +144,12 @@ def _exit_failed_if_marked(mark: str) -> None:
         os._exit(1)
 
 
+def _client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
+    """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
+    log.warning("POST %s: client error, %d (%s)", path, status, body["error"][:200])
+    return JSONResponse(body, status_code=status)
+
+
 async def _info(request: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().info())
 
@@ -173,8 +187,8 @@ class JsonOnly:
                 if key.lower() == b"content-type":
                     ctype = value.split(b";", 1)[0].strip().lower()
             if ctype.startswith(self.FORM_TYPES):
-                response = JSONResponse({"error": f"unsupported Content-Type {ctype.decode('latin-1')!r}: send a JSON body "
-                                                  "with Content-Type: application/json"}, status_code=415)
+                response = _client_error({"error": f"unsupported Content-Type {ctype.decode('latin-1')!r}: send a JSON body "
+                                                   "with Content-Type: application/json"}, 415, path)
                 await response(scope, receive, send)
                 return
         held: dict = {}
@@ -251,7 +265,7 @@ class InferInput(bentoml.IODescriptor):
     threads=1,  # one batch runs at a time; ORT parallelises inside it
     # The internal /infer calls skip the access log, request metrics and tracing: each public request
     # already gets them, and on a small CPU the second pass costs throughput (README, serve).
-    logging={"access": {"enabled": os.environ.get("BERTPACK_ACCESS_LOG", "1") == "1", "skip_paths": ["/infer"]}},
+    logging={"access": {"enabled": _access_log(), "skip_paths": ["/infer"]}},
     tracing={"excluded_urls": ["/infer"]},
 )
 class Bertpack:
@@ -267,6 +281,9 @@ class Bertpack:
         except BertpackError as exc:
             log.error("cannot serve: %s", exc)
             raise SystemExit(1) from None
+        if manifest.get("status", "ok") != "ok":  # not registered in the store by export, so served from a folder on purpose
+            log.warning("%s failed its parity check at export (%s); serving it anyway: see %s/parity.md", source.tag,
+                        "; ".join(manifest.get("parity", {}).get("failures", [])) or manifest["status"], source.path)
         fingerprint = files_fingerprint(source.path, manifest)
         if fingerprint:  # the workers skip the second hashing pass while no file changes
             os.environ[VERIFIED_FILES] = fingerprint
@@ -322,10 +339,10 @@ class Bertpack:
         # Nothing between [CLS] and [SEP] but [UNK] (emoji, symbols): the model would score noise.
         empty = [i for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
         if empty:
-            return JSONResponse(error_body(no_tokens_detail(empty)), status_code=400)  # type: ignore[return-value]
+            return _client_error(error_body(no_tokens_detail(empty)))  # type: ignore[return-value]
         too_long = [(i, len(seq)) for i, seq in enumerate(ids) if len(seq) > limit]
         if too_long and not truncate:
-            return JSONResponse(error_body(too_long_detail(too_long, limit)), status_code=400)  # type: ignore[return-value]
+            return _client_error(error_body(too_long_detail(too_long, limit)))  # type: ignore[return-value]
         truncated = [len(seq) > limit for seq in ids]
         ids = [keep_within(seq, limit) for seq in ids]
         from bentoml.exceptions import BentoMLException

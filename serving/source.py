@@ -24,6 +24,7 @@ class ServeConfig:
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
     variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
     max_latency_ms: int = 10_000  # BERTPACK_MAX_LATENCY_MS: a request queued longer than this for a batch gets 503
+    access_log: bool = True  # BERTPACK_ACCESS_LOG: BentoML's access log (read at import, in the service's decorator)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServeConfig":
@@ -33,19 +34,33 @@ class ServeConfig:
             raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}; set one of those "
                                 "(or unset it for auto: CUDA when usable, else the CPU)")
         return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
-                   threads=_positive(env, "BERTPACK_THREADS"), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH") or 32,
-                   cuda_graphs=env.get("BERTPACK_CUDA_GRAPHS", "1") not in ("0", "false", "no"),
+                   threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 32) or 32,
+                   cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
                    variant=env.get("BERTPACK_VARIANT", "").strip() or None,
-                   max_latency_ms=_positive(env, "BERTPACK_MAX_LATENCY_MS") or cls.max_latency_ms)
+                   max_latency_ms=_positive(env, "BERTPACK_MAX_LATENCY_MS", 10_000) or cls.max_latency_ms,
+                   access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log))
 
 
-def _positive(env: dict[str, str], name: str) -> int | None:
+def _positive(env: dict[str, str], name: str, example: int) -> int | None:
     value = env.get(name)
     if not value:
         return None
     if not value.isascii() or not value.isdigit() or int(value) < 1:
-        raise BertpackError(f"{name} must be a positive integer, not {value!r}; set a whole number such as 4 (or unset it for the default)")
+        raise BertpackError(f"{name} must be a positive integer, not {value!r}; set a whole number such as {example} (or unset it for the default)")
     return int(value)
+
+
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _ON + _OFF:
+        raise BertpackError(f"{name} must be 1 or 0, not {env[name]!r}; set 1 (on) or 0 (off), or unset it for the default "
+                            f"({'on' if default else 'off'})")
+    return value in _ON
 
 
 @dataclass(frozen=True)
@@ -114,18 +129,19 @@ def device_problem(device: str) -> str | None:
 
 def preflight(env: dict[str, str] | None = None, verified: str | None = None) -> tuple[ServeConfig, ModelSource, dict]:
     """Everything that can make start-up fail on the artifact or the settings, checked without loading
-    a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the variant, CUDA
-    when asked for. `bentoml serve` runs it before any worker starts; `bertpack doctor` runs it too.
+    a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the tokenizer, the
+    variant, CUDA when asked for. `bentoml serve` runs it before any worker starts; `bertpack doctor` runs it too.
     `verified`: the files_fingerprint() taken when the files were last hashed; if it still matches, the
     files are not hashed again (a worker after the serve process's own check: one pass is 0.3 s for the
     demo's 250 MB artifact here, ~1.5 s at that rate for a bert-base artifact)."""
-    from serving.engine import read_manifest, verify_files
+    from serving.engine import load_tokenizer, read_manifest, verify_files
 
     config = ServeConfig.from_env(env)
     source = resolve_model(config.model)
     manifest = read_manifest(source.path)
     if verified is None or verified != files_fingerprint(source.path, manifest):
         verify_files(source.path, manifest)  # every file, before anything is served
+        load_tokenizer(source.path)  # a file can match its hash and still not parse (tens of ms)
     if config.variant and config.variant not in manifest["variants"]:
         default = manifest["serving_default"]
         raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "

@@ -95,6 +95,17 @@ def test_predict_reads_stdin_and_refuses_cuda_without_gpu(tiny_artifact):
     assert [json.loads(line)["sentence"] for line in proc.stdout.splitlines()] == ["The cat sat on the mat.", "It rained."]
     err = _one_line_error(run_cli("predict", str(tiny_artifact), "The cat sat.", "\U0001F642\U0001F642"))
     assert "sentence 2 has no text the tokenizer can read" in err  # all [UNK]: the service's 400 too
+    # text that is not UTF-8, on stdin and as an argument (the shell passes bytes; Python sees lone surrogates)
+    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
+                          input=b"The cat sat.\ncaf\xe9 au lait.\n", capture_output=True, timeout=300)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    assert "line 2 on stdin is not UTF-8 text" in _one_line_error(proc)
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"bertpack.cli", b"predict", str(tiny_artifact).encode(), b"caf\xe9"],
+                          cwd=REPO, capture_output=True, timeout=300)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    assert "sentence 1 is not UTF-8 text" in _one_line_error(proc)
+    err = _one_line_error(run_cli("predict", "bertpack-cola:latest", "The cat sat."))  # a tag, not a folder
+    assert "looks like a BentoML model tag, but this takes an artifact folder" in err and "--out bertpack-cola" not in err
     if cuda_available():
         pytest.skip("a usable GPU is present: --device cuda is valid here")
     proc = run_cli("predict", str(tiny_artifact), "The cat sat.", "--device", "cuda", "--json")

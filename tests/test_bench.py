@@ -273,6 +273,44 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert not (tmp_path / "out2").exists()
 
 
+def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_artifact, synthetic_cola, tmp_path):
+    """A model file that matches its manifest but that ONNX Runtime refuses fails its engine's worker: the other
+    engines' results are still written, and the exit status says the bench is incomplete (one line naming it)."""
+    import hashlib
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    junk = b"not an ONNX model" * 50
+    (art / "model_int8.onnx").write_bytes(junk)
+    manifest["files"]["model_int8.onnx"] = {"sha256": hashlib.sha256(junk).hexdigest(), "bytes": len(junk)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
+                   "--engines", "pytorch_fp32,onnx_fp32,onnx_int8", "--no-end-to-end", "--no-profile", *QUICK)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert "onnx_int8: failed" in err and "Traceback" not in err
+    payload = json.loads((out / "bench.json").read_text())
+    assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_fp32"}
+    assert [s["engine"] for s in payload["skipped"]] == ["onnx_int8"]
+
+
+def test_worker_peak_memory_is_its_own_not_its_parents():
+    """Linux carries ru_maxrss across exec: a worker spawned by a 600 MiB parent would report 600 MiB."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page, so it is resident
+    code = "from bench.worker import _peak_rss_mib; print(_peak_rss_mib())"
+    peak = float(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    del ballast
+    assert 5 < peak < 300, peak
+
+
 def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
     import collections
 

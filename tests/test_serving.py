@@ -375,6 +375,20 @@ def test_client_errors_log_one_line(server):
     assert len(lines) == 1 and "[WARNING]" in lines[0] and "client error, 400" in lines[0], new[-3000:]
     assert sum("POST /infer: client error, 400" in line for line in new.splitlines()) == 1, new[-3000:]
 
+    # The mistakes found after tokenization, and a form body, are answered by bertpack itself: logged the same way.
+    before = server["log"].read_text()
+    assert classify(server["url"], {"sentences": ["word " * 200]}).status_code == 400
+    assert classify(server["url"], {"sentences": ["\U0001f642"]}).status_code == 400
+    assert httpx.post(f"{server['url']}/classify", data={"sentences": "x"}, timeout=60).status_code == 415
+    time.sleep(1)
+    new = server["log"].read_text()[len(before):]
+    assert "Traceback" not in new and "[ERROR]" not in new, new[-3000:]
+    warnings = [line for line in new.splitlines() if "[WARNING]" in line]
+    for fragment in ("POST /classify: client error, 400 (sentences[0]: sentence has 20", "over the model's limit",
+                     "POST /classify: client error, 400 (sentences[0]: sentence has no text the tokenizer can read",
+                     "POST /classify: client error, 415 (unsupported Content-Type 'application/x-www-form-urlencoded'"):
+        assert sum(fragment in line for line in warnings) == 1, (fragment, new[-3000:])
+
 
 def test_log_lines_are_not_doubled(server):
     log = server["log"].read_text()

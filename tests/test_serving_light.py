@@ -44,7 +44,9 @@ def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
     device = "cuda" if rep["gpu"]["cuda_problem"] is None else "cpu"
     assert rep["serve_settings"]["model"] == {"checked": True, "tag": f"bertpack-cola:{manifest['version']}", "origin": "folder",
                                               "path": str(tiny_artifact.resolve()), "device": device,
-                                              "variant": manifest["serving_default"][device]}
+                                              "variant": manifest["serving_default"][device],
+                                              "provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider",
+                                              "parity_passed": True}
     text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
     assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout
@@ -68,6 +70,15 @@ def test_serve_config_from_env():
         ServeConfig.from_env({"BERTPACK_DEVICE": "tpu"})
     with pytest.raises(BertpackError, match="BERTPACK_THREADS"):
         ServeConfig.from_env({"BERTPACK_THREADS": "-1"})
+    # on/off settings take the usual spellings, and refuse anything else rather than guess
+    assert ServeConfig.from_env({"BERTPACK_ACCESS_LOG": "yes", "BERTPACK_CUDA_GRAPHS": "Off"}).access_log is True
+    assert ServeConfig.from_env({"BERTPACK_ACCESS_LOG": "false"}).access_log is False
+    assert ServeConfig.from_env({}).cuda_graphs is True and ServeConfig.from_env({}).access_log is True
+    for name in ("BERTPACK_ACCESS_LOG", "BERTPACK_CUDA_GRAPHS"):
+        with pytest.raises(BertpackError, match=f"{name} must be 1 or 0, not 'maybe'; set 1 \\(on\\) or 0 \\(off\\)"):
+            ServeConfig.from_env({name: "maybe"})
+    with pytest.raises(BertpackError, match="such as 10000"):
+        ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "-1"})
 
 
 def test_missing_model_tag_is_a_clear_error(tmp_path):
@@ -211,6 +222,57 @@ def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
     (art / "vocab.txt").write_text("changed")
     damaged = run_cli("doctor", env={"BERTPACK_MODEL": str(art)})
     assert damaged.returncode == 1 and "vocab.txt" in damaged.stderr, damaged.stderr[-2000:]
+
+
+def _replace_listed_file(art, name: str, data: bytes) -> None:
+    """Rewrite a file and its manifest entry: the hashes match, only loading it can tell."""
+    import hashlib
+
+    (art / name).write_bytes(data)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_doctor_loads_the_model_and_tokenizer_as_the_worker_would(tiny_artifact, tmp_path):
+    """Files that match their manifest but that ONNX Runtime or `tokenizers` refuse stop `bentoml serve`
+    (tests/test_serving_startup.py), so doctor loads both and reports the same line, exit status 1."""
+    from tests.test_export_errors import _one_line_error
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    model = manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
+    for name, data, wanted in [(model, b"not an ONNX model" * 50, "ONNX Runtime cannot load"),
+                               ("tokenizer.json", b"{broken", "tokenizer.json is not a tokenizer the `tokenizers` library can load")]:
+        art = tmp_path / name
+        shutil.copytree(tiny_artifact, art)
+        _replace_listed_file(art, name, data)
+        proc = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
+        assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+        assert any(line.startswith("  PROBLEM: ") and wanted in line for line in proc.stdout.splitlines()), proc.stdout[-2000:]
+        if name == "tokenizer.json":  # the artifact commands name it too: one line, exit 2
+            for args in (["predict", str(art), "The cat sat."], ["verify", str(art)]):
+                assert wanted in _one_line_error(run_cli(*args)), args
+
+
+def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola, tmp_path):
+    """An export that broke its tolerance is still written (marked failed, not registered): `verify` exits 3
+    naming the failure unless --parity re-checks it and it passes, and doctor warns (the service serves it,
+    with a warning in its log)."""
+    art = tmp_path / "failed"
+    proc = run_cli("export", str(tiny_run), "--out", str(art), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
+                   "--tolerance", "logit=1e-12", "--no-flip-check")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert json.loads((art / "manifest.json").read_text())["status"] == "failed parity"
+    verify = run_cli("verify", str(art))
+    err = verify.stderr.strip()
+    assert verify.returncode == 3 and err.startswith("error: ") and len(err.splitlines()) == 1, verify.stderr[-2000:]
+    assert "its files and models check out, but its export failed parity (fp32:" in err and "parity.md" in err
+    assert "ok  tokenizer.json loads" in verify.stdout
+    recheck = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
+    assert recheck.returncode == 0 and "this re-check passes" in recheck.stderr, recheck.stderr[-2000:]
+    doctor = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
+    assert doctor.returncode == 0, doctor.stderr[-2000:]
+    assert "WARNING: this export failed its parity check" in doctor.stdout
 
 
 def test_error_lines_name_the_fix():

@@ -60,10 +60,11 @@ def assert_one_line_failure(rc: int, out: str, seconds: float, *fragments: str, 
     ({"BERTPACK_THREADS": "two"}, ["BERTPACK_THREADS must be a positive integer, not 'two'", "set a whole number"]),
     ({"BERTPACK_THREADS": "0"}, ["BERTPACK_THREADS must be a positive integer, not '0'"]),
     ({"BERTPACK_MAX_LATENCY_MS": "fast"}, ["BERTPACK_MAX_LATENCY_MS must be a positive integer, not 'fast'"]),
+    ({"BERTPACK_ACCESS_LOG": "maybe"}, ["BERTPACK_ACCESS_LOG must be 1 or 0, not 'maybe'"]),
     ({"BERTPACK_MODEL": "bertpack-cola:nosuchversion"}, ["not in the BentoML model store", "bertpack export"]),
     ({"BERTPACK_MODEL": "/nope/artifact"}, ["artifact folder '/nope/artifact' does not exist", "check the path"]),
     ({"BERTPACK_MODEL": "./artifacts/typo"}, ["artifact folder './artifacts/typo' does not exist"]),
-], ids=["device-gpu", "threads-two", "threads-zero", "latency-word", "unknown-tag", "absolute-path", "relative-path"])
+], ids=["device-gpu", "threads-two", "threads-zero", "latency-word", "access-log-word", "unknown-tag", "absolute-path", "relative-path"])
 def test_bad_setting_stops_serve_with_one_line(tmp_path, env, fragments):
     rc, out, seconds = serve_expecting_failure(env, tmp_path / "empty-home")
     assert_one_line_failure(rc, out, seconds, *fragments)
@@ -78,12 +79,18 @@ def _damage(art: Path, how: str) -> None:
         (art / "manifest.json").unlink()
     elif how == "manifest not JSON":
         (art / "manifest.json").write_text('{"format": "bertpack-artifact/1", ')
+    elif how == "tokenizer that does not parse":  # its hash rewritten to match: only loading it can tell
+        broken = b"{broken"
+        (art / "tokenizer.json").write_bytes(broken)
+        manifest["files"]["tokenizer.json"] = {"sha256": hashlib.sha256(broken).hexdigest(), "bytes": len(broken)}
+        (art / "manifest.json").write_text(json.dumps(manifest))
     elif how == "a file, not a folder":
         shutil.rmtree(art)
         art.write_text("not an artifact")
 
 
 @pytest.mark.parametrize("how,fragments", [
+    ("tokenizer that does not parse", ["tokenizer.json is not a tokenizer", "re-run bertpack export"]),
     ("truncated model", ["truncated or replaced", "re-run bertpack export"]),
     ("no manifest", ["has no manifest.json", "bertpack export"]),
     ("manifest not JSON", ["is not valid JSON", "re-run bertpack export"]),

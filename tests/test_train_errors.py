@@ -139,6 +139,10 @@ def test_damaged_model_is_one_line_and_leaves_no_folder(tmp_path: Path, syntheti
         shutil.copy(tiny_run / "model" / name, no_tokenizer / name)
     _one_line_error(run_cli("train", "--model", str(no_tokenizer), "--data", str(synthetic_cola), "--out", str(out)), "cannot load its tokenizer")
     assert not (tmp_path / "runs").exists()
+    # a run folder where a checkpoint is expected: point at its model
+    _one_line_error(run_cli("train", "--model", str(tiny_run), "--data", str(synthetic_cola), "--out", str(out)),
+                    f"is a bertpack run folder, not a checkpoint; to start from its model pass --model {tiny_run / 'model'}")
+    assert not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- option ranges

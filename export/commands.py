@@ -77,8 +77,8 @@ def predict(
     # Nothing between [CLS] and [SEP] but [UNK] (or nothing at all): the service refuses these too.
     empty = [str(i + 1) for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
     if empty:  # the service refuses these too (400): a score for no text means nothing
-        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji, symbols, invisible "
-                            "characters or words over 100 characters); pass sentences with words")
+        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji or symbols the "
+                            "vocabulary lacks, invisible characters, or words over 100 characters); pass sentences with words")
     for i, n in enumerate(tokens):
         if n > clf.max_length:  # the service refuses these unless asked to truncate; here the user sees the cut
             typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "

@@ -187,7 +187,8 @@ def _footer(report: dict) -> str:
             lines.append(f"  {t['settings']['name']}: MCC {t['mcc']:.4f}, agreement {t['agreement']:.2f}%, "
                          f"max |dlogit| {t['max_abs_logit_diff']:.3f} -> {verdict}")
     if report.get("int8_choice"):
-        lines.append(f"int8 default: {report['int8_choice']}")
+        lines.append(f"int8 default: {report['int8_choice']}" if report.get("int8_method") else
+                     f"int8: no method within tolerance (best: {report['int8_choice']})")
     lines.append(f"CPU serving default: {report.get('serving_default_cpu')}")
     if report.get("failures"):
         lines.append("FAILED: " + "; ".join(report["failures"]))

@@ -133,7 +133,9 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
                 "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
-                "versions": library_versions(), "cpu_flags": cpu, "status": "in progress"}
+                "versions": library_versions(), "cpu_flags": cpu,
+                # the preset int8 used: detected from this CPU (cpu_flags), or --quant-target
+                "quantization_target": None if cfg.int8 == "none" else target, "status": "in progress"}
         mf.write_manifest(stage, body)  # provisional: lets the engine load variants for the parity run
 
         report = _parity_and_int8(cfg, ckpt, data_dir, stage, work, body, target, echo)

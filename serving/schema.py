@@ -147,5 +147,5 @@ def too_long_detail(too_long: list[tuple[int, int]], limit: int) -> list[dict]:
 def no_tokens_detail(indexes: list[int]) -> list[dict]:
     """Sentences with nothing but [UNK] (or nothing at all) between [CLS] and [SEP]."""
     return [{"type": "no_tokens", "loc": ["sentences", i],
-             "msg": "sentence has no text the tokenizer can read (only emoji, symbols, invisible characters or words over 100 characters); send words"}
+             "msg": "sentence has no text the tokenizer can read (only emoji or symbols the vocabulary lacks, invisible characters, or words over 100 characters); send words"}
             for i in indexes]

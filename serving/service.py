@@ -158,7 +158,7 @@ async def _info(request: Request) -> JSONResponse:
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
 
-ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
+ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
              "GET / (Swagger UI)"]
 
 

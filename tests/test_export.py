@@ -44,7 +44,7 @@ def test_artifact_contract(exported):
     assert manifest["status"] == "ok" and manifest["parity"]["passed"]
     assert manifest["source"]["checkpoint"].endswith("/model") and "mcc" in manifest["source"]["metrics"]
     assert "onnxruntime-gpu" in manifest["versions"] or "onnxruntime" in manifest["versions"]
-    assert "quantization_target" in manifest["cpu_flags"]
+    assert manifest["quantization_target"] == manifest["cpu_flags"]["quantization_target"]  # auto: this CPU's preset
     on_disk = {p.name for p in out.iterdir() if p.name != "manifest.json"}
     assert set(manifest["files"]) == on_disk
     assert {"tokenizer.json", "parity.json", "parity.md", *MODELS} <= on_disk

@@ -153,3 +153,17 @@ def test_report_tables_render_every_row():
     assert len(table) == 2 + 3
     assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # escaped pipes keep the columns aligned
     assert "| int8 (static) | 1.0000 |" in md and "2.0 |" in md
+
+
+def test_report_footer_names_an_int8_default_only_when_one_ships():
+    from export.parity import _footer
+
+    tol = {"exact_max_logit_diff": 1e-3, "exact_agreement": 100.0, "mcc_drop": 0.01, "min_agreement": 98.0}
+    base = {"tolerance": tol, "int8_tries": {}}
+    shipped = _footer({**base, "int8_choice": "dynamic (dynamic: pass, MCC 0.3, agreement 98.90%)", "int8_method": "dynamic",
+                       "serving_default_cpu": "int8"})
+    assert "int8 default: dynamic (dynamic: pass" in shipped
+    none = _footer({**base, "int8_choice": "static (static: FAIL, MCC 0.1, agreement 97.50%)", "int8_method": None,
+                    "serving_default_cpu": "optimized"})
+    assert "int8 default" not in none and "int8: no method within tolerance (best: static (static: FAIL" in none
+    assert "CPU serving default: optimized" in none

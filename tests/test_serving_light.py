@@ -262,7 +262,8 @@ def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola,
     proc = run_cli("export", str(tiny_run), "--out", str(art), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
                    "--tolerance", "logit=1e-12", "--no-flip-check")
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert json.loads((art / "manifest.json").read_text())["status"] == "failed parity"
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["status"] == "failed parity" and manifest["quantization_target"] is None  # --int8 none
     verify = run_cli("verify", str(art))
     err = verify.stderr.strip()
     assert verify.returncode == 3 and err.startswith("error: ") and len(err.splitlines()) == 1, verify.stderr[-2000:]

@@ -65,6 +65,19 @@ def test_balanced_class_weights_and_weighted_loss() -> None:
     assert expected > torch.nn.functional.cross_entropy(logits, labels).item()
 
 
+def test_evals_per_epoch_holds_in_a_max_steps_run(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """--evals-per-epoch is honoured with --max-steps too (it was silently replaced by "twice in the run"),
+    and a --max-steps run shorter than that schedule still validates twice."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    common = dict(model=str(tiny_run / "model"), data=str(synthetic_cola), batch_size=8, max_steps=4, learning_rate=1e-12)
+    many = train(TrainConfig(out=tmp_path / "many", evals_per_epoch=100, **common))  # every step
+    assert len(many["epochs"]) == 4, many["epochs"]
+    few = train(TrainConfig(out=tmp_path / "few", evals_per_epoch=1, **common))  # once per epoch: after the 4 steps
+    assert len(few["epochs"]) == 2, few["epochs"]
+
+
 def test_reinit_pooler_and_evals_per_epoch(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
     """--reinit-pooler changes only the pooler before training; --evals-per-epoch 2 gives two validation rows per epoch;
     --class-weights balanced records its weights."""
@@ -229,7 +242,8 @@ def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_d
     assert metrics["train_samples_per_second"] > 0 and metrics["seed"] == 42
     assert set(metrics["versions"]) >= {"torch", "transformers", "datasets"}
     assert all(len(h) == 64 for h in metrics["data_sha256"].values()) and len(metrics["data_sha256"]) == 3
-    assert len(metrics["epochs"]) == 2 and all("mcc" in r and "train_loss" in r for r in metrics["epochs"])
+    # 512 sentences / 32 = 16 steps per epoch, 2 validations per epoch (every 8 steps) over the 32 steps
+    assert len(metrics["epochs"]) == 4 and all("mcc" in r and "train_loss" in r for r in metrics["epochs"])
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
     assert not (out / "checkpoints").exists()

@@ -336,8 +336,11 @@ def train(cfg: TrainConfig) -> dict:
     class_weights = balanced_class_weights(encoded["train"]["label"]) if cfg.class_weights == "balanced" else None
     on_gpu = torch.cuda.is_available()
     steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
-    # Evaluate (and checkpoint) every `every` steps: per epoch, several times per epoch, or twice in a --max-steps run.
-    every = max(1, cfg.max_steps // 2) if cfg.max_steps > 0 else max(1, steps_per_epoch // cfg.evals_per_epoch)
+    # Evaluate (and checkpoint) every `every` steps: --evals-per-epoch times per epoch; a --max-steps run that ends
+    # before that schedule would evaluate twice still evaluates twice (so it has a best checkpoint to keep).
+    every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    if cfg.max_steps > 0:
+        every = min(every, max(1, cfg.max_steps // 2))
     by_epoch = cfg.max_steps <= 0 and cfg.evals_per_epoch == 1
     use_bf16 = on_gpu and torch.cuda.is_bf16_supported()
     args = TrainingArguments(

@@ -53,24 +53,16 @@ log = logging.getLogger("bertpack.service")
 MAX_BATCH_SIZE = 64
 
 
-def _max_latency_ms() -> int:
-    """BERTPACK_MAX_LATENCY_MS, read at import because BentoML takes the bound in the decorator; a bad
-    value falls back to the default here and is refused with its one line by preflight() at start-up."""
+def _import_time_setting(name: str, field: str):
+    """A BERTPACK_* setting that BentoML takes in the decorator, so it is read at import; a bad value falls back
+    to the default here and is refused with its one line by preflight() at start-up."""
     try:
-        return ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": os.environ.get("BERTPACK_MAX_LATENCY_MS", "")}).max_latency_ms
+        return getattr(ServeConfig.from_env({name: os.environ.get(name, "")}), field)
     except BertpackError:
-        return ServeConfig.max_latency_ms
+        return getattr(ServeConfig, field)
 
 
-MAX_LATENCY_MS = _max_latency_ms()
-
-
-def _access_log() -> bool:
-    """BERTPACK_ACCESS_LOG, read at import for the decorator, like the latency bound (a bad value: preflight refuses it)."""
-    try:
-        return ServeConfig.from_env({"BERTPACK_ACCESS_LOG": os.environ.get("BERTPACK_ACCESS_LOG", "")}).access_log
-    except BertpackError:
-        return ServeConfig.access_log
+MAX_LATENCY_MS: int = _import_time_setting("BERTPACK_MAX_LATENCY_MS", "max_latency_ms")
 
 
 def _log_to_stderr() -> None:
@@ -265,7 +257,7 @@ class InferInput(bentoml.IODescriptor):
     threads=1,  # one batch runs at a time; ORT parallelises inside it
     # The internal /infer calls skip the access log, request metrics and tracing: each public request
     # already gets them, and on a small CPU the second pass costs throughput (README, serve).
-    logging={"access": {"enabled": _access_log(), "skip_paths": ["/infer"]}},
+    logging={"access": {"enabled": _import_time_setting("BERTPACK_ACCESS_LOG", "access_log"), "skip_paths": ["/infer"]}},
     tracing={"excluded_urls": ["/infer"]},
 )
 class Bertpack:

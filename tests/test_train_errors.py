@@ -17,10 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, write_synthetic_cola
 from tests.test_train import _one_line_error
 
 QUICK = ["--max-steps", "2", "--limit", "16", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def long_cola(tmp_path_factory) -> Path:
+    """4000 training sentences: at --batch-size 1 --evals-per-epoch 1 the first validation (and checkpoint) is 4000
+    steps away, far past the moment the interrupt tests stop training."""
+    return write_synthetic_cola(tmp_path_factory.mktemp("long-cola"), train_rows=4000)
+
+
+# A run that is interrupted before its first checkpoint.
+NO_CHECKPOINT_YET = ["--max-steps", "100000", "--batch-size", "1", "--evals-per-epoch", "1"]
 
 
 def _train(tiny_run: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -56,7 +67,7 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: in
         if body.get("status") == "training" and body.get("config", {}).get("max_steps") == max_steps and (out / "checkpoints").is_dir():
             break
         time.sleep(0.05)
-    time.sleep(1.5)  # well into the optimizer steps (the first checkpoint is max_steps/2 steps away)
+    time.sleep(1.5)  # well into the optimizer steps
     proc.send_signal(sig)
     try:
         stdout, stderr = proc.communicate(timeout=240)
@@ -165,7 +176,8 @@ def test_negative_epochs_with_max_steps(tmp_path: Path, synthetic_cola: Path, ti
 
 
 # ----------------------------------------------------------------------------- --overwrite, failures mid-run
-def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, synthetic_cola: Path, long_cola: Path,
+                                                              tiny_run: Path) -> None:
     out = tmp_path / "run"
     assert _finished_run(tiny_run, synthetic_cola, out)["status"] == "complete"
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -185,19 +197,17 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, 
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     # Ctrl-C in the middle of the new run: the old run comes back, nothing of the new one stays
-    proc = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "100000", "--batch-size", "8"),
-                                    out, 100000)
+    proc = _interrupt_once_training(_train(tiny_run, long_cola, out, "--overwrite", *NO_CHECKPOINT_YET), out, 100000)
     _interrupted_error(proc, "previous content")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_cola: Path, long_cola: Path, tiny_run: Path) -> None:
     """SIGKILL leaves no chance to put the old run back: the next train on that --out names where it is."""
     out = tmp_path / "run"
     _finished_run(tiny_run, synthetic_cola, out)
-    killed = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "100000", "--batch-size", "8"),
-                                      out, 100000, sig=signal.SIGKILL)
+    killed = _interrupt_once_training(_train(tiny_run, long_cola, out, "--overwrite", *NO_CHECKPOINT_YET), out, 100000, sig=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     left = tmp_path / f".run.replaced-{killed.pid}"
     assert json.loads((left / "bertpack_run.json").read_text())["status"] == "complete"
@@ -212,9 +222,9 @@ def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_co
     assert left.is_dir()  # the user's old run is never deleted for them
 
 
-def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, long_cola: Path, tiny_run: Path) -> None:
     out = tmp_path / "runs" / "new"
-    proc = _interrupt_once_training(_train(tiny_run, synthetic_cola, out, "--max-steps", "100000", "--batch-size", "8"), out, 100000)
+    proc = _interrupt_once_training(_train(tiny_run, long_cola, out, *NO_CHECKPOINT_YET), out, 100000)
     _interrupted_error(proc, "nothing was kept")
     assert not (tmp_path / "runs").exists()
 

@@ -239,13 +239,24 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     echo("")
     echo(rp.format_text(payload))
     echo(f"\nwritten: {cfg.out}/bench.json, bench.md, bench.png")
-    failed = [s for s in skipped if s["reason"].startswith("failed")]  # not those skipped for want of a GPU
-    if failed:
-        raise BertpackError(f"{len(failed)} engine{'s' if len(failed) > 1 else ''} failed, so {cfg.out} lacks "
-                            f"{'their rows' if len(failed) > 1 else 'its row'} (or rounds): "
-                            + " | ".join(f"{s['engine']}: {s['reason'][:200]}" for s in failed)
-                            + "; check the model with `bertpack verify`, or leave the engine out of --engines")
+    if problem := failed_engines(skipped, Path(cfg.out)):
+        raise BertpackError(problem)
     return payload
+
+
+def failed_engines(skipped: list[dict], out: Path) -> str | None:
+    """The error line for engines that failed (not those skipped for want of a GPU), each named once even
+    when it failed in several rounds; None when none failed."""
+    failed: dict[str, list[str]] = {}
+    for entry in skipped:
+        if entry["reason"].startswith("failed"):
+            failed.setdefault(entry["engine"], []).append(entry["reason"])
+    if not failed:
+        return None
+    return (f"{len(failed)} engine{'s' if len(failed) > 1 else ''} failed ({out} holds the rest): "
+            + " | ".join(f"{engine}: {reasons[0][:200]}" + (f" (and {len(reasons) - 1} more rounds)" if len(reasons) > 1 else "")
+                         for engine, reasons in failed.items())
+            + "; check the model with `bertpack verify`, or leave the engine out of --engines")
 
 
 def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[dict], work: Path, threads: int,

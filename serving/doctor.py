@@ -140,7 +140,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     """(what `bentoml serve` would serve, None) or (None, why it would stop): the same preflight(), then the
     model loaded and run once on the device the service would use."""
     from bertpack.errors import BertpackError
-    from serving.engine import OnnxClassifier, uses_cuda
+    from serving.engine import OnnxClassifier
     from serving.source import preflight
 
     try:
@@ -149,18 +149,17 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
         return None, str(exc)
     except ImportError as exc:  # a host with the engine but not the server (bentoml): the tag cannot be looked up
         return {"checked": False, "why": f"{exc.name or exc} is not installed"}, None
-    on_gpu = uses_cuda(config.device)
-    variant = config.variant or manifest["serving_default"]["cuda" if on_gpu else "cpu"]
     # A file can match its hash and still be refused by ONNX Runtime: load and run it as a worker would
     # (without CUDA graphs; their capture failing only falls back, it never stops the service).
     try:
-        engine = OnnxClassifier(source.path, variant=variant, device=config.device, threads=config.threads, verify=False,
+        engine = OnnxClassifier(source.path, variant=config.variant, device=config.device, threads=config.threads, verify=False,
                                 cuda_graph=False, spin=False)
-        engine.run(engine.pad([[101, 102]]))
+        engine.warm_up()
     except BertpackError as exc:
         return None, str(exc)
-    model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": variant,
-             "device": "cuda" if on_gpu else "cpu", "provider": engine.provider, "parity_passed": manifest.get("status", "ok") == "ok"}
+    model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": engine.variant,
+             "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
+             "parity_passed": manifest.get("status", "ok") == "ok"}
     return model, None
 
 

@@ -324,6 +324,16 @@ class OnnxClassifier:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0].astype(np.float32)
 
+    def warm_up(self, lengths: Sequence[int] = (16,)) -> None:
+        """One run per padded length (the first run of a shape allocates). A model that loads but cannot run
+        ([CLS] [SEP] padded) is a BertpackError naming the file, so a service worker stops with one line."""
+        try:
+            for length in lengths:
+                self.run(self.pad([[101, 102]], length=length))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
+            raise BertpackError(f"{self.model_path} loads but fails on its first run on {self.provider} "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); re-run bertpack export") from None
+
     def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
         """Logits for already-encoded sentences (each within max_length), in input order."""
         out = np.empty((len(ids), len(self.labels)), dtype=np.float32)

@@ -315,8 +315,7 @@ class Bertpack:
         log.info("serving %s (%s from %s) with %s on %s", self.source.tag, self.engine.variant, self.source.origin,
                  self.engine.model_path.name, self.engine.provider)
         # Warm-up: the first ORT run of each shape allocates; do it before /readyz says ready.
-        for length in self.engine.buckets[:2] or (16,):
-            self.engine.run(self.engine.pad([[101, 102]], length=length))
+        self.engine.warm_up(self.engine.buckets[:2] or (16,))
 
     @bentoml.api(input_spec=ClassifyInput)
     async def classify(self, sentences: Sentences, truncate: StrictBool = False) -> ClassifyResponse:

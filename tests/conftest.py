@@ -97,6 +97,21 @@ def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
     return root
 
 
+def model_that_fails_when_run() -> bytes:
+    """A valid ONNX model with the artifact's inputs that ONNX Runtime loads but cannot run on a real batch
+    (it reshapes the ids to 3 x 7)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, 7])
+    nodes = [helper.make_node("Reshape", ["input_ids", "shape"], ["reshaped"]),
+             helper.make_node("Cast", ["reshaped"], ["logits"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "fails-when-run", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              initializer=[shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("tiny-run"))

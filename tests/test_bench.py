@@ -296,6 +296,20 @@ def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_arti
     assert [s["engine"] for s in payload["skipped"]] == ["onnx_int8"]
 
 
+def test_failed_engines_are_named_once_each():
+    """With --rounds an engine can fail in several rounds (one skipped entry each) and keep its row from the others."""
+    from bench.runner import failed_engines
+
+    skipped = [{"engine": "onnx_fp16_cuda", "reason": "no GPU (CUDA provider not usable)"},
+               {"engine": "onnx_int8", "reason": "failed in round 2 (its row holds the other rounds): boom"},
+               {"engine": "onnx_int8", "reason": "failed in round 3 (its row holds the other rounds): boom"},
+               {"engine": "onnx_fp32", "reason": "failed: bad file"}]
+    line = failed_engines(skipped, Path("out"))
+    assert line.startswith("2 engines failed (out holds the rest): onnx_int8: failed in round 2 (its row holds the other rounds): boom "
+                           "(and 1 more rounds) | onnx_fp32: failed: bad file;"), line
+    assert failed_engines(skipped[:1], Path("out")) is None  # skipped for want of a GPU is not a failure
+
+
 def test_worker_peak_memory_is_its_own_not_its_parents():
     """Linux carries ru_maxrss across exec: a worker spawned by a 600 MiB parent would report 600 MiB."""
     import subprocess

@@ -235,15 +235,20 @@ def _replace_listed_file(art, name: str, data: bytes) -> None:
 
 
 def test_doctor_loads_the_model_and_tokenizer_as_the_worker_would(tiny_artifact, tmp_path):
-    """Files that match their manifest but that ONNX Runtime or `tokenizers` refuse stop `bentoml serve`
-    (tests/test_serving_startup.py), so doctor loads both and reports the same line, exit status 1."""
+    """Files that match their manifest but that ONNX Runtime or `tokenizers` refuse, or a model that loads and
+    fails on its first run, stop `bentoml serve` (tests/test_serving_startup.py), so doctor loads and runs both
+    and reports the same line, exit status 1."""
     from tests.test_export_errors import _one_line_error
 
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
     model = manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
-    for name, data, wanted in [(model, b"not an ONNX model" * 50, "ONNX Runtime cannot load"),
-                               ("tokenizer.json", b"{broken", "tokenizer.json is not a tokenizer the `tokenizers` library can load")]:
-        art = tmp_path / name
+    from tests.conftest import model_that_fails_when_run
+
+    for case, name, data, wanted in [("load", model, b"not an ONNX model" * 50, "ONNX Runtime cannot load"),
+                                     ("run", model, model_that_fails_when_run(), "loads but fails on its first run on CPUExecutionProvider"),
+                                     ("tokenizer", "tokenizer.json", b"{broken",
+                                      "tokenizer.json is not a tokenizer the `tokenizers` library can load")]:
+        art = tmp_path / case
         shutil.copytree(tiny_artifact, art)
         _replace_listed_file(art, name, data)
         proc = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
@@ -271,6 +276,14 @@ def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola,
     assert "ok  tokenizer.json loads" in verify.stdout
     recheck = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
     assert recheck.returncode == 0 and "this re-check passes" in recheck.stderr, recheck.stderr[-2000:]
+    from serving.engine import cuda_available
+
+    if not cuda_available():  # a failure recorded for fp16 (on a GPU host) cannot be cleared by a re-check without one
+        manifest["parity"]["failures"] = ["fp16: agreement 90% < 98%"]
+        manifest["parity"]["rows"] = {**manifest["parity"]["rows"], "fp32": {"status": "pass"}, "fp16": {"status": "FAIL"}}
+        (art / "manifest.json").write_text(json.dumps(manifest))
+        gpu_fail = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
+        assert gpu_fail.returncode == 3 and "this host cannot re-check fp16 (no GPU)" in gpu_fail.stderr, gpu_fail.stderr[-2000:]
     doctor = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
     assert doctor.returncode == 0, doctor.stderr[-2000:]
     assert "WARNING: this export failed its parity check" in doctor.stdout

@@ -123,3 +123,19 @@ def test_model_that_onnxruntime_refuses_stops_serve(tiny_artifact, tmp_path):
     (art / "manifest.json").write_text(json.dumps(manifest))
     rc, out, seconds = serve_expecting_failure({"BERTPACK_MODEL": str(art)}, tmp_path / "empty-home")
     assert_one_line_failure(rc, out, seconds, "ONNX Runtime cannot load", name, limit=45)
+
+
+def test_model_that_fails_on_its_first_run_stops_serve(tiny_artifact, tmp_path):
+    """A model that ONNX Runtime loads but cannot run fails the worker's warm-up: one line, the server stops."""
+    from tests.conftest import model_that_fails_when_run
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    name = manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
+    model = model_that_fails_when_run()
+    (art / name).write_bytes(model)
+    manifest["files"][name] = {**manifest["files"][name], "sha256": hashlib.sha256(model).hexdigest(), "bytes": len(model)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    rc, out, seconds = serve_expecting_failure({"BERTPACK_MODEL": str(art)}, tmp_path / "empty-home")
+    assert_one_line_failure(rc, out, seconds, "loads but fails on its first run", name, "re-run bertpack export", limit=45)

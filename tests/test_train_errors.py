@@ -251,6 +251,24 @@ def test_resume_of_a_complete_run_says_so(tmp_path: Path, synthetic_cola: Path, 
     _one_line_error(run_cli("train", "--out", str(out), "--resume", "--overwrite"), "contradict")
 
 
+def test_resume_from_a_damaged_last_checkpoint_names_it_and_the_fix(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """A checkpoint cut off while it was written (a kill, a full disk) made --resume fail with a traceback, and the
+    run's message then said to --resume again. Now: one line naming the checkpoint, and a fix that works."""
+    out = tmp_path / "run"
+    marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
+    (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))  # as if it had crashed
+    last = out / "checkpoints" / "checkpoint-2"
+    weights = last / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    proc = run_cli("train", "--out", str(out), "--resume")
+    _one_line_error(proc, f"--resume: the last checkpoint {last} is damaged (model.safetensors: ")
+    assert f"delete it (rm -r {last}) to resume from checkpoint-1" in proc.stderr, proc.stderr
+    shutil.rmtree(last)  # the fix it names
+    proc = run_cli("train", "--out", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+
+
 def test_resume_refuses_a_different_recipe_and_a_run_without_checkpoint(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
     out = tmp_path / "run"
     marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")

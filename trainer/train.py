@@ -55,6 +55,13 @@ def check_out_dir(cfg: TrainConfig) -> None:
                 raise BertpackError(f"--resume: the run in {out} is already complete, there is nothing to resume; pass --overwrite to train it again, or choose another --out")
             if not has_checkpoint(out):
                 raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (it stopped before its first checkpoint); start again with --overwrite")
+            checkpoints = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                                 key=lambda p: int(p.name.split("-")[1]))
+            if problem := damaged_checkpoint(checkpoints[-1]):  # the one the Trainer resumes from
+                fix = (f"delete it (rm -r {checkpoints[-1]}) to resume from {checkpoints[-2].name}" if len(checkpoints) > 1
+                       else "start again with --overwrite")
+                raise BertpackError(f"--resume: the last checkpoint {checkpoints[-1]} is damaged ({problem}), probably cut off "
+                                    f"while it was written; {fix}")
             return
         if out.exists() and any(out.iterdir()) and not cfg.overwrite:
             if marker.is_file():
@@ -113,6 +120,27 @@ def read_marker(out: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise BertpackError(f"{marker} is unreadable ({exc}); pass --overwrite to start the run over, or choose another --out") from None
     return body
+
+
+def damaged_checkpoint(folder: Path) -> str | None:
+    """What is wrong with a Trainer checkpoint folder that --resume would load (None if nothing): its state
+    must parse and its weights' safetensors header must match the file (both read without loading the weights)."""
+    from safetensors import safe_open
+
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json: {exc.strerror if isinstance(exc, OSError) else 'not valid JSON'}"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no .safetensors weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            return f"{path.name}: {str(exc).splitlines()[0][:120]}"
+    return None
 
 
 def has_checkpoint(out: Path) -> bool:

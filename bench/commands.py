@@ -41,7 +41,7 @@ def bench(
     end_to_end: bool = typer.Option(True, help="Also time the book's way (pad to 128, PyTorch fp32, batch 32) against the serving path."),
     e2e_sentences: Optional[int] = typer.Option(None, help="Sentences for the end-to-end comparison (default 256; 64 for bert-base)."),
     profile: bool = typer.Option(True, help="Per-operator ONNX Runtime profile of the ONNX CPU engines at --profile-batch-size."),
-    profile_batch_size: int = typer.Option(32, help="Batch size profiled."),
+    profile_batch_size: Optional[int] = typer.Option(None, help="Batch size profiled, one of --batch-sizes (default 32, or the largest of them under 32)."),
     export_dir: Optional[Path] = typer.Option(None, help="bert-base: keep (and reuse) the random-weight export here instead of a temp folder."),
     int8_candidates: bool = typer.Option(False, help="Also build and measure int8 from the fused graph (QAttention), for the int8 investigation."),
     extra_model: Optional[List[str]] = typer.Option(None, help="NAME=PATH: also measure this ONNX file (engine file:NAME), e.g. an int8 candidate. Repeatable."),
@@ -60,7 +60,8 @@ def bench(
     cfg = BenchConfig(artifact_dir=artifact_dir, out=out, arch=arch, batch_sizes=_int_list(batch_sizes, "--batch-sizes"), data=data,
                       engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
                       max_passes=max_passes, rounds=rounds, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
-                      profile_batch_size=profile_batch_size, export_dir=export_dir, extra_models=extras,
+                      profile_batch_size=32 if profile_batch_size is None else profile_batch_size,
+                      profile_batch_size_given=profile_batch_size is not None, export_dir=export_dir, extra_models=extras,
                       int8_candidates=int8_candidates)
     run_bench(cfg, typer.echo)
 

@@ -22,6 +22,9 @@ from bertpack.errors import BertpackError
 REPO = Path(__file__).resolve().parent.parent
 
 
+BENCH_FILES = ("bench.json", "bench.md", "bench.png")
+
+
 def check_config(cfg: BenchConfig) -> dict:
     """Every user error that can be found before the slow work starts; returns the manifest."""
     from bertpack.files import check_writable_parent
@@ -62,6 +65,15 @@ def check_config(cfg: BenchConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
+    if out.is_dir() and (others := sorted(p.name for p in out.iterdir() if p.name not in BENCH_FILES)):
+        # a previous bench is replaced whole: never with someone's other files in it
+        raise BertpackError(f"--out {out} holds a previous bench but also {', '.join(others[:5])}, which replacing it would delete; "
+                            "pick another folder, or move those out")
+    if cfg.profile and cfg.profile_batch_size not in cfg.batch_sizes:
+        if cfg.profile_batch_size_given:
+            raise BertpackError(f"--profile-batch-size {cfg.profile_batch_size} is not one of --batch-sizes "
+                                f"{','.join(map(str, cfg.batch_sizes))}; pick one of those, or pass --no-profile")
+        cfg.profile_batch_size = max([b for b in cfg.batch_sizes if b <= cfg.profile_batch_size] or [min(cfg.batch_sizes)])
     check_writable_parent(out, "--out")
     if cfg.export_dir is not None:
         if Path(cfg.export_dir).is_file():
@@ -295,6 +307,10 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
             res["round"] = number
             results.append(res)
             echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+            for gave_up in res.get("skipped", []):  # e.g. CUDA out of memory: the worker stops at that size
+                echo(f"    batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}")
+                if number == 1:
+                    skipped.append({"engine": spec["engine"], "reason": f"batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}"})
         rounds.append(results)
     return rounds
 

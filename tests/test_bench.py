@@ -352,6 +352,7 @@ def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
     (["--arch", "gpt"], "--arch must be one of"),
     (["--extra-model", "nothing"], "NAME=PATH"),
     (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--batch-sizes", "1,8", "--profile-batch-size", "32"], "--profile-batch-size 32 is not one of --batch-sizes 1,8"),
 ])
 def test_bad_options_are_one_line_errors(tiny_artifact, tmp_path, args, message):
     proc = run_cli("bench", str(tiny_artifact), "--out", str(tmp_path / "out"), *args)
@@ -369,3 +370,19 @@ def test_missing_artifact_and_foreign_out_folder(tiny_artifact, tmp_path):
     proc = run_cli("bench", str(tiny_artifact), "--out", str(foreign))
     assert proc.returncode == 2 and "not a previous bench output" in proc.stderr
     assert (foreign / "notes.txt").read_text() == "keep me"
+    # a previous bench is replaced whole, so not when other files sit beside it (they would be deleted)
+    (foreign / "bench.json").write_text("{}")
+    (foreign / "A").mkdir()
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(foreign))
+    assert proc.returncode == 2 and "holds a previous bench but also A, notes.txt" in proc.stderr, proc.stderr[-2000:]
+    assert (foreign / "notes.txt").read_text() == "keep me" and (foreign / "A").is_dir()
+
+
+def test_profile_batch_size_defaults_to_one_that_is_measured(tiny_artifact, tmp_path):
+    from bench.config import BenchConfig
+    from bench.runner import check_config
+
+    for sizes, wanted in (((1, 8), 8), ((1, 8, 32, 128), 32), ((64, 128), 64)):
+        cfg = BenchConfig(artifact_dir=tiny_artifact, out=tmp_path / "out", batch_sizes=sizes)
+        check_config(cfg)
+        assert cfg.profile_batch_size == wanted, (sizes, cfg.profile_batch_size)

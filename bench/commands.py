@@ -60,8 +60,7 @@ def bench(
     cfg = BenchConfig(artifact_dir=artifact_dir, out=out, arch=arch, batch_sizes=_int_list(batch_sizes, "--batch-sizes"), data=data,
                       engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
                       max_passes=max_passes, rounds=rounds, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
-                      profile_batch_size=32 if profile_batch_size is None else profile_batch_size,
-                      profile_batch_size_given=profile_batch_size is not None, export_dir=export_dir, extra_models=extras,
+                      profile_batch_size=profile_batch_size, export_dir=export_dir, extra_models=extras,
                       int8_candidates=int8_candidates)
     run_bench(cfg, typer.echo)
 

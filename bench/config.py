@@ -34,8 +34,7 @@ class BenchConfig:
     e2e_batch_size: int = 32
     e2e_pad_to: int = 128
     profile: bool = True  # ORT per-operator profile of the ONNX CPU engines at one batch size
-    profile_batch_size: int = 32
-    profile_batch_size_given: bool = False  # set on the command line (else 32, or the nearest smaller of batch_sizes)
+    profile_batch_size: int | None = None  # one of batch_sizes; None = 32, or the largest of them under 32 (check_config)
     export_dir: Path | None = None  # bert-base: reuse / keep the temporary export here
     worker_timeout_s: float = 1800.0
     # More ONNX files measured beside the artifact's variants (name -> path), e.g. int8 candidates; engine "file:<name>".

@@ -350,7 +350,11 @@ def write_plot(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUT_FILES = ("bench.json", "bench.md", "bench.png")  # everything a bench writes into --out
+
+
 def write_outputs(payload: dict, folder: Path) -> None:
-    write_json_atomic(folder / "bench.json", payload)
-    write_text_atomic(folder / "bench.md", format_markdown(payload))
-    write_plot(payload, folder / "bench.png")
+    json_file, md_file, png_file = OUTPUT_FILES
+    write_json_atomic(folder / json_file, payload)
+    write_text_atomic(folder / md_file, format_markdown(payload))
+    write_plot(payload, folder / png_file)

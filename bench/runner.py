@@ -22,11 +22,9 @@ from bertpack.errors import BertpackError
 REPO = Path(__file__).resolve().parent.parent
 
 
-BENCH_FILES = ("bench.json", "bench.md", "bench.png")
-
-
 def check_config(cfg: BenchConfig) -> dict:
     """Every user error that can be found before the slow work starts; returns the manifest."""
+    from bench.report import OUTPUT_FILES
     from bertpack.files import check_writable_parent
     from serving.engine import read_manifest, verify_files
 
@@ -52,7 +50,7 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError(f"--rounds must be >= 1 (default 1), not {cfg.rounds}")
     if cfg.e2e_sentences is not None and cfg.e2e_sentences < 1:
         raise BertpackError(f"--e2e-sentences must be >= 1 (default 256), not {cfg.e2e_sentences}; to skip the comparison pass --no-end-to-end")
-    if cfg.profile_batch_size < 1:
+    if cfg.profile_batch_size is not None and cfg.profile_batch_size < 1:
         raise BertpackError(f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass --no-profile")
     artifact = Path(cfg.artifact_dir)
     manifest = read_manifest(artifact)  # the argument's error before the options' (--out defaults)
@@ -65,15 +63,15 @@ def check_config(cfg: BenchConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
-    if out.is_dir() and (others := sorted(p.name for p in out.iterdir() if p.name not in BENCH_FILES)):
+    if out.is_dir() and (others := sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)):
         # a previous bench is replaced whole: never with someone's other files in it
         raise BertpackError(f"--out {out} holds a previous bench but also {', '.join(others[:5])}, which replacing it would delete; "
                             "pick another folder, or move those out")
-    if cfg.profile and cfg.profile_batch_size not in cfg.batch_sizes:
-        if cfg.profile_batch_size_given:
-            raise BertpackError(f"--profile-batch-size {cfg.profile_batch_size} is not one of --batch-sizes "
-                                f"{','.join(map(str, cfg.batch_sizes))}; pick one of those, or pass --no-profile")
-        cfg.profile_batch_size = max([b for b in cfg.batch_sizes if b <= cfg.profile_batch_size] or [min(cfg.batch_sizes)])
+    if cfg.profile_batch_size is None:
+        cfg.profile_batch_size = max([b for b in cfg.batch_sizes if b <= 32] or [min(cfg.batch_sizes)])
+    elif cfg.profile and cfg.profile_batch_size not in cfg.batch_sizes:
+        raise BertpackError(f"--profile-batch-size {cfg.profile_batch_size} is not one of --batch-sizes "
+                            f"{','.join(map(str, cfg.batch_sizes))}; pick one of those, or pass --no-profile")
     check_writable_parent(out, "--out")
     if cfg.export_dir is not None:
         if Path(cfg.export_dir).is_file():
@@ -250,7 +248,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             rp.write_outputs(payload, stage)
     echo("")
     echo(rp.format_text(payload))
-    echo(f"\nwritten: {cfg.out}/bench.json, bench.md, bench.png")
+    echo(f"\nwritten: {cfg.out}/{', '.join(rp.OUTPUT_FILES)}")
     if problem := failed_engines(skipped, Path(cfg.out)):
         raise BertpackError(problem)
     return payload
@@ -308,9 +306,10 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
             results.append(res)
             echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
             for gave_up in res.get("skipped", []):  # e.g. CUDA out of memory: the worker stops at that size
-                echo(f"    batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}")
+                reason = f"batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}"
+                echo(f"    {reason}")
                 if number == 1:
-                    skipped.append({"engine": spec["engine"], "reason": f"batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}"})
+                    skipped.append({"engine": spec["engine"], "reason": reason})
         rounds.append(results)
     return rounds
 

@@ -106,26 +106,25 @@ def verify(
     from bertpack.errors import ParityError
     from export.manifest import verify_artifact
     from export.parity import Tolerance
-    from serving.engine import read_manifest
+    from serving.engine import parity_failure, read_manifest
 
     tol = Tolerance.parse(tolerance)
     for line in verify_artifact(artifact_dir):
         typer.echo(f"ok  {line}")
     recorded = read_manifest(artifact_dir)
-    failed = recorded.get("status", "ok") != "ok"
-    why = "; ".join(recorded.get("parity", {}).get("failures", [])) or recorded.get("status")
+    why = parity_failure(recorded)
     if parity:
         from export.pipeline import recheck_artifact
 
         report = recheck_artifact(artifact_dir, data, tol, typer.echo)
-        if failed:
+        if why:
             rechecked = {row["variant"] for row in report["rows"] if row.get("status") in ("pass", "FAIL")}
             recorded_fails = [name for name, row in recorded.get("parity", {}).get("rows", {}).items() if row.get("status") == "FAIL"]
             if missing := sorted(set(recorded_fails) - rechecked):  # e.g. fp16 failed on a GPU, re-checked without one
                 raise ParityError(f"{artifact_dir}: its export failed parity ({why}), and this host cannot re-check "
                                   f"{', '.join(missing)} (no GPU); run verify --parity where it can")
             typer.echo("note: the export recorded a parity failure; this re-check passes with the tolerance given here", err=True)
-    elif failed:
+    elif why:
         raise ParityError(f"{artifact_dir}: its files and models check out, but its export failed parity ({why}); "
                           f"see {artifact_dir}/parity.md, and re-export it (a looser --tolerance, or another checkpoint)")
     typer.echo(f"{artifact_dir}: verified")

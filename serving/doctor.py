@@ -140,7 +140,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     """(what `bentoml serve` would serve, None) or (None, why it would stop): the same preflight(), then the
     model loaded and run once on the device the service would use."""
     from bertpack.errors import BertpackError
-    from serving.engine import OnnxClassifier
+    from serving.engine import OnnxClassifier, parity_failure
     from serving.source import preflight
 
     try:
@@ -159,7 +159,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
         return None, str(exc)
     model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": engine.variant,
              "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
-             "parity_passed": manifest.get("status", "ok") == "ok"}
+             "parity_passed": parity_failure(manifest) is None}
     return model, None
 
 

@@ -91,6 +91,14 @@ def manifest_problem(manifest: dict) -> str | None:
     return None
 
 
+def parity_failure(manifest: dict) -> str | None:
+    """What the export's parity check recorded as failing (None when it passed, or for exports that predate the
+    status): such an artifact is written but not registered, so verify, doctor and the service say so."""
+    if manifest.get("status", "ok") == "ok":
+        return None
+    return "; ".join(manifest.get("parity", {}).get("failures", [])) or str(manifest["status"])
+
+
 def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None = None) -> None:
     """Re-hash files against the manifest (all of them, or `names`); raise on any mismatch."""
     artifact_dir = Path(artifact_dir)

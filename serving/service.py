@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, served_buckets, softmax, uses_cuda
+from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, served_buckets, softmax, uses_cuda
 from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
 from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
@@ -273,9 +273,8 @@ class Bertpack:
         except BertpackError as exc:
             log.error("cannot serve: %s", exc)
             raise SystemExit(1) from None
-        if manifest.get("status", "ok") != "ok":  # not registered in the store by export, so served from a folder on purpose
-            log.warning("%s failed its parity check at export (%s); serving it anyway: see %s/parity.md", source.tag,
-                        "; ".join(manifest.get("parity", {}).get("failures", [])) or manifest["status"], source.path)
+        if why := parity_failure(manifest):  # not registered in the store by export, so served from a folder on purpose
+            log.warning("%s failed its parity check at export (%s); serving it anyway: see %s/parity.md", source.tag, why, source.path)
         fingerprint = files_fingerprint(source.path, manifest)
         if fingerprint:  # the workers skip the second hashing pass while no file changes
             os.environ[VERIFIED_FILES] = fingerprint

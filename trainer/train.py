@@ -55,12 +55,10 @@ def check_out_dir(cfg: TrainConfig) -> None:
                 raise BertpackError(f"--resume: the run in {out} is already complete, there is nothing to resume; pass --overwrite to train it again, or choose another --out")
             if not has_checkpoint(out):
                 raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (it stopped before its first checkpoint); start again with --overwrite")
-            checkpoints = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                                 key=lambda p: int(p.name.split("-")[1]))
-            if problem := damaged_checkpoint(checkpoints[-1]):  # the one the Trainer resumes from
-                fix = (f"delete it (rm -r {checkpoints[-1]}) to resume from {checkpoints[-2].name}" if len(checkpoints) > 1
-                       else "start again with --overwrite")
-                raise BertpackError(f"--resume: the last checkpoint {checkpoints[-1]} is damaged ({problem}), probably cut off "
+            saved = checkpoints(out)
+            if problem := damaged_checkpoint(saved[-1]):  # the one the Trainer resumes from
+                fix = f"delete it (rm -r {saved[-1]}) to resume from {saved[-2].name}" if len(saved) > 1 else "start again with --overwrite"
+                raise BertpackError(f"--resume: the last checkpoint {saved[-1]} is damaged ({problem}), probably cut off "
                                     f"while it was written; {fix}")
             return
         if out.exists() and any(out.iterdir()) and not cfg.overwrite:
@@ -143,9 +141,15 @@ def damaged_checkpoint(folder: Path) -> str | None:
     return None
 
 
+def checkpoints(out: Path) -> list[Path]:
+    """The Trainer checkpoint folders in OUT/checkpoints (its own naming: checkpoint-<step>), oldest step first."""
+    found = [p for p in (Path(out) / "checkpoints").glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def has_checkpoint(out: Path) -> bool:
-    """Whether OUT/checkpoints holds a folder the Trainer can resume from (its own naming: checkpoint-<step>)."""
-    return any(p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) for p in (Path(out) / "checkpoints").glob("checkpoint-*"))
+    """Whether OUT/checkpoints holds a folder the Trainer can resume from."""
+    return bool(checkpoints(out))
 
 
 def resume_config(out: Path, given: dict) -> TrainConfig:

@@ -176,23 +176,30 @@ class OnnxEngine:
     def __init__(self, model_path: str, device: str, threads: int, settings: dict | None = None):
         import onnxruntime as ort
 
-        from serving.engine import session_options
+        from serving.engine import preload_cuda_libraries, session_options
 
         providers: list = ["CPUExecutionProvider"]
+        cuda_libraries = None
         if device == "cuda":
-            import torch  # noqa: F401 - puts the CUDA libraries in the process for onnxruntime-gpu
-
-            providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            preload_cuda_libraries()  # as the service does, so the worker's peak memory is the service's (no torch)
+            providers, cuda_libraries = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], "preload_dlls"
         self.model_path = Path(model_path)
         self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads), providers=providers)
         provider = self.session.get_providers()[0]
+        if device == "cuda" and provider != "CUDAExecutionProvider":
+            import torch  # noqa: F401 - last resort: torch's CUDA libraries in the process (counted in peak memory)
+
+            cuda_libraries = "torch"
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads), providers=providers)
+            provider = self.session.get_providers()[0]
         if device == "cuda" and provider != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime fell back to {provider}")
         self.device = device
         self.output_name = self.session.get_outputs()[0].name
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.size_bytes = self.model_path.stat().st_size
-        self.info = {"provider": provider, "model_file": str(self.model_path), "intra_op_threads": threads, "variant_settings": settings}
+        self.info = {"provider": provider, "model_file": str(self.model_path), "intra_op_threads": threads, "variant_settings": settings,
+                     "cuda_libraries": cuda_libraries}
         self.host_copies = device == "cuda"
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -57,28 +57,32 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label) or 2)]
     if len(labels) != 2:
         raise BertpackError(f"{path} has {len(labels)} labels; a CoLA classifier has 2 (unacceptable, acceptable)")
-    metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        try:
-            metrics = json.loads((run_dir / "metrics.json").read_text()).get("best", {})
-        except json.JSONDecodeError:
-            metrics = {}
+    best = _json_object(run_dir / "metrics.json").get("best")
+    metrics = best if isinstance(best, dict) else {}
     return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
                       metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)))
 
 
-def _run_status(run_dir: Path) -> str | None:
+def _json_object(path: Path) -> dict:
+    """A run file's JSON object, or {} when it is missing or unreadable: the metrics and the run record only inform
+    the export (a checkpoint copied without them exports the same)."""
     try:
-        return json.loads((run_dir / "bertpack_run.json").read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
-        return None
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _run_status(run_dir: Path) -> str | None:
+    status = _json_object(run_dir / "bertpack_run.json").get("status")
+    return status if isinstance(status, str) else None
 
 
 def _max_length(run_dir: Path, config: dict) -> int:
     """The length the model was trained with (bertpack_run.json), capped by its position embeddings."""
     limit = int(config.get("max_position_embeddings", 512))
     try:
-        trained = int(json.loads((run_dir / "bertpack_run.json").read_text())["config"]["max_length"])
-    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
+        trained = int(_json_object(run_dir / "bertpack_run.json")["config"]["max_length"])
+    except (KeyError, TypeError, ValueError):
         trained = DEFAULT_MAX_LENGTH
     return min(trained, limit)

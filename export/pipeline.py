@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bertpack.errors import BertpackError, ParityError
-from bertpack.files import check_writable_parent, write_json_atomic, write_text_atomic
+from bertpack.files import check_writable_parent, umask_mode, write_json_atomic, write_text_atomic
 from bertpack.machine import library_versions
 from export import manifest as mf
 from export import optimize, parity, quantize
@@ -212,10 +212,11 @@ def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.To
 
 
 def _make_readable(folder: Path) -> None:
-    """mkdtemp/mkstemp create 0700/0600 entries; an artifact is meant to be read by the service's user too."""
-    folder.chmod(0o755)
+    """Modes as open()/mkdir() would give under the umask: files copied or written by libraries through mkstemp may
+    carry 0600, and an artifact is meant to be read by the service's user too (within what the umask allows)."""
+    folder.chmod(umask_mode(0o777))
     for p in folder.iterdir():
-        p.chmod(0o644)
+        p.chmod(umask_mode(0o666))
 
 
 def _pad_token_id(stage: Path) -> int:

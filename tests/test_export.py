@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -251,11 +252,18 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
 
 
 def test_int8_none_ships_no_int8(tiny_run, synthetic_cola, tmp_path):
-    """--int8 none (a GPU-only deployment): no quantization, the int8 row says so, the CPU default is optimized."""
+    """--int8 none (a GPU-only deployment): no quantization, the int8 row says so, the CPU default is optimized.
+    Run under umask 027: the artifact's modes follow the umask (not forced world-readable, nor mkstemp's 0600)."""
     out = tmp_path / "art"
-    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
-                   "--no-flip-check")
+    umask = os.umask(0o027)
+    try:
+        proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
+                       "--no-flip-check")
+    finally:
+        os.umask(umask)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {p.name: "0o640" for p in out.iterdir()}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and manifest["serving_default"]["cpu"] == "optimized"
     assert not any(name.startswith("int8") for name in manifest["variants"]) and not list(out.glob("model_int8*.onnx"))

@@ -90,3 +90,20 @@ def test_predict_and_verify_on_non_artifacts(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     err = _one_line_error(run_cli("verify", str(tmp_path)))
     assert "not valid JSON" in err
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe not utf-8", b'{"best": [0.5]}', b'"text"'])
+def test_unreadable_run_records_do_not_stop_the_export(tmp_path, tiny_run, content):
+    """metrics.json and bertpack_run.json only inform the export: a damaged one is read as absent (it was a
+    traceback for a JSON list or bytes that are not UTF-8)."""
+    from export.checkpoint import DEFAULT_MAX_LENGTH, locate_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics.json").write_bytes(content)
+    (run / "bertpack_run.json").write_bytes(content)
+    ckpt = locate_checkpoint(run)
+    assert ckpt.metrics == {} and ckpt.max_length == DEFAULT_MAX_LENGTH
+    shutil.rmtree(run / "model")
+    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--no-store"))
+    assert "holds no checkpoint" in err and "status" not in err

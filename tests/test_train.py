@@ -256,3 +256,15 @@ def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_d
     assert model.config.num_labels == 2
 
     _one_line_error(run_cli("train", "--data", str(cola_dir), "--out", str(out)), "already holds a bertpack run")
+
+
+def test_summary_of_a_run_without_optimizer_steps(tiny_run: Path) -> None:
+    """train_samples_per_second is None when no optimizer step ran; the summary says so (it was a TypeError)."""
+    from trainer.train import summary
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    metrics.update(data="cola", train_rows=8, validation_rows=8, device="cpu", world_size=1, precision="fp32",
+                   wall_time_s=3.0, train_samples_per_second=None)
+    assert "3 s, no training steps" in summary(metrics)
+    metrics["train_samples_per_second"] = 126.94
+    assert "3 s, 126.9 training samples/s" in summary(metrics)

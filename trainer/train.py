@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from bertpack.data import file_hashes, load_cola
 from bertpack.errors import BertpackError
-from bertpack.files import staging_dir, umask_mode, write_json_atomic
+from bertpack.files import staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
 from bertpack.machine import cpu_model, library_versions
 from bertpack.metrics import cola_scores
 from bertpack.models import LABELS, resolve_model
@@ -544,10 +545,10 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     ax_mcc.set(title="validation MCC", xlabel="epoch")
     ax_mcc.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, png.getvalue())
 
 
 def summary(metrics: dict) -> str:
@@ -557,7 +558,7 @@ def summary(metrics: dict) -> str:
         f"model          {metrics['model']}",
         f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows)",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
-        f"time           {metrics['wall_time_s']:.0f} s, {metrics['train_samples_per_second']:.1f} training samples/s",
+        f"time           {metrics['wall_time_s']:.0f} s, {_rate(metrics['train_samples_per_second'])}",
         "",
         " epoch  train loss  val loss  accuracy     MCC  in-domain  out-of-domain",
     ]
@@ -569,5 +570,10 @@ def summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _f(value, width: int = 10) -> str:
+def _rate(samples_per_second: float | None) -> str:
+    # None when the run took no optimizer step (a --resume of a run that failed after its last step)
+    return "no training steps" if samples_per_second is None else f"{samples_per_second:.1f} training samples/s"
+
+
+def _f(value: float | None, width: int = 10) -> str:
     return f"{value:{width}.3f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"

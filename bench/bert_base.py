@@ -39,7 +39,7 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     return run_dir
 
 
-def export_bert_base(work: Path, tokenizer_dir: Path, data: Path, int8_method: str, echo: Callable[[str], None]) -> Path:
+def export_bert_base(work: Path, tokenizer_dir: Path, data: str | Path, int8_method: str, echo: Callable[[str], None]) -> Path:
     """Export a random BERT-base into work/artifact (reused when a previous export is there)."""
     from export.parity import Tolerance
     from export.pipeline import export_artifact

@@ -23,10 +23,15 @@ def fused_dynamic(optimized_model: Path, out: Path, per_channel: bool = True, op
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns about pre-processing on every call
-    quantize_dynamic(str(optimized_model), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=list(op_types),
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing on every call (through the root logger)
+    try:
+        quantize_dynamic(str(optimized_model), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(op_types),
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
     return out
 
 

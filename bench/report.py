@@ -107,7 +107,7 @@ def _bar_values(by_round: list[dict], engine: str, other: str, b: int, measure: 
 
 def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
                   sentences: int, labels: list, domains: list, rounds: list[list[dict]], skipped: list[dict], padding: dict,
-                  e2e: dict | None, data_dir: Path) -> dict:
+                  e2e: dict | None, cola: str | Path) -> dict:
     """`rounds`: the workers' results of each round (one round unless --rounds)."""
     speed_only = cfg.arch == "bert-base"
     rows = _merge_rounds([_round_rows(results, labels, domains, speed_only) for results in rounds])
@@ -145,7 +145,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
             "serving_default": manifest.get("serving_default"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
-            "data": str(data_dir), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
+            "data": str(cola), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
             "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
                          if k in r} for results in rounds for r in results]}

@@ -17,6 +17,7 @@ from typing import Callable
 from bench.batches import make_batches, pad_to_fixed, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
+from bertpack.data import data_source, validation_sentences
 from bertpack.errors import BertpackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,18 +95,6 @@ def _check_onnx_file(name: str, path: Path) -> None:
         raise BertpackError(f"--extra-model {name}={path} is not an ONNX model (no graph nodes or inputs); pass a .onnx file written by an exporter")
 
 
-def _data_dir(cfg: BenchConfig) -> Path:
-    from bertpack.data import default_data_dir, locate
-
-    data = cfg.data or default_data_dir()
-    if str(data) == "glue":
-        raise BertpackError("bench reads CoLA from a folder (--data glue is for train only); pass --data with the CoLA folder")
-    if data is None:
-        raise BertpackError("no CoLA data: pass --data with the CoLA folder (release or GLUE layout)")
-    locate(data)
-    return Path(data)
-
-
 def _cpu_has_bf16() -> bool:
     from bertpack.machine import cpu_flags
 
@@ -180,7 +169,6 @@ def _select_sentences(sentences: list, labels: list, domains: list, count: int |
 
 
 def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
-    from bertpack.data import validation_sentences
     from bertpack.files import staging_dir
     from bench import report as rp
     from bench.machine import machine_info
@@ -190,7 +178,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
     datasets.disable_progress_bars()
     manifest = check_config(cfg)
-    data_dir = _data_dir(cfg)
+    cola = data_source(cfg.data, "bench")
     threads = cfg.threads or physical_cores()
     started = datetime.now(timezone.utc)
     with contextlib.ExitStack() as stack:
@@ -203,7 +191,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             method = manifest["variants"].get("int8", {}).get("method", "auto")
             if not cfg.int8_candidates and not set(INT8_ENGINES) & set(cfg.engines):
                 method = "none"  # no int8 engine asked for: skip the slowest part of the export
-            artifact = export_bert_base(export_work, artifact, data_dir, method if method in ("static", "dynamic", "none") else "auto", echo)
+            artifact = export_bert_base(export_work, artifact, cola, method if method in ("static", "dynamic", "none") else "auto", echo)
             manifest = json.loads((artifact / "manifest.json").read_text())
         checkpoint = manifest.get("source", {}).get("checkpoint", "")
         if not Path(checkpoint, "config.json").is_file():
@@ -215,7 +203,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
             echo("bench: building the int8 candidates (quantized fused graph) ...")
             cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
-        sentences, labels, domains = _select_sentences(*validation_sentences(data_dir), cfg.sentence_count())
+        sentences, labels, domains = _select_sentences(*validation_sentences(cola), cfg.sentence_count())
         encoder = OnnxClassifier(artifact, variant="fp32", device="cpu", threads=1, verify=True)  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
         del encoder
@@ -243,7 +231,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
                                    started=started, sentences=len(sentences), labels=labels, domains=domains,
-                                   rounds=rounds, skipped=skipped, padding=padding, e2e=e2e, data_dir=data_dir)
+                                   rounds=rounds, skipped=skipped, padding=padding, e2e=e2e, cola=cola)
         with staging_dir(Path(cfg.out)) as stage:
             rp.write_outputs(payload, stage)
     echo("")

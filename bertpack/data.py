@@ -154,3 +154,16 @@ def default_data_dir() -> Path | None:
     here = Path(__file__).resolve().parent.parent
     candidate = here.parent / "shared" / "data" / "cola"
     return candidate if (candidate / "raw" / "in_domain_train.tsv").is_file() else None
+
+
+def data_source(data: str | Path | None, command: str) -> str | Path:
+    """The CoLA that export, verify --parity and bench read: --data (a folder, or `glue` for the hub), else the
+    shared copy. Checked now, so a wrong folder or an unreachable hub is one line before any slow work."""
+    if data is not None and str(data) == GLUE:
+        load_cola(GLUE, limit=1)  # the hub's download is cached: the command's own load reads it from disk
+        return GLUE
+    folder = data or default_data_dir()
+    if folder is None:
+        raise BertpackError(f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE layout), or --data glue when online")
+    locate(folder)
+    return Path(folder)

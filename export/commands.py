@@ -14,7 +14,7 @@ from bertpack.errors import BertpackError
 def export(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bertpack train` (holding model/), or a checkpoint folder."),
     out: Optional[Path] = typer.Option(None, help="Artifact folder (default artifacts/<run name>)."),
-    data: Optional[Path] = typer.Option(None, help="CoLA folder for the parity report and static calibration (default ../shared/data/cola)."),
+    data: Optional[Path] = typer.Option(None, help="CoLA folder for the parity report and static calibration, or 'glue' for the hub (default ../shared/data/cola)."),
     store: bool = typer.Option(True, help="Register the artifact in the BentoML model store as bertpack-cola:<version>."),
     overwrite: bool = typer.Option(False, help="Replace an output folder that holds a different export or other files."),
     tolerance: Optional[str] = typer.Option(None, help="int8/fp16 MCC drop (e.g. 0.01), or key=value pairs: mcc_drop=0.01,agreement=98,logit=1e-3."),
@@ -73,10 +73,8 @@ def predict(
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
     ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
     tokens = [len(seq) for seq in ids]
-    unk = clf.tokenizer.token_to_id("[UNK]")
-    # Nothing between [CLS] and [SEP] but [UNK] (or nothing at all): the service refuses these too.
-    empty = [str(i + 1) for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
-    if empty:  # the service refuses these too (400): a score for no text means nothing
+    empty = [str(i + 1) for i in clf.unreadable(ids)]
+    if empty:  # the service refuses these too (400)
         raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji or symbols the "
                             "vocabulary lacks, invisible characters, or words over 100 characters); pass sentences with words")
     for i, n in enumerate(tokens):
@@ -98,7 +96,7 @@ def predict(
 def verify(
     artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
     parity: bool = typer.Option(False, "--parity", help="Also re-run the parity report against the source checkpoint (needs PyTorch and CoLA)."),
-    data: Optional[Path] = typer.Option(None, help="CoLA folder for --parity (default ../shared/data/cola)."),
+    data: Optional[Path] = typer.Option(None, help="CoLA folder for --parity, or 'glue' for the hub (default ../shared/data/cola)."),
     tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
     """Re-hash every file of an artifact against its manifest and load and run each model; exit 3 if its export

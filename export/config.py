@@ -14,7 +14,7 @@ INT8_CHOICES = ("auto", "dynamic", "static", "none")
 class ExportConfig:
     run_dir: Path
     out: Path
-    data: Path | None = None  # CoLA folder; None = bertpack.data.default_data_dir()
+    data: str | Path | None = None  # CoLA folder or "glue" (the hub); None = bertpack.data.default_data_dir()
     store: bool = True  # register in the BentoML model store
     overwrite: bool = False
     tolerance: Tolerance = field(default_factory=Tolerance)

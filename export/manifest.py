@@ -64,10 +64,11 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
         path = artifact_dir / variant["file"]
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            probe = np.array([tokenizer.encode("this").ids], dtype=np.int64)
             feed = {}
             for inp in session.get_inputs():
-                feed[inp.name] = np.array([[101, 2023, 102]], dtype=np.int64) if inp.name == "input_ids" else (
-                    np.ones((1, 3), dtype=np.int64) if inp.name == "attention_mask" else np.zeros((1, 3), dtype=np.int64))
+                feed[inp.name] = probe if inp.name == "input_ids" else (
+                    np.ones_like(probe) if inp.name == "attention_mask" else np.zeros_like(probe))
             out = session.run(None, feed)[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf types
             raise BertpackError(f"{path} does not load or run in ONNX Runtime ({str(exc).splitlines()[0][:200]}); re-run bertpack export") from None

@@ -41,7 +41,7 @@ class ExportResult:
     failures: list[str] = field(default_factory=list)
 
 
-def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
+def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, str | Path]:
     """Every user error that can be found before the slow work starts."""
     ckpt = locate_checkpoint(cfg.run_dir)
     if cfg.int8 not in INT8_CHOICES:
@@ -55,19 +55,9 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, Path]:
     if cfg.limit is not None and cfg.limit < 1:
         raise BertpackError("--limit must be a positive number of sentences")
     check_output_dir(Path(cfg.out), ckpt, cfg.overwrite)
-    data = cfg.data
-    if data is None:
-        from bertpack.data import default_data_dir
+    from bertpack.data import data_source
 
-        data = default_data_dir()
-        if data is None:
-            raise BertpackError("no CoLA data for the parity report: pass --data with the CoLA folder (release or GLUE layout)")
-    from bertpack.data import locate
-
-    if str(data) == "glue":
-        raise BertpackError("export reads CoLA from a folder (--data glue is for train only); pass --data with the CoLA folder")
-    locate(data)  # raises a one-line error for a missing or wrong folder
-    return ckpt, Path(data)
+    return ckpt, data_source(cfg.data, "export")
 
 
 def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
@@ -100,7 +90,7 @@ def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | 
 
 
 def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
-    ckpt, data_dir = check_inputs(cfg)
+    ckpt, cola = check_inputs(cfg)
     cpu = cpu_report()
     target = cpu["quantization_target"] if cfg.quant_target == "auto" else cfg.quant_target
     created = datetime.now(timezone.utc)
@@ -138,7 +128,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
                 "quantization_target": None if cfg.int8 == "none" else target, "status": "in progress"}
         mf.write_manifest(stage, body)  # provisional: lets the engine load variants for the parity run
 
-        report = _parity_and_int8(cfg, ckpt, data_dir, stage, work, body, target, echo)
+        report = _parity_and_int8(cfg, ckpt, cola, stage, work, body, target, echo)
         body["parity"] = _summary(report)
         body["serving_default"] = {"cpu": report["serving_default_cpu"], "cuda": "fp16"}
         body["status"] = "failed parity" if report["failures"] else "ok"
@@ -162,7 +152,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
     return result
 
 
-def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.Tolerance,
+def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: parity.Tolerance,
                      echo: Callable[[str], None]) -> dict:
     """`bertpack verify --parity`: score every variant of an existing artifact against PyTorch on its
     source checkpoint again (after an ONNX Runtime upgrade, or to catch a damaged model whose file
@@ -175,13 +165,9 @@ def recheck_artifact(artifact_dir: Path, data: Path | None, tolerance: parity.To
     checkpoint = Path(manifest.get("source", {}).get("checkpoint", ""))
     if not (checkpoint / "config.json").is_file():
         raise BertpackError(f"the source checkpoint {checkpoint} of {artifact_dir} is gone; parity needs it (PyTorch is the reference)")
-    if data is None:
-        from bertpack.data import default_data_dir
+    from bertpack.data import data_source
 
-        data = default_data_dir()
-        if data is None:
-            raise BertpackError("no CoLA data for the parity check: pass --data with the CoLA folder")
-    evals = _load_eval(Path(data), None)
+    evals = _load_eval(data_source(data, "verify --parity"), None)
     fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False, buckets=served_buckets("cpu"))
     reference = parity.reference_logits(checkpoint, fp32, evals.sentences)
     ref_row = dict(parity.score("pytorch fp32", reference, reference, evals), status="reference")
@@ -226,25 +212,25 @@ def _pad_token_id(stage: Path) -> int:
         return 0
 
 
-def _load_eval(data_dir: Path, limit: int | None) -> parity.Eval:
+def _load_eval(cola: str | Path, limit: int | None) -> parity.Eval:
     import datasets
 
     from bertpack.data import validation_sentences
 
     datasets.disable_progress_bars()
 
-    sentences, labels, domains = validation_sentences(data_dir)
+    sentences, labels, domains = validation_sentences(cola)
     if limit:
         sentences, labels, domains = sentences[:limit], labels[:limit], domains[:limit]
     return parity.Eval(sentences=sentences, labels=labels, domains=domains)
 
 
-def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage: Path, work: Path, body: dict,
+def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stage: Path, work: Path, body: dict,
                      target: str, echo: Callable[[str], None]) -> dict:
     from serving.engine import OnnxClassifier, cuda_available
 
-    data = _load_eval(data_dir, cfg.limit)
-    echo(f"parity on CoLA validation: {len(data.sentences)} sentences from {data_dir}")
+    data = _load_eval(cola, cfg.limit)
+    echo(f"parity on CoLA validation: {len(data.sentences)} sentences from {cola}")
 
     def load(variant: str, device: str = "cpu") -> OnnxClassifier:
         return OnnxClassifier(stage, variant=variant, device=device, verify=False, buckets=served_buckets(device))
@@ -282,7 +268,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
 
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
     providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
-    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(data_dir),
+    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola),
               "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
               "quantization_target": target, "failures": failures}
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
@@ -292,7 +278,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
     # -- int8: climb the ladder per method, then pick the serving default from the figures --------
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     # CoLA training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
-    calibration = _calibration(data_dir, fp32, cfg)
+    calibration = _calibration(cola, fp32, cfg)
     n_calib = len(calibration.ids)
     fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
@@ -364,10 +350,10 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, data_dir: Path, stage:
             "warnings": warnings}
 
 
-def _calibration(data_dir: Path, clf, cfg: ExportConfig) -> quantize.Calibration:
+def _calibration(cola: str | Path, clf, cfg: ExportConfig) -> quantize.Calibration:
     from bertpack.data import load_cola
 
-    train = load_cola(data_dir)["train"]["sentence"]
+    train = load_cola(cola)["train"]["sentence"]
     sample = quantize.calibration_sample(train, cfg.calibration_samples, cfg.seed)
     return quantize.Calibration(ids=clf.encode(sample), input_names=clf.input_names)
 

@@ -261,6 +261,7 @@ class OnnxClassifier:
         self.labels: list[str] = list(self.manifest["labels"])
         self.tokenizer = load_tokenizer(self.artifact_dir)
         self.pad_id = int(self.manifest.get("pad_token_id", 0))
+        self.unk_id: int | None = self.tokenizer.token_to_id("[UNK]")
 
         self.model_path = self.artifact_dir / model_file
         providers: list = ["CPUExecutionProvider"]
@@ -300,6 +301,11 @@ class OnnxClassifier:
                 ids[i] = keep_within(seq, self.max_length)
         return ids
 
+    def unreadable(self, ids: Sequence[Sequence[int]]) -> list[int]:
+        """Indices of the sentences with nothing between [CLS] and [SEP] but [UNK] (emoji, symbols the vocabulary
+        lacks) or nothing at all: a score for them means nothing, so predict and the service refuse them."""
+        return [i for i, seq in enumerate(ids) if all(t == self.unk_id for t in seq[1:-1])]
+
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> Batch:
         """Pad a batch to `length`, or to the bucket holding its longest sentence."""
         longest = max(len(s) for s in ids)
@@ -336,8 +342,9 @@ class OnnxClassifier:
         """One run per padded length (the first run of a shape allocates). A model that loads but cannot run
         ([CLS] [SEP] padded) is a BertpackError naming the file, so a service worker stops with one line."""
         try:
+            empty = self.tokenizer.encode("").ids  # [CLS] [SEP]
             for length in lengths:
-                self.run(self.pad([[101, 102]], length=length))
+                self.run(self.pad([empty], length=length))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
             raise BertpackError(f"{self.model_path} loads but fails on its first run on {self.provider} "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); re-run bertpack export") from None

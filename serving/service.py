@@ -325,9 +325,8 @@ class Bertpack:
         """
         encodings = self.engine.tokenizer.encode_batch(sentences)
         ids = [e.ids for e in encodings]
-        limit, unk = self.engine.max_length, self._unk_id()
-        # Nothing between [CLS] and [SEP] but [UNK] (emoji, symbols): the model would score noise.
-        empty = [i for i, seq in enumerate(ids) if all(t == unk for t in seq[1:-1])]
+        limit = self.engine.max_length
+        empty = self.engine.unreadable(ids)
         if empty:
             return _client_error(error_body(no_tokens_detail(empty)))  # type: ignore[return-value]
         too_long = [(i, len(seq)) for i, seq in enumerate(ids) if len(seq) > limit]
@@ -378,16 +377,14 @@ class Bertpack:
         /classify's sentences: ids outside the vocabulary become [UNK], sequences are cut to the
         model's limit. Nothing here raises on a request's contents, so no request fails its batch.
         """
-        limit, unk = self.engine.max_length, self._unk_id()
+        limit = self.engine.max_length
+        unk = self.engine.unk_id if self.engine.unk_id is not None else self.engine.pad_id
         clean = [[t if t < self.vocab_size else unk for t in keep_within(seq, limit)]
                  for seq in ids]
         with self._lock:
             self.batch_sizes[len(clean)] += 1
         logits = self.engine.logits_from_ids(clean, batch_size=self._engine_batch())
         return softmax(logits).tolist()
-
-    def _unk_id(self) -> int:
-        return self.engine.tokenizer.token_to_id("[UNK]") or 0
 
     def _engine_batch(self) -> int:
         # On the GPU one run per adaptive batch is best; on the CPU the measured sweet spot.

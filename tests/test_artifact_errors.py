@@ -126,7 +126,7 @@ def test_export_bad_config_unwritable_out_and_glue(tmp_path, tiny_run, synthetic
     err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "file" / "a"), "--data", str(synthetic_cola), "--no-store"))
     assert "is a file, not a folder" in err
     err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "b"), "--data", "glue", "--no-store"))
-    assert "--data glue is for train only" in err
+    assert "could not load GLUE CoLA from the hub" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -139,7 +139,7 @@ def test_bench_checks_the_artifact_and_options_before_measuring(artifact_copy, t
         (["--profile-batch-size", "0"], "--profile-batch-size must be >= 1"),
         (["--extra-model", f"empty={tmp_path / 'empty.onnx'}"], "is not an ONNX model"),
         (["--arch", "bert-base", "--export-dir", str(tmp_path / "file")], "--export-dir"),
-        (["--data", "glue"], "--data glue is for train only"),
+        (["--data", "glue"], "could not load GLUE CoLA from the hub"),
     ]
     for args, needle in cases:
         err = _one_line_error(run_cli("bench", str(artifact_copy), "--out", str(tmp_path / "out"), *args))

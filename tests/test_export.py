@@ -304,3 +304,39 @@ def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
         x_max, w_max = ranges[mul.input[0]], np.abs(inits[nodes[name].input[1]]).max(axis=1) * inv_s  # the weight before scaling
         expected = np.clip(np.sqrt(np.maximum(x_max, 1e-5) / np.maximum(w_max, 1e-5)), 1e-2, 1e2)
         np.testing.assert_allclose(1.0 / inv_s, expected, rtol=1e-3)
+
+
+def test_export_and_verify_read_glue_from_the_hub(tiny_run, synthetic_cola, tmp_path, monkeypatch):
+    """--data glue (online users without a CoLA folder) works for export and verify --parity, not only for train.
+    The hub is the one thing replaced: `datasets.load_dataset("nyu-mll/glue", "cola")` answers with the synthetic
+    CoLA in the hub's schema (sentence, ClassLabel label, idx)."""
+    import datasets
+
+    from export.parity import Tolerance
+    from export.pipeline import export_artifact, recheck_artifact
+
+    def glue_split(*names: str) -> datasets.Dataset:
+        rows = [line.split("\t") for name in names for line in (synthetic_cola / "raw" / name).read_text().splitlines()]
+        features = datasets.Features(sentence=datasets.Value("string"),
+                                     label=datasets.ClassLabel(names=["unacceptable", "acceptable"]), idx=datasets.Value("int32"))
+        return datasets.Dataset.from_dict({"sentence": [r[3] for r in rows], "label": [int(r[1]) for r in rows],
+                                           "idx": list(range(len(rows)))}, features=features)
+
+    real_load = datasets.load_dataset
+    asked = []
+
+    def hub(path, name=None, **kwargs):
+        if path != "nyu-mll/glue":
+            return real_load(path, name, **kwargs)
+        asked.append((path, name))
+        return datasets.DatasetDict(train=glue_split("in_domain_train.tsv"),
+                                    validation=glue_split("in_domain_dev.tsv", "out_of_domain_dev.tsv"))
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    out = tmp_path / "art"
+    export_artifact(tiny_run, out, data="glue", store=False, int8="none", flip_check=False)
+    report = json.loads((out / "parity.json").read_text())
+    assert report["data"] == "glue" and report["sentences"] == 48 and asked and set(asked) == {("nyu-mll/glue", "cola")}
+    lines = []
+    recheck = recheck_artifact(out, "glue", Tolerance(), lines.append)
+    assert recheck["sentences"] == 48 and recheck["data"] == "glue" and len(asked) >= 3

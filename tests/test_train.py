@@ -150,6 +150,32 @@ def test_model_that_is_not_bert_or_not_safetensors(tmp_path: Path, synthetic_col
     _one_line_error(run_cli("train", "--model", str(pickled), "--data", str(synthetic_cola), "--out", str(tmp_path / "r")), "only safetensors")
 
 
+def test_classifier_with_another_label_count_gets_a_new_head(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """A BERT classifier with 3 labels (an MNLI model) trains with a new 2-label head and a note saying so; it was
+    refused as 'damaged' (the 3x32 head does not fit 2 labels). The encoder's weights are the checkpoint's."""
+    from safetensors.torch import load_file
+    from transformers import BertForSequenceClassification
+
+    mnli = tmp_path / "mnli"
+    model = BertForSequenceClassification.from_pretrained(tiny_run / "model", num_labels=3, ignore_mismatched_sizes=True,
+                                                          id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+                                                          label2id={"entailment": 0, "neutral": 1, "contradiction": 2})
+    model.save_pretrained(mnli, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_run / "model" / name).is_file():
+            shutil.copy(tiny_run / "model" / name, mnli / name)
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", str(mnli), "--data", str(synthetic_cola), "--out", str(out), "--max-steps", "2",
+                   "--batch-size", "8", "--lr", "1e-12")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "is a sequence classifier with 3 labels; its head is replaced by a new 2-label head" in proc.stderr
+    trained = load_file(out / "model" / "model.safetensors")
+    assert trained["classifier.weight"].shape == (2, 32)
+    before = load_file(mnli / "model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+    assert (trained[key] - before[key]).abs().max().item() < 1e-6  # lr 1e-12: the encoder is the checkpoint's
+
+
 def test_bad_data_and_bad_options(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
     model = str(tiny_run / "model")
     _one_line_error(run_cli("train", "--model", model, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")), "does not exist")

@@ -483,6 +483,12 @@ def load_model(model_id: str, cfg: TrainConfig):
         raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({_one_line(exc)}); the checkpoint needs its tokenizer files "
                             "(tokenizer.json or vocab.txt) beside config.json") from None
     extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
+    labels = _head_labels(model_id)
+    if labels not in (None, 2):  # e.g. an MNLI model: its 3-label head cannot hold CoLA's 2 labels
+        if is_main_process():
+            print(f"note: --model {cfg.model} is a sequence classifier with {labels} labels; its head is replaced by a new "
+                  "2-label head for CoLA (the encoder's weights are kept)", file=sys.stderr)
+        extra["ignore_mismatched_sizes"] = True
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
@@ -492,6 +498,15 @@ def load_model(model_id: str, cfg: TrainConfig):
         raise BertpackError(f"--model {cfg.model}: cannot load its weights ({_one_line(exc)}); the checkpoint looks damaged or incomplete: "
                             "copy or download it again, or pass another --model") from None
     return tokenizer, model
+
+
+def _head_labels(model_id: str) -> int | None:
+    """The label count of the checkpoint's classification head, or None when it has none (a bare encoder)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_id)  # resolve_model has fetched and checked it: cached
+    has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    return config.num_labels if has_head else None
 
 
 def _step_timer():

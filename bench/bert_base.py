@@ -28,12 +28,14 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
 
     from bertpack.models import LABELS
 
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
-    config = BertConfig(num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    # bert-base's shape; the vocabulary is the template's (30522 for uncased WordPiece), so every token id has a row
+    config = BertConfig(vocab_size=len(tokenizer), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     model = BertForSequenceClassification(config).eval()
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(run_dir / "model", safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
     cfg = {"model": "random BertConfig() (bert-base shape)", "max_length": MAX_LENGTH, "seed": seed}
     (run_dir / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "complete", "config": cfg}))
     return run_dir

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from serving.engine import length_order, pad_ids
+
 
 @dataclass
 class Batch:
@@ -22,29 +24,13 @@ class Batch:
         return tuple(self.inputs["input_ids"].shape)  # type: ignore[return-value]
 
 
-def length_order(ids: Sequence[Sequence[int]]) -> list[int]:
-    """Sentence positions sorted by token count (stable), so a batch holds sentences of similar length."""
-    return sorted(range(len(ids)), key=lambda i: len(ids[i]))
-
-
-def pad(ids: Sequence[Sequence[int]], pad_id: int, input_names: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
-    target = length or max(len(s) for s in ids)
-    input_ids = np.full((len(ids), target), pad_id, dtype=np.int64)
-    attention = np.zeros((len(ids), target), dtype=np.int64)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = seq
-        attention[row, : len(seq)] = 1
-    feed = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": np.zeros_like(input_ids)}
-    return {name: feed[name] for name in input_names}
-
-
 def make_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, input_names: Sequence[str]) -> list[Batch]:
     order = length_order(ids)
     out = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         chunk = [ids[i] for i in rows]
-        out.append(Batch(rows=rows, inputs=pad(chunk, pad_id, input_names), real_tokens=sum(len(s) for s in chunk)))
+        out.append(Batch(rows=rows, inputs=pad_ids(chunk, pad_id, input_names), real_tokens=sum(len(s) for s in chunk)))
     return out
 
 

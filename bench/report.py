@@ -24,7 +24,7 @@ E2E_BAR = 10.0
 
 
 def _settings(cfg: BenchConfig, threads: int) -> dict:
-    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
                timing="time.perf_counter around each batch call, after one untimed warm-up pass over every batch (every shape); "
                       "inputs already on the device and logits left there for every GPU engine, CUDA synchronised before the "

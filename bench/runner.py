@@ -140,7 +140,7 @@ def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, 
     return run, skipped
 
 
-def run_worker(spec: dict, work: Path, threads: int, timeout: float, echo: Callable[[str], None]) -> dict:
+def run_worker(spec: dict, work: Path, threads: int, timeout: float) -> dict:
     """Run bench.worker in a fresh process with its thread pools pinned to `threads`."""
     tag = spec.get("engine", spec.get("mode"))
     spec_path, result_path = work / f"{tag}.spec.json", work / f"{tag}.result.json"
@@ -275,7 +275,7 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
             # The per-operator profile once, in the first round: it is not part of the timing.
             profile_batch = base["profile_batch_size"] if number == 1 else None
             res = run_worker({**base, **spec, "mode": "batches", "profile_batch_size": profile_batch}, work, threads,
-                             cfg.worker_timeout_s, echo)
+                             cfg.worker_timeout_s)
             if "error" in res:
                 echo(f"    failed: {res['error']}")
                 if number == 1:
@@ -313,9 +313,9 @@ def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences:
             "e2e_batch_size": cfg.e2e_batch_size, "e2e_pad_to": cfg.e2e_pad_to, "min_time_s": cfg.min_time_s,
             "max_passes": cfg.max_passes}
     echo(f"  end to end on {n} sentences: the book's way ...")
-    book = run_worker({**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s, echo)
+    book = run_worker({**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s)
     echo("  end to end: bertpack serving path ...")
-    serving = run_worker({**spec, "mode": "serving", "device": device}, work, threads, cfg.worker_timeout_s, echo)
+    serving = run_worker({**spec, "mode": "serving", "device": device}, work, threads, cfg.worker_timeout_s)
     out = {"sentences": n, "batch_size": cfg.e2e_batch_size, "book": book, "serving": serving}
     for side in (book, serving):
         if "error" in side:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from bertpack.errors import BertpackError
@@ -41,7 +40,3 @@ def check_attention_fused(fused: dict[str, int], num_layers: int, variant: str) 
     if num_layers and got < num_layers:
         raise BertpackError(f"{variant}: {got} Attention nodes fused for {num_layers} layers; the fp32 graph must be "
                             "exported with eager attention (attn_implementation='eager')")
-
-
-def copy_model(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)

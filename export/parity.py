@@ -15,6 +15,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.metrics import cola_scores
+from serving.engine import length_order
 
 BATCH_SIZE = 32
 EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
@@ -70,7 +71,7 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
 
     model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
     ids = classifier.encode(sentences)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    order = length_order(ids)
     out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):

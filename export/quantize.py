@@ -26,7 +26,6 @@ METHODS = ("dynamic", "static")
 STATIC_OPERATORS = ["MatMul", "Gemm", "Gather"]
 
 
-EXCLUDE_GROUPS = ("head", "ffn_out", "last1", "last2")
 SMOOTH_ALPHA = 0.5  # SmoothQuant's default; 0.75 was no better on the embedded model (README, export)
 
 

@@ -210,6 +210,23 @@ def quiet_ort_logs():
         ort.set_default_logger_severity(2)  # ORT's default: warnings
 
 
+def length_order(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Sentence positions sorted by token count (stable), so a batch holds sentences of similar length."""
+    return sorted(range(len(ids)), key=lambda i: len(ids[i]))
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, input_names: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
+    """The model's inputs for token-id sequences padded to `length` (default: the longest), one row each."""
+    target = length or max(len(s) for s in ids)
+    input_ids = np.full((len(ids), target), pad_id, dtype=np.int64)
+    attention = np.zeros((len(ids), target), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        attention[row, : len(seq)] = 1
+    feed = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": np.zeros_like(input_ids)}
+    return {name: feed[name] for name in input_names}
+
+
 def keep_within(ids: list[int], limit: int) -> list[int]:
     """Token ids over `limit` cut to their first limit - 1 and the final [SEP]; shorter ones as they are."""
     return ids if len(ids) <= limit else ids[: limit - 1] + [ids[-1]]
@@ -310,13 +327,7 @@ class OnnxClassifier:
         """Pad a batch to `length`, or to the bucket holding its longest sentence."""
         longest = max(len(s) for s in ids)
         target = length or (bucket_length(longest, self.buckets) if self.buckets else longest)
-        input_ids = np.full((len(ids), target), self.pad_id, dtype=np.int64)
-        attention = np.zeros((len(ids), target), dtype=np.int64)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = seq
-            attention[row, : len(seq)] = 1
-        feed = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": np.zeros_like(input_ids)}
-        return Batch(inputs={name: feed[name] for name in self.input_names}, lengths=[len(s) for s in ids])
+        return Batch(inputs=pad_ids(ids, self.pad_id, self.input_names, target), lengths=[len(s) for s in ids])
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, batch: Batch) -> np.ndarray:
@@ -352,7 +363,7 @@ class OnnxClassifier:
     def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
         """Logits for already-encoded sentences (each within max_length), in input order."""
         out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort_by_length else list(range(len(ids)))
+        order = length_order(ids) if sort_by_length else list(range(len(ids)))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             out[chunk] = self.run(self.pad([ids[i] for i in chunk]))

@@ -100,7 +100,6 @@ def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
 def model_that_fails_when_run() -> bytes:
     """A valid ONNX model with the artifact's inputs that ONNX Runtime loads but cannot run on a real batch
     (it reshapes the ids to 3 x 7)."""
-    import onnx
     from onnx import TensorProto, helper
 
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask", "token_type_ids")]

@@ -145,7 +145,7 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     payload = build_payload(cfg=BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False),
                             artifact=Path("a"), manifest={"variants": {}, "source": {}}, machine={}, threads=1,
                             started=__import__("datetime").datetime.now(), sentences=2, labels=[0, 1], domains=["in", "in"],
-                            rounds=rounds, skipped=[], padding={}, e2e=None, data_dir=Path("d"))
+                            rounds=rounds, skipped=[], padding={}, e2e=None, cola=Path("d"))
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert set(rows) == {("pytorch_fp32", 1), ("pytorch_fp32", 8), ("onnx_int8", 1), ("onnx_int8", 8)}
     int8 = rows[("onnx_int8", 1)]

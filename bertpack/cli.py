@@ -85,7 +85,6 @@ def train(
     else:
         given["data"] = _data_option(data)
         cfg = TrainConfig(out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), overwrite=overwrite, **given)
-    _check_train_options(cfg)
 
     from trainer.train import is_main_process, summary, train as run_training
 
@@ -93,52 +92,6 @@ def train(
     if metrics and is_main_process():
         typer.echo("\n" + summary(metrics))
         typer.echo(f"\nrun written to {cfg.out}  (next: bertpack export {cfg.out})")
-
-
-def _check_train_options(cfg) -> None:
-    """Range-check the recipe before anything loads: each message names the option and a value that works."""
-    import math
-
-    from trainer.config import option_name
-
-    examples = {"epochs": "3", "learning_rate": "5e-5", "warmup_ratio": "0.1", "weight_decay": "0.01", "layer_decay": "0.85",
-                "head_lr_multiplier": "5", "classifier_dropout": "0.1"}
-    for name, example in examples.items():
-        value = getattr(cfg, name)
-        if value is not None and not math.isfinite(value):  # click accepts "nan" and "inf" as floats
-            raise BertpackError(f"{option_name(name)} must be a finite number, not {value}; e.g. {option_name(name)} {example}")
-    if cfg.padding not in ("dynamic", "max"):
-        raise BertpackError(f"--padding must be 'dynamic' or 'max', not {cfg.padding!r}")
-    if cfg.max_steps == 0 or cfg.max_steps < -1:
-        raise BertpackError(f"--max-steps {cfg.max_steps} is not a step count; pass a positive number, e.g. --max-steps 30, or -1 (the default) to train for --epochs")
-    if cfg.epochs < 0 or (cfg.epochs == 0 and cfg.max_steps == -1):
-        raise BertpackError(f"--epochs {cfg.epochs} is out of range; pass a positive number, e.g. --epochs 3 (or set --max-steps)")
-    if cfg.learning_rate <= 0 or cfg.learning_rate > 1:
-        raise BertpackError(f"--lr {cfg.learning_rate} is out of range; use a small positive rate, e.g. --lr 5e-5")
-    if cfg.batch_size < 1:
-        raise BertpackError(f"--batch-size {cfg.batch_size} is out of range; pass at least 1, e.g. --batch-size 32")
-    if cfg.eval_batch_size < 1:
-        raise BertpackError(f"--eval-batch-size {cfg.eval_batch_size} is out of range; pass at least 1, e.g. --eval-batch-size 128")
-    if not 8 <= cfg.max_length <= 512:
-        raise BertpackError(f"--max-length {cfg.max_length} is out of range; BERT takes 8 to 512 tokens, e.g. --max-length 64")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise BertpackError(f"--warmup {cfg.warmup_ratio} is out of range; it is a fraction of the training steps in [0, 1), e.g. --warmup 0.1")
-    if cfg.weight_decay < 0:
-        raise BertpackError(f"--weight-decay {cfg.weight_decay} is out of range; pass 0 or more, e.g. --weight-decay 0.01")
-    if not 0 < cfg.layer_decay <= 1:
-        raise BertpackError(f"--layer-decay {cfg.layer_decay} is out of range; it is in (0, 1], e.g. --layer-decay 0.85 (1 = off)")
-    if cfg.head_lr_multiplier <= 0:
-        raise BertpackError(f"--head-lr-multiplier {cfg.head_lr_multiplier} is out of range; pass a positive factor, e.g. --head-lr-multiplier 5 (1 = the encoder's lr)")
-    if cfg.classifier_dropout is not None and not 0 <= cfg.classifier_dropout < 1:
-        raise BertpackError(f"--classifier-dropout {cfg.classifier_dropout} is out of range; it is a probability in [0, 1), e.g. --classifier-dropout 0.1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise BertpackError(f"--limit {cfg.limit} is out of range; pass a positive number of rows, e.g. --limit 512")
-    if cfg.class_weights not in ("balanced", "none"):
-        raise BertpackError(f"--class-weights must be 'balanced' or 'none', not {cfg.class_weights!r}")
-    if cfg.evals_per_epoch < 1:
-        raise BertpackError(f"--evals-per-epoch {cfg.evals_per_epoch} is out of range; pass at least 1, e.g. --evals-per-epoch 2")
-    if not 0 <= cfg.seed < 2**32:  # numpy's seed range
-        raise BertpackError(f"--seed {cfg.seed} is out of range; pass a number from 0 to 4294967295, e.g. --seed 42")
 
 
 def _register_stage_commands() -> None:

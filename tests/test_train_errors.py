@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bertpack.errors import BertpackError
 from tests.conftest import REPO, run_cli, write_synthetic_cola
 from tests.test_train import _one_line_error
 
@@ -172,6 +173,16 @@ def test_out_of_range_option(tmp_path: Path, synthetic_cola: Path, tiny_run: Pat
 
 def test_negative_epochs_with_max_steps(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
     _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r", "--epochs", "-1", "--max-steps", "3")), "--epochs")
+    assert not (tmp_path / "r").exists()
+
+
+def test_python_callers_get_the_same_range_checks(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """train(TrainConfig(...)) checks the recipe as the CLI does (the checks lived in the CLI only)."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    with pytest.raises(BertpackError, match=r"--layer-decay 1\.5 is out of range"):
+        train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "r", layer_decay=1.5))
     assert not (tmp_path / "r").exists()
 
 

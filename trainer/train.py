@@ -324,6 +324,7 @@ def weighted_loss(weights: list[float]):
 # --------------------------------------------------------------------------- the run
 def train(cfg: TrainConfig) -> dict:
     """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
+    cfg.validate()
     check_out_dir(cfg)
     model_id = resolve_model(cfg.model)
     dataset = load_cola(cfg.data, limit=cfg.limit)

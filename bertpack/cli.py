@@ -76,7 +76,7 @@ def train(
         padding=padding, group_by_length=group_by_length, keep_checkpoints=keep_checkpoints,
     ).items() if value is not None}
     if resume:
-        from trainer.train import check_resume_overwrite, resume_config
+        from trainer.run_dir import check_resume_overwrite, resume_config
 
         if out is None:
             raise BertpackError("--resume needs --out with the folder of the interrupted run, e.g. --out runs/cola")
@@ -86,7 +86,8 @@ def train(
         given["data"] = _data_option(data)
         cfg = TrainConfig(out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), overwrite=overwrite, **given)
 
-    from trainer.train import is_main_process, summary, train as run_training
+    from trainer.run_dir import is_main_process
+    from trainer.train import summary, train as run_training
 
     metrics = run_training(cfg)
     if metrics and is_main_process():

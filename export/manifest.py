@@ -14,10 +14,10 @@ from serving.engine import ARTIFACT_FORMAT, MANIFEST, load_tokenizer, read_manif
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 
 
-def file_table(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every file under `folder` except the manifest itself."""
+def file_table(folder: Path, hashed: bool = True) -> dict[str, dict]:
+    """sha256 and size of every file under `folder` except the manifest itself (sha256 "" when not hashed)."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p) if hashed else "", "bytes": p.stat().st_size}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
@@ -29,11 +29,13 @@ def make_version(checkpoint: Path, when: datetime) -> str:
     return f"{when:%Y%m%d-%H%M%S}-{digest.hexdigest()[:8]}"
 
 
-def write_manifest(folder: Path, body: dict) -> dict:
-    """Hash the folder's files and write manifest.json atomically; returns what was written."""
+def write_manifest(folder: Path, body: dict, hash_files: bool = True) -> dict:
+    """Hash the folder's files and write manifest.json atomically; returns what was written. hash_files=False
+    writes a provisional manifest (sizes, no hashes) for the export's own loads (verify=False) while it builds:
+    hashing every model after each int8 try cost seconds per try for BERT-base."""
     manifest = {"format": ARTIFACT_FORMAT, **{k: v for k, v in body.items() if k != "files"}}
     manifest.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    manifest["files"] = file_table(folder)
+    manifest["files"] = file_table(folder, hashed=hash_files)
     write_json_atomic(Path(folder) / MANIFEST, manifest)
     return manifest
 

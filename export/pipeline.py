@@ -126,7 +126,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
                 "versions": library_versions(), "cpu_flags": cpu,
                 # the preset int8 used: detected from this CPU (cpu_flags), or --quant-target
                 "quantization_target": None if cfg.int8 == "none" else target, "status": "in progress"}
-        mf.write_manifest(stage, body)  # provisional: lets the engine load variants for the parity run
+        mf.write_manifest(stage, body, hash_files=False)  # provisional: lets the engine load variants for the parity run
 
         report = _parity_and_int8(cfg, ckpt, cola, stage, work, body, target, echo)
         body["parity"] = _summary(report)
@@ -294,7 +294,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
             shutil.copyfile(path, stage / f"model_{name}.onnx")
             body["variants"][name] = {"file": f"model_{name}.onnx", "method": method, "for": "cpu",
                                       "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
-            mf.write_manifest(stage, body)
+            mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
             row = evaluate(name, load(name))
             problems = parity.check(row, ref_row, cfg.tolerance)
             record = {"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
@@ -311,7 +311,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
         body["variants"][f"int8_{method}"]["settings"] = tries[method][best["k"]]["settings"]  # recorded when it was tried
         winners[method] = best
 
-    mf.write_manifest(stage, body)
+    mf.write_manifest(stage, body, hash_files=False)
     for method, best in winners.items():
         if cfg.flip_check:
             flips[f"int8_{method}"] = parity.flip_rate(load(f"int8_{method}"), data.sentences, seed=cfg.seed)

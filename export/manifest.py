@@ -60,13 +60,13 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
         return lines
     tokenizer = load_tokenizer(artifact_dir)
     lines.append(f"tokenizer.json loads ({tokenizer.get_vocab_size()} tokens)")
+    probe = np.array([tokenizer.encode("this").ids], dtype=np.int64)  # [CLS] this [SEP]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     for name, variant in manifest["variants"].items():
         path = artifact_dir / variant["file"]
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-            probe = np.array([tokenizer.encode("this").ids], dtype=np.int64)
             feed = {}
             for inp in session.get_inputs():
                 feed[inp.name] = probe if inp.name == "input_ids" else (

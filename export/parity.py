@@ -78,7 +78,8 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
             chunk = order[start : start + batch_size]
             batch = classifier.pad([ids[i] for i in chunk])
             input_ids = torch.from_numpy(batch.inputs["input_ids"])
-            mask = torch.from_numpy(batch.inputs["attention_mask"]) if "attention_mask" in batch.inputs else (input_ids != classifier.pad_id).long()
+            # The mask from the sentence lengths, not the engine's own: a padding bug there would otherwise be in both
+            mask = (torch.arange(input_ids.shape[1])[None, :] < torch.tensor(batch.lengths)[:, None]).long()
             out[chunk] = model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).logits.float().numpy()
     return out
 

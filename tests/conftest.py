@@ -130,6 +130,31 @@ def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
     return out
 
 
+def glue_hub(monkeypatch: pytest.MonkeyPatch, cola_root: Path) -> list:
+    """Stand in for the hub in `datasets.load_dataset("nyu-mll/glue", "cola")` (nothing else): answer with the CoLA
+    release under `cola_root` in the hub's schema and order (sentence, ClassLabel label, idx; validation = in-domain
+    dev then out-of-domain dev). Returns the list of calls it answered."""
+    import datasets
+
+    def split(*names: str) -> datasets.Dataset:
+        rows = [line.split("\t") for name in names for line in (cola_root / "raw" / name).read_text().splitlines() if line]
+        features = datasets.Features(sentence=datasets.Value("string"),
+                                     label=datasets.ClassLabel(names=["unacceptable", "acceptable"]), idx=datasets.Value("int32"))
+        return datasets.Dataset.from_dict({"sentence": [r[3] for r in rows], "label": [int(r[1]) for r in rows],
+                                           "idx": list(range(len(rows)))}, features=features)
+
+    real_load, asked = datasets.load_dataset, []
+
+    def load_dataset(path, name=None, **kwargs):
+        if path != "nyu-mll/glue":
+            return real_load(path, name, **kwargs)
+        asked.append((path, name))
+        return datasets.DatasetDict(train=split("in_domain_train.tsv"), validation=split("in_domain_dev.tsv", "out_of_domain_dev.tsv"))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return asked
+
+
 def run_process_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run CMD from the repo root in its own process group; on timeout kill the whole group (torchrun's
     ranks too, which would otherwise keep both cores busy for the rest of the suite), then fail."""

@@ -65,6 +65,34 @@ def test_file_or_folder_in_the_wrong_place(artifact_copy, tmp_path):
     assert "manifest.json is a folder, not a file" in err
 
 
+def test_unlisted_file_and_a_same_size_tokenizer_edit(artifact_copy):
+    """verify refuses files the manifest does not list; predict hashes tokenizer.json too, so an edit that keeps
+    its size (a vocabulary entry renamed) is caught, not served with the wrong token ids."""
+    (artifact_copy / "extra.onnx").write_bytes(b"not listed")
+    err = _one_line_error(run_cli("verify", str(artifact_copy)))
+    assert "holds files the manifest does not list: extra.onnx" in err
+    (artifact_copy / "extra.onnx").unlink()
+    tokenizer = artifact_copy / "tokenizer.json"
+    text = tokenizer.read_text()
+    assert '"the":' in text
+    tokenizer.write_text(text.replace('"the":', '"thf":', 1))
+    err = _one_line_error(run_cli("predict", str(artifact_copy), "The cat sat."))
+    assert "tokenizer.json does not match its sha256" in err
+
+
+def test_padding_is_masked(tiny_artifact):
+    """A short sentence gets the same logits alone and padded beside a long one: the attention mask hides the
+    padding. (Parity cannot see a broken mask: its PyTorch reference is fed the engine's own padded batch.)"""
+    from serving.engine import OnnxClassifier
+
+    clf = OnnxClassifier(tiny_artifact, variant="fp32", device="cpu")
+    short, long = clf.encode(["The cat sat.", "The old grey cat sat quietly on the warm mat by the open door all day."])
+    alone = clf.run(clf.pad([short]))
+    beside = clf.run(clf.pad([short, long]))
+    assert clf.pad([short, long]).inputs["input_ids"].shape[1] == len(long) > len(short)
+    assert beside[0] == pytest.approx(alone[0], abs=1e-4)
+
+
 def test_predict_pads_as_the_service_does(tiny_artifact):
     """On the CPU the service pads each run to its longest sentence (no buckets); predict must
     compute exactly that, or the two disagree on int8 (dynamic quantization sees the padding)."""

@@ -170,6 +170,40 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     assert bar["rounds"] == [4.0, 3.0] and bar["value"] == 3.5 and bar["passed"] is False
 
 
+def test_throughput_ratios_and_bars_point_the_right_way():
+    """Faster is a ratio over 1 both ways: int8 at 1 ms per batch of 32 against PyTorch's 4 ms is 4x the
+    sentences/s; the GPU throughput bar compares fp16 ONNX with fp16 PyTorch at batch 128."""
+    from bench.config import BenchConfig
+    from bench.report import build_payload
+
+    def result(engine: str, device: str, ms: dict[int, float]) -> dict:
+        rows = [{"batch_size": b, "p50_ms": t, "p95_ms": t, "p99_ms": t, "mean_ms": t, "sentences_per_s": b * 1000 / t,
+                 "passes": 1, "timed_calls": 1, "batches": 1, "peak_rss_mib": 1.0, "predictions": [0, 1]} for b, t in ms.items()]
+        return {"engine": engine, "device": device, "model_bytes": 1e6, "round": 1, "rows": rows}
+
+    rounds = [[result("pytorch_fp32", "cpu", {1: 4.0, 32: 4.0}), result("onnx_int8", "cpu", {1: 2.0, 32: 1.0}),
+               result("pytorch_fp16", "cuda", {128: 6.0}), result("onnx_fp16_cuda", "cuda", {128: 2.0})]]
+    payload = build_payload(cfg=BenchConfig(artifact_dir=Path("a"), end_to_end=False), artifact=Path("a"),
+                            manifest={"variants": {}, "source": {}}, machine={}, threads=1,
+                            started=__import__("datetime").datetime.now(), sentences=2, labels=[0, 1], domains=["in", "in"],
+                            rounds=rounds, skipped=[], padding={}, e2e=None, cola=Path("d"))
+    rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
+    assert rows[("onnx_int8", 32)]["speedup_throughput"] == 4.0 and rows[("onnx_int8", 1)]["speedup_p50"] == 2.0
+    bars = {b["bar"]: b for b in payload["bars"]}
+    cpu = bars["int8 CPU sentences/s vs PyTorch fp32 eager, batch 32"]
+    assert cpu["value"] == 4.0 and cpu["passed"] is True
+    gpu = bars["ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128"]
+    assert gpu["value"] == 3.0 and gpu["passed"] is True
+    assert bars["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1"]["passed"] is False  # 2x < 4x
+
+
+def test_padding_ratio_counts_padded_tokens_per_real_token():
+    from bench.batches import make_batches, padding_stats
+
+    stats = padding_stats(make_batches([[101, 102], [101, 7, 8, 102]], 2, 0, ["input_ids", "attention_mask"]))
+    assert (stats["real_tokens"], stats["computed_tokens"]) == (6, 8) and stats["padding_ratio"] == pytest.approx(2 / 6)
+
+
 def test_torch_engine_stages_each_call_and_refuses_an_unstaged_one(tiny_run, synthetic_cola):
     """PyTorch's engine moves each batch to the device in stage() (on a CPU: the same tensors) and runs what was
     staged; with its copies timed, as on CUDA, it reports them, and every call answers for its own batch."""

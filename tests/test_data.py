@@ -9,7 +9,7 @@ import pytest
 from bertpack.data import OUT_OF_DOMAIN_SOURCES, check_tsv, load_cola, locate
 from bertpack.errors import BertpackError
 from bertpack.metrics import cola_scores
-from tests.conftest import REAL_COLA, write_synthetic_cola
+from tests.conftest import REAL_COLA, glue_hub, write_synthetic_cola
 
 
 def test_release_layout_loads_with_domains(synthetic_cola: Path) -> None:
@@ -48,6 +48,19 @@ def test_real_cola_counts_match_glue() -> None:
     assert any('"' in s for s in ds["train"]["sentence"])
     sources = {line.split("\t")[0] for line in (REAL_COLA / "raw" / "out_of_domain_dev.tsv").read_text().splitlines()}
     assert sources == OUT_OF_DOMAIN_SOURCES
+
+
+@pytest.mark.skipif(not (REAL_COLA / "raw").is_dir(), reason="the CoLA 1.1 copy is not beside the project")
+def test_glue_from_the_hub_gives_the_release_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data glue (the hub's GLUE CoLA, stood in for by the release files in its schema and order) gives the same
+    records as the release folder: GLUE has no source column, so its first 527 validation rows are the in-domain ones."""
+    release = load_cola(REAL_COLA)
+    glue_hub(monkeypatch, REAL_COLA)
+    glue = load_cola("glue")
+    for split in ("train", "validation"):
+        assert glue[split]["sentence"] == release[split]["sentence"] and glue[split]["label"] == release[split]["label"]
+    assert glue["validation"]["domain"] == release["validation"]["domain"]
+    assert glue["validation"]["domain"][526:528] == ["in", "out"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, glue_hub, run_cli
 
 MODELS = ["model.onnx", "model_optimized.onnx", "model_fp16.onnx", "model_int8.onnx"]
 
@@ -308,31 +308,11 @@ def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
 
 def test_export_and_verify_read_glue_from_the_hub(tiny_run, synthetic_cola, tmp_path, monkeypatch):
     """--data glue (online users without a CoLA folder) works for export and verify --parity, not only for train.
-    The hub is the one thing replaced: `datasets.load_dataset("nyu-mll/glue", "cola")` answers with the synthetic
-    CoLA in the hub's schema (sentence, ClassLabel label, idx)."""
-    import datasets
-
+    The hub is the one thing replaced (conftest.glue_hub)."""
     from export.parity import Tolerance
     from export.pipeline import export_artifact, recheck_artifact
 
-    def glue_split(*names: str) -> datasets.Dataset:
-        rows = [line.split("\t") for name in names for line in (synthetic_cola / "raw" / name).read_text().splitlines()]
-        features = datasets.Features(sentence=datasets.Value("string"),
-                                     label=datasets.ClassLabel(names=["unacceptable", "acceptable"]), idx=datasets.Value("int32"))
-        return datasets.Dataset.from_dict({"sentence": [r[3] for r in rows], "label": [int(r[1]) for r in rows],
-                                           "idx": list(range(len(rows)))}, features=features)
-
-    real_load = datasets.load_dataset
-    asked = []
-
-    def hub(path, name=None, **kwargs):
-        if path != "nyu-mll/glue":
-            return real_load(path, name, **kwargs)
-        asked.append((path, name))
-        return datasets.DatasetDict(train=glue_split("in_domain_train.tsv"),
-                                    validation=glue_split("in_domain_dev.tsv", "out_of_domain_dev.tsv"))
-
-    monkeypatch.setattr(datasets, "load_dataset", hub)
+    asked = glue_hub(monkeypatch, synthetic_cola)
     out = tmp_path / "art"
     export_artifact(tiny_run, out, data="glue", store=False, int8="none", flip_check=False)
     report = json.loads((out / "parity.json").read_text())

@@ -167,3 +167,45 @@ def test_report_footer_names_an_int8_default_only_when_one_ships():
                     "serving_default_cpu": "optimized"})
     assert "int8 default" not in none and "int8: no method within tolerance (best: static (static: FAIL" in none
     assert "CPU serving default: optimized" in none
+
+
+def test_tolerance_boundaries_are_inclusive():
+    """At the tolerance is within it: an MCC drop of exactly mcc_drop and agreement of exactly min_agreement pass
+    (float noise in the drop included); a hair beyond fails. An exact variant needs both the logit and agreement rule."""
+    ref_row = {"variant": "pytorch fp32", "mcc": 0.5, "agreement": 100.0}
+    tol = parity.Tolerance()
+    assert parity.check({"variant": "int8", "mcc": 0.49, "agreement": 98.0}, ref_row, tol) == []
+    assert len(parity.check({"variant": "int8", "mcc": 0.4899, "agreement": 97.99}, ref_row, tol)) == 2
+    loose_logits = parity.Tolerance.parse("logit=1")
+    assert parity.check({"variant": "optimized", "max_abs_logit_diff": 0.5, "agreement": 99.0}, ref_row, loose_logits) == \
+        ["agreement 99.00% < 100%"]
+
+
+def _winner(passed: bool, mcc: float, agreement: float = 99.0) -> dict:
+    return {"passed": passed, "row": {"mcc": mcc, "agreement": agreement}}
+
+
+def test_int8_choice_fewest_flips_then_mcc_then_static():
+    from export.pipeline import _choose_int8
+
+    flips = {"int8_static": {"flip_rate": 0.0}, "int8_dynamic": {"flip_rate": 2.0}}
+    assert _choose_int8({"static": _winner(True, 0.30), "dynamic": _winner(True, 0.35)}, flips) == "static"
+    even = {"int8_static": {"flip_rate": 1.0}, "int8_dynamic": {"flip_rate": 1.0}}
+    assert _choose_int8({"static": _winner(True, 0.30), "dynamic": _winner(True, 0.35)}, even) == "dynamic"
+    assert _choose_int8({"dynamic": _winner(True, 0.35), "static": _winner(True, 0.35)}, even) == "static"
+    assert _choose_int8({"static": _winner(False, 0.40), "dynamic": _winner(True, 0.30)}, flips) == "dynamic"
+
+
+def test_int8_try_that_passes_beats_a_closer_one_that_fails():
+    from export.pipeline import _try_rank
+
+    assert _try_rank(True, {"agreement": 98.1, "mcc": 0.30}) > _try_rank(False, {"agreement": 99.9, "mcc": 0.40})
+    assert _try_rank(False, {"agreement": 97.9, "mcc": 0.30}) > _try_rank(False, {"agreement": 97.5, "mcc": 0.40})
+
+
+def test_calibration_rows_mask_their_padding():
+    calib = quantize.Calibration(ids=[[101, 7, 102], [101, 102]], input_names=["input_ids", "attention_mask"])
+    padded = calib.dataset(pad=True)
+    assert padded["input_ids"] == [[101, 7, 102], [101, 102, 0]]
+    assert padded["attention_mask"] == [[1, 1, 1], [1, 1, 0]]
+    assert calib.dataset()["attention_mask"] == [[1, 1, 1], [1, 1]]

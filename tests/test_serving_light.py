@@ -332,3 +332,10 @@ def test_preflight_hashes_again_unless_the_files_are_unchanged(tiny_artifact, tm
     preflight(env, verified=fingerprint)
     with pytest.raises(BertpackError, match="vocab.txt"):
         preflight(env)
+
+
+def test_keep_within_cuts_before_the_final_sep():
+    from serving.engine import keep_within
+
+    assert keep_within([101, 5, 6, 7, 102], 4) == [101, 5, 6, 102]
+    assert keep_within([101, 5, 102], 4) == [101, 5, 102]

@@ -37,6 +37,7 @@ def test_layer_decay_and_head_multiplier_set_group_learning_rates(tiny_run: Path
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert lr_of[id(params["classifier.weight"])] == pytest.approx(4e-3)
+    assert lr_of[id(params["bert.pooler.dense.weight"])] == pytest.approx(4e-3)  # the pooler feeds only the head
     assert lr_of[id(params["bert.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.5)  # top layer (L=2)
     assert lr_of[id(params["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.25)
     assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.125)

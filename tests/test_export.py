@@ -205,6 +205,29 @@ def test_damaged_model_fails_parity(exported, synthetic_cola, tmp_path):
     assert "FAIL" in proc.stdout
 
 
+def test_failed_optimized_graph_leaves_the_cpu_on_fp32(tiny_run, synthetic_cola, tmp_path, monkeypatch):
+    """When the optimized graph breaks parity (its classifier damaged as it comes out of ORTOptimizer), the export is
+    marked failed and names fp32, which passed, as the CPU default; the optimized graph is never the default."""
+    from bertpack.errors import ParityError
+    from export import optimize
+    from export.pipeline import export_artifact
+
+    real_optimize = optimize.optimize
+
+    def damaged_cpu_graph(src, work, level):
+        path, fused = real_optimize(src, work, level)
+        if level == optimize.CPU_LEVEL:
+            _damage(Path(path), "classifier.weight", -1.0)
+        return path, fused
+
+    monkeypatch.setattr(optimize, "optimize", damaged_cpu_graph)
+    out = tmp_path / "art"
+    with pytest.raises(ParityError, match="optimized: max |logit diff|"):
+        export_artifact(tiny_run, out, data=synthetic_cola, store=False, int8="none", flip_check=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed parity" and manifest["serving_default"]["cpu"] == "fp32"
+
+
 def test_tolerance_failure_exits_3_and_keeps_report(tiny_run, synthetic_cola, tmp_path):
     """A tolerance nothing can meet: the artifact is written and marked failed, not registered, exit 3."""
     out = tmp_path / "art"

@@ -40,6 +40,8 @@ def test_bench_writes_table_json_md_png(bench_result):
         assert REQUIRED_ROW_FIELDS <= row.keys()
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["sentences_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["model_mb"] > 0
+        # every pass runs all 32 sentences: sentences/s = passes x 32 over the summed call times
+        assert row["sentences_per_s"] == pytest.approx(row["passes"] * 32 / (row["mean_ms"] * row["timed_calls"] / 1000), rel=1e-6)
         assert -1.0 <= row["mcc"] <= 1.0
     ref = [r for r in payload["rows"] if r["engine"] == "pytorch_fp32"]
     assert all(r["speedup_p50"] == pytest.approx(1.0) and r["agreement"] == 100.0 for r in ref)
@@ -56,7 +58,8 @@ def test_bench_writes_table_json_md_png(bench_result):
     assert payload["settings"]["threads"] >= 1 and payload["sentences"] == 32
 
     e2e = payload["end_to_end"]
-    assert e2e["book"]["sentences_per_s"] > 0 and e2e["serving"]["sentences_per_s"] > 0 and e2e["speedup"] > 0
+    assert e2e["book"]["sentences_per_s"] > 0 and e2e["serving"]["sentences_per_s"] > 0
+    assert e2e["speedup"] == pytest.approx(e2e["serving"]["sentences_per_s"] / e2e["book"]["sentences_per_s"])  # > 1 = faster
     assert e2e["book"]["pad_to"] == 128 and e2e["padding_book"]["padding_ratio"] > 1.0
     bars = {b["bar"]: b for b in payload["bars"]}
     assert any("batch 1" in name and b["value"] is not None for name, b in bars.items() if name.startswith("int8"))

@@ -125,7 +125,10 @@ def _load_glue(limit: int | None):
         with quiet_hub_retries():
             glue = datasets.load_dataset("nyu-mll/glue", "cola")
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
-        raise BertpackError(f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder instead") from None
+        from bertpack.models import offline_hint
+
+        raise BertpackError(f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder "
+                            f"instead{offline_hint()}") from None
     train = glue["train"]
     if limit is not None:
         train = train.select(range(min(limit, len(train))))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bertpack.errors import BertpackError, quiet_hub_retries
 
 EMBEDDED = "embedded"
 LABELS = {0: "unacceptable", 1: "acceptable"}
+
+
+def offline_hint() -> str:
+    """Said when the hub could not be reached: without HF_HUB_OFFLINE the hub's client retries for about 25 s first."""
+    return "" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else \
+        "; when offline, set HF_HUB_OFFLINE=1 to skip the hub's retries"
 
 
 def embedded_model_path() -> Path:
@@ -65,7 +72,7 @@ def resolve_model(model: str) -> str:
         if "offline" in text.lower() or "connect" in text.lower() or "couldn't" in text.lower() or "resolve" in text.lower():
             raise BertpackError(
                 f"could not reach the Hugging Face hub to fetch {model!r}; pass a local checkpoint folder with "
-                "--model (or leave the default, the embedded model)"
+                f"--model (or leave the default, the embedded model){offline_hint()}"
             ) from None
         raise BertpackError(f"unknown model {model!r}: not a local folder and not a model on the hub") from None
     except ValueError as exc:

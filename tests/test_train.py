@@ -125,6 +125,7 @@ def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> 
     proc = run_cli("train", "--model", "bert-base-uncased", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"),
                    env={"HF_HUB_OFFLINE": "1", "HF_HOME": empty_cache})
     _one_line_error(proc, "pass a local checkpoint folder")
+    assert "HF_HUB_OFFLINE" not in proc.stderr  # it is set: no hint to set it
     # Offline without HF_HUB_OFFLINE (a hub that refuses connections): after the hub's own retries (~25 s),
     # stderr holds our one line only, not also the hub's logged exception.
     with socket.socket() as sock:
@@ -134,6 +135,7 @@ def test_unknown_model_and_offline_hub(tmp_path: Path, synthetic_cola: Path) -> 
                    env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HOME": empty_cache})
     _one_line_error(proc, "could not reach the Hugging Face hub")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "set HF_HUB_OFFLINE=1 to skip the hub's retries" in proc.stderr
     proc = run_cli("train", "--model", "./no/such/dir", "--data", str(synthetic_cola), "--out", str(tmp_path / "r"))
     _one_line_error(proc, "no such folder")
     assert not (tmp_path / "r").exists()

@@ -19,6 +19,10 @@ MAX_CHARS = 1000  # per sentence, before tokenization
 # Token ids accepted by the internal batched endpoint (the model's own limit is applied there too).
 MAX_TOKEN_ID = 2**31 - 1
 MAX_IDS = 512
+# A whole request body: the largest valid /classify (64 x 1000 characters, each as a 12-byte \ud83d\ude00-style escape at
+# worst) is under 800 kB. BentoML reads a body whole before validating it, so without this bound a 100 MB body took
+# seconds of the event loop and gigabytes of memory before its 400.
+MAX_BODY_BYTES = 1 << 20
 
 
 def _readable(text: str) -> str:
@@ -63,6 +67,14 @@ EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}', "/infer": 
 # BentoML's batcher sheds a request when its queue wait plus the batch's estimated run time reaches the bound.
 OVERLOADED = ("server overloaded: the request could not be answered within {seconds:g} s (batching queue wait plus estimated run time); "
               "retry later, or add replicas/workers")
+
+
+TOO_LARGE = ("request body of {got} is over the {limit} bytes a request may hold; send at most "
+             f"{MAX_SENTENCES} sentences of at most {MAX_CHARS} characters per request, and split larger jobs into several requests")
+TOO_MANY = ("too many requests in flight at once: retry after a moment, or add replicas/workers "
+            "(the server takes {limit} at a time)")
+TIMED_OUT = ("the request was not answered within {seconds:g} s (the server's request timeout): send the whole body at once "
+             "(a body sent slowly holds a slot), or retry")
 
 
 def _where(loc) -> str:

@@ -40,8 +40,8 @@ from starlette.routing import Route
 
 from bertpack.errors import BertpackError
 from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, served_buckets, softmax, uses_cuda
-from serving.schema import (FIELDS, MAX_CHARS, MAX_SENTENCES, OVERLOADED, ClassifyResponse, EncodedBatch, Prediction, Sentences,
-                            error_body, no_tokens_detail, too_long_detail)
+from serving.schema import (FIELDS, MAX_BODY_BYTES, MAX_CHARS, MAX_SENTENCES, OVERLOADED, TIMED_OUT, TOO_LARGE, TOO_MANY,
+                            ClassifyResponse, EncodedBatch, Prediction, Sentences, error_body, no_tokens_detail, too_long_detail)
 from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
 
 log = logging.getLogger("bertpack.service")
@@ -51,6 +51,8 @@ log = logging.getLogger("bertpack.service")
 # runs keeps the CPU busy while the next batch forms; the latency bound only sheds load
 # (503) when the queue is hopeless, so its default is set well above the measured p99 at 64 clients.
 MAX_BATCH_SIZE = 64
+TIMEOUT_S = 30  # BentoML's request timeout (504 past it)
+MAX_CONCURRENCY = 512  # requests in flight per worker (429 past it)
 
 
 def _import_time_setting(name: str, field: str):
@@ -89,8 +91,14 @@ class ClientErrorsOnOneLine(logging.Filter):
         from bentoml.exceptions import BentoMLException
         from pydantic import ValidationError
 
+        from starlette.requests import ClientDisconnect
+
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ValidationError):
+        if isinstance(exc, BodyTooLarge):
+            summary = f"client error, 413 (body over {MAX_BODY_BYTES} bytes)"
+        elif isinstance(exc, ClientDisconnect):
+            summary = "client disconnected before its whole body arrived"
+        elif isinstance(exc, ValidationError):
             what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
             summary = f"client error, 400 ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}: {what})"
         elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500 or \
@@ -154,16 +162,59 @@ ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /livez", "GET /
              "GET / (Swagger UI)"]
 
 
+class BodyTooLarge(Exception):
+    """Raised into the app's read of a body that grows past MAX_BODY_BYTES (sent without a Content-Length)."""
+
+
+KNOWN_PATHS = frozenset({"/classify", "/infer", "/info", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/"})
+
+
+class _KnownEndpoints:
+    """A Prometheus metric whose `endpoint` label takes the service's own paths only; every other path counts as "other"."""
+
+    def __init__(self, metric) -> None:
+        self._metric = metric
+
+    def labels(self, *args, **labels):
+        if "endpoint" in labels and labels["endpoint"] not in KNOWN_PATHS:
+            labels["endpoint"] = "other"
+        return self._metric.labels(*args, **labels)
+
+    def __getattr__(self, name: str):
+        return getattr(self._metric, name)
+
+
+def _bound_metric_labels() -> None:
+    """BentoML 1.4.40's request metrics label each request with its raw URL path, so every distinct unknown URL adds
+    series to the metrics files: a few thousand 404s of long paths made /metrics hang and then broke every new path
+    (measured). Its metrics middleware runs before any of the service's, so the labels are bounded where they are made.
+    bentoml is pinned (pyproject); tests/test_serving.py checks /metrics after unknown paths."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
+
+    if getattr(metrics, "_bertpack_bounded", False):
+        return
+    setup = metrics._setup
+
+    def bounded_setup(self, *args, **kwargs) -> None:
+        setup(self, *args, **kwargs)
+        for name in ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
+                     "metrics_websocket_connections", "metrics_websocket_data_received", "metrics_websocket_data_sent"):
+            setattr(self, name, _KnownEndpoints(getattr(self, name)))
+
+    metrics._setup, metrics._bertpack_bounded = bounded_setup, True
+
+
 class JsonOnly:
     """ASGI middleware, so that every answer is JSON and names the fix:
+    - a body over MAX_BODY_BYTES is answered 413 before it is read (by its Content-Length) or as soon as it grows
+      past the bound (sent without one);
     - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
-      escapes its error handling as a 500);
+      escapes its error handling as a 500); BentoML's own 415 (pickle) gets the same JSON;
+    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix;
     - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
     - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})
       becomes one line per problem with its fix (serving.schema.error_body);
     - a 503 from the batching queue says the server is overloaded instead of "unexpected error"."""
-
-    FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
 
     def __init__(self, app) -> None:
         self.app = app
@@ -173,21 +224,33 @@ class JsonOnly:
             await self.app(scope, receive, send)
             return
         method, path = scope.get("method", ""), scope.get("path", "")
-        if method == "POST":
-            ctype = b""
-            for key, value in scope.get("headers", ()):
-                if key.lower() == b"content-type":
-                    ctype = value.split(b";", 1)[0].strip().lower()
-            if ctype.startswith(self.FORM_TYPES):
-                response = _client_error({"error": f"unsupported Content-Type {ctype.decode('latin-1')!r}: send a JSON body "
-                                                   "with Content-Type: application/json"}, 415, path)
-                await response(scope, receive, send)
-                return
+        headers = {key.lower(): value for key, value in scope.get("headers", ())}
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        length = headers.get(b"content-length", b"").strip()
+        if method == "POST" and ctype.startswith(self.FORM_TYPES):
+            await _client_error({"error": self.UNSUPPORTED.format(ctype)}, 415, path)(scope, receive, send)
+            return
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
+            await _client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
+            return
+        received = {"bytes": 0, "over": False}
+
+        async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > MAX_BODY_BYTES:
+                    received["over"] = True
+                    raise BodyTooLarge(f"over {MAX_BODY_BYTES} bytes")
+            return message
+
         held: dict = {}
 
         async def rewrite(message) -> None:
             if message["type"] == "http.response.start":
-                if self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
+                if received["over"]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
+                    message = {**message, "status": 413}
+                if received["over"] or self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
                     held["start"], held["body"] = message, b""
                     return
             elif message["type"] == "http.response.body" and "start" in held:
@@ -195,7 +258,13 @@ class JsonOnly:
                 if message.get("more_body", False):
                     return
                 start = held.pop("start")
-                body = self._body(start["status"], method, path, held.pop("body"), start.get("headers", ()))
+                raw = held.pop("body")
+                if received["over"]:
+                    body = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}
+                elif start["status"] == 415:
+                    body = {"error": self.UNSUPPORTED.format(ctype)}
+                else:
+                    body = self._body(start["status"], method, path, raw, start.get("headers", ()))
                 data = json.dumps(body, ensure_ascii=False).encode("utf-8")
                 headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -204,12 +273,21 @@ class JsonOnly:
                 return
             await send(message)
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, limited, rewrite)
+        except BodyTooLarge:  # it went through the app unanswered
+            await _client_error({"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}, 413, path)(
+                scope, receive, send)
+
+    FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
+    UNSUPPORTED = "unsupported Content-Type {!r}: send a JSON body with Content-Type: application/json"
 
     @staticmethod
     def _rewrites(status: int, ctype: bytes, path: str) -> bool:
         if status in (404, 405):
             return ctype.startswith(b"text/plain")
+        if status in (415, 429, 504):  # BentoML's pickle refusal, max_concurrency and timeout answers
+            return True
         return status in (400, 503) and path in FIELDS and ctype.startswith(b"application/json")
 
     @staticmethod
@@ -222,6 +300,10 @@ class JsonOnly:
             allowed = ", ".join(sorted(methods - {"HEAD"} if "GET" in methods else methods)) or "another method"
             return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
                     "endpoints": ENDPOINTS}
+        if status == 429:
+            return {"error": TOO_MANY.format(limit=MAX_CONCURRENCY)}
+        if status == 504:
+            return {"error": TIMED_OUT.format(seconds=TIMEOUT_S)}
         try:
             body = json.loads(raw)
         except ValueError:
@@ -253,7 +335,7 @@ class InferInput(bentoml.IODescriptor):
     name="bertpack",
     # A GPU host is the target (fp16 on CUDA); without one the service runs int8 on the CPU.
     resources={"gpu": 1, "memory": "4Gi"},
-    traffic={"timeout": 30, "max_concurrency": 512},
+    traffic={"timeout": TIMEOUT_S, "max_concurrency": MAX_CONCURRENCY},
     threads=1,  # one batch runs at a time; ORT parallelises inside it
     # The internal /infer calls skip the access log, request metrics and tracing: each public request
     # already gets them, and on a small CPU the second pass costs throughput (README, serve).
@@ -339,6 +421,10 @@ class Bertpack:
         try:
             probabilities = await self._infer(ids)
         except BentoMLException as exc:
+            if exc.error_code == HTTPStatus.TOO_MANY_REQUESTS:  # infer's own slot (the self-proxy call) was refused
+                log.warning("429 overloaded: a /classify request found every one of the %d slots busy", MAX_CONCURRENCY)
+                return JSONResponse({"error": TOO_MANY.format(limit=MAX_CONCURRENCY)}, status_code=429,  # type: ignore[return-value]
+                                    headers={"Retry-After": "1"})
             if exc.error_code != HTTPStatus.SERVICE_UNAVAILABLE:
                 raise
             log.warning("503 overloaded: a /classify request could not be answered within %d ms (batching queue)", MAX_LATENCY_MS)
@@ -411,5 +497,6 @@ class Bertpack:
         }
 
 
+_bound_metric_labels()
 Bertpack.add_asgi_middleware(JsonOnly)
 

@@ -390,6 +390,55 @@ def test_client_errors_log_one_line(server):
         assert sum(fragment in line for line in warnings) == 1, (fragment, new[-3000:])
 
 
+def test_oversized_bodies_get_413_before_they_are_parsed(server):
+    """A body over MAX_BODY_BYTES is refused with a JSON 413 naming the limit and the fix: by its Content-Length before
+    any of it is read, and a chunked body (no Content-Length) as soon as it grows past the bound. It was parsed whole
+    first (100 MB: seconds of the event loop, gigabytes of memory, then a 400)."""
+    from serving.schema import MAX_BODY_BYTES
+
+    big = json.dumps({"sentences": ["word " * 150] * 2000}).encode()  # 1.5 MB of valid-looking JSON
+    assert len(big) > MAX_BODY_BYTES
+    r = httpx.post(f"{server['url']}/classify", content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and f"over the {MAX_BODY_BYTES} bytes" in r.json()["error"] and "split larger jobs" in r.json()["error"]
+
+    def chunks():
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start:start + 64 * 1024]
+
+    r = httpx.post(f"{server['url']}/infer", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "bytes a request may hold" in r.json()["error"], r.text[:500]
+    assert_healthy(server)
+
+
+def test_unknown_paths_share_one_metrics_label(server):
+    """Each unknown URL used to become its own Prometheus series (until /metrics broke); now they count as "other"."""
+    probes = [f"/probe-{i}-{os.getpid()}-x" for i in range(20)]
+    for path in probes:
+        assert httpx.get(f"{server['url']}{path}", timeout=10).status_code == 404
+    assert classify(server["url"], {"sentences": ["The cat sat."]}).status_code == 200
+    metrics = httpx.get(f"{server['url']}/metrics", timeout=30).text
+    assert not any(path in metrics for path in probes)
+    assert 'endpoint="other"' in metrics and 'endpoint="/classify"' in metrics
+
+
+def test_other_refusals_are_json_naming_the_fix(server):
+    """BentoML's own 415 (a pickle body) and a client that hangs up mid-body: JSON and one log line, not a traceback."""
+    r = httpx.post(f"{server['url']}/classify", content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"}, timeout=30)
+    assert r.status_code == 415 and r.json() == {"error": "unsupported Content-Type 'application/vnd.bentoml+pickle': send a JSON "
+                                                          "body with Content-Type: application/json"}
+    import socket
+
+    before = server["log"].read_text()
+    host, port = server["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sent")
+        time.sleep(0.5)
+    time.sleep(1.5)
+    new = server["log"].read_text()[len(before):]
+    assert "Traceback" not in new and "ClientDisconnect" not in new, new[-3000:]
+    assert_healthy(server)
+
+
 def test_log_lines_are_not_doubled(server):
     log = server["log"].read_text()
     assert log.count(f"serving bertpack-cola:{server['manifest']['version']} (int8 from store)") == 1, log[:3000]

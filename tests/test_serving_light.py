@@ -339,3 +339,38 @@ def test_keep_within_cuts_before_the_final_sep():
 
     assert keep_within([101, 5, 6, 7, 102], 4) == [101, 5, 6, 102]
     assert keep_within([101, 5, 102], 4) == [101, 5, 102]
+
+
+def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tuple[int, dict]:
+    """One request through the service's JsonOnly middleware in front of an app that answers `status` with `body`
+    (BentoML's own answers for max_concurrency and the request timeout)."""
+    import asyncio
+
+    from serving.service import JsonOnly
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(JsonOnly(app)(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def test_bentomls_429_and_504_name_the_fix():
+    from serving.service import MAX_CONCURRENCY, TIMEOUT_S
+
+    status, body = _through_json_only(429, b'{"error":"Too many requests"}')
+    assert status == 429 and body["error"].startswith("too many requests in flight at once: retry after a moment")
+    assert f"takes {MAX_CONCURRENCY} at a time" in body["error"]
+    status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}', "/infer")
+    assert status == 504 and f"not answered within {TIMEOUT_S} s" in body["error"] and "send the whole body at once" in body["error"]
+    assert _through_json_only(200, b'{"ok": 1}') == (200, {"ok": 1})

@@ -9,7 +9,8 @@ into one ONNX Runtime run. An exception inside a batch would fail every request 
 accepts only what has been validated and cannot raise on its contents.
 
 Errors: every client mistake is a 4xx JSON body whose "error" names each problem and its fix (the
-JsonOnly middleware rewrites BentoML's 400/404/405/503 bodies) and costs one WARNING line in the log.
+JsonOnly middleware refuses bodies over MAX_BODY_BYTES (413) and rewrites BentoML's 400/404/405/415/429/503/504 bodies)
+and costs one WARNING line in the log.
 A bad setting or artifact stops `bentoml serve` before any worker starts (check_before_serving), with
 one "cannot serve: ..." line and exit status 1.
 

@@ -179,3 +179,14 @@ def test_bench_checks_the_artifact_and_options_before_measuring(artifact_copy, t
     err = _one_line_error(run_cli("bench", str(artifact_copy), "--out", str(tmp_path / "out")))
     assert "model_int8.onnx is 1000 bytes" in err and "truncated" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_json_truncated_only_when_over_the_limit(tiny_artifact):
+    """A sentence of exactly max_length tokens is read whole: "truncated": false (as the service says)."""
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    limit = manifest["max_length"]
+    exact = " ".join(["word"] * (limit - 2))  # [CLS] + limit-2 words + [SEP]
+    proc = run_cli("predict", str(tiny_artifact), exact, exact + " word", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["tokens"], r["truncated"]) for r in rows] == [(limit, False), (limit, True)]

@@ -423,3 +423,26 @@ def test_profile_batch_size_defaults_to_one_that_is_measured(tiny_artifact, tmp_
         cfg = BenchConfig(artifact_dir=tiny_artifact, out=tmp_path / "out", batch_sizes=sizes)
         check_config(cfg)
         assert cfg.profile_batch_size == wanted, (sizes, cfg.profile_batch_size)
+
+
+def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synthetic_cola, tmp_path):
+    """--rounds 2 with an int8 model that ONNX Runtime refuses: it fails once, is not retried in round 2, and is
+    named once in the error (exit 2); the reference still runs both rounds."""
+    import hashlib
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    junk = b"not an ONNX model" * 50
+    (art / "model_int8.onnx").write_bytes(junk)
+    manifest["files"]["model_int8.onnx"] = {"sha256": hashlib.sha256(junk).hexdigest(), "bytes": len(junk)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
+                   "--engines", "pytorch_fp32,onnx_int8", "--rounds", "2", "--no-end-to-end", "--no-profile",
+                   "--min-time", "0", "--min-samples", "1", "--max-passes", "1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    started = [line.strip().split()[0] for line in proc.stdout.splitlines() if line.strip().endswith("(cpu) ...")]
+    assert started == ["pytorch_fp32", "onnx_int8", "pytorch_fp32"]
+    assert [s["engine"] for s in json.loads((out / "bench.json").read_text())["skipped"]] == ["onnx_int8"]
+    assert "more rounds" not in proc.stderr

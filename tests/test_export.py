@@ -343,3 +343,20 @@ def test_export_and_verify_read_glue_from_the_hub(tiny_run, synthetic_cola, tmp_
     lines = []
     recheck = recheck_artifact(out, "glue", Tolerance(), lines.append)
     assert recheck["sentences"] == 48 and recheck["data"] == "glue" and len(asked) >= 3
+
+
+def test_export_without_int8_registers_in_the_store(tiny_run, synthetic_cola, tmp_path):
+    """--int8 none (a GPU-only deployment) has no int8 method: BentoML metadata refuses None values, so the
+    store registration must leave the absent figure out instead of failing the export."""
+    home, out = tmp_path / "bentoml", tmp_path / "art"
+    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none",
+                   "--no-flip-check", "--limit", "24", env={"BENTOML_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    tag = f"bertpack-cola:{manifest['version']}"
+    assert f"registered in the BentoML model store as {tag}" in proc.stdout
+    script = f"import bentoml, json; print(json.dumps(bentoml.models.get({tag!r}).info.metadata))"
+    got = subprocess.run([sys.executable, "-c", script], env={**os.environ, "BENTOML_HOME": str(home)},
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "int8_method" not in json.loads(got.stdout.strip().splitlines()[-1])

@@ -1,11 +1,14 @@
-"""The parity arithmetic on known logits, the tolerance rules, the int8 ladder and CPU flag parsing
-(pure functions: no model, fast)."""
+"""The parity arithmetic on known logits, the tolerance rules, the int8 ladder and its records, SmoothQuant and the
+fusion check on hand-built graphs, CPU flag parsing (no trained model, fast)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from bertpack.errors import BertpackError
 from export import parity, quantize
@@ -209,3 +212,91 @@ def test_calibration_rows_mask_their_padding():
     assert padded["input_ids"] == [[101, 7, 102], [101, 102, 0]]
     assert padded["attention_mask"] == [[1, 1, 1], [1, 1, 0]]
     assert calib.dataset()["attention_mask"] == [[1, 1, 1], [1, 1]]
+
+
+@pytest.mark.parametrize("target", ["avx2", "avx512", "avx512_vnni", "arm64"])
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_quantization_config_carries_the_try_settings(method, target):
+    """Each ladder rung's per-channel / reduce-range / exclusions reach Optimum's config (the reduce-range
+    rungs were otherwise the rung before them under another name)."""
+    from export.quantize import STATIC_OPERATORS, Int8Settings, quantization_config
+
+    for per_channel, reduce_range in ((False, False), (True, True), (True, False)):
+        config = quantization_config(Int8Settings(method, target, per_channel=per_channel, reduce_range=reduce_range), ["n1"])
+        assert (config.per_channel, config.reduce_range, list(config.nodes_to_exclude)) == (per_channel, reduce_range, ["n1"])
+        assert config.is_static == (method == "static")
+        if method == "static":
+            assert list(config.operators_to_quantize) == STATIC_OPERATORS
+
+
+def _products_graph(path: Path) -> list[str]:
+    names = ["/bert/encoder/layer.0/attention/self/query/MatMul", "/bert/encoder/layer.0/output/dense/MatMul",
+             "/bert/encoder/layer.1/attention/self/query/MatMul", "/bert/encoder/layer.1/output/dense/MatMul",
+             "/bert/pooler/dense/Gemm", "/classifier/Gemm"]
+    nodes = [helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n) for i, n in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [1, 1], [1.0])])
+    onnx.save(helper.make_model(graph), str(path))
+    return names
+
+
+def test_settings_record_lists_the_nodes_kept_in_fp32(tmp_path):
+    """The manifest's record of an int8 try names the nodes it kept in fp32 (what parity.md and bench report)."""
+    from export.quantize import STATIC_OPERATORS, Int8Settings, settings_record
+
+    path = tmp_path / "m.onnx"
+    names = _products_graph(path)
+    settings = Int8Settings("static", "avx2", per_channel=True, exclude=("head", "last1"))
+    record = settings_record(settings, 2, path, calibration_sentences=16)
+    assert record["nodes_excluded"] == [names[4], names[5], names[2], names[3]]
+    assert record["exclude"] == ["head", "last1"] and record["name"] == settings.name
+    assert record["graph"] == "unfused (as exported)" and record["operators"] == STATIC_OPERATORS
+    assert record["calibration_sentences"] == 16
+    assert settings_record(Int8Settings("dynamic", "avx2"), 2, path)["nodes_excluded"] == []
+
+
+def _ffn_in_graph(path: Path) -> None:
+    """input_ids -> x[:, :, 0] = id, x[:, :, 1] = -2 id -> MatMul named as an FFN up-projection (smoothed group ffn_in)."""
+    nodes = [helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["ids_f", "axis"], ["ids_3d"]),
+             helper.make_node("Mul", ["ids_3d", "spread"], ["x"]),
+             helper.make_node("MatMul", ["x", "w"], ["logits"], name="/bert/encoder/layer.0/intermediate/dense/MatMul")]
+    inits = [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
+             numpy_helper.from_array(np.array([1.0, -2.0], dtype=np.float32), "spread"),
+             numpy_helper.from_array(np.array([[0.5, -1.0, 0.25], [4.0, 0.5, -0.5]], dtype=np.float32), "w")]
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seq", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+def test_smoothquant_channel_ranges_are_max_abs_and_the_graph_stays_valid(tmp_path):
+    """channel_ranges is max |x_j| over every token of every sentence (not a mean, not signed); the smoothed graph
+    keeps ONNX's topological order (each Mul before its product), so onnx.checker and ORT accept it unchanged."""
+    import onnxruntime as ort
+
+    from export import smoothquant
+
+    source, smoothed = tmp_path / "ffn.onnx", tmp_path / "smoothed.onnx"
+    _ffn_in_graph(source)
+    ranges = smoothquant.channel_ranges(source, [[1, 5, 2], [3]], ["input_ids"])
+    np.testing.assert_allclose(ranges["x"], [5.0, 10.0])
+    assert smoothquant.smooth(source, smoothed, ranges, alpha=0.5) == ["/bert/encoder/layer.0/intermediate/dense/MatMul"]
+    onnx.checker.check_model(onnx.load(str(smoothed)), full_check=True)
+    order = [n.name for n in onnx.load(str(smoothed)).graph.node]
+    assert order.index("/bert/encoder/layer.0/intermediate/dense/MatMul_smooth") < order.index("/bert/encoder/layer.0/intermediate/dense/MatMul")
+    feed = {"input_ids": np.array([[1, 5, 2]], dtype=np.int64)}
+    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    after = ort.InferenceSession(str(smoothed), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5)
+
+
+def test_attention_fusion_check_wants_one_per_layer():
+    from export.optimize import check_attention_fused
+
+    check_attention_fused({"Attention": 2}, 2, "optimized")
+    check_attention_fused({"MultiHeadAttention": 12}, 12, "fp16")
+    check_attention_fused({}, 0, "optimized")  # no layer count known: nothing to check
+    for fused, layers in (({"Attention": 1}, 2), ({"Attention": 11, "MultiHeadAttention": 0}, 12), ({}, 2)):
+        with pytest.raises(BertpackError, match="eager attention"):
+            check_attention_fused(fused, layers, "optimized")

@@ -538,3 +538,16 @@ def test_overload_answers_503_json(server, tmp_path):
         assert "503 overloaded" in (tmp_path / "serve.log").read_text()
     finally:
         stop_server(proc)
+
+
+def test_sentence_of_exactly_the_token_limit_is_not_truncated(server):
+    limit = server["manifest"]["max_length"]
+    exact = " ".join(["word"] * (limit - 2))  # [CLS] + limit-2 words + [SEP]
+    for truncate in (False, True):
+        r = classify(server["url"], {"sentences": [exact, exact + " word"], "truncate": True} if truncate else {"sentences": [exact]})
+        assert r.status_code == 200, r.text[:300]
+        first = r.json()["predictions"][0]
+        assert (first["tokens"], first["truncated"]) == (limit, False)
+        if truncate:
+            second = r.json()["predictions"][1]
+            assert (second["tokens"], second["truncated"]) == (limit, True)

@@ -4,6 +4,7 @@ the GPU path where a GPU exists (skipped here otherwise)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -374,3 +375,90 @@ def test_bentomls_429_and_504_name_the_fix():
     status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}', "/infer")
     assert status == 504 and f"not answered within {TIMEOUT_S} s" in body["error"] and "send the whole body at once" in body["error"]
     assert _through_json_only(200, b'{"ok": 1}') == (200, {"ok": 1})
+
+
+def test_serve_config_reads_latency_and_engine_batch():
+    """BERTPACK_MAX_LATENCY_MS and BERTPACK_ENGINE_BATCH are used, not only validated."""
+    from serving.source import ServeConfig
+
+    cfg = ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "250", "BERTPACK_ENGINE_BATCH": "8"})
+    assert (cfg.max_latency_ms, cfg.engine_batch) == (250, 8)
+    assert (ServeConfig.from_env({}).max_latency_ms, ServeConfig.from_env({}).engine_batch) == (10_000, 32)
+
+
+@pytest.fixture
+def service(tiny_artifact, tmp_path, monkeypatch):
+    """The real service class, built in-process on the tiny artifact (as test_serves_an_artifact_folder_by_env does)."""
+    monkeypatch.setenv("BERTPACK_MODEL", str(tiny_artifact))
+    monkeypatch.setenv("BERTPACK_DEVICE", "cpu")
+    monkeypatch.setenv("BERTPACK_ENGINE_BATCH", "4")
+    monkeypatch.setenv("BERTPACK_VARIANT", "optimized")  # fp32: int8 rounds away the tiny model's small differences
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "empty-home"))
+    from serving.service import Bertpack
+
+    return Bertpack.inner()
+
+
+def test_infer_maps_out_of_vocabulary_ids_to_unk_and_cuts_long_sequences(service):
+    """/infer's cleaning: an id >= the vocabulary size is [UNK] (not an ORT Gather error that fails the whole
+    adaptive batch), a sequence over max_length is cut as /classify cuts it; batch sizes are counted."""
+    from serving.engine import keep_within
+
+    vocab, unk, limit = service.vocab_size, service.engine.unk_id, service.engine.max_length
+    assert service.infer([[101, vocab, 102]]) == service.infer([[101, unk, 102]])
+    assert service.infer([[101, 2**31 - 1, 102]]) == service.infer([[101, unk, 102]])
+    long = [101] + [1996 + i for i in range(limit + 20)] + [102]
+    cut = keep_within(long, limit)
+    # the model itself answers differently for the uncut sequence, so only the cut explains equal answers
+    raw = service.engine.logits_from_ids([long], batch_size=1)
+    assert not np.array_equal(raw, service.engine.logits_from_ids([cut], batch_size=1))
+    assert service.infer([long]) == service.infer([cut])
+    before = service.info()["batching"]
+    service.infer([[101, 102]] * 3)
+    after = service.info()["batching"]
+    assert after["sentences"] - before["sentences"] == 3 and after["sizes"]["3"] == before["sizes"].get("3", 0) + 1
+    assert after["largest"] == max(int(k) for k in after["sizes"])
+
+
+def test_info_reports_the_engine_batch_it_uses(service):
+    """BERTPACK_ENGINE_BATCH=4 is the CPU engine's rows per ORT run (README, serve)."""
+    assert service.engine.provider == "CPUExecutionProvider"
+    assert service.config.engine_batch == 4 and service.info()["engine"]["engine_batch"] == 4
+
+
+def test_server_errors_keep_their_traceback():
+    """Client errors (4xx) and 503 become one WARNING line; a 500 stays an ERROR with its traceback."""
+    from bentoml.exceptions import BadInput, InternalServerError
+
+    from serving.service import ClientErrorsOnOneLine
+
+    def record(exc):
+        try:
+            raise exc
+        except Exception:  # noqa: BLE001
+            return logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "%s %s", ("/classify", "POST"), sys.exc_info())
+
+    server = record(InternalServerError("engine exploded"))
+    assert ClientErrorsOnOneLine().filter(server)
+    assert server.levelno == logging.ERROR and server.exc_info is not None
+    client = record(BadInput("bad"))
+    assert ClientErrorsOnOneLine().filter(client)
+    assert client.levelno == logging.WARNING and client.exc_info is None
+
+
+def test_doctor_counts_avx_vnni_as_vnni(tmp_path):
+    """Alder Lake and later: AVX-VNNI without AVX-512; doctor's int8 note must not say "without VNNI"."""
+    from serving.doctor import cpu_info
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma avx_vnni\n")
+    got = cpu_info(info)
+    assert got["vnni"] is True and got["int8_note"].startswith("VNNI int8 dot products")
+
+
+def test_doctor_reports_a_bad_setting_once():
+    """A bad setting is one problem: the model is not checked (and the setting not re-reported) until the settings are fine."""
+    proc = run_cli("doctor", "--json", env={"BERTPACK_THREADS": "0"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    settings = json.loads(proc.stdout)["serve_settings"]
+    assert len(settings["problems"]) == 1 and settings["model"] is None, settings

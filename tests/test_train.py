@@ -297,3 +297,49 @@ def test_summary_of_a_run_without_optimizer_steps(tiny_run: Path) -> None:
     assert "3 s, no training steps" in summary(metrics)
     metrics["train_samples_per_second"] = 126.94
     assert "3 s, 126.9 training samples/s" in summary(metrics)
+
+
+def test_best_checkpoint_is_the_highest_validation_mcc_and_metrics_name_its_domains(tmp_path, synthetic_cola):
+    """8 validations in an 8-step run whose MCC moves: the best checkpoint (metrics.json "best", and the weights
+    kept) is the highest-MCC one, and its in/out-of-domain figures are that checkpoint's, each in its own field."""
+    from tests.conftest import make_tiny_run
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    run = make_tiny_run(tmp_path / "tiny", distinct=True)
+    out = tmp_path / "run"
+    metrics = train(TrainConfig(model=str(run / "model"), data=str(synthetic_cola), out=out, max_steps=8, batch_size=8,
+                                evals_per_epoch=8, learning_rate=1e-3, seed=0))
+    rows = metrics["epochs"]
+    assert len(rows) == 8 and len({round(r["mcc"], 6) for r in rows}) > 1, rows  # the MCC moves: a choice to make
+    top = max(rows, key=lambda r: r["mcc"])  # max() keeps the first of equal maxima, as the Trainer does
+    best = metrics["best"]
+    assert best["mcc"] == pytest.approx(top["mcc"]) and best["checkpoint"] == f"checkpoint-{round(top['epoch'] * 8)}"
+    assert top["mcc_in_domain"] != pytest.approx(top["mcc_out_domain"])  # so a swapped field shows
+    assert (best["mcc_in_domain"], best["mcc_out_domain"]) == (pytest.approx(top["mcc_in_domain"]), pytest.approx(top["mcc_out_domain"]))
+    assert best["accuracy"] == pytest.approx(top["accuracy"])
+    assert json.loads((out / "metrics.json").read_text())["best"] == best
+
+
+def test_balanced_class_weights_change_the_training_loss(tmp_path, synthetic_cola, tiny_run):
+    """--class-weights balanced is used by the loss, not only recorded: same run, same seed, only the weights
+    differ, so the logged training loss differs."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    common = dict(model=str(tiny_run / "model"), data=str(synthetic_cola), max_steps=2, batch_size=8, learning_rate=1e-12)
+    balanced = train(TrainConfig(out=tmp_path / "balanced", class_weights="balanced", **common))
+    plain = train(TrainConfig(out=tmp_path / "plain", class_weights="none", **common))
+    assert balanced["class_weights"][0] > 1 > balanced["class_weights"][1] and plain["class_weights"] is None
+    assert balanced["epochs"][0]["train_loss"] != pytest.approx(plain["epochs"][0]["train_loss"], rel=1e-4)
+
+
+def test_evals_per_epoch_with_a_short_last_batch(tmp_path, synthetic_cola, tiny_run):
+    """60 rows at batch 8 = 8 steps per epoch (the last one short): 2 validations per epoch fall at steps 4 and 8,
+    so the run's last weights are validated (with 7 steps per epoch they fell at 3 and 6, never at the end)."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    metrics = train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "run", limit=60,
+                                batch_size=8, epochs=1, evals_per_epoch=2, learning_rate=1e-12))
+    assert [r["epoch"] for r in metrics["epochs"]] == [0.5, 1.0]

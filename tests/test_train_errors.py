@@ -291,3 +291,91 @@ def test_resume_refuses_a_different_recipe_and_a_run_without_checkpoint(tmp_path
     shutil.rmtree(out / "checkpoints")
     _one_line_error(run_cli("train", "--out", str(out), "--resume"), "no Trainer checkpoint")
     _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, out)), "no checkpoint to resume from; pass --overwrite")
+
+
+def _checkpoint(folder: Path, tiny_run: Path, damaged: bool = False) -> None:
+    """A Trainer checkpoint folder as damaged_checkpoint() reads it (state + safetensors weights)."""
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    weights = (tiny_run / "model" / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[:-1000] if damaged else weights)
+
+
+def test_resume_checks_the_newest_checkpoint_by_step(tmp_path, tiny_run):
+    """checkpoint-18 is newer than checkpoint-9 (by step, not by name): --resume loads and checks checkpoint-18."""
+    from trainer.config import TrainConfig
+    from trainer.run_dir import check_out_dir, checkpoints
+
+    out = tmp_path / "run"
+    for step in (9, 18):
+        _checkpoint(out / "checkpoints" / f"checkpoint-{step}", tiny_run, damaged=step == 18)
+    (out / "checkpoints" / "checkpoint-last").mkdir()  # not the Trainer's naming: ignored
+    (out / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "training", "config": {}}))
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-9", "checkpoint-18"]
+    with pytest.raises(BertpackError) as err:
+        check_out_dir(TrainConfig(out=out, resume=True))
+    assert f"the last checkpoint {out / 'checkpoints' / 'checkpoint-18'} is damaged" in str(err.value)
+    assert "to resume from checkpoint-9" in str(err.value)
+
+
+def test_resume_config_keeps_the_recipe_and_takes_what_may_change(tmp_path, synthetic_cola, monkeypatch):
+    """--resume: --epochs, --max-steps, --eval-batch-size and --keep-checkpoints may change (cli help); the same
+    --data spelled differently (relative, trailing slash) is the same setting; another recipe option is refused."""
+    from trainer.config import TrainConfig
+    from trainer.run_dir import resume_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    recorded = TrainConfig(data=str(synthetic_cola.resolve()), out=out, learning_rate=3e-5, epochs=2.0)
+    (out / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "failed", "config": recorded.to_dict()}))
+    monkeypatch.chdir(synthetic_cola.parent)
+    cfg = resume_config(out, {"data": f"./{synthetic_cola.name}/", "epochs": 5.0, "max_steps": 40, "eval_batch_size": 16,
+                              "keep_checkpoints": True, "learning_rate": 3e-5})
+    assert (cfg.epochs, cfg.max_steps, cfg.eval_batch_size, cfg.keep_checkpoints, cfg.learning_rate) == (5.0, 40, 16, True, 3e-5)
+    assert Path(cfg.data).resolve() == synthetic_cola.resolve() and (cfg.out, cfg.resume, cfg.overwrite) == (out, True, False)
+    with pytest.raises(BertpackError, match="--lr 0.0001 differs from the run's recorded 3e-05"):
+        resume_config(out, {"learning_rate": 1e-4})
+    with pytest.raises(BertpackError, match="--data .* differs"):
+        resume_config(out, {"data": str(tmp_path)})
+
+
+def test_overwrite_in_a_read_only_parent_is_refused_before_anything_moves(tmp_path, synthetic_cola, tiny_run):
+    """--overwrite moves the old run aside beside OUT: a parent that cannot be written is refused up front
+    (else the move fails mid-run and the failure path deletes the old run's files)."""
+    locked = tmp_path / "locked"
+    out = locked / "run"
+    out.mkdir(parents=True)
+    (out / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "complete", "config": {}}))
+    (out / "metrics.json").write_text('{"precious": true}')
+    locked.chmod(0o555)
+    try:
+        proc = _run_cli_unprivileged(*_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "2", "--batch-size", "8"))
+        _one_line_error(proc, f"cannot write in {locked}")
+    finally:
+        locked.chmod(0o755)
+    assert (out / "metrics.json").read_text() == '{"precious": true}'
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+
+
+def test_failed_run_leaves_an_empty_out_folder_as_it_found_it(tmp_path, synthetic_cola, tiny_run, monkeypatch):
+    """A new run that fails before its first checkpoint removes what it made: an --out that existed (empty) stays,
+    empty; parents it created go. (Fault injected in the library: Trainer.train raises.)"""
+    import transformers
+
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("injected failure before the first checkpoint")
+
+    monkeypatch.setattr(transformers.Trainer, "train", fail)
+    common = dict(model=str(tiny_run / "model"), data=str(synthetic_cola), max_steps=2, batch_size=8)
+    out = tmp_path / "empty"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="injected") as err:
+        train(TrainConfig(out=out, **common))
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert any("nothing was kept" in note for note in getattr(err.value, "__notes__", []))
+    with pytest.raises(RuntimeError, match="injected"):
+        train(TrainConfig(out=tmp_path / "made" / "run", **common))
+    assert not (tmp_path / "made").exists()

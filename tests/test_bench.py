@@ -310,18 +310,23 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert not (tmp_path / "out2").exists()
 
 
-def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_artifact, synthetic_cola, tmp_path):
-    """A model file that matches its manifest but that ONNX Runtime refuses fails its engine's worker: the other
-    engines' results are still written, and the exit status says the bench is incomplete (one line naming it)."""
+def _with_unloadable_int8(artifact: Path, art: Path) -> Path:
+    """A copy of the artifact whose int8 file matches its manifest entry but is not an ONNX model (ORT refuses it)."""
     import hashlib
 
-    art = tmp_path / "art"
-    shutil.copytree(tiny_artifact, art)
+    shutil.copytree(artifact, art)
     manifest = json.loads((art / "manifest.json").read_text())
     junk = b"not an ONNX model" * 50
     (art / "model_int8.onnx").write_bytes(junk)
     manifest["files"]["model_int8.onnx"] = {"sha256": hashlib.sha256(junk).hexdigest(), "bytes": len(junk)}
     (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_artifact, synthetic_cola, tmp_path):
+    """A model file that matches its manifest but that ONNX Runtime refuses fails its engine's worker: the other
+    engines' results are still written, and the exit status says the bench is incomplete (one line naming it)."""
+    art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
     out = tmp_path / "out"
     proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
                    "--engines", "pytorch_fp32,onnx_fp32,onnx_int8", "--no-end-to-end", "--no-profile", *QUICK)
@@ -428,19 +433,10 @@ def test_profile_batch_size_defaults_to_one_that_is_measured(tiny_artifact, tmp_
 def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synthetic_cola, tmp_path):
     """--rounds 2 with an int8 model that ONNX Runtime refuses: it fails once, is not retried in round 2, and is
     named once in the error (exit 2); the reference still runs both rounds."""
-    import hashlib
-
-    art = tmp_path / "art"
-    shutil.copytree(tiny_artifact, art)
-    manifest = json.loads((art / "manifest.json").read_text())
-    junk = b"not an ONNX model" * 50
-    (art / "model_int8.onnx").write_bytes(junk)
-    manifest["files"]["model_int8.onnx"] = {"sha256": hashlib.sha256(junk).hexdigest(), "bytes": len(junk)}
-    (art / "manifest.json").write_text(json.dumps(manifest))
+    art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
     out = tmp_path / "out"
     proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
-                   "--engines", "pytorch_fp32,onnx_int8", "--rounds", "2", "--no-end-to-end", "--no-profile",
-                   "--min-time", "0", "--min-samples", "1", "--max-passes", "1")
+                   "--engines", "pytorch_fp32,onnx_int8", "--rounds", "2", "--no-end-to-end", "--no-profile", *QUICK)
     assert proc.returncode == 2, proc.stderr[-2000:]
     started = [line.strip().split()[0] for line in proc.stdout.splitlines() if line.strip().endswith("(cpu) ...")]
     assert started == ["pytorch_fp32", "onnx_int8", "pytorch_fp32"]

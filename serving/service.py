@@ -91,7 +91,6 @@ class ClientErrorsOnOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from bentoml.exceptions import BentoMLException
         from pydantic import ValidationError
-
         from starlette.requests import ClientDisconnect
 
         exc = record.exc_info[1] if record.exc_info else None
@@ -167,7 +166,7 @@ class BodyTooLarge(Exception):
     """Raised into the app's read of a body that grows past MAX_BODY_BYTES (sent without a Content-Length)."""
 
 
-KNOWN_PATHS = frozenset({"/classify", "/infer", "/info", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/"})
+KNOWN_PATHS = frozenset({endpoint.split()[1] for endpoint in ENDPOINTS} | {"/infer"})  # the metrics labels allowed
 
 
 class _KnownEndpoints:
@@ -234,6 +233,7 @@ class JsonOnly:
         if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
             await _client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
             return
+        too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
         received = {"bytes": 0, "over": False}
 
         async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
@@ -261,7 +261,7 @@ class JsonOnly:
                 start = held.pop("start")
                 raw = held.pop("body")
                 if received["over"]:
-                    body = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}
+                    body = too_large
                 elif start["status"] == 415:
                     body = {"error": self.UNSUPPORTED.format(ctype)}
                 else:
@@ -277,8 +277,7 @@ class JsonOnly:
         try:
             await self.app(scope, limited, rewrite)
         except BodyTooLarge:  # it went through the app unanswered
-            await _client_error({"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}, 413, path)(
-                scope, receive, send)
+            await _client_error(too_large, 413, path)(scope, receive, send)
 
     FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
     UNSUPPORTED = "unsupported Content-Type {!r}: send a JSON body with Content-Type: application/json"

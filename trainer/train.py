@@ -256,7 +256,7 @@ def _head_labels(model_id: str) -> int | None:
     """The label count of the checkpoint's classification head, or None when it has none (a bare encoder)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_id)  # resolve_model has fetched and checked it: cached
+    config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)  # resolve_model has fetched and checked it: cached
     has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     return config.num_labels if has_head else None
 

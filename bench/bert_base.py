@@ -7,12 +7,12 @@ tolerance is opened wide (the export still writes its report) and the MCC column
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Callable
 
 from bertpack.errors import ParityError
+from bertpack.run_marker import write_run_marker
 
 log = logging.getLogger("bertpack.bench")
 
@@ -37,7 +37,7 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(run_dir / "model", safe_serialization=True)
     tokenizer.save_pretrained(run_dir / "model")
     cfg = {"model": "random BertConfig() (bert-base shape)", "max_length": MAX_LENGTH, "seed": seed}
-    (run_dir / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "complete", "config": cfg}))
+    write_run_marker(run_dir, "complete", cfg)
     return run_dir
 
 

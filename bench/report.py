@@ -147,7 +147,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
             "data": str(cola), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
-            "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped")
+            "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped", "failed")
                          if k in r} for results in rounds for r in results]}
 
 

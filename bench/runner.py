@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ def check_config(cfg: BenchConfig) -> dict:
     if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
         raise BertpackError("--batch-sizes must be positive integers, e.g. 1,8,32,128")
     cfg.engines = tuple(dict.fromkeys(cfg.engines))  # each engine once
+    # Increasing: a worker reads its peak memory after each size, and stops at the first size that does not fit.
+    cfg.batch_sizes = tuple(sorted(set(cfg.batch_sizes)))
     for name, path in cfg.extra_models.items():
         _check_onnx_file(name, Path(path))
     unknown = [e for e in cfg.engines if e not in ENGINES]
@@ -85,6 +88,9 @@ def _check_onnx_file(name: str, path: Path) -> None:
     """An --extra-model must be an ONNX model with a graph (an empty file parses as an empty model)."""
     import onnx
 
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise BertpackError(f"--extra-model {name}={path}: the name (engine file:NAME, also a file name) may hold only letters, "
+                            "digits, '_', '-' and '.'; e.g. --extra-model int8_mine=PATH")
     if not path.is_file():
         raise BertpackError(f"--extra-model {name}={path}: no such ONNX file")
     try:
@@ -226,7 +232,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
         e2e = None
         if cfg.end_to_end:
-            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, echo)
+            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, skipped, echo)
             e2e["padding_book"] = pad_to_fixed(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
@@ -291,20 +297,34 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
                     skipped.append({"engine": spec["engine"], "reason": f"failed in round {number} (its row holds the other rounds): {res['error']}"})
                 continue
             res["round"] = number
-            results.append(res)
-            echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+            in_round = f" in round {number}" if number > 1 else ""
+            if res["rows"]:
+                results.append(res)
+                echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
             for gave_up in res.get("skipped", []):  # e.g. CUDA out of memory: the worker stops at that size
-                reason = f"batch size {gave_up['batch_size']} and larger not run: {gave_up['reason']}"
+                reason = f"batch size {gave_up['batch_size']} and larger not run{in_round}: {gave_up['reason']}"
+                if not res["rows"]:  # not even the smallest size: nothing measured is a failure, not a limit
+                    reason = f"failed{in_round}: {reason}"
                 echo(f"    {reason}")
+                skipped.append({"engine": spec["engine"], "reason": reason})
+            if failed := res.get("failed"):  # an error that is not a size limit: the sizes before it are kept
+                reason = f"failed{in_round} at batch size {failed['batch_size']}: {failed['reason']}"
+                echo(f"    {reason}")
+                skipped.append({"engine": spec["engine"], "reason": reason})
                 if number == 1:
-                    skipped.append({"engine": spec["engine"], "reason": reason})
+                    failed_first.add(spec["engine"])
+            if spec["engine"] == REFERENCE and not res["rows"]:
+                if number == 1:
+                    raise BertpackError(f"the reference engine {REFERENCE} measured no batch size: {skipped[-1]['reason']}")
+                return rounds  # no ratios without it: this round is dropped, the finished ones kept
         rounds.append(results)
     return rounds
 
 
 def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences: list, labels: list, domains: list, threads: int,
-                   device: str, torch_cuda: bool, work: Path, echo: Callable[[str], None]) -> dict:
-    """The book's way (pad to 128, input order, PyTorch fp32 eager) against the serving path, same sentences."""
+                   device: str, torch_cuda: bool, work: Path, skipped: list[dict], echo: Callable[[str], None]) -> dict:
+    """The book's way (pad to 128, input order, PyTorch fp32 eager) against the serving path, same sentences.
+    A side that fails goes to `skipped` as a failure."""
     from bertpack.metrics import cola_scores
 
     n = min(cfg.e2e_count(), len(sentences))
@@ -317,8 +337,9 @@ def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences:
     echo("  end to end: bertpack serving path ...")
     serving = run_worker({**spec, "mode": "serving", "device": device}, work, threads, cfg.worker_timeout_s)
     out = {"sentences": n, "batch_size": cfg.e2e_batch_size, "book": book, "serving": serving}
-    for side in (book, serving):
+    for name, side in (("book", book), ("serving", serving)):
         if "error" in side:
+            skipped.append({"engine": f"end_to_end:{name}", "reason": f"failed: {side['error']}"})
             continue
         side.update(cola_scores(labels[:n], side["predictions"], domains[:n]))
     if "error" not in book and "error" not in serving:

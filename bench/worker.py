@@ -18,8 +18,13 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from bench.batches import make_batches
+from bertpack.files import write_json_atomic
 
 T = TypeVar("T")
+
+
+class TooLarge(Exception):
+    """A batch over what the engine takes (the CUDA-graph engine's largest graph batch)."""
 
 
 def _peak_rss_mib() -> float:
@@ -142,7 +147,7 @@ class OnnxGraphEngine:
 
         n, length = inputs["input_ids"].shape
         if not self.clf.graphs.fits(n, bucket_length(length, self.clf.buckets)):
-            raise RuntimeError(f"batch {n} is over the largest CUDA-graph batch {self.clf.graphs.BATCHES[-1]} (the service's limit)")
+            raise TooLarge(f"batch {n} is over the largest CUDA-graph batch {self.clf.graphs.BATCHES[-1]} (the service's limit)")
         lengths = inputs["attention_mask"].sum(axis=1)
         rows = [inputs["input_ids"][i, : lengths[i]].tolist() for i in range(n)]
         return self.clf.pad(rows).inputs
@@ -291,15 +296,21 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
               "predictions": preds.tolist(), **engine.peak()}
     if copies:
         result["p50_with_copies_ms"] = float(np.percentile(np.asarray(with_copies) * 1000, 50))
-    if spec.get("profile_batch_size") == batch_size and isinstance(engine, OnnxEngine) and engine.device == "cpu":
-        from bench.profile import profile_session
-
-        result["profile"] = profile_session(engine.model_path, spec["threads"], prepared, engine.output_name,
-                                            Path(spec["profile_dir"]))
     return result
 
 
+def _does_not_fit(exc: BaseException) -> bool:
+    """Out of memory (host or device), or over the engine's own batch limit: larger sizes will not fit either.
+    Any other error is the engine failing, and is reported as a failure."""
+    if isinstance(exc, (MemoryError, TooLarge)) or type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    text = str(exc).lower()  # ORT's CUDA allocator: "Failed to allocate memory ..." / "CUDA failure 2: out of memory"
+    return "failed to allocate memory" in text or "out of memory" in text
+
+
 def run_batches(spec: dict) -> dict:
+    """Every batch size in increasing order; stops at the first that does not fit ("skipped") or fails ("failed"),
+    keeping the sizes measured before it."""
     t0 = time.perf_counter()
     engine = load_engine(spec)
     out = {"engine": spec["engine"], "device": spec["device"], "threads": spec["threads"], "load_s": time.perf_counter() - t0,
@@ -307,9 +318,21 @@ def run_batches(spec: dict) -> dict:
     for batch_size in spec["batch_sizes"]:
         try:
             out["rows"].append(measure_batch_size(engine, spec, batch_size))
-        except (MemoryError, RuntimeError) as exc:  # e.g. CUDA out of memory: later (larger) sizes will not fit either
-            out["skipped"].append({"batch_size": batch_size, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+        except Exception as exc:  # noqa: BLE001 - sorted into "does not fit" and "failed" below
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            if _does_not_fit(exc):
+                out["skipped"].append({"batch_size": batch_size, "reason": reason})
+            else:
+                out["failed"] = {"batch_size": batch_size, "reason": reason}
             break
+    # The per-operator profile opens a second session; after the timed sizes, so their peak memory is the engine's own.
+    row = next((r for r in out["rows"] if r["batch_size"] == spec.get("profile_batch_size")), None)
+    if row is not None and isinstance(engine, OnnxEngine) and engine.device == "cpu":
+        from bench.profile import profile_session
+
+        batches = make_batches(spec["ids"], row["batch_size"], spec["pad_id"], spec["input_names"])
+        row["profile"] = profile_session(engine.model_path, spec["threads"], [engine.prepare(b.inputs) for b in batches],
+                                         engine.output_name, Path(spec["profile_dir"]))
     return out
 
 
@@ -396,9 +419,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     mode = spec.get("mode", "batches")
     result = {"batches": run_batches, "book": run_book, "serving": run_serving}[mode](spec)
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(result_path)
+    write_json_atomic(result_path, result)
     return 0
 
 

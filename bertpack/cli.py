@@ -3,6 +3,7 @@ imports happen inside the commands so `bertpack --help` and `bertpack predict` s
 
 from __future__ import annotations
 
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, Terminated, raise_terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune BERT on CoLA, export it to ONNX, serve it with BentoML, benchmark it.")
@@ -111,14 +112,15 @@ _register_stage_commands()
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         app()  # click handles usage errors itself (exit 2 with a usage line)
     except BertpackError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted (a training run that reached a checkpoint continues with: bertpack train --resume --out RUN_DIR)", err=True)
-        sys.exit(130)
+    except Terminated as exc:  # (Ctrl-C is Typer's: exit 130; a training run turns it into its own error line)
+        typer.echo("terminated (SIGTERM); nothing half-written was kept", err=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,18 @@ class ParityError(BertpackError):
     exit_code = 3
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, `docker stop`, systemd, Kubernetes) as an exception, so every cleanup that Ctrl-C runs
+    (staging folders, the run folder's state) runs for it too. Not a KeyboardInterrupt: Typer turns those into a
+    silent exit 130 before the CLI could say what happened."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def quiet_hub_retries() -> Iterator[None]:
     """Offline, huggingface_hub logs each failed request (the raw exception, one long line) before the

@@ -76,15 +76,19 @@ def staging_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
+    old: Path | None = None
+    moved = False
     try:
+        if final.exists():  # a fresh name, so a folder a killed run left there is never in the way
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old)  # a folder may replace an empty one
+            moved = True
         os.replace(tmp, final)
     except BaseException:  # put the old folder back rather than leave only hidden folders
-        if old is not None:
+        if moved:
             os.replace(old, final)
+        elif old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import matthews_corrcoef
+from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 
 def mcc(labels: Sequence[int], preds: Sequence[int]) -> float:
@@ -13,7 +13,7 @@ def mcc(labels: Sequence[int], preds: Sequence[int]) -> float:
 
 
 def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
-    return float(np.mean(np.asarray(labels) == np.asarray(preds)))
+    return float(accuracy_score(np.asarray(labels), np.asarray(preds)))
 
 
 def cola_scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bertpack.errors import BertpackError
 from bertpack.models import LABELS
+from bertpack.run_marker import RUN_MARKER
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -29,6 +30,8 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
         raise BertpackError(f"run folder {run_dir} does not exist; pass the folder written by `bertpack train --out DIR`")
     if not run_dir.is_dir():
         raise BertpackError(f"{run_dir} is a file; pass the run folder written by `bertpack train` (holding model/)")
+    if run_dir.name == "model" and not (run_dir / "model").is_dir() and (run_dir.parent / RUN_MARKER).is_file():
+        run_dir = run_dir.parent  # RUN/model was given: the run's record (trained length, metrics) is in RUN
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         status = _run_status(run_dir)
@@ -74,7 +77,7 @@ def _json_object(path: Path) -> dict:
 
 
 def _run_status(run_dir: Path) -> str | None:
-    status = _json_object(run_dir / "bertpack_run.json").get("status")
+    status = _json_object(run_dir / RUN_MARKER).get("status")
     return status if isinstance(status, str) else None
 
 
@@ -82,7 +85,7 @@ def _max_length(run_dir: Path, config: dict) -> int:
     """The length the model was trained with (bertpack_run.json), capped by its position embeddings."""
     limit = int(config.get("max_position_embeddings", 512))
     try:
-        trained = int(_json_object(run_dir / "bertpack_run.json")["config"]["max_length"])
+        trained = int(_json_object(run_dir / RUN_MARKER)["config"]["max_length"])
     except (KeyError, TypeError, ValueError):
         trained = DEFAULT_MAX_LENGTH
     return min(trained, limit)

@@ -47,7 +47,7 @@ def predict(
     """Classify sentences with an exported model (ONNX Runtime + tokenizers; no PyTorch)."""
     import json
 
-    from serving.engine import OnnxClassifier, keep_within
+    from serving.engine import OnnxClassifier
 
     if device not in ("auto", "cpu", "cuda"):
         raise BertpackError(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -71,21 +71,19 @@ def predict(
         except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 arrive as lone surrogates
             raise BertpackError(f"sentence {number} is not UTF-8 text; pass UTF-8 (e.g. convert it with iconv -t utf-8)") from None
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
-    ids = [e.ids for e in clf.tokenizer.encode_batch(list(sentences))]
-    tokens = [len(seq) for seq in ids]
-    empty = [str(i + 1) for i in clf.unreadable(ids)]
+    encoded = clf.prepare(sentences)
+    empty = [str(i + 1) for i in encoded.unreadable]
     if empty:  # the service refuses these too (400)
         raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji or symbols the "
                             "vocabulary lacks, invisible characters, or words over 100 characters); pass sentences with words")
-    for i, n in enumerate(tokens):
-        if n > clf.max_length:  # the service refuses these unless asked to truncate; here the user sees the cut
-            typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
-                       f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
-    results = clf.classify_ids([keep_within(seq, clf.max_length) for seq in ids])
-    for sentence, n, result in zip(sentences, tokens, results):
+    for i, n in encoded.too_long:  # the service refuses these unless asked to truncate; here the user sees the cut
+        typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
+                   f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
+    results = clf.classify_ids(encoded.ids)
+    for sentence, seq, cut, result in zip(sentences, encoded.ids, encoded.truncated, results):
         prob = result["probabilities"][result["label"]]
         if json_output:  # the fields of the service's predictions
-            typer.echo(json.dumps({"sentence": sentence, **result, "tokens": min(n, clf.max_length), "truncated": n > clf.max_length,
+            typer.echo(json.dumps({"sentence": sentence, **result, "tokens": len(seq), "truncated": cut,
                                    "variant": clf.variant}))
         else:
             typer.echo(f"{result['label']:<13} {prob:.3f}  {sentence}")

@@ -6,11 +6,14 @@ u8s8 int8 kernels on AVX2/AVX-512 without VNNI (VPMADDUBSW) can saturate; VNNI (
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 from bertpack.machine import cpu_flags, cpu_model
 
 TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
-_REPORTED = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8", "sse4_2")
+# What the int8 and bf16 kernels depend on (recorded in the manifest, bench.json and doctor's report).
+REPORTED_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                  "amx_tile", "amx_int8", "amx_bf16")
 
 
 def quantization_target(flags: set[str] | None = None) -> str:
@@ -27,9 +30,8 @@ def quantization_target(flags: set[str] | None = None) -> str:
     return "avx2"
 
 
-def cpu_report(flags: set[str] | None = None) -> dict:
-    """What the manifest records about the exporting CPU."""
-    flags = cpu_flags() if flags is None else flags
-    model = cpu_model()
-    return {"machine": platform.machine(), "model": model, "flags": {f: f in flags for f in _REPORTED},
+def cpu_report(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """What the manifest, bench.json and doctor record about this CPU."""
+    flags = cpu_flags(cpuinfo)
+    return {"machine": platform.machine(), "model": cpu_model(cpuinfo), "flags": {f: f in flags for f in REPORTED_FLAGS},
             "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "quantization_target": quantization_target(flags)}

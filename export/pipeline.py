@@ -63,6 +63,9 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, str | Path]:
 def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BertpackError(f"--out {out} is a file; pass a folder for the artifact")
+    if out.resolve() == ckpt.path or out.resolve() in ckpt.path.parents:
+        raise BertpackError(f"--out {out} holds the checkpoint being exported ({ckpt.path}), which writing the artifact there "
+                            "would delete; choose another --out (e.g. artifacts/NAME)")
     check_writable_parent(out, "--out")
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return

@@ -22,8 +22,6 @@ from bertpack.machine import library_versions
 # so the probe needs only onnxruntime (the Bento does not ship the `onnx` package).
 PROBE_MODEL = base64.b64decode(
     "CAgSD2JlcnRwYWNrLWRvY3RvcjpBCg4KAXgKAXgSAXkiA0FkZBIFcHJvYmVaEwoBeBIOCgwIARIICgIIAQoCCARiEwoBeRIOCgwIARIICgIIAQoCCARCBAoAEA0=")
-_CPU_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-              "amx_tile", "amx_int8", "amx_bf16")
 _NEEDS_GPU = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -68,22 +66,19 @@ def _loadable(library: str) -> bool:
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    from bertpack.machine import cpu_flags, cpu_model
-    from export.cpu import quantization_target
+    from export.cpu import cpu_report
 
-    flags = cpu_flags(cpuinfo)
-    model = cpu_model(cpuinfo)
-    vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
+    report = cpu_report(cpuinfo)
+    flags = {f for f, present in report["flags"].items() if present}
     if "amx_int8" in flags:
         note = "AMX and VNNI int8 instructions: int8 should be the fastest CPU variant"
-    elif vnni:
+    elif report["vnni"]:
         note = "VNNI int8 dot products: int8 is the fastest CPU variant"
     elif "avx2" in flags:
         note = "AVX2 without VNNI: int8 uses u8s8 VPMADDUBSW (can saturate; export picks a safe preset), expect a smaller int8 gain"
     else:
         note = "no AVX2: int8 and fp32 kernels both slow; prefer a newer CPU"
-    return {"model": model, "machine": platform.machine(), "flags": {f: f in flags for f in _CPU_FLAGS}, "vnni": vnni,
-            "quantization_target": quantization_target(flags), "int8_note": note}
+    return {**report, "int8_note": note}
 
 
 def thread_info() -> dict:

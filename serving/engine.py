@@ -240,6 +240,26 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 
 @dataclass
+class Encoded:
+    """Sentences tokenized for the model: `ids` within `limit`, `tokens` the counts before the cut,
+    `unreadable` the indices of sentences with no token the vocabulary knows."""
+
+    ids: list[list[int]]
+    tokens: list[int]
+    limit: int
+    unreadable: list[int]
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [n > self.limit for n in self.tokens]
+
+    @property
+    def too_long(self) -> list[tuple[int, int]]:
+        """(index, token count) of each sentence over the limit."""
+        return [(i, n) for i, n in enumerate(self.tokens) if n > self.limit]
+
+
+@dataclass
 class Batch:
     """Token ids of a batch, padded to one length; `lengths` are the real token counts."""
 
@@ -308,15 +328,16 @@ class OnnxClassifier:
         log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
 
     # -- tokenization ------------------------------------------------------------------------
-    def encode(self, sentences: Sequence[str], truncate: bool = True) -> list[list[int]]:
-        """Token ids per sentence ([CLS] ... [SEP]); too-long input is cut to max_length or refused."""
-        ids = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_length:
-                if not truncate:
-                    raise BertpackError(f"sentence {i} has {len(seq)} tokens, over the model's max length {self.max_length}")
-                ids[i] = keep_within(seq, self.max_length)
-        return ids
+    def prepare(self, sentences: Sequence[str]) -> Encoded:
+        """The sentences as predict and the service run them: ids cut to max_length, with what was cut and
+        which sentences the tokenizer cannot read (each caller decides whether to refuse or to go on)."""
+        full = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
+        return Encoded(ids=[keep_within(seq, self.max_length) for seq in full], tokens=[len(seq) for seq in full],
+                       limit=self.max_length, unreadable=self.unreadable(full))
+
+    def encode(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Token ids per sentence ([CLS] ... [SEP]), too-long ones cut to max_length."""
+        return self.prepare(sentences).ids
 
     def unreadable(self, ids: Sequence[Sequence[int]]) -> list[int]:
         """Indices of the sentences with nothing between [CLS] and [SEP] but [UNK] (emoji, symbols the vocabulary
@@ -369,15 +390,15 @@ class OnnxClassifier:
             out[chunk] = self.run(self.pad([ids[i] for i in chunk]))
         return out
 
-    def logits(self, sentences: Sequence[str], batch_size: int = 32, sort_by_length: bool = True, truncate: bool = True) -> np.ndarray:
-        """Logits for every sentence, in input order. Sorting by length keeps padding small."""
+    def logits(self, sentences: Sequence[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
+        """Logits for every sentence (too-long ones cut), in input order. Sorting by length keeps padding small."""
         if not sentences:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.logits_from_ids(self.encode(sentences, truncate=truncate), batch_size=batch_size, sort_by_length=sort_by_length)
+        return self.logits_from_ids(self.encode(sentences), batch_size=batch_size, sort_by_length=sort_by_length)
 
-    def classify(self, sentences: Sequence[str], batch_size: int = 32, truncate: bool = True) -> list[dict]:
-        """Label and per-label probability for each sentence."""
-        return self.classify_ids(self.encode(sentences, truncate=truncate), batch_size=batch_size)
+    def classify(self, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
+        """Label and per-label probability for each sentence (too-long ones cut)."""
+        return self.classify_ids(self.encode(sentences), batch_size=batch_size)
 
     def classify_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[dict]:
         """The same for already-encoded sentences (each within max_length)."""

@@ -405,17 +405,12 @@ class Bertpack:
         Each sentence: a non-blank string of at most 1000 characters. A sentence over the model's
         token limit is refused (400) unless `truncate` is true, then it is cut to the limit.
         """
-        encodings = self.engine.tokenizer.encode_batch(sentences)
-        ids = [e.ids for e in encodings]
-        limit = self.engine.max_length
-        empty = self.engine.unreadable(ids)
-        if empty:
-            return _client_error(error_body(no_tokens_detail(empty)))  # type: ignore[return-value]
-        too_long = [(i, len(seq)) for i, seq in enumerate(ids) if len(seq) > limit]
-        if too_long and not truncate:
-            return _client_error(error_body(too_long_detail(too_long, limit)))  # type: ignore[return-value]
-        truncated = [len(seq) > limit for seq in ids]
-        ids = [keep_within(seq, limit) for seq in ids]
+        encoded = self.engine.prepare(sentences)
+        if encoded.unreadable:
+            return _client_error(error_body(no_tokens_detail(encoded.unreadable)))  # type: ignore[return-value]
+        if encoded.too_long and not truncate:
+            return _client_error(error_body(too_long_detail(encoded.too_long, encoded.limit)))  # type: ignore[return-value]
+        ids = encoded.ids
         from bentoml.exceptions import BentoMLException
 
         try:
@@ -433,7 +428,7 @@ class Bertpack:
         return ClassifyResponse(model=self.source.tag, predictions=[
             Prediction(label=labels[int(np.argmax(p))], probabilities=dict(zip(labels, map(float, p))),
                        model_version=self.version, tokens=len(seq), truncated=cut)
-            for p, seq, cut in zip(probabilities, ids, truncated)])
+            for p, seq, cut in zip(probabilities, ids, encoded.truncated)])
 
     async def _infer(self, ids: list[list[int]]) -> list[list[float]]:
         """`infer` through BentoML's self-proxy (in-process ASGI), so the call joins an adaptive batch.

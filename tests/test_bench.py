@@ -338,6 +338,18 @@ def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_arti
     assert [s["engine"] for s in payload["skipped"]] == ["onnx_int8"]
 
 
+def test_a_failed_end_to_end_side_is_an_error(tiny_artifact, synthetic_cola, tmp_path):
+    """The serving path runs the artifact's CPU default (int8 here); ORT refusing it fails that side: exit 2, named."""
+    art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
+    assert json.loads((art / "manifest.json").read_text())["serving_default"]["cpu"] == "int8"
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
+                   "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile", *QUICK)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "end_to_end:serving: failed" in err and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert [s["engine"] for s in json.loads((out / "bench.json").read_text())["skipped"]] == ["end_to_end:serving"]
+
+
 def test_failed_engines_are_named_once_each():
     """With --rounds an engine can fail in several rounds (one skipped entry each) and keep its row from the others."""
     from bench.runner import failed_engines
@@ -393,6 +405,7 @@ def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
     (["--batch-sizes", "1,x"], "comma-separated integers"),
     (["--arch", "gpt"], "--arch must be one of"),
     (["--extra-model", "nothing"], "NAME=PATH"),
+    (["--extra-model", "a/b=model.onnx"], "the name (engine file:NAME, also a file name) may hold only"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--batch-sizes", "1,8", "--profile-batch-size", "32"], "--profile-batch-size 32 is not one of --batch-sizes 1,8"),
 ])
@@ -428,6 +441,50 @@ def test_profile_batch_size_defaults_to_one_that_is_measured(tiny_artifact, tmp_
         cfg = BenchConfig(artifact_dir=tiny_artifact, out=tmp_path / "out", batch_sizes=sizes)
         check_config(cfg)
         assert cfg.profile_batch_size == wanted, (sizes, cfg.profile_batch_size)
+
+
+def test_batch_sizes_are_measured_in_increasing_order_once_each(tiny_artifact, tmp_path):
+    """A worker reads its peak memory after each size and stops at the first that does not fit: both need
+    increasing sizes, whatever order --batch-sizes gave."""
+    from bench.config import BenchConfig
+    from bench.runner import check_config
+
+    cfg = BenchConfig(artifact_dir=tiny_artifact, out=tmp_path / "out", batch_sizes=(32, 1, 8, 32))
+    check_config(cfg)
+    assert cfg.batch_sizes == (1, 8, 32)
+
+
+def test_out_of_memory_is_a_limit_and_any_other_error_a_failure():
+    import torch
+
+    from bench.worker import TooLarge, _does_not_fit
+
+    assert _does_not_fit(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _does_not_fit(MemoryError()) and _does_not_fit(TooLarge("batch 128 is over the largest CUDA-graph batch 64"))
+    assert _does_not_fit(Exception("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"))
+    assert not _does_not_fit(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x32 and 64x2)"))
+    assert not _does_not_fit(Exception("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input"))
+
+
+def test_an_engine_that_fails_at_a_larger_batch_keeps_the_sizes_it_measured(tiny_artifact, synthetic_cola, tmp_path):
+    """A model that runs at batch 1 and errors at batch 4 (its batch axis fixed to 1): the batch-1 row is kept and the
+    bench exits 2 naming the engine and the size; an error is never taken for "does not fit"."""
+    import onnx
+
+    model = onnx.load(str(tiny_artifact / "model.onnx"))
+    for tensor in model.graph.input:
+        tensor.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "batch1.onnx"
+    onnx.save(model, str(fixed))
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
+                   "--batch-sizes", "1,4", "--engines", "pytorch_fp32", "--extra-model", f"batch1={fixed}", "--no-end-to-end",
+                   "--no-profile", *QUICK)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert "file:batch1: failed at batch size 4: " in err and "Traceback" not in err
+    payload = json.loads((out / "bench.json").read_text())
+    assert {(r["engine"], r["batch_size"]) for r in payload["rows"]} == {("pytorch_fp32", 1), ("pytorch_fp32", 4), ("file:batch1", 1)}
 
 
 def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synthetic_cola, tmp_path):

@@ -107,3 +107,54 @@ def test_unreadable_run_records_do_not_stop_the_export(tmp_path, tiny_run, conte
     shutil.rmtree(run / "model")
     err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--no-store"))
     assert "holds no checkpoint" in err and "status" not in err
+
+
+def test_out_that_holds_the_checkpoint_is_refused(tmp_path, tiny_run, synthetic_cola):
+    """--out the run folder, or a folder above it, would be replaced whole (with --overwrite): the source would be gone."""
+    run = tmp_path / "nest" / "run"
+    shutil.copytree(tiny_run, run)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (run, run.parent, run / "model"):
+        err = _one_line_error(run_cli("export", str(run), "--out", str(out), "--overwrite", "--data", str(synthetic_cola), "--no-store"))
+        assert "holds the checkpoint being exported" in err and "choose another --out" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_terminated_export_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
+    """SIGTERM (timeout, docker stop, Kubernetes) cleans up as Ctrl-C does: exit 143, one line, no hidden
+    staging or work folder beside --out, and the artifact that was there before is untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous artifact")
+    (out / "manifest.json").write_text(json.dumps({"source": {"checkpoint": str((tiny_run / "model").resolve())}}))
+    proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", "export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola),
+                             "--no-store"], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".art.*.partial")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(1.0)  # into the export
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json"]
+
+
+def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run):
+    """RUN/model given instead of RUN: the trained length and metrics still come from the run's records beside it
+    (not the 128-token default, which would let the service take inputs the model was never checked on)."""
+    from export.checkpoint import locate_checkpoint
+
+    whole, model_only = locate_checkpoint(tiny_run), locate_checkpoint(tiny_run / "model")
+    assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (whole.max_length, whole.metrics, whole.run_dir)
+    assert whole.max_length == 64 and whole.metrics["checkpoint"] == "checkpoint-1"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bertpack.errors import BertpackError
 from tests.conftest import run_cli, run_process_group
 
 
@@ -54,6 +55,8 @@ def test_balanced_class_weights_and_weighted_loss() -> None:
 
     weights = balanced_class_weights([1, 1, 1, 0])
     assert weights == pytest.approx([2.0, 2 / 3])  # n / (classes * count): the minority class counts more
+    with pytest.raises(BertpackError, match="label 0 has none; raise --limit or pass --class-weights none"):
+        balanced_class_weights([1, 1, 1])  # a class absent from the training rows has no weight
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     labels = torch.tensor([1, 1])
     plain = torch.nn.functional.cross_entropy(logits, labels)

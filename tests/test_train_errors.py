@@ -81,9 +81,9 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: in
     return done
 
 
-def _interrupted_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    """Exit 130 and one `error:` line; tqdm leaves its bar (carriage returns, cursor escapes) before it on the line."""
-    assert proc.returncode == 130, proc.stderr[-2000:]
+def _interrupted_error(proc: subprocess.CompletedProcess, fragment: str, code: int = 130) -> None:
+    """Exit 130 (143 for SIGTERM) and one `error:` line; tqdm leaves its bar (carriage returns, cursor escapes) before it on the line."""
+    assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line[line.index("error:"):] for line in re.split(r"[\r\n]", proc.stderr) if "error:" in line]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
@@ -240,14 +240,18 @@ def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, l
     assert not (tmp_path / "runs").exists()
 
 
-def test_interrupted_resume_is_marked_failed_and_resumable(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_interrupted_resume_is_marked_failed_and_resumable(tmp_path: Path, synthetic_cola: Path, tiny_run: Path, sig: int, code: int,
+                                                           reason: str) -> None:
+    """SIGTERM (timeout, docker stop, Kubernetes) is handled as Ctrl-C is, with its own exit status and reason."""
     out = tmp_path / "run"
     marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))  # as if it had crashed
-    proc = _interrupt_once_training(["train", "--out", str(out), "--resume", "--max-steps", "100000"], out, 100000)
-    _interrupted_error(proc, "--resume --out")
+    proc = _interrupt_once_training(["train", "--out", str(out), "--resume", "--max-steps", "100000"], out, 100000, sig=sig)
+    _interrupted_error(proc, "--resume --out", code)
     body = json.loads((out / "bertpack_run.json").read_text())
-    assert body["status"] == "failed" and "interrupted" in body["reason"]
+    assert body["status"] == "failed" and body["reason"] == reason
     assert any((out / "checkpoints").glob("checkpoint-*"))
     _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, out)), "(failed); pass --resume")
 

@@ -16,11 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertpack.errors import BertpackError
-from bertpack.files import write_json_atomic
+from bertpack.errors import BertpackError, Terminated
+from bertpack.run_marker import RUN_KIND, RUN_MARKER, write_run_marker
 from trainer.config import NOT_RECIPE, RESUME_MAY_CHANGE, TrainConfig, option_name
 
-RUN_MARKER = "bertpack_run.json"
 
 
 # --------------------------------------------------------------------------- output folder checks
@@ -102,7 +101,7 @@ def read_marker(out: Path) -> dict:
         raise BertpackError(f"--resume: {out} holds no bertpack run to resume; drop --resume to start a new one")
     try:
         body = json.loads(marker.read_text())
-        if not isinstance(body, dict) or body.get("kind") != "bertpack-run":
+        if not isinstance(body, dict) or body.get("kind") != RUN_KIND:
             raise ValueError("not a bertpack run marker")
     except (OSError, ValueError) as exc:
         raise BertpackError(f"{marker} is unreadable ({exc}); pass --overwrite to start the run over, or choose another --out") from None
@@ -197,10 +196,11 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
                 os.replace(out, aside)
                 backup, created = aside, [out]
             out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / RUN_MARKER, {"kind": "bertpack-run", "status": "training", "config": cfg.to_dict()})
+        write_run_marker(out, "training", cfg.to_dict())
         yield
     except BaseException as exc:
-        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
+        reason = ("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                  else one_line(exc))
         if backup is not None:
             shutil.rmtree(out, ignore_errors=True)
             os.replace(backup, out)
@@ -214,7 +214,7 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
                 out.mkdir(exist_ok=True)
             kept = f"nothing was kept in {out} (no checkpoint yet); start the run again"
         else:
-            write_json_atomic(out / RUN_MARKER, {"kind": "bertpack-run", "status": "failed", "reason": reason, "config": cfg.to_dict()})
+            write_run_marker(out, "failed", cfg.to_dict(), reason=reason)
             kept = f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume --out {out}"
         err = _user_error(exc, kept)
         if err is exc:
@@ -253,9 +253,9 @@ def one_line(exc: BaseException) -> str:
 def _user_error(exc: BaseException, kept: str) -> BaseException:
     """What a failure inside the run becomes: a one-line error for what the user can act on (Ctrl-C, a full or
     unwritable disk, GPU memory), the original exception (with a note on what was kept) for anything else."""
-    if isinstance(exc, KeyboardInterrupt):
-        err = BertpackError(f"interrupted; {kept}")
-        err.exit_code = 130
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        err = BertpackError(f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; {kept}")
+        err.exit_code = 143 if isinstance(exc, Terminated) else 130
         return err
     if isinstance(exc, BertpackError):
         return BertpackError(f"{exc}; {kept}")

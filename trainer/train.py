@@ -20,14 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bertpack.data import file_hashes, load_cola
 from bertpack.errors import BertpackError
 from bertpack.files import staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
 from bertpack.machine import cpu_model, library_versions
-from bertpack.metrics import cola_scores
+from bertpack.metrics import accuracy, mcc
 from bertpack.models import LABELS, resolve_model
+from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
-from trainer.run_dir import RUN_MARKER, check_out_dir, is_main_process, one_line, run_folder
+from trainer.run_dir import check_out_dir, is_main_process, one_line, run_folder
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -54,9 +57,14 @@ def build_optimizer(model, cfg: TrainConfig):
 
 # --------------------------------------------------------------------------- loss
 def balanced_class_weights(labels: list[int], num_labels: int = 2) -> list[float]:
-    """sklearn's "balanced" weights: n_samples / (n_classes * count(class))."""
-    counts = [max(1, labels.count(c)) for c in range(num_labels)]
-    return [len(labels) / (num_labels * n) for n in counts]
+    """sklearn's "balanced" weights, n_samples / (n_classes * count(class)); every class must occur."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    missing = sorted(set(range(num_labels)) - set(labels))
+    if missing:
+        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {missing[0]} has none; "
+                            "raise --limit or pass --class-weights none")
+    return [float(w) for w in compute_class_weight("balanced", classes=np.arange(num_labels), y=np.asarray(labels))]
 
 
 def weighted_loss(weights: list[float]):
@@ -81,6 +89,7 @@ def train(cfg: TrainConfig) -> dict:
     dataset = load_cola(cfg.data, limit=cfg.limit)
     if len(dataset["train"]) == 0:
         raise BertpackError("the training split is empty; check --data and --limit")
+    class_weights = balanced_class_weights(dataset["train"]["label"]) if cfg.class_weights == "balanced" else None
 
     import torch
     import transformers
@@ -115,10 +124,8 @@ def train(cfg: TrainConfig) -> dict:
 
     def compute_metrics(pred) -> dict[str, float]:
         preds = pred.predictions.argmax(-1)
-        scores = cola_scores(pred.label_ids, preds, ["x"] * len(preds))
-        return {"accuracy": scores["accuracy"], "mcc": scores["mcc"]}
+        return {"accuracy": accuracy(pred.label_ids, preds), "mcc": mcc(pred.label_ids, preds)}
 
-    class_weights = balanced_class_weights(encoded["train"]["label"]) if cfg.class_weights == "balanced" else None
     on_gpu = torch.cuda.is_available()
     steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
     # Evaluate (and checkpoint) every `every` steps: --evals-per-epoch times per epoch; a --max-steps run that ends
@@ -220,7 +227,7 @@ def train(cfg: TrainConfig) -> dict:
             plot_curves(metrics["epochs"], cfg.out / "training_curves.png")
             if not cfg.keep_checkpoints:
                 shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
-            write_json_atomic(cfg.out / RUN_MARKER, {"kind": "bertpack-run", "status": "complete", "config": cfg.to_dict()})
+            write_run_marker(cfg.out, "complete", cfg.to_dict())
     return metrics
 
 

@@ -121,20 +121,27 @@ def quantization_config(settings: Int8Settings, nodes_to_exclude: list[str]):
 
 @dataclass
 class Calibration:
-    """Token ids of CoLA training sentences used to compute the static activation ranges."""
+    """Token ids of CoLA training sentences: static int8's activation ranges and SmoothQuant's channel ranges."""
 
     ids: list[list[int]] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
 
-    def dataset(self, pad: bool = False):
-        """One row per sentence. Histogram calibrators (percentile) stack rows, so they need one length."""
+    def dataset(self, ids: Sequence[Sequence[int]] | None = None):
+        """One row per sentence, unpadded."""
         import datasets
 
-        width = max(len(s) for s in self.ids) if pad else 0
-        ids = [s + [0] * (width - len(s)) if pad else s for s in self.ids]
-        cols = {"input_ids": ids, "attention_mask": [[1] * len(s) + [0] * (len(i) - len(s)) for s, i in zip(self.ids, ids)],
-                "token_type_ids": [[0] * len(i) for i in ids]}
+        ids = [list(s) for s in (self.ids if ids is None else ids)]
+        cols = {"input_ids": ids, "attention_mask": [[1] * len(s) for s in ids], "token_type_ids": [[0] * len(s) for s in ids]}
         return datasets.Dataset.from_dict({k: v for k, v in cols.items() if k in self.input_names})
+
+    def datasets_by_length(self) -> list:
+        """One dataset per token length. A histogram calibrator (percentile) stacks the outputs of one collection,
+        so they need one shape; padding to one would put the [PAD] positions' activations (most of the values, for
+        CoLA's short sentences) into the histograms the ranges come from."""
+        by_length: dict[int, list[list[int]]] = {}
+        for seq in self.ids:
+            by_length.setdefault(len(seq), []).append(seq)
+        return [self.dataset(group) for _, group in sorted(by_length.items())]
 
 
 def calibration_sample(sentences: Sequence[str], count: int, seed: int = 0) -> list[str]:
@@ -180,12 +187,14 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
             raise BertpackError("static int8 needs calibration sentences (CoLA training split); pass --data")
         cache = {} if ranges_cache is None else ranges_cache
         if settings.calibration not in cache:
-            ds = calibration.dataset(pad=settings.calibration != "minmax")
-            calib = (AutoCalibrationConfig.minmax(ds) if settings.calibration == "minmax"
-                     else AutoCalibrationConfig.percentiles(ds, percentile=99.999))
-            cache[settings.calibration] = quantizer.fit(dataset=ds, calibration_config=calib,
-                                                        onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
-                                                        operators_to_quantize=STATIC_OPERATORS)
+            groups = [calibration.dataset()] if settings.calibration == "minmax" else calibration.datasets_by_length()
+            calib = (AutoCalibrationConfig.minmax(groups[0]) if settings.calibration == "minmax"
+                     else AutoCalibrationConfig.percentiles(groups[0], percentile=99.999))
+            for i, ds in enumerate(groups):  # method None: Optimum keeps the calibrator (and its histograms) of the first call
+                quantizer.partial_fit(dataset=ds, calibration_config=calib if i == 0 else dataclasses.replace(calib, method=None),
+                                      onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
+                                      operators_to_quantize=STATIC_OPERATORS)
+            cache[settings.calibration] = quantizer.compute_ranges()
         ranges = cache[settings.calibration]
     quantizer.quantize(quantization_config=config, save_dir=save_dir, file_suffix="int8", calibration_tensors_range=ranges)
     path = save_dir / "model_int8.onnx"

@@ -206,12 +206,40 @@ def test_int8_try_that_passes_beats_a_closer_one_that_fails():
     assert _try_rank(False, {"agreement": 97.9, "mcc": 0.30}) > _try_rank(False, {"agreement": 97.5, "mcc": 0.40})
 
 
-def test_calibration_rows_mask_their_padding():
-    calib = quantize.Calibration(ids=[[101, 7, 102], [101, 102]], input_names=["input_ids", "attention_mask"])
-    padded = calib.dataset(pad=True)
-    assert padded["input_ids"] == [[101, 7, 102], [101, 102, 0]]
-    assert padded["attention_mask"] == [[1, 1, 1], [1, 1, 0]]
-    assert calib.dataset()["attention_mask"] == [[1, 1, 1], [1, 1]]
+def test_calibration_never_pads():
+    """Percentile ranges come from histograms of every position a calibration run sees: no [PAD] may be among them."""
+    ids = [[101, 7, 102], [101, 102], [101, 8, 102], [101, 5, 6, 7, 102]]
+    calib = quantize.Calibration(ids=ids, input_names=["input_ids", "attention_mask"])
+    assert calib.dataset()["input_ids"] == ids and calib.dataset()["attention_mask"] == [[1] * len(s) for s in ids]
+    groups = calib.datasets_by_length()
+    assert [g["input_ids"] for g in groups] == [[[101, 102]], [[101, 7, 102], [101, 8, 102]], [[101, 5, 6, 7, 102]]]
+    assert all(set(g.column_names) == {"input_ids", "attention_mask"} for g in groups)
+    assert all(all(v == 1 for row in g["attention_mask"] for v in row) for g in groups)
+
+
+def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path):
+    """Calibrated one length at a time, every percentile range lies within the min-max range of the real tokens'
+    activations (padded to one length, as before, 21 of this model's 41 ranges reached outside it: [PAD] values)."""
+    import onnxruntime as ort
+
+    from export.onnx_export import export_fp32
+    from export.quantize import Calibration, Int8Settings, quantize as run_quantize
+
+    export_fp32(tiny_run / "model", tmp_path / "fp32")
+    ids = [[101, 2023, 102], [101, 2023, 2003, 102], [101, 1037, 102], [101, 2023, 2003, 1037, 4937, 2006, 1996, 13523, 1012, 102]]
+    calib = Calibration(ids=ids, input_names=["input_ids", "attention_mask", "token_type_ids"])
+    cache: dict = {}
+    run_quantize(tmp_path / "fp32", tmp_path / "minmax", Int8Settings("static", "avx2", calibration="minmax"), 2, calib, cache)
+    path = run_quantize(tmp_path / "fp32", tmp_path / "pct", Int8Settings("static", "avx2", calibration="percentile"), 2, calib, cache)
+    real, pct = cache["minmax"], cache["percentile"]
+    shared = [name for name in pct.data if name in real.data]
+    assert len(shared) > 20
+    outside = [name for name in shared if pct[name].range_value[0] < real[name].range_value[0] - 1e-6
+               or pct[name].range_value[1] > real[name].range_value[1] + 1e-6]
+    assert outside == []
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": np.array([ids[1]]), "attention_mask": np.ones((1, 4), dtype=np.int64), "token_type_ids": np.zeros((1, 4), dtype=np.int64)}
+    assert session.run(None, feed)[0].shape == (1, 2)
 
 
 @pytest.mark.parametrize("target", ["avx2", "avx512", "avx512_vnni", "arm64"])

@@ -44,7 +44,7 @@ def padding_stats(batches: Sequence[Batch]) -> dict:
             "seq_len_min": min(lengths), "seq_len_median": float(np.median(lengths)), "seq_len_max": max(lengths)}
 
 
-def pad_to_fixed(ids: Sequence[Sequence[int]], batch_size: int, length: int) -> dict:
+def fixed_padding_stats(ids: Sequence[Sequence[int]], batch_size: int, length: int) -> dict:
     """Padding of the book's way (every sentence padded to `length`, input order), for the report."""
     real = sum(min(len(s), length) for s in ids)
     computed = len(ids) * length

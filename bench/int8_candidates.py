@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 
 
-def fused_dynamic(optimized_model: Path, out: Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")) -> Path:
+def dynamic_int8(model: Path, out: Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")) -> Path:
+    """ORT dynamic int8 of `model` (fused or not: a fused graph's Attention becomes QAttention when listed in `op_types`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -27,7 +28,7 @@ def fused_dynamic(optimized_model: Path, out: Path, per_channel: bool = True, op
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing on every call (through the root logger)
     try:
-        quantize_dynamic(str(optimized_model), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+        quantize_dynamic(str(model), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=list(op_types),
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
@@ -39,7 +40,7 @@ def build_candidates(artifact: Path, manifest: dict, out_dir: Path) -> dict[str,
     """name -> model file, for `BenchConfig.extra_models`."""
     optimized = artifact / manifest["variants"]["optimized"]["file"]
     return {
-        "int8_fused_all": fused_dynamic(optimized, out_dir / "int8_fused_all.onnx"),
-        "int8_fused_fp32_attention": fused_dynamic(optimized, out_dir / "int8_fused_fp32_attention.onnx", op_types=("MatMul", "Gather")),
-        "int8_unfused": fused_dynamic(artifact / manifest["variants"]["fp32"]["file"], out_dir / "int8_unfused.onnx"),
+        "int8_fused_all": dynamic_int8(optimized, out_dir / "int8_fused_all.onnx"),
+        "int8_fused_fp32_attention": dynamic_int8(optimized, out_dir / "int8_fused_fp32_attention.onnx", op_types=("MatMul", "Gather")),
+        "int8_unfused": dynamic_int8(artifact / manifest["variants"]["fp32"]["file"], out_dir / "int8_unfused.onnx"),
     }

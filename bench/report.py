@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.config import REFERENCE, BenchConfig
 from bertpack.files import write_json_atomic, write_text_atomic
 
-# The bars of issue 4: (name, engine, compared with, batch size, measure, at least).
+# The speed bars the README reports against: (name, engine, compared with, batch size, measure, at least).
 BARS = [
     ("int8 CPU p50 latency vs PyTorch fp32 eager, batch 1", "onnx_int8", REFERENCE, 1, "speedup_p50", 4.0),
     ("int8 CPU sentences/s vs PyTorch fp32 eager, batch 32", "onnx_int8", REFERENCE, 32, "speedup_throughput", 1.5),

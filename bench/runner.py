@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from bench.batches import make_batches, pad_to_fixed, padding_stats
+from bench.batches import fixed_padding_stats, make_batches, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.data import data_source, validation_sentences
@@ -233,7 +233,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
         e2e = None
         if cfg.end_to_end:
             e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, skipped, echo)
-            e2e["padding_book"] = pad_to_fixed(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
+            e2e["padding_book"] = fixed_padding_stats(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
                                    started=started, sentences=len(sentences), labels=labels, domains=domains,

@@ -1,7 +1,7 @@
 """The parity report: every variant on CoLA validation with ONNX Runtime, against PyTorch fp32.
 
-Both sides get the same token ids, in the same length-sorted batches of 32 padded to the same
-buckets (the engine's own `encode`/`pad`), so a difference is the model's, not the input's.
+Both sides get the same token ids, in the same length-sorted batches of 32, each padded as the engine pads it on
+its provider (the engine's own `encode`/`pad`), so a difference is the model's, not the input's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.metrics import cola_scores
-from serving.engine import length_order
 
 BATCH_SIZE = 32
 EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
@@ -57,7 +56,7 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class Eval:
-    """CoLA validation, tokenized once by the artifact's own tokenizer."""
+    """CoLA validation: the sentences (each variant's engine tokenizes them), their labels and domains."""
 
     sentences: list[str]
     labels: list[int]
@@ -71,16 +70,13 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
 
     model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
     ids = classifier.encode(sentences)
-    order = length_order(ids)
     out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = classifier.pad([ids[i] for i in chunk])
+        for rows, batch in classifier.batches(ids, batch_size):
             input_ids = torch.from_numpy(batch.inputs["input_ids"])
             # The mask from the sentence lengths, not the engine's own: a padding bug there would otherwise be in both
             mask = (torch.arange(input_ids.shape[1])[None, :] < torch.tensor(batch.lengths)[:, None]).long()
-            out[chunk] = model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).logits.float().numpy()
+            out[rows] = model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).logits.float().numpy()
     return out
 
 
@@ -122,9 +118,8 @@ def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
     order = list(range(len(ids)))
     random.Random(seed).shuffle(order)
     batched = np.empty_like(alone)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batched[chunk] = classifier.run(classifier.pad([ids[i] for i in chunk]))
+    for rows, batch in classifier.batches(ids, batch_size, order):
+        batched[rows] = classifier.run(batch)
     flips = int(np.sum(alone.argmax(-1) != batched.argmax(-1)))
     return {"flips": flips, "sentences": len(ids), "flip_rate": 100.0 * flips / max(len(ids), 1),
             "max_abs_logit_change": float(np.abs(alone - batched).max()) if len(ids) else 0.0, "batch_size": batch_size}

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import io
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -381,13 +381,19 @@ class OnnxClassifier:
             raise BertpackError(f"{self.model_path} loads but fails on its first run on {self.provider} "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); re-run bertpack export") from None
 
+    def batches(self, ids: Sequence[Sequence[int]], batch_size: int = 32, order: Sequence[int] | None = None) -> Iterator[tuple[list[int], Batch]]:
+        """The runs a list of sentences is cut into: each run's row positions and its padded batch, taking the
+        rows in `order` (default: by length, so a run pads little). Predict, parity and the service all cut this way."""
+        order = length_order(ids) if order is None else list(order)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield rows, self.pad([ids[i] for i in rows])
+
     def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
         """Logits for already-encoded sentences (each within max_length), in input order."""
         out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
-        order = length_order(ids) if sort_by_length else list(range(len(ids)))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self.run(self.pad([ids[i] for i in chunk]))
+        for rows, batch in self.batches(ids, batch_size, None if sort_by_length else range(len(ids))):
+            out[rows] = self.run(batch)
         return out
 
     def logits(self, sentences: Sequence[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:

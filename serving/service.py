@@ -9,7 +9,7 @@ into one ONNX Runtime run. An exception inside a batch would fail every request 
 accepts only what has been validated and cannot raise on its contents.
 
 Errors: every client mistake is a 4xx JSON body whose "error" names each problem and its fix (the
-JsonOnly middleware refuses bodies over MAX_BODY_BYTES (413) and rewrites BentoML's 400/404/405/415/429/503/504 bodies)
+JsonOnly middleware, serving/http_guard.py, refuses bodies over MAX_BODY_BYTES (413) and rewrites BentoML's 400/404/405/415/429/503/504 bodies)
 and costs one WARNING line in the log.
 A bad setting or artifact stops `bentoml serve` before any worker starts (check_before_serving), with
 one "cannot serve: ..." line and exit status 1.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -40,9 +39,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
+from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error
 from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, served_buckets, softmax, uses_cuda
-from serving.schema import (FIELDS, MAX_BODY_BYTES, MAX_CHARS, MAX_SENTENCES, OVERLOADED, TIMED_OUT, TOO_LARGE, TOO_MANY,
-                            ClassifyResponse, EncodedBatch, Prediction, Sentences, error_body, no_tokens_detail, too_long_detail)
+from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
+                            error_body, no_tokens_detail, too_long_detail)
 from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
 
 log = logging.getLogger("bertpack.service")
@@ -83,37 +83,6 @@ def _log_to_stderr() -> None:
         http_log.addFilter(ClientErrorsOnOneLine())
 
 
-class ClientErrorsOnOneLine(logging.Filter):
-    """BentoML logs every exception an API raises with its traceback at ERROR, a client's bad input
-    (pydantic ValidationError, 400) and an overloaded queue (503) included. Those are the client's or
-    the load's doing, not the server's: one WARNING line each, no traceback. Anything else keeps its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml.exceptions import BentoMLException
-        from pydantic import ValidationError
-        from starlette.requests import ClientDisconnect
-
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BodyTooLarge):
-            summary = f"client error, 413 (body over {MAX_BODY_BYTES} bytes)"
-        elif isinstance(exc, ClientDisconnect):
-            summary = "client disconnected before its whole body arrived"
-        elif isinstance(exc, ValidationError):
-            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-            summary = f"client error, 400 ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}: {what})"
-        elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500 or \
-                isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-            kind = "overloaded" if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE else "client error"
-            summary = f"{kind}, {int(exc.error_code)} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
-        else:
-            return True
-        where = " ".join(reversed(record.args)) if isinstance(record.args, tuple) and len(record.args) == 2 else record.getMessage()
-        record.msg, record.args = f"{where}: {summary}", ()
-        record.exc_info = record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 # Set by check_before_serving in `bentoml serve`'s own process; its workers inherit it (circus copies the environment).
 FAILED_MARK = "BERTPACK_SERVE_FAILED_MARK"
 
@@ -144,175 +113,12 @@ def _exit_failed_if_marked(mark: str) -> None:
         os._exit(1)
 
 
-def _client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
-    """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
-    log.warning("POST %s: client error, %d (%s)", path, status, body["error"][:200])
-    return JSONResponse(body, status_code=status)
-
-
 async def _info(request: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().info())
 
 
 # GET /info: BentoML APIs are POST-only, so a small Starlette app is mounted beside them.
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
-
-
-ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
-             "GET / (Swagger UI)"]
-
-
-class BodyTooLarge(Exception):
-    """Raised into the app's read of a body that grows past MAX_BODY_BYTES (sent without a Content-Length)."""
-
-
-KNOWN_PATHS = frozenset({endpoint.split()[1] for endpoint in ENDPOINTS} | {"/infer"})  # the metrics labels allowed
-
-
-class _KnownEndpoints:
-    """A Prometheus metric whose `endpoint` label takes the service's own paths only; every other path counts as "other"."""
-
-    def __init__(self, metric) -> None:
-        self._metric = metric
-
-    def labels(self, *args, **labels):
-        if "endpoint" in labels and labels["endpoint"] not in KNOWN_PATHS:
-            labels["endpoint"] = "other"
-        return self._metric.labels(*args, **labels)
-
-    def __getattr__(self, name: str):
-        return getattr(self._metric, name)
-
-
-def _bound_metric_labels() -> None:
-    """BentoML 1.4.40's request metrics label each request with its raw URL path, so every distinct unknown URL adds
-    series to the metrics files: a few thousand 404s of long paths made /metrics hang and then broke every new path
-    (measured). Its metrics middleware runs before any of the service's, so the labels are bounded where they are made.
-    bentoml is pinned (pyproject); tests/test_serving.py checks /metrics after unknown paths."""
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
-
-    if getattr(metrics, "_bertpack_bounded", False):
-        return
-    setup = metrics._setup
-
-    def bounded_setup(self, *args, **kwargs) -> None:
-        setup(self, *args, **kwargs)
-        for name in ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
-                     "metrics_websocket_connections", "metrics_websocket_data_received", "metrics_websocket_data_sent"):
-            setattr(self, name, _KnownEndpoints(getattr(self, name)))
-
-    metrics._setup, metrics._bertpack_bounded = bounded_setup, True
-
-
-class JsonOnly:
-    """ASGI middleware, so that every answer is JSON and names the fix:
-    - a body over MAX_BODY_BYTES is answered 413 before it is read (by its Content-Length) or as soon as it grows
-      past the bound (sent without one);
-    - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
-      escapes its error handling as a 500); BentoML's own 415 (pickle) gets the same JSON;
-    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix;
-    - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
-    - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})
-      becomes one line per problem with its fix (serving.schema.error_body);
-    - a 503 from the batching queue says the server is overloaded instead of "unexpected error"."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method, path = scope.get("method", ""), scope.get("path", "")
-        headers = {key.lower(): value for key, value in scope.get("headers", ())}
-        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
-        length = headers.get(b"content-length", b"").strip()
-        if method == "POST" and ctype.startswith(self.FORM_TYPES):
-            await _client_error({"error": self.UNSUPPORTED.format(ctype)}, 415, path)(scope, receive, send)
-            return
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
-            await _client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
-            return
-        too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
-        received = {"bytes": 0, "over": False}
-
-        async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
-            message = await receive()
-            if message["type"] == "http.request":
-                received["bytes"] += len(message.get("body", b""))
-                if received["bytes"] > MAX_BODY_BYTES:
-                    received["over"] = True
-                    raise BodyTooLarge(f"over {MAX_BODY_BYTES} bytes")
-            return message
-
-        held: dict = {}
-
-        async def rewrite(message) -> None:
-            if message["type"] == "http.response.start":
-                if received["over"]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
-                    message = {**message, "status": 413}
-                if received["over"] or self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
-                    held["start"], held["body"] = message, b""
-                    return
-            elif message["type"] == "http.response.body" and "start" in held:
-                held["body"] += message.get("body", b"")
-                if message.get("more_body", False):
-                    return
-                start = held.pop("start")
-                raw = held.pop("body")
-                if received["over"]:
-                    body = too_large
-                elif start["status"] == 415:
-                    body = {"error": self.UNSUPPORTED.format(ctype)}
-                else:
-                    body = self._body(start["status"], method, path, raw, start.get("headers", ()))
-                data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")]
-                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": data, "more_body": False})
-                return
-            await send(message)
-
-        try:
-            await self.app(scope, limited, rewrite)
-        except BodyTooLarge:  # it went through the app unanswered
-            await _client_error(too_large, 413, path)(scope, receive, send)
-
-    FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
-    UNSUPPORTED = "unsupported Content-Type {!r}: send a JSON body with Content-Type: application/json"
-
-    @staticmethod
-    def _rewrites(status: int, ctype: bytes, path: str) -> bool:
-        if status in (404, 405):
-            return ctype.startswith(b"text/plain")
-        if status in (415, 429, 504):  # BentoML's pickle refusal, max_concurrency and timeout answers
-            return True
-        return status in (400, 503) and path in FIELDS and ctype.startswith(b"application/json")
-
-    @staticmethod
-    def _body(status: int, method: str, path: str, raw: bytes, headers) -> dict:
-        if status == 404:
-            return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
-        if status == 405:
-            # Starlette's Allow header comes from a set (order varies between runs) and adds HEAD to every GET route.
-            methods = {m.strip() for m in dict(headers).get(b"allow", b"").decode("latin-1").split(",") if m.strip()}
-            allowed = ", ".join(sorted(methods - {"HEAD"} if "GET" in methods else methods)) or "another method"
-            return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
-                    "endpoints": ENDPOINTS}
-        if status == 429:
-            return {"error": TOO_MANY.format(limit=MAX_CONCURRENCY)}
-        if status == 504:
-            return {"error": TIMED_OUT.format(seconds=TIMEOUT_S)}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if status == 503:
-            return {"error": OVERLOADED.format(seconds=MAX_LATENCY_MS / 1000)}
-        if isinstance(body, dict) and isinstance(body.get("detail"), list) and "errors" not in body:
-            return error_body(body["detail"], path)
-        return body if isinstance(body, dict) else {"error": str(body)}
 
 
 class ClassifyInput(bentoml.IODescriptor):
@@ -407,9 +213,9 @@ class Bertpack:
         """
         encoded = self.engine.prepare(sentences)
         if encoded.unreadable:
-            return _client_error(error_body(no_tokens_detail(encoded.unreadable)))  # type: ignore[return-value]
+            return client_error(error_body(no_tokens_detail(encoded.unreadable)))  # type: ignore[return-value]
         if encoded.too_long and not truncate:
-            return _client_error(error_body(too_long_detail(encoded.too_long, encoded.limit)))  # type: ignore[return-value]
+            return client_error(error_body(too_long_detail(encoded.too_long, encoded.limit)))  # type: ignore[return-value]
         ids = encoded.ids
         from bentoml.exceptions import BentoMLException
 
@@ -492,6 +298,6 @@ class Bertpack:
         }
 
 
-_bound_metric_labels()
-Bertpack.add_asgi_middleware(JsonOnly)
+bound_metric_labels()
+Bertpack.add_asgi_middleware(JsonOnly, max_concurrency=MAX_CONCURRENCY, timeout_s=TIMEOUT_S, max_latency_ms=MAX_LATENCY_MS)
 

@@ -347,7 +347,8 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
     (BentoML's own answers for max_concurrency and the request timeout)."""
     import asyncio
 
-    from serving.service import JsonOnly
+    from serving.http_guard import JsonOnly
+    from serving.service import MAX_CONCURRENCY, MAX_LATENCY_MS, TIMEOUT_S
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
@@ -362,7 +363,7 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
-    asyncio.run(JsonOnly(app)(scope, receive, send))
+    asyncio.run(JsonOnly(app, MAX_CONCURRENCY, TIMEOUT_S, MAX_LATENCY_MS)(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
@@ -430,7 +431,7 @@ def test_server_errors_keep_their_traceback():
     """Client errors (4xx) and 503 become one WARNING line; a 500 stays an ERROR with its traceback."""
     from bentoml.exceptions import BadInput, InternalServerError
 
-    from serving.service import ClientErrorsOnOneLine
+    from serving.http_guard import ClientErrorsOnOneLine
 
     def record(exc):
         try:

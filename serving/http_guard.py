@@ -1,0 +1,208 @@
+"""The HTTP edge of the service, in front of BentoML's app: every answer JSON that names the fix, request bodies
+bounded before they are parsed, client mistakes logged as one line, metrics labels bounded. Kept apart from
+service.py, which holds the service itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+
+from starlette.responses import JSONResponse
+
+from serving.schema import FIELDS, MAX_BODY_BYTES, OVERLOADED, TIMED_OUT, TOO_LARGE, TOO_MANY, error_body
+
+log = logging.getLogger("bertpack.service")
+
+def client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
+    """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
+    log.warning("POST %s: client error, %d (%s)", path, status, body["error"][:200])
+    return JSONResponse(body, status_code=status)
+
+
+ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
+             "GET / (Swagger UI)"]
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app's read of a body that grows past MAX_BODY_BYTES (sent without a Content-Length)."""
+
+
+KNOWN_PATHS = frozenset({endpoint.split()[1] for endpoint in ENDPOINTS} | {"/infer"})  # the metrics labels allowed
+
+
+class _KnownEndpoints:
+    """A Prometheus metric whose `endpoint` label takes the service's own paths only; every other path counts as "other"."""
+
+    def __init__(self, metric) -> None:
+        self._metric = metric
+
+    def labels(self, *args, **labels):
+        if "endpoint" in labels and labels["endpoint"] not in KNOWN_PATHS:
+            labels["endpoint"] = "other"
+        return self._metric.labels(*args, **labels)
+
+    def __getattr__(self, name: str):
+        return getattr(self._metric, name)
+
+
+def bound_metric_labels() -> None:
+    """BentoML 1.4.40's request metrics label each request with its raw URL path, so every distinct unknown URL adds
+    series to the metrics files: a few thousand 404s of long paths made /metrics hang and then broke every new path
+    (measured). Its metrics middleware runs before any of the service's, so the labels are bounded where they are made.
+    bentoml is pinned (pyproject); tests/test_serving.py checks /metrics after unknown paths."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
+
+    if getattr(metrics, "_bertpack_bounded", False):
+        return
+    setup = metrics._setup
+
+    def bounded_setup(self, *args, **kwargs) -> None:
+        setup(self, *args, **kwargs)
+        for name in ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
+                     "metrics_websocket_connections", "metrics_websocket_data_received", "metrics_websocket_data_sent"):
+            setattr(self, name, _KnownEndpoints(getattr(self, name)))
+
+    metrics._setup, metrics._bertpack_bounded = bounded_setup, True
+
+
+class ClientErrorsOnOneLine(logging.Filter):
+    """BentoML logs every exception an API raises with its traceback at ERROR, a client's bad input
+    (pydantic ValidationError, 400) and an overloaded queue (503) included. Those are the client's or
+    the load's doing, not the server's: one WARNING line each, no traceback. Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+        from starlette.requests import ClientDisconnect
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BodyTooLarge):
+            summary = f"client error, 413 (body over {MAX_BODY_BYTES} bytes)"
+        elif isinstance(exc, ClientDisconnect):
+            summary = "client disconnected before its whole body arrived"
+        elif isinstance(exc, ValidationError):
+            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+            summary = f"client error, 400 ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}: {what})"
+        elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500 or \
+                isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+            kind = "overloaded" if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE else "client error"
+            summary = f"{kind}, {int(exc.error_code)} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+        else:
+            return True
+        where = " ".join(reversed(record.args)) if isinstance(record.args, tuple) and len(record.args) == 2 else record.getMessage()
+        record.msg, record.args = f"{where}: {summary}", ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+class JsonOnly:
+    """ASGI middleware, so that every answer is JSON and names the fix:
+    - a body over MAX_BODY_BYTES is answered 413 before it is read (by its Content-Length) or as soon as it grows
+      past the bound (sent without one);
+    - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
+      escapes its error handling as a 500); BentoML's own 415 (pickle) gets the same JSON;
+    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix;
+    - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
+    - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})
+      becomes one line per problem with its fix (serving.schema.error_body);
+    - a 503 from the batching queue says the server is overloaded instead of "unexpected error"."""
+
+    def __init__(self, app, max_concurrency: int, timeout_s: int, max_latency_ms: int) -> None:
+        self.app = app
+        self.max_concurrency, self.timeout_s, self.max_latency_ms = max_concurrency, timeout_s, max_latency_ms
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope.get("method", ""), scope.get("path", "")
+        headers = {key.lower(): value for key, value in scope.get("headers", ())}
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        length = headers.get(b"content-length", b"").strip()
+        if method == "POST" and ctype.startswith(self.FORM_TYPES):
+            await client_error({"error": self.UNSUPPORTED.format(ctype)}, 415, path)(scope, receive, send)
+            return
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
+            await client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
+            return
+        too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
+        received = {"bytes": 0, "over": False}
+
+        async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > MAX_BODY_BYTES:
+                    received["over"] = True
+                    raise BodyTooLarge(f"over {MAX_BODY_BYTES} bytes")
+            return message
+
+        held: dict = {}
+
+        async def rewrite(message) -> None:
+            if message["type"] == "http.response.start":
+                if received["over"]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
+                    message = {**message, "status": 413}
+                if received["over"] or self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
+                    held["start"], held["body"] = message, b""
+                    return
+            elif message["type"] == "http.response.body" and "start" in held:
+                held["body"] += message.get("body", b"")
+                if message.get("more_body", False):
+                    return
+                start = held.pop("start")
+                raw = held.pop("body")
+                if received["over"]:
+                    body = too_large
+                elif start["status"] == 415:
+                    body = {"error": self.UNSUPPORTED.format(ctype)}
+                else:
+                    body = self._body(start["status"], method, path, raw, start.get("headers", ()))
+                data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited, rewrite)
+        except BodyTooLarge:  # it went through the app unanswered
+            await client_error(too_large, 413, path)(scope, receive, send)
+
+    FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
+    UNSUPPORTED = "unsupported Content-Type {!r}: send a JSON body with Content-Type: application/json"
+
+    @staticmethod
+    def _rewrites(status: int, ctype: bytes, path: str) -> bool:
+        if status in (404, 405):
+            return ctype.startswith(b"text/plain")
+        if status in (415, 429, 504):  # BentoML's pickle refusal, max_concurrency and timeout answers
+            return True
+        return status in (400, 503) and path in FIELDS and ctype.startswith(b"application/json")
+
+    def _body(self, status: int, method: str, path: str, raw: bytes, headers) -> dict:
+        if status == 404:
+            return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
+        if status == 405:
+            # Starlette's Allow header comes from a set (order varies between runs) and adds HEAD to every GET route.
+            methods = {m.strip() for m in dict(headers).get(b"allow", b"").decode("latin-1").split(",") if m.strip()}
+            allowed = ", ".join(sorted(methods - {"HEAD"} if "GET" in methods else methods)) or "another method"
+            return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
+                    "endpoints": ENDPOINTS}
+        if status == 429:
+            return {"error": TOO_MANY.format(limit=self.max_concurrency)}
+        if status == 504:
+            return {"error": TIMED_OUT.format(seconds=self.timeout_s)}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if status == 503:
+            return {"error": OVERLOADED.format(seconds=self.max_latency_ms / 1000)}
+        if isinstance(body, dict) and isinstance(body.get("detail"), list) and "errors" not in body:
+            return error_body(body["detail"], path)
+        return body if isinstance(body, dict) else {"error": str(body)}

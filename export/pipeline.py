@@ -108,6 +108,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
         opt_path, opt_fused = optimize.optimize(work / "fp32", work, optimize.CPU_LEVEL)
         optimize.check_attention_fused(opt_fused, ckpt.num_layers, "model_optimized.onnx")
         fp16_path, fp16_fused = optimize.optimize(work / "fp32", work, optimize.GPU_LEVEL)
+        optimize.check_attention_fused(fp16_fused, ckpt.num_layers, "model_fp16.onnx")  # the GPU's graph, never run without one
         echo(f"fused operators: optimized {opt_fused}; fp16 {fp16_fused}")
         for src, name in ((fp32_path, "fp32"), (opt_path, "optimized"), (fp16_path, "fp16")):
             shutil.copyfile(src, stage / MODEL_FILES[name])
@@ -369,7 +370,7 @@ def _try_rank(passed: bool, row: dict) -> tuple:
 
 def _choose_int8(winners: dict[str, dict], flips: dict[str, dict]) -> str:
     """A served prediction should not depend on its neighbours: among the methods within tolerance,
-    take the fewest batch-dependent flips, then the higher MCC."""
+    take the fewest batch-dependent flips, then the higher MCC, then the higher agreement."""
     def key(method: str):
         w = winners[method]
         flip = flips.get(f"int8_{method}", {}).get("flip_rate", 0.0)

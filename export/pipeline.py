@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from bertpack.errors import BertpackError, ParityError
 from bertpack.files import check_writable_parent, umask_mode, write_json_atomic, write_text_atomic
 from bertpack.machine import library_versions
@@ -173,9 +175,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
 
     evals = _load_eval(data_source(data, "verify --parity"), None)
     fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False, buckets=served_buckets("cpu"))
-    reference = parity.reference_logits(checkpoint, fp32, evals.sentences)
-    ref_row = dict(parity.score("pytorch fp32", reference, reference, evals), status="reference")
-    rows, failures = [ref_row], []
+    scoring = _Scoring.against(checkpoint, fp32, evals, tolerance)
+    rows, failures = [scoring.ref_row], []
     for name, variant in manifest["variants"].items():
         device = "cpu"
         if variant.get("for") == "cuda":
@@ -184,9 +185,7 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
                 continue
             device = "cuda"
         clf = OnnxClassifier(artifact_dir, variant=name, device=device, verify=False, buckets=served_buckets(device))
-        row = parity.score(name, clf.logits(evals.sentences), reference, evals, (artifact_dir / variant["file"]).stat().st_size)
-        problems = parity.check(row, ref_row, tolerance)
-        row["status"] = "FAIL" if problems else "pass"
+        row, problems = scoring.check(name, clf, artifact_dir / variant["file"])
         if variant.get("method"):
             row["method"] = variant["method"]
         failures += [f"{name}: {p}" for p in problems]
@@ -229,8 +228,34 @@ def _load_eval(cola: str | Path, limit: int | None) -> parity.Eval:
     return parity.Eval(sentences=sentences, labels=labels, domains=domains)
 
 
+@dataclass
+class _Scoring:
+    """What every variant is scored against: PyTorch fp32's logits on the same CoLA rows, and the tolerance."""
+
+    data: parity.Eval
+    reference: np.ndarray
+    ref_row: dict
+    tolerance: parity.Tolerance
+
+    @classmethod
+    def against(cls, checkpoint: Path, fp32_engine, data: parity.Eval, tolerance: parity.Tolerance) -> "_Scoring":
+        reference = parity.reference_logits(checkpoint, fp32_engine, data.sentences)
+        ref_row = dict(parity.score("pytorch fp32", reference, reference, data), status="reference")
+        return cls(data=data, reference=reference, ref_row=ref_row, tolerance=tolerance)
+
+    def check(self, name: str, engine, file: Path) -> tuple[dict, list[str]]:
+        """The variant's report row (status pass/FAIL) and the ways it breaks its tolerance."""
+        row = parity.score(name, engine.logits(self.data.sentences), self.reference, self.data, file.stat().st_size)
+        row["provider"] = engine.provider
+        problems = parity.check(row, self.ref_row, self.tolerance)
+        row["status"] = "FAIL" if problems else "pass"
+        return row, problems
+
+
 def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stage: Path, work: Path, body: dict,
                      target: str, echo: Callable[[str], None]) -> dict:
+    """Score fp32, optimized and (on a GPU) fp16 against PyTorch, then build int8 (_search_int8) and decide what ships
+    (_ship_int8). Returns the parity report."""
     from serving.engine import OnnxClassifier, cuda_available
 
     data = _load_eval(cola, cfg.limit)
@@ -240,31 +265,18 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
         return OnnxClassifier(stage, variant=variant, device=device, verify=False, buckets=served_buckets(device))
 
     fp32 = load("fp32")
-    reference = parity.reference_logits(ckpt.path, fp32, data.sentences)
-    ref_row = parity.score("pytorch fp32", reference, reference, data)
-    ref_row["status"] = "reference"
-    rows, failures = [ref_row], []
-
-    def evaluate(variant: str, clf: OnnxClassifier) -> dict:
-        row = parity.score(variant, clf.logits(data.sentences), reference, data, (stage / body["variants"][variant]["file"]).stat().st_size)
-        row["provider"] = clf.provider
-        return row
-
-    for variant, clf in (("fp32", fp32), ("optimized", load("optimized"))):
-        row = evaluate(variant, clf)
-        problems = parity.check(row, ref_row, cfg.tolerance)
-        row["status"] = "FAIL" if problems else "pass"
+    scoring = _Scoring.against(ckpt.path, fp32, data, cfg.tolerance)
+    rows, failures = [scoring.ref_row], []
+    for variant, engine in (("fp32", fp32), ("optimized", load("optimized"))):
+        row, problems = scoring.check(variant, engine, stage / MODEL_FILES[variant])
         failures += [f"{variant}: {p}" for p in problems]
         rows.append(row)
     flips = {}
     if cfg.flip_check:
         flips["optimized"] = parity.flip_rate(load("optimized"), data.sentences, seed=cfg.seed)
         rows[-1]["flip_rate"] = flips["optimized"]["flip_rate"]
-
     if cuda_available():
-        row = evaluate("fp16", load("fp16", device="cuda"))
-        problems = parity.check(row, ref_row, cfg.tolerance)
-        row["status"] = "FAIL" if problems else "pass"
+        row, problems = scoring.check("fp16", load("fp16", device="cuda"), stage / MODEL_FILES["fp16"])
         failures += [f"fp16: {p}" for p in problems]
     else:
         row = {"variant": "fp16", "bytes": (stage / MODEL_FILES["fp16"]).stat().st_size, "status": "not checked (no GPU)"}
@@ -279,64 +291,72 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
         rows.append({"variant": "int8", "status": "not built (--int8 none)"})
         return {**report, "int8_tries": {}, "int8_choice": None, "int8_method": None, "serving_default_cpu": cpu_ok, "warnings": []}
 
-    # -- int8: climb the ladder per method, then pick the serving default from the figures --------
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     # CoLA training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
     calibration = _calibration(cola, fp32, cfg)
-    n_calib = len(calibration.ids)
     fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}
     for method in methods:
-        tries[method] = []
-        best = None
-        ranges_cache: dict = {}
-        source = quantize.source_dir(method, work / "fp32", fused)
-        for k, settings in enumerate(quantize.ladder(method, target)):
-            path = quantize.quantize(source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
-            name = f"int8_{method}"
-            shutil.copyfile(path, stage / f"model_{name}.onnx")
-            body["variants"][name] = {"file": f"model_{name}.onnx", "method": method, "for": "cpu",
-                                      "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
-            mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
-            row = evaluate(name, load(name))
-            problems = parity.check(row, ref_row, cfg.tolerance)
-            record = {"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
-                      **{key: row[key] for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement",
-                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "bytes") if key in row}}
-            tries[method].append(record)
-            echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
-                 f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
-            if best is None or _try_rank(not problems, row) > _try_rank(best["passed"], best["row"]):
-                best = {"k": k, "settings": settings, "path": path, "row": row, "problems": problems, "passed": not problems}
-            if not problems:
-                break
-        shutil.copyfile(best["path"], stage / f"model_int8_{method}.onnx")
-        body["variants"][f"int8_{method}"]["settings"] = tries[method][best["k"]]["settings"]  # recorded when it was tried
-        winners[method] = best
-
+        tries[method], winners[method] = _search_int8(method, quantize.source_dir(method, work / "fp32", fused), target, ckpt, calibration,
+                                                      stage, work, body, scoring, load, echo)
     mf.write_manifest(stage, body, hash_files=False)
-    for method, best in winners.items():
-        if cfg.flip_check:
+    if cfg.flip_check:
+        for method, best in winners.items():
             flips[f"int8_{method}"] = parity.flip_rate(load(f"int8_{method}"), data.sentences, seed=cfg.seed)
             best["row"]["flip_rate"] = flips[f"int8_{method}"]["flip_rate"]
+    return {**report, **_ship_int8(winners, tries, flips, stage, body, rows, failures, cpu_ok, cfg.require_int8)}
+
+
+def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calibration: quantize.Calibration, stage: Path,
+                 work: Path, body: dict, scoring: _Scoring, load: Callable, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """Climb one method's ladder until a try is within tolerance; every try is recorded. Leaves the best try (the
+    passing one, else the closest) as stage/model_int8_<method>.onnx and its manifest entry; returns (tries, best)."""
+    tries: list[dict] = []
+    best: dict | None = None
+    ranges_cache: dict = {}
+    name = f"int8_{method}"
+    n_calib = len(calibration.ids)
+    for k, settings in enumerate(quantize.ladder(method, target)):
+        path = quantize.quantize(source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
+        shutil.copyfile(path, stage / f"model_{name}.onnx")
+        body["variants"][name] = {"file": f"model_{name}.onnx", "method": method, "for": "cpu",
+                                  "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
+        mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
+        row, problems = scoring.check(name, load(name), stage / f"model_{name}.onnx")
+        tries.append({"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
+                      **{key: row[key] for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement",
+                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "bytes") if key in row}})
+        echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
+             f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
+        if best is None or _try_rank(not problems, row) > _try_rank(best["passed"], best["row"]):
+            best = {"k": k, "path": path, "row": row, "problems": problems, "passed": not problems}
+        if not problems:
+            break
+    assert best is not None  # every ladder has at least one rung
+    shutil.copyfile(best["path"], stage / f"model_{name}.onnx")
+    body["variants"][name]["settings"] = tries[best["k"]]["settings"]  # recorded when it was tried
+    return tries, best
+
+
+def _ship_int8(winners: dict[str, dict], tries: dict[str, list[dict]], flips: dict[str, dict], stage: Path, body: dict,
+               rows: list[dict], failures: list[str], cpu_ok: str, require_int8: bool) -> dict:
+    """The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method> if it passed.
+    Every variant that ships passes its tolerance: an int8 method that failed every try is reported and not shipped,
+    and when none passed the CPU serves the fp32 `optimized` graph instead (exact, deterministic), unless
+    --require-int8 asks for the export to fail. Adds the int8 rows to `rows` and failures to `failures`."""
     choice = _choose_int8(winners, flips)
-    # The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method> if it passed.
     chosen = winners[choice]
     (stage / f"model_int8_{choice}.onnx").rename(stage / MODEL_FILES["int8"])
     settings = body["variants"].pop(f"int8_{choice}")
     body["variants"]["int8"] = {**settings, "file": MODEL_FILES["int8"], "for": "cpu"}
-    order = ["int8"] + [f"int8_{m}" for m in winners if m != choice]
-    # Every variant that ships passes its tolerance. An int8 method that failed every try is reported and
-    # not shipped; when none passed, the CPU serves the fp32 `optimized` graph instead (exact, deterministic),
-    # unless --require-int8 asks for the export to fail.
     warnings: list[str] = []
-    for name in order:
+    for name in ["int8"] + [f"int8_{m}" for m in winners if m != choice]:
         method = choice if name == "int8" else name.split("_", 1)[1]
         row = dict(winners[method]["row"], variant=name, method=method)
         row["status"] = "FAIL" if winners[method]["problems"] else "pass"
         problems = [f"int8 ({method}): {p} after {len(tries[method])} tries" for p in winners[method]["problems"]]
-        if winners[method]["problems"] and (name != "int8" or not cfg.require_int8):
+        if winners[method]["problems"] and (name != "int8" or not require_int8):
             (stage / body["variants"].pop(name)["file"]).unlink()
             row["status"] = "FAIL (not shipped)"
             if name == "int8":
@@ -346,10 +366,9 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
         rows.append(row)
     if "int8" in body["variants"]:
         body["variants"]["int8"]["parity_passed"] = chosen["passed"]
-    if not chosen["passed"] and not cfg.require_int8:
+    if not chosen["passed"] and not require_int8:
         warnings.append("no int8 method within tolerance: int8 not shipped; the CPU serves the fp32 `optimized` graph")
-
-    return {**report, "int8_tries": tries, "int8_choice": _choice_text(choice, winners, flips),
+    return {"int8_tries": tries, "int8_choice": _choice_text(choice, winners, flips),
             "int8_method": choice if chosen["passed"] else None, "serving_default_cpu": "int8" if chosen["passed"] else cpu_ok,
             "warnings": warnings}
 

@@ -96,16 +96,18 @@ def staging_dir(final: Path) -> Iterator[Path]:
 
 
 def check_writable_parent(out: Path, option: str) -> None:
-    """Create the folder that will hold `out` and make sure files can be created there, so an
-    unwritable destination is a one-line error before any slow work rather than a traceback after it."""
+    """Make sure `out` can be created: its nearest existing ancestor is a folder that takes new entries. So an
+    unwritable destination is a one-line error before any slow work rather than a traceback after it, and a check
+    that fails (or a later one) leaves no folders behind: nothing is created here."""
     from bertpack.errors import BertpackError
 
-    out = Path(out)
-    blocker = next((a for a in out.parents if a.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise BertpackError(f"{option} {out}: {blocker} is a file, not a folder; choose another path")
+    out = Path(out).absolute()
+    nearest = next((a for a in out.parents if a.exists()), None)
+    if nearest is None:
+        return
+    if not nearest.is_dir():
+        raise BertpackError(f"{option} {out}: {nearest} is a file, not a folder; choose another path")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=nearest))
     except OSError as exc:
-        raise BertpackError(f"{option} {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a folder you can write to") from None
+        raise BertpackError(f"{option} {out}: cannot write in {nearest} ({exc.strerror or exc}); choose a folder you can write to") from None

@@ -241,7 +241,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_r
     proc = run_process_group(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "bertpack.cli",
          "train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out),
-         "--max-steps", "4", "--batch-size", "8"],
+         "--max-steps", "4", "--batch-size", "8", "--eval-batch-size", "4"],
         env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -249,6 +249,21 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_r
     assert metrics["world_size"] == 2
     assert (out / "model" / "model.safetensors").is_file()
     assert proc.stdout.count("run written to") == 1  # only rank 0 reports and writes
+    # The two processes validated one shared, length-grouped order, each row once: the recorded accuracy is the saved
+    # model's on the whole validation set (each process drawing its own order saw some rows twice, others never).
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertpack.data import validation_sentences
+
+    sentences, labels, _ = validation_sentences(synthetic_cola)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        preds = model(**tokenizer(sentences, truncation=True, max_length=64, padding=True, return_tensors="pt")).logits.argmax(-1)
+    assert metrics["best"]["accuracy"] == pytest.approx(sum(int(p) == y for p, y in zip(preds, labels)) / len(labels), abs=1e-12)
+    # and the loss is each process's mean, not multiplied by the process count
+    assert all(row["train_loss"] < 1.2 for row in metrics["epochs"] if "train_loss" in row), metrics["epochs"]
 
 
 # ----------------------------------------------------------------------------- the real thing
@@ -346,3 +361,48 @@ def test_evals_per_epoch_with_a_short_last_batch(tmp_path, synthetic_cola, tiny_
     metrics = train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "run", limit=60,
                                 batch_size=8, epochs=1, evals_per_epoch=2, learning_rate=1e-12))
     assert [r["epoch"] for r in metrics["epochs"]] == [0.5, 1.0]
+
+
+def test_evals_per_epoch_include_every_epoch_end(tmp_path, synthetic_cola, tiny_run):
+    """56 rows at batch 8 = 7 steps per epoch: 2 validations per epoch fall at steps 4 and 7 of each epoch. A fixed
+    interval of 7 // 2 = 3 steps validated at 3, 6, 9, 12: never the end of an epoch, nor the run's last weights."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    metrics = train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "run", limit=56,
+                                batch_size=8, epochs=2, evals_per_epoch=2, learning_rate=1e-12))
+    assert [r["epoch"] for r in metrics["epochs"]] == pytest.approx([4 / 7, 1.0, 11 / 7, 2.0], abs=1e-3)
+
+
+def test_resume_in_mid_epoch_replays_the_interrupted_order(tmp_path, synthetic_cola, tiny_run, monkeypatch):
+    """Length-grouped batches (the default) are drawn from (seed, epoch), so a run resumed from a checkpoint in the
+    middle of an epoch trains on the rest of that epoch's batches and ends with the uninterrupted run's weights.
+    (transformers' own sampler drew a new order from the random state restored at the checkpoint.)"""
+    from safetensors.torch import load_file
+
+    from trainer.callbacks import StepTimer
+    from trainer.config import TrainConfig
+    from trainer.run_dir import resume_config
+    from trainer.train import train
+
+    recipe = dict(model=str(tiny_run / "model"), data=str(synthetic_cola), limit=56, batch_size=8, max_steps=13, evals_per_epoch=2,
+                  learning_rate=5e-4, keep_checkpoints=True)  # 7 steps per epoch: checkpoints at 4, 7, 11 and 13
+    train(TrainConfig(out=tmp_path / "whole", **recipe))
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_step_12(self, args, state, control, **kwargs):  # after checkpoint-11, step 4 of epoch 2
+        if state.global_step == 12:
+            raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StepTimer, "on_step_end", crash_in_step_12)
+        with pytest.raises(Crash):
+            train(TrainConfig(out=tmp_path / "resumed", **recipe))
+    assert json.loads((tmp_path / "resumed" / "bertpack_run.json").read_text())["status"] == "failed"
+    train(resume_config(tmp_path / "resumed", {}))
+    a = load_file(tmp_path / "whole" / "checkpoints" / "checkpoint-13" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint-13" / "model.safetensors")
+    assert not a["classifier.weight"].equal(load_file(tiny_run / "model" / "model.safetensors")["classifier.weight"])  # it trained
+    assert all(a[name].equal(b[name]) for name in a), [name for name in a if not a[name].equal(b[name])][:5]

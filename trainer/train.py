@@ -75,7 +75,10 @@ def weighted_loss(weights: list[float]):
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight.to(logits.device))
+        # The weights shape the training gradient only: validation (run without gradients) reports the plain
+        # cross-entropy, comparable between runs with and without class weights.
+        w = weight.to(logits.device) if torch.is_grad_enabled() else None
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w)
 
     return loss
 
@@ -93,7 +96,10 @@ def train(cfg: TrainConfig) -> dict:
 
     import torch
     import transformers
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from trainer.batching import LengthGroupedTrainer
+    from trainer.callbacks import EvalSchedule, StepTimer
 
     transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -110,9 +116,7 @@ def train(cfg: TrainConfig) -> dict:
         model.bert.pooler.apply(model._init_weights)
 
     def tokenize(batch):
-        enc = tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return enc
+        return tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
 
     encoded = dataset.map(tokenize, batched=True, desc="tokenizing")
     val = encoded["validation"]
@@ -127,14 +131,8 @@ def train(cfg: TrainConfig) -> dict:
         return {"accuracy": accuracy(pred.label_ids, preds), "mcc": mcc(pred.label_ids, preds)}
 
     on_gpu = torch.cuda.is_available()
-    steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world_size))
-    # Evaluate (and checkpoint) every `every` steps: --evals-per-epoch times per epoch; a --max-steps run that ends
-    # before that schedule would evaluate twice still evaluates twice (so it has a best checkpoint to keep).
-    every = max(1, steps_per_epoch // cfg.evals_per_epoch)
-    if cfg.max_steps > 0:
-        every = min(every, max(1, cfg.max_steps // 2))
-    by_epoch = cfg.max_steps <= 0 and cfg.evals_per_epoch == 1
-    use_bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    use_bf16 = on_gpu and torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (T4, V100) is slow: fp16
+    never = 2**31 - 1  # validation, checkpoints and logs are scheduled by EvalSchedule, not by a fixed interval
     args = TrainingArguments(
         output_dir=str(cfg.out / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -147,19 +145,21 @@ def train(cfg: TrainConfig) -> dict:
         lr_scheduler_type="linear",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        eval_strategy="epoch" if by_epoch else "steps",
-        save_strategy="epoch" if by_epoch else "steps",
-        eval_steps=None if by_epoch else every,
-        save_steps=None if by_epoch else every,
-        logging_strategy="epoch" if by_epoch else "steps",
-        logging_steps=None if by_epoch else every,
+        eval_strategy="steps",
+        save_strategy="steps",
+        eval_steps=never,
+        save_steps=never,
+        logging_strategy="steps",
+        logging_steps=never,
         save_total_limit=2,
         load_best_model_at_end=True,
         metric_for_best_model="all_mcc" if "all" in eval_sets else "mcc",
         greater_is_better=True,
         save_safetensors=True,
-        group_by_length=cfg.group_by_length,
-        length_column_name="length",
+        group_by_length=cfg.group_by_length,  # with LengthGroupedTrainer's seeded sampler
+        # The loss is a per-process mean (weighted_loss); the Trainer would otherwise multiply a custom loss by the
+        # process count, for token-count normalisation that a classifier's loss does not use.
+        average_tokens_across_devices=False,
         bf16=use_bf16,
         fp16=on_gpu and not use_bf16,
         ddp_backend=("nccl" if on_gpu else "gloo") if distributed else None,
@@ -174,10 +174,10 @@ def train(cfg: TrainConfig) -> dict:
         max_length=cfg.max_length if cfg.padding == "max" else None,
     )
     with run_folder(cfg, is_main):
-        trainer = Trainer(
+        trainer = LengthGroupedTrainer(
             model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
             processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
-            optimizers=(build_optimizer(model, cfg), None), callbacks=[timer := _step_timer()],
+            optimizers=(build_optimizer(model, cfg), None), callbacks=[EvalSchedule(cfg.evals_per_epoch), timer := StepTimer()],
             compute_loss_func=weighted_loss(class_weights) if class_weights else None,
         )
 
@@ -199,6 +199,7 @@ def train(cfg: TrainConfig) -> dict:
             "precision": "bf16" if use_bf16 else ("fp16" if on_gpu else "fp32"),
             "class_weights": class_weights,
             "world_size": args.world_size,
+            "gpus_per_process": args.n_gpu,
             "best": {
                 "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                 "accuracy": final.get("eval_all_accuracy"),
@@ -210,7 +211,7 @@ def train(cfg: TrainConfig) -> dict:
             "train_runtime_s": result.metrics.get("train_runtime"),
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
             # Approximate: the last batch of an epoch may be short.
-            "train_samples_per_second": timer.steps * args.world_size * cfg.batch_size / timer.seconds if timer.seconds else None,
+            "train_samples_per_second": timer.steps * args.world_size * args.train_batch_size / timer.seconds if timer.seconds else None,
             "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
             "wall_time_s": wall,
             "versions": library_versions(),
@@ -266,25 +267,6 @@ def _head_labels(model_id: str) -> int | None:
     config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)  # resolve_model has fetched and checked it: cached
     has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     return config.num_labels if has_head else None
-
-
-def _step_timer():
-    """A Trainer callback that adds up the wall time of the optimizer steps (forward, backward, update),
-    so samples/s counts training work only, not evaluation or checkpoint saving."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds, self.steps, self._t0 = 0.0, 0, 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds += time.perf_counter() - self._t0
-            self.steps += 1
-
-    return StepTimer()
 
 
 def _per_epoch(log_history: list[dict]) -> list[dict]:

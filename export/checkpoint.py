@@ -23,6 +23,15 @@ class Checkpoint:
     num_layers: int = 0
 
 
+def run_folder_of(path: Path) -> Path:
+    """The run folder a path names: RUN itself, or RUN for RUN/model (whose records, trained length and metrics,
+    are in RUN)."""
+    path = Path(path)
+    if path.name == "model" and not (path / "model").is_dir() and (path.parent / RUN_MARKER).is_file():
+        return path.parent
+    return path
+
+
 def locate_checkpoint(run_dir: Path) -> Checkpoint:
     """RUN/model (as `bertpack train` writes it), or RUN itself when it is a checkpoint folder."""
     run_dir = Path(run_dir)
@@ -30,8 +39,7 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
         raise BertpackError(f"run folder {run_dir} does not exist; pass the folder written by `bertpack train --out DIR`")
     if not run_dir.is_dir():
         raise BertpackError(f"{run_dir} is a file; pass the run folder written by `bertpack train` (holding model/)")
-    if run_dir.name == "model" and not (run_dir / "model").is_dir() and (run_dir.parent / RUN_MARKER).is_file():
-        run_dir = run_dir.parent  # RUN/model was given: the run's record (trained length, metrics) is in RUN
+    run_dir = run_folder_of(run_dir)
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         status = _run_status(run_dir)

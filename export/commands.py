@@ -30,7 +30,9 @@ def export(
     from export.parity import Tolerance
     from export.pipeline import run_export
 
-    cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_dir.resolve().name, data=data, store=store,
+    from export.checkpoint import run_folder_of
+
+    cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_folder_of(run_dir).resolve().name, data=data, store=store,
                        overwrite=overwrite, tolerance=Tolerance.parse(tolerance), int8=int8, quant_target=quant_target,
                        calibration_samples=calibration_samples, flip_check=flip_check, limit=limit,
                        require_int8=require_int8)

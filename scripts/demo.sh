@@ -2,8 +2,13 @@
 # The main job on the embedded defaults, from a fresh clone: install, train, export, serve, classify.
 # Usage: bash scripts/demo.sh [COLA_DIR]   (default: ../shared/data/cola)
 set -euo pipefail
+DATA=${1:-}
+if [ -n "$DATA" ]; then  # a relative COLA_DIR is taken from where the script was run
+  [ -d "$DATA" ] || { echo "error: COLA_DIR $DATA is not a folder; pass the CoLA 1.1 folder (holding raw/)" >&2; exit 2; }
+  DATA=$(cd "$DATA" && pwd)
+fi
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/cola}
+DATA=${DATA:-../shared/data/cola}
 RUN=runs/demo
 ART=artifacts/demo
 PORT=${PORT:-3000}

@@ -161,8 +161,10 @@ class JsonOnly:
                 else:
                     body = self._body(start["status"], method, path, raw, start.get("headers", ()))
                 data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")]
+                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type", b"retry-after")]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+                if start["status"] == 429:  # BentoML's own answer has none; the client should back off briefly
+                    headers.append((b"retry-after", b"1"))
                 await send({**start, "headers": headers})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
                 return

@@ -155,6 +155,9 @@ def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run):
     (not the 128-token default, which would let the service take inputs the model was never checked on)."""
     from export.checkpoint import locate_checkpoint
 
+    from export.checkpoint import run_folder_of
+
+    assert run_folder_of(tiny_run / "model") == tiny_run  # also names the default --out: artifacts/<run>, not artifacts/model
     whole, model_only = locate_checkpoint(tiny_run), locate_checkpoint(tiny_run / "model")
     assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (whole.max_length, whole.metrics, whole.run_dir)
     assert whole.max_length == 64 and whole.metrics["checkpoint"] == "checkpoint-1"

@@ -364,6 +364,7 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
     asyncio.run(JsonOnly(app, MAX_CONCURRENCY, TIMEOUT_S, MAX_LATENCY_MS)(scope, receive, send))
+    _through_json_only.headers = dict(sent[0]["headers"])  # type: ignore[attr-defined]
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
@@ -373,6 +374,7 @@ def test_bentomls_429_and_504_name_the_fix():
     status, body = _through_json_only(429, b'{"error":"Too many requests"}')
     assert status == 429 and body["error"].startswith("too many requests in flight at once: retry after a moment")
     assert f"takes {MAX_CONCURRENCY} at a time" in body["error"]
+    assert _through_json_only.headers[b"retry-after"] == b"1"  # type: ignore[attr-defined]
     status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}', "/infer")
     assert status == 504 and f"not answered within {TIMEOUT_S} s" in body["error"] and "send the whole body at once" in body["error"]
     assert _through_json_only(200, b'{"ok": 1}') == (200, {"ok": 1})

@@ -269,6 +269,7 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
     so that no engine always runs first. Returns each round's results; failures go to `skipped`."""
     rounds: list[list[dict]] = []
     failed_first: set[str] = set()  # an engine that fails in round 1 is not tried again
+    limits_noted: set[tuple[str, int]] = set()  # (engine, batch size) where it ran out of memory
     for number in range(1, cfg.rounds + 1):
         if cfg.rounds > 1:
             echo(f"  round {number} of {cfg.rounds}")
@@ -306,7 +307,9 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
                 if not res["rows"]:  # not even the smallest size: nothing measured is a failure, not a limit
                     reason = f"failed{in_round}: {reason}"
                 echo(f"    {reason}")
-                skipped.append({"engine": spec["engine"], "reason": reason})
+                if not res["rows"] or (spec["engine"], gave_up["batch_size"]) not in limits_noted:  # a limit once, not per round
+                    skipped.append({"engine": spec["engine"], "reason": reason})
+                    limits_noted.add((spec["engine"], gave_up["batch_size"]))
             if failed := res.get("failed"):  # an error that is not a size limit: the sizes before it are kept
                 reason = f"failed{in_round} at batch size {failed['batch_size']}: {failed['reason']}"
                 echo(f"    {reason}")

@@ -20,41 +20,26 @@ def test_staging_dir_replaces_the_folder_whole(tmp_path: Path) -> None:
     assert [p.name for p in final.iterdir()] == ["new.txt"]
 
 
-def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The swap is two renames (old aside, new in); if the second fails the old folder goes back (it was left as a
-    hidden .NAME.*.old folder with the new one as .NAME.*.partial)."""
+@pytest.mark.parametrize("failing, error", [
+    ("second", KeyboardInterrupt()),  # Ctrl-C between the two renames: the old folder goes back
+    ("first", OSError(16, "Device or resource busy")),  # the old folder cannot move aside: it stays, staging is removed
+], ids=["new-in-fails", "old-aside-fails"])
+def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str,
+                                                              error: BaseException) -> None:
+    """The swap is two renames (old folder aside as .NAME.*.old, staging .NAME.*.partial in); whichever fails, the old
+    folder is left as it was and no hidden folder stays beside it."""
     final = tmp_path / "artifact"
     final.mkdir()
     (final / "old.txt").write_text("old")
     real_replace = os.replace
 
     def replace(src, dst):
-        if Path(src).name.endswith(".partial"):
-            raise KeyboardInterrupt  # Ctrl-C between the two renames
+        if (failing == "second" and Path(src).name.endswith(".partial")) or (failing == "first" and Path(src) == final):
+            raise error
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        with staging_dir(final) as stage:
-            (stage / "new.txt").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
-    assert (final / "old.txt").read_text() == "old"
-
-
-def test_staging_dir_cleans_up_when_the_old_folder_cannot_move_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure on the first rename (the old folder aside) leaves the old folder and no hidden staging folder."""
-    final = tmp_path / "artifact"
-    final.mkdir()
-    (final / "old.txt").write_text("old")
-    real_replace = os.replace
-
-    def replace(src, dst):
-        if Path(src) == final:
-            raise OSError(16, "Device or resource busy")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError):
+    with pytest.raises(type(error)):
         with staging_dir(final) as stage:
             (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]

@@ -1,7 +1,9 @@
 """CoLA loading: the official release layout, the GLUE layout, or GLUE through the hub.
 
-Every file is checked line by line first (so a malformed row gets its file and line number in
-the error), then loaded with `datasets`' csv builder, which keeps its cache and fingerprints.
+Every file is parsed here, line by line (so a malformed row gets its file and line number in the error), and the rows
+become a `datasets.Dataset` directly: the paths never go through `datasets`' file patterns (a folder named
+`cola[1]` would be a glob there) nor its csv cache (keyed on path and modification time, so data rewritten with its
+old timestamp, as `tar` and `cp -p` leave it, loaded the old rows).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from pathlib import Path
 from bertpack.errors import BertpackError, quiet_hub_retries
 from bertpack.files import sha256_file
 
-COLUMNS = ["source", "label", "star", "sentence"]
 # The 6 sources held out as CoLA's out-of-domain set (Warstadt et al. 2018, section 4.1).
 OUT_OF_DOMAIN_SOURCES = frozenset({"c-05", "clc95", "j_71", "s_97", "swb04", "w_80"})
 GLUE = "glue"
@@ -49,58 +50,57 @@ def _locate(root: Path) -> ColaFiles:
     glue = [root / "train.tsv", root / "dev.tsv"]
     if all(p.is_file() for p in glue):
         return ColaFiles(train=glue[0], validation=[glue[1]], layout="glue")
+    for base in (root / "raw", root):  # part of a release: name what is missing (or a link that leads nowhere)
+        release = [base / "in_domain_train.tsv", base / "in_domain_dev.tsv", base / "out_of_domain_dev.tsv"]
+        missing = [p for p in release if not p.is_file()]
+        if len(missing) < len(release):
+            what = ", ".join(f"{p} ({'a broken link' if p.is_symlink() else 'missing'})" for p in missing)
+            raise BertpackError(f"--data {root}: the CoLA release is incomplete: {what}; unpack the whole release again")
     raise BertpackError(
         f"no CoLA files in {root}: expected raw/in_domain_train.tsv, raw/in_domain_dev.tsv and "
         "raw/out_of_domain_dev.tsv (release layout) or train.tsv and dev.tsv (GLUE layout)"
     )
 
 
-def check_tsv(path: Path) -> int:
-    """Validate one CoLA TSV (4 tab-separated columns, label 0/1, a sentence); return its row count."""
-    rows = 0
+def read_tsv(path: Path) -> list[tuple[str, int, str]]:
+    """One CoLA TSV (4 tab-separated columns, label 0/1, a sentence), checked row by row: (source, label, sentence)."""
+    rows: list[tuple[str, int, str]] = []
+    lineno = 0
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM is not part of the first source code
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
+                lineno = reader.line_num
                 if not row or row == [""]:
                     continue
                 if len(row) != 4:
                     raise BertpackError(f"{path}:{lineno}: expected 4 tab-separated columns (source, label, star, sentence), found {len(row)}; is this a CoLA TSV file?")
                 if row[1] not in ("0", "1"):
-                    raise BertpackError(f"{path}:{lineno}: label must be 0 or 1, found {row[1]!r}")
+                    header = " (a header row? CoLA TSV files have none)" if row[1].strip().lower() == "label" else ""
+                    raise BertpackError(f"{path}:{lineno}: label must be 0 or 1, found {row[1]!r}{header}")
                 if not row[3].strip():
                     raise BertpackError(f"{path}:{lineno}: the sentence column is empty")
-                rows += 1
+                rows.append((row[0], int(row[1]), row[3]))
+    except csv.Error as exc:  # e.g. a line over the csv module's field limit: not a CoLA file
+        raise BertpackError(f"{path}:{lineno + 1}: {exc}; is this a CoLA TSV file?") from None
     except UnicodeDecodeError as exc:
         raise BertpackError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the CoLA TSV files") from None
     except OSError as exc:  # unreadable (permissions), a folder named like the file, an I/O error
         raise BertpackError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass another --data") from None
-    if rows == 0:
+    if not rows:
         raise BertpackError(f"{path} holds no rows; CoLA TSV files have one sentence per line")
     return rows
 
 
-def _load_tsv(files: list[Path], limit: int | None = None):
-    """The TSV files as one dataset; the caller has run check_tsv() on each."""
+def _dataset(rows: list[tuple[str, int, str]]):
+    """Rows as a dataset with the columns every stage reads: sentence, label, domain (from the source code)."""
     import datasets
 
-    ds = datasets.load_dataset(
-        "csv",
-        data_files=[str(p) for p in files],
-        split="train",
-        sep="\t",
-        header=None,
-        names=COLUMNS,
-        quoting=csv.QUOTE_NONE,
-        features=datasets.Features(
-            source=datasets.Value("string"), label=datasets.Value("int64"),
-            star=datasets.Value("string"), sentence=datasets.Value("string"),
-        ),
-        keep_default_na=False,
+    return datasets.Dataset.from_dict(
+        {"sentence": [r[2] for r in rows], "label": [r[1] for r in rows],
+         "domain": ["out" if r[0] in OUT_OF_DOMAIN_SOURCES else "in" for r in rows]},
+        features=datasets.Features(sentence=datasets.Value("string"), label=datasets.Value("int64"), domain=datasets.Value("string")),
     )
-    ds = ds.map(lambda src: {"domain": ["out" if s in OUT_OF_DOMAIN_SOURCES else "in" for s in src]}, input_columns="source", batched=True)
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.select_columns(["sentence", "label", "domain"])
 
 
 def load_cola(data: str | Path, limit: int | None = None):
@@ -111,11 +111,11 @@ def load_cola(data: str | Path, limit: int | None = None):
     if str(data) == GLUE:
         return _load_glue(limit)
     files = locate(data)
-    for p in [files.train, *files.validation]:  # every file before any loading: a bad dev file fails at once
-        check_tsv(p)
+    validation = [row for p in files.validation for row in read_tsv(p)]  # every file is read: a bad dev file fails too
+    train = read_tsv(files.train)[:limit] if limit is not None else read_tsv(files.train)
     import datasets
 
-    return datasets.DatasetDict(train=_load_tsv([files.train], limit), validation=_load_tsv(files.validation))
+    return datasets.DatasetDict(train=_dataset(train), validation=_dataset(validation))
 
 
 def _load_glue(limit: int | None):
@@ -169,4 +169,4 @@ def data_source(data: str | Path | None, command: str) -> str | Path:
     if folder is None:
         raise BertpackError(f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE layout), or --data glue when online")
     locate(folder)
-    return Path(folder)
+    return Path(folder).resolve()  # a folder named glue, given as ./glue, stays a folder

@@ -14,7 +14,7 @@ from bertpack.errors import BertpackError
 def export(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bertpack train` (holding model/), or a checkpoint folder."),
     out: Optional[Path] = typer.Option(None, help="Artifact folder (default artifacts/<run name>)."),
-    data: Optional[Path] = typer.Option(None, help="CoLA folder for the parity report and static calibration, or 'glue' for the hub (default ../shared/data/cola)."),
+    data: Optional[str] = typer.Option(None, help="CoLA folder for the parity report and static calibration, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
     store: bool = typer.Option(True, help="Register the artifact in the BentoML model store as bertpack-cola:<version>."),
     overwrite: bool = typer.Option(False, help="Replace an output folder that holds a different export or other files."),
     tolerance: Optional[str] = typer.Option(None, help="int8/fp16 MCC drop (e.g. 0.01), or key=value pairs: mcc_drop=0.01,agreement=98,logit=1e-3."),
@@ -96,7 +96,7 @@ def predict(
 def verify(
     artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
     parity: bool = typer.Option(False, "--parity", help="Also re-run the parity report against the source checkpoint (needs PyTorch and CoLA)."),
-    data: Optional[Path] = typer.Option(None, help="CoLA folder for --parity, or 'glue' for the hub (default ../shared/data/cola)."),
+    data: Optional[str] = typer.Option(None, help="CoLA folder for --parity, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
     tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
     """Re-hash every file of an artifact against its manifest and load and run each model; exit 3 if its export

@@ -89,7 +89,7 @@ def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | 
     """Export RUN_DIR's checkpoint into OUT (see ExportConfig for the options). Raises BertpackError
     on bad input and ParityError (after writing the artifact) when a variant breaks its tolerance."""
     tol = tolerance if isinstance(tolerance, parity.Tolerance) else parity.Tolerance.parse(tolerance)
-    cfg = ExportConfig(run_dir=Path(run_dir), out=Path(out), data=Path(data) if data else None, store=store, overwrite=overwrite,
+    cfg = ExportConfig(run_dir=Path(run_dir), out=Path(out), data=data or None, store=store, overwrite=overwrite,
                        tolerance=tol, int8=int8, quant_target=quant_target, **options)
     return run_export(cfg, echo or (lambda line: log.info(line)))
 

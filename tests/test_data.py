@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bertpack.data import OUT_OF_DOMAIN_SOURCES, check_tsv, load_cola, locate
+from bertpack.data import OUT_OF_DOMAIN_SOURCES, load_cola, locate, read_tsv
 from bertpack.errors import BertpackError
 from bertpack.metrics import cola_scores
 from tests.conftest import REAL_COLA, glue_hub, write_synthetic_cola
@@ -70,19 +70,21 @@ def test_glue_from_the_hub_gives_the_release_records(monkeypatch: pytest.MonkeyP
     ("gj04\t1\t\t   \n", "sentence column is empty"),
     ("", "holds no rows"),
     ("\n\n", "holds no rows"),
+    ("source\tlabel\tstar\tsentence\ngj04\t1\t\tA sentence.\n", r"found 'label' \(a header row\? CoLA TSV files have none\)"),
+    ("gj04\t1\t\t" + "word " * 30000 + "\n", r"bad\.tsv:1: field larger than field limit .*; is this a CoLA TSV file\?"),
 ])
 def test_malformed_tsv_is_refused_with_line_number(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(content)
     with pytest.raises(BertpackError, match=message):
-        check_tsv(path)
+        read_tsv(path)
 
 
 def test_binary_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.tsv"
     path.write_bytes(b"\xff\xfe\x00\x01garbage")
     with pytest.raises(BertpackError, match="not UTF-8"):
-        check_tsv(path)
+        read_tsv(path)
 
 
 def test_malformed_file_in_folder_names_file_and_line(tmp_path: Path) -> None:
@@ -98,6 +100,47 @@ def test_missing_folder_and_missing_files(tmp_path: Path) -> None:
         locate(tmp_path / "nope")
     with pytest.raises(BertpackError, match="no CoLA files"):
         locate(tmp_path)
+    root = write_synthetic_cola(tmp_path / "cola")  # part of a release: the missing file (or dead link) is named
+    (root / "raw" / "out_of_domain_dev.tsv").unlink()
+    (root / "raw" / "in_domain_dev.tsv").unlink()
+    (root / "raw" / "in_domain_dev.tsv").symlink_to(tmp_path / "gone.tsv")
+    with pytest.raises(BertpackError, match=r"release is incomplete: .*in_domain_dev\.tsv \(a broken link\), .*out_of_domain_dev\.tsv \(missing\)"):
+        locate(root)
+
+
+@pytest.mark.parametrize("name", ["cola[1]", "cola*", "cola?"])
+def test_folder_names_are_paths_not_patterns(tmp_path: Path, name: str) -> None:
+    """The data is read from the folder given, whatever characters its name holds ([ ] * ? are glob patterns to
+    `datasets`: `cola[1]` loaded a sibling `cola1`, `cola*` every matching folder)."""
+    root = write_synthetic_cola(tmp_path / name)
+    sibling = write_synthetic_cola(tmp_path / "cola1", train_rows=8, seed=1)  # matches all three patterns
+    (tmp_path / "colax").mkdir()
+    expected = [line.split("\t")[3] for line in (root / "raw" / "in_domain_train.tsv").read_text().splitlines()]
+    assert load_cola(root)["train"]["sentence"] == expected
+    assert len(load_cola(sibling)["train"]) == 8
+
+
+def test_rewritten_data_with_its_old_timestamp_is_read_again(tmp_path: Path) -> None:
+    """tar, cp -p and rsync -t keep a file's modification time: new content must still be what is read."""
+    import os
+
+    root = write_synthetic_cola(tmp_path / "cola")
+    train = root / "raw" / "in_domain_train.tsv"
+    assert load_cola(root)["train"]["sentence"][0] != "Second version!"
+    stat = train.stat()
+    train.write_text("gj04\t0\t*\tSecond version!\n")
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = load_cola(root)["train"]
+    assert again["sentence"] == ["Second version!"] and again["label"] == [0]
+
+
+def test_a_local_folder_named_glue_is_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the word `glue` means the hub; ./glue is the folder of that name."""
+    from bertpack.data import data_source
+
+    write_synthetic_cola(tmp_path / "glue")
+    monkeypatch.chdir(tmp_path)
+    assert data_source("./glue", "export") == (tmp_path / "glue").resolve()
 
 
 def test_cola_scores_split_by_domain() -> None:
@@ -111,8 +154,8 @@ def test_cola_scores_split_by_domain() -> None:
 
 
 def test_unreadable_tsv_is_a_user_error(tmp_path: Path) -> None:
-    """A path check_tsv cannot open (here a folder where a TSV belongs; a chmod 000 file is tested through the
+    """A path read_tsv cannot open (here a folder where a TSV belongs; a chmod 000 file is tested through the
     CLI in test_train_errors) is a BertpackError naming the file, not an OSError traceback."""
     (tmp_path / "in_domain_dev.tsv").mkdir()
     with pytest.raises(BertpackError, match="in_domain_dev.tsv: cannot read it"):
-        check_tsv(tmp_path / "in_domain_dev.tsv")
+        read_tsv(tmp_path / "in_domain_dev.tsv")

@@ -95,11 +95,15 @@ def thread_info() -> dict:
     except (OSError, ValueError, IndexError):
         pass
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "BERTPACK_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ}
-    threads = os.environ.get("BERTPACK_THREADS", "")
-    # An invalid BERTPACK_THREADS is reported by serve_settings(); the service would refuse to start.
-    valid = threads.isascii() and threads.isdigit() and int(threads) >= 1
+    from bertpack.errors import BertpackError
+    from serving.source import ServeConfig
+
+    try:  # read as the service reads it; an invalid value is reported by serve_settings() (the service would not start)
+        threads = ServeConfig.from_env({"BERTPACK_THREADS": os.environ.get("BERTPACK_THREADS", "")}).threads
+    except BertpackError:
+        threads = None
     return {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "affinity": affinity, "cgroup_cpu_quota": quota,
-            "engine_intra_op_threads": int(threads) if valid else physical_cores(), "engine_inter_op_threads": 1,
+            "engine_intra_op_threads": threads or physical_cores(), "engine_inter_op_threads": 1,
             "env": env}
 
 
@@ -121,7 +125,11 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
             ServeConfig.from_env({name: value})
         except BertpackError as exc:
             problems.append(str(exc))
-    if problem := device_problem(given.get("BERTPACK_DEVICE", "auto")):
+    try:
+        device = ServeConfig.from_env({"BERTPACK_DEVICE": given.get("BERTPACK_DEVICE", "")}).device
+    except BertpackError:  # reported above
+        device = None
+    if device and (problem := device_problem(device)):
         problems.append(problem)
     model = None
     if not problems:  # the settings are fine: the model they name, checked as `bentoml serve` checks it
@@ -221,8 +229,13 @@ def format_report(rep: dict) -> str:
     h = rep["http"]
     lines.append(f"http server: uvicorn on {h['loop']} + {h['http']}" + ("" if h["uvloop"] and h["httptools"] else
                  "  (slower per request: pip install uvloop httptools)"))
-    lines.append(f"serving device: {'cuda' if not g['cuda_problem'] else 'cpu: ' + g['cuda_problem']}")
     settings = rep.get("serve_settings", {"env": {}, "problems": []})
+    asked = settings["env"].get("BERTPACK_DEVICE", "").strip().lower() or "auto"
+    if asked == "cpu":
+        lines.append("serving device: cpu (BERTPACK_DEVICE=cpu)")
+    else:
+        lines.append(f"serving device: {'cuda' if not g['cuda_problem'] else 'cpu: ' + g['cuda_problem']}"
+                     + (f" (BERTPACK_DEVICE={asked})" if asked != "auto" else ""))
     lines.append("serve settings: " + (", ".join(f"{k}={v}" for k, v in settings["env"].items()) or "defaults (no BERTPACK_* set)"))
     model = settings.get("model")
     if model and model["checked"]:

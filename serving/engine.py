@@ -308,9 +308,21 @@ class OnnxClassifier:
         self.session = _open_session(self.model_path, session_options(threads, spin), providers)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
-            log.error("CUDA was requested but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "
-                      "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`",
-                      self.provider, cuda_problem() or "CUDA provider failed to initialise; see the ONNX Runtime log above")
+            why = cuda_problem() or "its CUDA provider failed to initialise; see the ONNX Runtime log above"
+            if device == "cuda":
+                raise BertpackError(f"device cuda was asked for, but ONNX Runtime could not use CUDA ({why}); check the CUDA and "
+                                    "cuDNN libraries with `bertpack doctor`, or use device auto or cpu")
+            log.error("CUDA was expected but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "
+                      "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`", self.provider, why)
+            if variant is None and self.variant != self.manifest["serving_default"]["cpu"]:
+                # The CUDA default (fp16) is the GPU's model: on the CPU serve the CPU default instead.
+                self.variant = self.manifest["serving_default"]["cpu"]
+                model_file = variants[self.variant]["file"]
+                if verify:
+                    verify_files(self.artifact_dir, self.manifest, [model_file])
+                self.model_path = self.artifact_dir / model_file
+                self.session = _open_session(self.model_path, session_options(threads, spin), ["CPUExecutionProvider"])
+                self.provider = self.session.get_providers()[0]
         if buckets == "served":
             buckets = served_buckets("cuda" if self.provider == "CUDAExecutionProvider" else "cpu")
         self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))

@@ -40,10 +40,10 @@ from starlette.routing import Route
 
 from bertpack.errors import BertpackError
 from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error
-from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, served_buckets, softmax, uses_cuda
+from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
-from serving.source import VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
+from serving.source import DEFAULT_MODEL, VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
 
 log = logging.getLogger("bertpack.service")
 
@@ -113,6 +113,14 @@ def _exit_failed_if_marked(mark: str) -> None:
         os._exit(1)
 
 
+def _built_model() -> str | None:
+    """Served from a built Bento: the exact model version it was built with (its bento.yaml), so an unset
+    BERTPACK_MODEL does not pick up a later export from the store's "latest"."""
+    bento = getattr(Bertpack, "bento", None)
+    name = DEFAULT_MODEL.split(":")[0]
+    return next((str(m.tag) for m in (bento.info.models if bento is not None else []) if m.tag.name == name), None)
+
+
 async def _info(request: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().info())
 
@@ -157,10 +165,13 @@ class Bertpack:
         do not run it, so both work where no model is present.)"""
         _log_to_stderr()
         try:
-            _, source, manifest = preflight()
+            _, source, manifest = preflight(default_model=_built_model() or DEFAULT_MODEL)
         except BertpackError as exc:
             log.error("cannot serve: %s", exc)
             raise SystemExit(1) from None
+        # The workers serve exactly what was checked here: the exact tag (not "latest", which a new export moves) or
+        # the folder's absolute path (a relative one would be looked up again from the worker's working directory).
+        os.environ["BERTPACK_MODEL"] = str(source.path) if source.origin == "folder" else source.tag
         if why := parity_failure(manifest):  # not registered in the store by export, so served from a folder on purpose
             log.warning("%s failed its parity check at export (%s); serving it anyway: see %s/parity.md", source.tag, why, source.path)
         fingerprint = files_fingerprint(source.path, manifest)
@@ -183,10 +194,10 @@ class Bertpack:
         # Fixed padded lengths (buckets) serve CUDA graphs; on the CPU padding each run to its own longest
         # sentence is ~30% faster on CoLA (README, serve), so the CPU engine runs without buckets.
         # No spinning: idle ORT threads would busy-wait on the cores the HTTP side needs.
-        on_gpu = uses_cuda(self.config.device)
+        # buckets="served": the padding follows the provider the session really got (CPU when CUDA fails to load).
         self.engine = OnnxClassifier(self.source.path, variant=self.config.variant, device=self.config.device,
-                                     threads=self.config.threads, verify=False,
-                                     buckets=served_buckets("cuda" if on_gpu else "cpu"), cuda_graph=self.config.cuda_graphs, spin=False)
+                                     threads=self.config.threads, verify=False, buckets="served",
+                                     cuda_graph=self.config.cuda_graphs, spin=False)
         self.version = str(manifest["version"])
         self.vocab_size = self.engine.tokenizer.get_vocab_size()
         self.batch_sizes: Counter[int] = Counter()  # sentences per adaptive batch reaching the engine

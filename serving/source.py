@@ -27,16 +27,18 @@ class ServeConfig:
     access_log: bool = True  # BERTPACK_ACCESS_LOG: BentoML's access log (read at import, in the service's decorator)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ServeConfig":
-        env = dict(os.environ if env is None else env)
-        device = env.get("BERTPACK_DEVICE", "auto")
+    def from_env(cls, env: dict[str, str] | None = None, default_model: str = DEFAULT_MODEL) -> "ServeConfig":
+        """`default_model`: what an unset BERTPACK_MODEL means (a built Bento passes the version it was built with).
+        Values are read as compose files and shells write them: surrounding spaces dropped, empty = unset."""
+        env = {k: v.strip() for k, v in (os.environ if env is None else env).items() if k.startswith("BERTPACK_")}
+        device = env.get("BERTPACK_DEVICE", "").lower() or "auto"
         if device not in ("auto", "cpu", "cuda"):
-            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {device!r}; set one of those "
+            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {env['BERTPACK_DEVICE']!r}; set one of those "
                                 "(or unset it for auto: CUDA when usable, else the CPU)")
-        return cls(model=env.get("BERTPACK_MODEL") or DEFAULT_MODEL, device=device,
+        return cls(model=env.get("BERTPACK_MODEL") or default_model, device=device,
                    threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 32) or 32,
                    cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
-                   variant=env.get("BERTPACK_VARIANT", "").strip() or None,
+                   variant=env.get("BERTPACK_VARIANT") or None,
                    max_latency_ms=_positive(env, "BERTPACK_MAX_LATENCY_MS", 10_000) or cls.max_latency_ms,
                    access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log))
 
@@ -127,7 +129,8 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def preflight(env: dict[str, str] | None = None, verified: str | None = None) -> tuple[ServeConfig, ModelSource, dict]:
+def preflight(env: dict[str, str] | None = None, verified: str | None = None,
+              default_model: str = DEFAULT_MODEL) -> tuple[ServeConfig, ModelSource, dict]:
     """Everything that can make start-up fail on the artifact or the settings, checked without loading
     a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the tokenizer, the
     variant, CUDA when asked for. `bentoml serve` runs it before any worker starts; `bertpack doctor` runs it too.
@@ -136,7 +139,7 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None) ->
     demo's 250 MB artifact here, ~1.5 s at that rate for a bert-base artifact)."""
     from serving.engine import load_tokenizer, read_manifest, verify_files
 
-    config = ServeConfig.from_env(env)
+    config = ServeConfig.from_env(env, default_model)
     source = resolve_model(config.model)
     manifest = read_manifest(source.path)
     if verified is None or verified != files_fingerprint(source.path, manifest):

@@ -478,6 +478,32 @@ def test_bentoml_build(server, tmp_path):
     assert "onnxruntime-gpu" in reqs and "torch" not in reqs and "transformers" not in reqs
 
 
+def test_a_bento_serves_what_it_was_built_with(server, tmp_path, tiny_run, synthetic_cola):
+    """A built Bento serves the model version it was built with, not whatever a later export made the store's
+    "latest"; and a relative BERTPACK_MODEL names the folder from where `bentoml serve` was started (its workers
+    run in the Bento's own folder, and used to look the path up again from there)."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(server["home"], home)  # a store of its own: the other tests keep theirs
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bento = proc.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    later = run_cli("export", str(tiny_run), "--out", str(tmp_path / "later"), "--data", str(synthetic_cola), env={"BENTOML_HOME": str(home)})
+    assert later.returncode == 0, later.stderr[-2000:]
+    built, newer = server["manifest"]["version"], json.loads((tmp_path / "later" / "manifest.json").read_text())["version"]
+    assert built != newer
+    for extra, expected in (({}, f"bertpack-cola:{built}"),
+                            ({"BERTPACK_MODEL": os.path.relpath(tmp_path / "later", REPO)}, f"bertpack-cola:{newer}")):
+        proc_, url = start_server(home, tmp_path / "serve.log", env=extra, target=bento)
+        try:
+            info = httpx.get(f"{url}/info", timeout=10).json()
+        finally:
+            stop_server(proc_)
+        assert info["model"] == expected, (extra, info["model"], info.get("path"))
+
+
 def test_refuses_to_serve_a_corrupted_artifact(server, tmp_path):
     """The service re-hashes every file before serving: a modified model stops start-up with the reason."""
     import shutil

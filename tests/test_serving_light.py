@@ -80,6 +80,12 @@ def test_serve_config_from_env():
             ServeConfig.from_env({name: "maybe"})
     with pytest.raises(BertpackError, match="such as 10000"):
         ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "-1"})
+    # values as compose files and shells write them: spaces around, upper case, empty meaning unset
+    cfg = ServeConfig.from_env({"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 2 ", "BERTPACK_MODEL": "bertpack-cola:latest ",
+                                "BERTPACK_ENGINE_BATCH": "", "BERTPACK_VARIANT": " int8 "})
+    assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 32, "int8")
+    assert ServeConfig.from_env({"BERTPACK_DEVICE": ""}).device == "auto"
+    assert ServeConfig.from_env({}, default_model="bertpack-cola:v1").model == "bertpack-cola:v1"  # a Bento's own version
 
 
 def test_missing_model_tag_is_a_clear_error(tmp_path):
@@ -206,6 +212,10 @@ def test_doctor_flags_bad_serve_settings():
     assert text.returncode == 1 and "Traceback" not in text.stdout + text.stderr, text.stderr[-2000:]
     assert "PROBLEM: BERTPACK_THREADS must be a positive integer, not 'abc'" in text.stdout
     assert text.stderr.strip().count("\n") == 0 and "BERTPACK_THREADS" in text.stderr  # one line
+    # doctor reads a setting as the service does (spaces, case), and its serving-device line follows BERTPACK_DEVICE
+    cpu = run_cli("doctor", env={"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 2 "})
+    assert "serving device: cpu (BERTPACK_DEVICE=cpu)" in cpu.stdout and "engine intra-op 2," in cpu.stdout, cpu.stdout[-2000:]
+    assert "BERTPACK_DEVICE must be" not in cpu.stdout and "BERTPACK_THREADS must be" not in cpu.stdout
 
 
 def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
@@ -465,3 +475,24 @@ def test_doctor_reports_a_bad_setting_once():
     assert proc.returncode == 1, proc.stderr[-2000:]
     settings = json.loads(proc.stdout)["serve_settings"]
     assert len(settings["problems"]) == 1 and settings["model"] is None, settings
+
+
+def test_a_gpu_whose_cuda_does_not_load_gets_the_cpu_model(tiny_artifact, monkeypatch):
+    """A visible GPU with broken CUDA libraries: ONNX Runtime falls back to the CPU. The engine then serves the CPU
+    default (not the fp16 GPU model on the CPU), padded as the CPU pads; with device cuda asked for, it is an error.
+    (Here the GPU is declared visible and CUDA usable, and ONNX Runtime's CUDA provider then fails for real.)"""
+    import serving.engine as engine
+    from bertpack.errors import BertpackError
+    from serving.engine import OnnxClassifier, read_manifest
+
+    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(engine, "gpu_present", lambda: True)
+    monkeypatch.setattr(engine, "cuda_problem", lambda: None)
+    manifest = read_manifest(tiny_artifact)
+    clf = OnnxClassifier(tiny_artifact, device="auto", verify=False)
+    assert clf.provider == "CPUExecutionProvider"
+    assert clf.variant == manifest["serving_default"]["cpu"] != manifest["serving_default"]["cuda"]
+    assert clf.buckets == ()  # the CPU's padding: each run to its own longest sentence
+    assert clf.logits(["The cat sat."]).shape == (1, 2)
+    with pytest.raises(BertpackError, match="device cuda was asked for, but ONNX Runtime could not use CUDA"):
+        OnnxClassifier(tiny_artifact, device="cuda", verify=False)

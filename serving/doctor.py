@@ -159,9 +159,12 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
         engine.warm_up()
     except BertpackError as exc:
         return None, str(exc)
+    device = "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu"
+    made_for = manifest["variants"][engine.variant].get("for", "cpu" if "method" in manifest["variants"][engine.variant] else None)
     model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": engine.variant,
-             "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
-             "parity_passed": parity_failure(manifest) is None}
+             "device": device, "provider": engine.provider, "parity_passed": parity_failure(manifest) is None,
+             # the service logs the same warning: a variant made for the other device runs, slower than the default
+             "variant_made_for": made_for if made_for in ("cpu", "cuda") and made_for != device else None}
     return model, None
 
 
@@ -241,6 +244,9 @@ def format_report(rep: dict) -> str:
     if model and model["checked"]:
         lines.append(f"serve model: {model['tag']} ({model['origin']}: {model['path']}), every file's hash checked, "
                      f"{model['variant']} loads and runs; would serve it on {model['device']} ({model['provider']})")
+        if model.get("variant_made_for"):
+            lines.append(f"  WARNING: BERTPACK_VARIANT={model['variant']} was made for {model['variant_made_for']} but would run on "
+                         f"{model['device']}: expect it to be slower than the default")
         if not model["parity_passed"]:
             lines.append("  WARNING: this export failed its parity check (see parity.md in its folder); "
                          "the service serves it, with a warning in its log")

@@ -43,7 +43,7 @@ from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_lab
 from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
-from serving.source import DEFAULT_MODEL, VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
+from serving.source import DEFAULT_MODEL, REQUEST_TIMEOUT_S, VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
 
 log = logging.getLogger("bertpack.service")
 
@@ -52,7 +52,7 @@ log = logging.getLogger("bertpack.service")
 # runs keeps the CPU busy while the next batch forms; the latency bound only sheds load
 # (503) when the queue is hopeless, so its default is set well above the measured p99 at 64 clients.
 MAX_BATCH_SIZE = 64
-TIMEOUT_S = 30  # BentoML's request timeout (504 past it)
+TIMEOUT_S = REQUEST_TIMEOUT_S  # BentoML's request timeout (504 past it)
 MAX_CONCURRENCY = 512  # requests in flight per worker (429 past it)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from bertpack.errors import BertpackError
 
 DEFAULT_MODEL = "bertpack-cola:latest"
+REQUEST_TIMEOUT_S = 30  # BentoML's request timeout for the service (504 past it)
 # Set by `bentoml serve`'s own process once it has hashed every file; its workers inherit it (circus copies the environment).
 VERIFIED_FILES = "BERTPACK_VERIFIED_FILES"
 
@@ -35,11 +36,15 @@ class ServeConfig:
         if device not in ("auto", "cpu", "cuda"):
             raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {env['BERTPACK_DEVICE']!r}; set one of those "
                                 "(or unset it for auto: CUDA when usable, else the CPU)")
+        max_latency_ms = _positive(env, "BERTPACK_MAX_LATENCY_MS", 10_000) or cls.max_latency_ms
+        if max_latency_ms >= REQUEST_TIMEOUT_S * 1000:
+            raise BertpackError(f"BERTPACK_MAX_LATENCY_MS={max_latency_ms} is not below the {REQUEST_TIMEOUT_S} s request timeout: a "
+                                "request would time out (504) before the batching bound could shed it (503); set a value such as 10000")
         return cls(model=env.get("BERTPACK_MODEL") or default_model, device=device,
                    threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 32) or 32,
                    cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
                    variant=env.get("BERTPACK_VARIANT") or None,
-                   max_latency_ms=_positive(env, "BERTPACK_MAX_LATENCY_MS", 10_000) or cls.max_latency_ms,
+                   max_latency_ms=max_latency_ms,
                    access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log))
 
 

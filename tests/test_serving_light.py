@@ -86,6 +86,8 @@ def test_serve_config_from_env():
     assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 32, "int8")
     assert ServeConfig.from_env({"BERTPACK_DEVICE": ""}).device == "auto"
     assert ServeConfig.from_env({}, default_model="bertpack-cola:v1").model == "bertpack-cola:v1"  # a Bento's own version
+    with pytest.raises(BertpackError, match="BERTPACK_MAX_LATENCY_MS=30000 is not below the 30 s request timeout"):
+        ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "30000"})  # 504 would always come first: the bound would mean nothing
 
 
 def test_missing_model_tag_is_a_clear_error(tmp_path):
@@ -225,6 +227,9 @@ def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
     assert empty.returncode == 1 and "Traceback" not in empty.stderr, empty.stderr[-2000:]
     assert "PROBLEM: model 'bertpack-cola:latest' is not in the BentoML model store" in empty.stdout
     assert empty.stderr.startswith("doctor: 1 problem would stop `bentoml serve`: model 'bertpack-cola:latest'")
+    gpu_model = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "fp16", "BERTPACK_DEVICE": "cpu"})
+    assert gpu_model.returncode == 0, gpu_model.stderr[-2000:]  # served, as the service does, with its warning
+    assert "WARNING: BERTPACK_VARIANT=fp16 was made for cuda but would run on cpu" in gpu_model.stdout
     variant = run_cli("doctor", "--json", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "int4"})
     assert variant.returncode == 1
     assert any("BERTPACK_VARIANT='int4' is not in" in p for p in json.loads(variant.stdout)["serve_settings"]["problems"])

@@ -499,3 +499,49 @@ def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synth
     assert started == ["pytorch_fp32", "onnx_int8", "pytorch_fp32"]
     assert [s["engine"] for s in json.loads((out / "bench.json").read_text())["skipped"]] == ["onnx_int8"]
     assert "more rounds" not in proc.stderr
+
+
+def _row(batch_size: int) -> dict:
+    return {"batch_size": batch_size, "p50_ms": 1.0, "sentences_per_s": 100.0}
+
+
+def test_rounds_bookkeeping_of_limits_and_failures(tmp_path, monkeypatch):
+    """run_rounds' accounting over 2 rounds, on canned worker results (each worker is a process measured elsewhere):
+    a size limit is noted once, not per round; an engine that measured nothing is a failure; one that failed in round 1
+    is not started again; an engine with no rows adds nothing to the rounds; the reference measuring nothing stops."""
+    import bench.runner as runner
+    from bench.config import BenchConfig
+    from bertpack.errors import BertpackError
+
+    results = {
+        "pytorch_fp32": {"rows": [_row(1), _row(8)], "skipped": []},
+        "onnx_fp32": {"rows": [_row(1)], "skipped": [{"batch_size": 8, "reason": "MemoryError: "}]},  # a limit, both rounds
+        "onnx_int8": {"rows": [], "skipped": [{"batch_size": 1, "reason": "MemoryError: "}]},  # nothing measured
+        "onnx_optimized": {"rows": [_row(1)], "skipped": [], "failed": {"batch_size": 8, "reason": "RuntimeError: boom"}},
+    }
+    started: list[tuple[str, int]] = []
+
+    def worker(spec, work, threads, timeout):
+        started.append((spec["engine"], len(started)))
+        return {"engine": spec["engine"], **results[spec["engine"]]}
+
+    monkeypatch.setattr(runner, "run_worker", worker)
+    engines = [{"engine": name, "device": "cpu"} for name in results]
+    skipped: list[dict] = []
+    rounds = runner.run_rounds(BenchConfig(artifact_dir=tmp_path, rounds=2), engines, {"profile_batch_size": None}, skipped,
+                               tmp_path, 1, lambda line: None)
+    reasons = {}
+    for entry in skipped:
+        reasons.setdefault(entry["engine"], []).append(entry["reason"])
+    assert reasons["onnx_fp32"] == ["batch size 8 and larger not run: MemoryError: "]  # once over the two rounds
+    assert all(r.startswith("failed") for r in reasons["onnx_int8"])
+    assert reasons["onnx_optimized"] == ["failed at batch size 8: RuntimeError: boom"]
+    assert [name for name, _ in started].count("onnx_optimized") == 1  # failed in round 1: not started again
+    assert all(r["rows"] for results_ in rounds for r in results_)  # no engine without rows in the rounds
+    assert {r["engine"] for r in rounds[0]} == {"pytorch_fp32", "onnx_fp32", "onnx_optimized"}
+    assert runner.failed_engines(skipped, tmp_path) is not None  # exit 2
+
+    results["pytorch_fp32"] = {"rows": [], "skipped": [{"batch_size": 1, "reason": "MemoryError: "}]}
+    with pytest.raises(BertpackError, match="the reference engine pytorch_fp32 measured no batch size"):
+        runner.run_rounds(BenchConfig(artifact_dir=tmp_path, rounds=2), engines, {"profile_batch_size": None}, [], tmp_path, 1,
+                          lambda line: None)

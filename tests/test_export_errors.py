@@ -150,7 +150,7 @@ def test_terminated_export_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json"]
 
 
-def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run):
+def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run, tmp_path):
     """RUN/model given instead of RUN: the trained length and metrics still come from the run's records beside it
     (not the 128-token default, which would let the service take inputs the model was never checked on)."""
     from export.checkpoint import locate_checkpoint
@@ -158,6 +158,10 @@ def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run):
     from export.checkpoint import run_folder_of
 
     assert run_folder_of(tiny_run / "model") == tiny_run  # also names the default --out: artifacts/<run>, not artifacts/model
+    assert run_folder_of(tiny_run) == tiny_run
+    lone = tmp_path / "model"  # a checkpoint folder named model, not inside a run: itself
+    shutil.copytree(tiny_run / "model", lone)
+    assert run_folder_of(lone) == lone
     whole, model_only = locate_checkpoint(tiny_run), locate_checkpoint(tiny_run / "model")
     assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (whole.max_length, whole.metrics, whole.run_dir)
     assert whole.max_length == 64 and whole.metrics["checkpoint"] == "checkpoint-1"

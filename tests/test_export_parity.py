@@ -217,7 +217,7 @@ def test_calibration_never_pads():
     assert all(all(v == 1 for row in g["attention_mask"] for v in row) for g in groups)
 
 
-def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path):
+def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path, monkeypatch):
     """Calibrated one length at a time, every percentile range lies within the min-max range of the real tokens'
     activations (padded to one length, as before, 21 of this model's 41 ranges reached outside it: [PAD] values)."""
     import onnxruntime as ort
@@ -230,7 +230,19 @@ def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path):
     calib = Calibration(ids=ids, input_names=["input_ids", "attention_mask", "token_type_ids"])
     cache: dict = {}
     run_quantize(tmp_path / "fp32", tmp_path / "minmax", Int8Settings("static", "avx2", calibration="minmax"), 2, calib, cache)
+    from optimum.onnxruntime import ORTQuantizer
+
+    calls, partial_fit = [], ORTQuantizer.partial_fit
+
+    def recorded(self, dataset, calibration_config, *args, **kwargs):  # passes every call through to Optimum
+        calls.append((dataset["input_ids"], calibration_config.method))
+        return partial_fit(self, dataset, calibration_config, *args, **kwargs)
+
+    monkeypatch.setattr(ORTQuantizer, "partial_fit", recorded)
     path = run_quantize(tmp_path / "fp32", tmp_path / "pct", Int8Settings("static", "avx2", calibration="percentile"), 2, calib, cache)
+    # one collection per length (3, 4, 10 tokens), every sentence once; the first creates the calibrator, the rest add to it
+    assert [rows for rows, _ in calls] == [[ids[0], ids[2]], [ids[1]], [ids[3]]]
+    assert calls[0][1] is not None and [method for _, method in calls[1:]] == [None, None]
     real, pct = cache["minmax"], cache["percentile"]
     shared = [name for name in pct.data if name in real.data]
     assert len(shared) > 20

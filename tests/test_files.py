@@ -57,3 +57,17 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatc
     with pytest.raises(OSError):
         write_bytes_atomic(target, b"new")
     assert [p.name for p in tmp_path.iterdir()] == ["bench.md"] and target.read_bytes() == b"old"
+
+
+def test_staging_dir_swaps_beside_a_stale_folder_from_a_killed_run(tmp_path: Path) -> None:
+    """A killed run can leave hidden folders beside the target; the swap never trips on them (its names are fresh)."""
+    final = tmp_path / "artifact"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    stale = tmp_path / f".artifact.old-{os.getpid()}"  # the fixed name an earlier version used
+    stale.mkdir()
+    (stale / "left.txt").write_text("left behind")
+    with staging_dir(final) as stage:
+        (stage / "new.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert (stale / "left.txt").read_text() == "left behind"  # not ours: left alone

@@ -47,7 +47,7 @@ def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
                                               "path": str(tiny_artifact.resolve()), "device": device,
                                               "variant": manifest["serving_default"][device],
                                               "provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider",
-                                              "parity_passed": True}
+                                              "parity_passed": True, "variant_made_for": None}
     text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
     assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout
@@ -85,6 +85,8 @@ def test_serve_config_from_env():
                                 "BERTPACK_ENGINE_BATCH": "", "BERTPACK_VARIANT": " int8 "})
     assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 32, "int8")
     assert ServeConfig.from_env({"BERTPACK_DEVICE": ""}).device == "auto"
+    assert (ServeConfig.from_env({"BERTPACK_MODEL": " ", "BERTPACK_VARIANT": ""}).model, ServeConfig.from_env({"BERTPACK_VARIANT": ""}).variant) == \
+        ("bertpack-cola:latest", None)
     assert ServeConfig.from_env({}, default_model="bertpack-cola:v1").model == "bertpack-cola:v1"  # a Bento's own version
     with pytest.raises(BertpackError, match="BERTPACK_MAX_LATENCY_MS=30000 is not below the 30 s request timeout"):
         ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "30000"})  # 504 would always come first: the bound would mean nothing
@@ -215,8 +217,8 @@ def test_doctor_flags_bad_serve_settings():
     assert "PROBLEM: BERTPACK_THREADS must be a positive integer, not 'abc'" in text.stdout
     assert text.stderr.strip().count("\n") == 0 and "BERTPACK_THREADS" in text.stderr  # one line
     # doctor reads a setting as the service does (spaces, case), and its serving-device line follows BERTPACK_DEVICE
-    cpu = run_cli("doctor", env={"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 2 "})
-    assert "serving device: cpu (BERTPACK_DEVICE=cpu)" in cpu.stdout and "engine intra-op 2," in cpu.stdout, cpu.stdout[-2000:]
+    cpu = run_cli("doctor", env={"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 7 "})
+    assert "serving device: cpu (BERTPACK_DEVICE=cpu)" in cpu.stdout and "engine intra-op 7," in cpu.stdout, cpu.stdout[-2000:]
     assert "BERTPACK_DEVICE must be" not in cpu.stdout and "BERTPACK_THREADS must be" not in cpu.stdout
 
 
@@ -230,6 +232,8 @@ def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
     gpu_model = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "fp16", "BERTPACK_DEVICE": "cpu"})
     assert gpu_model.returncode == 0, gpu_model.stderr[-2000:]  # served, as the service does, with its warning
     assert "WARNING: BERTPACK_VARIANT=fp16 was made for cuda but would run on cpu" in gpu_model.stdout
+    own = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "optimized", "BERTPACK_DEVICE": "cpu"})
+    assert own.returncode == 0 and "was made for" not in own.stdout, own.stdout[-2000:]
     variant = run_cli("doctor", "--json", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "int4"})
     assert variant.returncode == 1
     assert any("BERTPACK_VARIANT='int4' is not in" in p for p in json.loads(variant.stdout)["serve_settings"]["problems"])
@@ -501,3 +505,14 @@ def test_a_gpu_whose_cuda_does_not_load_gets_the_cpu_model(tiny_artifact, monkey
     assert clf.logits(["The cat sat."]).shape == (1, 2)
     with pytest.raises(BertpackError, match="device cuda was asked for, but ONNX Runtime could not use CUDA"):
         OnnxClassifier(tiny_artifact, device="cuda", verify=False)
+
+
+def test_batches_take_rows_in_the_order_given(tiny_artifact):
+    """The runs a list is cut into: by length by default, else in the order asked for (the flip check's shuffle)."""
+    from serving.engine import OnnxClassifier
+
+    clf = OnnxClassifier(tiny_artifact, variant="fp32", device="cpu", verify=False)
+    ids = [[101, 5, 6, 7, 102], [101, 102], [101, 5, 6, 102], [101, 5, 102]]
+    assert [rows for rows, _ in clf.batches(ids, 2, order=[3, 0, 2, 1])] == [[3, 0], [2, 1]]
+    assert [rows for rows, _ in clf.batches(ids, 2)] == [[1, 3], [2, 0]]  # shortest first, so a run pads little
+    assert [batch.lengths for _, batch in clf.batches(ids, 2)] == [[2, 3], [4, 5]]

@@ -66,6 +66,9 @@ def test_balanced_class_weights_and_weighted_loss() -> None:
     miss, right = (torch.nn.functional.cross_entropy(logits[i:i + 1], labels[i:i + 1]).item() for i in (0, 1))
     expected = (weights[0] * miss + weights[1] * right) / (weights[0] + weights[1])
     assert weighted_loss(weights)({"logits": logits}, labels).item() == pytest.approx(expected)
+    with torch.no_grad():  # validation: the plain cross-entropy, comparable with runs without class weights
+        plain = torch.nn.functional.cross_entropy(logits, labels).item()
+        assert weighted_loss(weights)({"logits": logits}, labels).item() == pytest.approx(plain) != pytest.approx(expected)
     assert expected > torch.nn.functional.cross_entropy(logits, labels).item()
 
 
@@ -406,3 +409,22 @@ def test_resume_in_mid_epoch_replays_the_interrupted_order(tmp_path, synthetic_c
     b = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint-13" / "model.safetensors")
     assert not a["classifier.weight"].equal(load_file(tiny_run / "model" / "model.safetensors")["classifier.weight"])  # it trained
     assert all(a[name].equal(b[name]) for name in a), [name for name in a if not a[name].equal(b[name])][:5]
+
+
+def test_seeded_length_sampler_depends_on_seed_and_epoch_only():
+    """The order is a function of (seed, epoch): the same in every process and after --resume, new each epoch."""
+    import torch
+
+    from trainer.batching import SeededLengthSampler
+
+    lengths = [5, 9, 3, 12, 7, 4, 8, 10, 6, 11, 2, 13, 14, 1, 15, 16]
+    a, b = SeededLengthSampler(lengths, 4, seed=42), SeededLengthSampler(lengths, 4, seed=42)
+    torch.manual_seed(0)
+    first = list(a)
+    torch.manual_seed(1)  # the global random state does not matter
+    assert list(b) == first and sorted(first) == list(range(len(lengths)))
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(SeededLengthSampler(lengths, 4, seed=7)) != first

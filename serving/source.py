@@ -104,7 +104,9 @@ def resolve_model(spec: str) -> ModelSource:
     try:
         model = bentoml.models.get(spec)
     except NotFound:
-        raise BertpackError(f"model {spec!r} is not in the BentoML model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}): "
+        # A bare name is a folder when one of that name is here, else a tag: say both, the user may have meant either.
+        folder_too = "" if ":" in spec else f", nor a folder {spec!r} in {Path.cwd()} (write a folder's path as ./{spec})"
+        raise BertpackError(f"model {spec!r} is not in the BentoML model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}){folder_too}: "
                             "run `bertpack export RUN_DIR`, or set BERTPACK_MODEL to a tag or an artifact folder") from None
     except (BentoMLException, ValueError) as exc:
         raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc}); "

@@ -99,6 +99,13 @@ def test_missing_model_tag_is_a_clear_error(tmp_path):
                           env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path)})
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "not in the BentoML model store" in proc.stdout and "bertpack export" in proc.stdout
+    assert "nor a folder" not in proc.stdout  # a tag with a version is no folder name
+    # a bare name may have meant a folder: the message says where it looked and how to write a folder
+    bare = subprocess.run([sys.executable, "-c", code.replace("bertpack-cola:latest", "myart")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path / "home"),
+                                                       "PYTHONPATH": str(REPO)})
+    assert bare.returncode == 3, bare.stderr[-2000:]
+    assert f"nor a folder 'myart' in {tmp_path} (write a folder's path as ./myart)" in bare.stdout, bare.stdout
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 from bertpack.errors import BertpackError, quiet_hub_retries
 from bertpack.files import sha256_file
 
+RELEASE_FILES = ("in_domain_train.tsv", "in_domain_dev.tsv", "out_of_domain_dev.tsv")  # train, then dev as GLUE orders it
 # The 6 sources held out as CoLA's out-of-domain set (Warstadt et al. 2018, section 4.1).
 OUT_OF_DOMAIN_SOURCES = frozenset({"c-05", "clc95", "j_71", "s_97", "swb04", "w_80"})
 GLUE = "glue"
@@ -43,15 +44,14 @@ def _locate(root: Path) -> ColaFiles:
         raise BertpackError(f"CoLA data folder {root} does not exist; pass --data with the folder of the CoLA release (holding raw/) or of GLUE CoLA (train.tsv, dev.tsv), or --data glue when online")
     if not root.is_dir():
         raise BertpackError(f"--data {root} is a file; pass the folder that holds the CoLA TSV files")
-    for base in (root / "raw", root):
-        release = [base / "in_domain_train.tsv", base / "in_domain_dev.tsv", base / "out_of_domain_dev.tsv"]
+    releases = [[base / name for name in RELEASE_FILES] for base in (root / "raw", root)]
+    for release in releases:
         if all(p.is_file() for p in release):
             return ColaFiles(train=release[0], validation=release[1:], layout="release")
     glue = [root / "train.tsv", root / "dev.tsv"]
     if all(p.is_file() for p in glue):
         return ColaFiles(train=glue[0], validation=[glue[1]], layout="glue")
-    for base in (root / "raw", root):  # part of a release: name what is missing (or a link that leads nowhere)
-        release = [base / "in_domain_train.tsv", base / "in_domain_dev.tsv", base / "out_of_domain_dev.tsv"]
+    for release in releases:  # part of a release: name what is missing (or a link that leads nowhere)
         missing = [p for p in release if not p.is_file()]
         if len(missing) < len(release):
             what = ", ".join(f"{p} ({'a broken link' if p.is_symlink() else 'missing'})" for p in missing)
@@ -112,7 +112,7 @@ def load_cola(data: str | Path, limit: int | None = None):
         return _load_glue(limit)
     files = locate(data)
     validation = [row for p in files.validation for row in read_tsv(p)]  # every file is read: a bad dev file fails too
-    train = read_tsv(files.train)[:limit] if limit is not None else read_tsv(files.train)
+    train = read_tsv(files.train)[:limit]  # limit None: every row
     import datasets
 
     return datasets.DatasetDict(train=_dataset(train), validation=_dataset(validation))

@@ -27,10 +27,9 @@ def export(
 ) -> None:
     """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on CoLA."""
     from export.config import ExportConfig
+    from export.checkpoint import run_folder_of
     from export.parity import Tolerance
     from export.pipeline import run_export
-
-    from export.checkpoint import run_folder_of
 
     cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_folder_of(run_dir).resolve().name, data=data, store=store,
                        overwrite=overwrite, tolerance=Tolerance.parse(tolerance), int8=int8, quant_target=quant_target,

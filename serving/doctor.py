@@ -135,7 +135,7 @@ def serve_settings(env: dict[str, str] | None = None) -> dict:
     if not problems:  # the settings are fine: the model they name, checked as `bentoml serve` checks it
         model, problem = serve_model(env)
         problems += [problem] if problem else []
-    return {"env": given, "problems": problems, "model": model}
+    return {"env": given, "device": device, "problems": problems, "model": model}
 
 
 def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
@@ -159,12 +159,11 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
         engine.warm_up()
     except BertpackError as exc:
         return None, str(exc)
-    device = "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu"
-    made_for = manifest["variants"][engine.variant].get("for", "cpu" if "method" in manifest["variants"][engine.variant] else None)
     model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": engine.variant,
-             "device": device, "provider": engine.provider, "parity_passed": parity_failure(manifest) is None,
+             "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
+             "parity_passed": parity_failure(manifest) is None,
              # the service logs the same warning: a variant made for the other device runs, slower than the default
-             "variant_made_for": made_for if made_for in ("cpu", "cuda") and made_for != device else None}
+             "variant_made_for": engine.made_for_another_device()}
     return model, None
 
 
@@ -232,8 +231,8 @@ def format_report(rep: dict) -> str:
     h = rep["http"]
     lines.append(f"http server: uvicorn on {h['loop']} + {h['http']}" + ("" if h["uvloop"] and h["httptools"] else
                  "  (slower per request: pip install uvloop httptools)"))
-    settings = rep.get("serve_settings", {"env": {}, "problems": []})
-    asked = settings["env"].get("BERTPACK_DEVICE", "").strip().lower() or "auto"
+    settings = rep.get("serve_settings", {"env": {}, "device": "auto", "problems": []})
+    asked = settings["device"] or "auto"  # as ServeConfig read BERTPACK_DEVICE (None: refused, one of the problems)
     if asked == "cpu":
         lines.append("serving device: cpu (BERTPACK_DEVICE=cpu)")
     else:

@@ -339,6 +339,14 @@ class OnnxClassifier:
                 log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
         log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
 
+    def made_for_another_device(self) -> str | None:
+        """The device this variant was made for, when the session runs on the other one (fp16 on the CPU, int8 on
+        CUDA: it works, slower than that device's default); None when it runs where it was made for."""
+        meta = self.manifest["variants"][self.variant]
+        made_for = meta.get("for", "cpu" if "method" in meta else None)  # int8_<method> lacked "for" in older exports
+        on = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        return made_for if made_for in ("cpu", "cuda") and made_for != on else None
+
     # -- tokenization ------------------------------------------------------------------------
     def prepare(self, sentences: Sequence[str]) -> Encoded:
         """The sentences as predict and the service run them: ids cut to max_length, with what was cut and

@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from bertpack.errors import BertpackError
 from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error
-from serving.engine import OnnxClassifier, cuda_problem, gpu_present, keep_within, parity_failure, softmax
+from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
 from serving.source import DEFAULT_MODEL, REQUEST_TIMEOUT_S, VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
@@ -202,12 +202,9 @@ class Bertpack:
         self.vocab_size = self.engine.tokenizer.get_vocab_size()
         self.batch_sizes: Counter[int] = Counter()  # sentences per adaptive batch reaching the engine
         self._lock = threading.Lock()
-        if gpu_present() and self.engine.provider != "CUDAExecutionProvider":
-            log.error("GPU visible but serving on %s: %s", self.engine.provider, cuda_problem() or "see the ONNX Runtime log")
-        served = manifest["variants"][self.engine.variant]
-        made_for = served.get("for", "cpu" if "method" in served else None)  # int8_<method> lacked "for" in older exports
-        on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
-        if self.config.variant and made_for in ("cpu", "cuda") and made_for != on:
+        # (A visible GPU that ONNX Runtime cannot use is logged by the engine, which knows whether CUDA was expected.)
+        if self.config.variant and (made_for := self.engine.made_for_another_device()):
+            on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
             log.warning("BERTPACK_VARIANT=%s was made for %s but runs on %s here: expect it to be slower than the default (%s)",
                         self.engine.variant, made_for, on, manifest["serving_default"][on])
         log.info("serving %s (%s from %s) with %s on %s", self.source.tag, self.engine.variant, self.source.origin,

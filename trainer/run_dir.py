@@ -21,7 +21,6 @@ from bertpack.run_marker import RUN_KIND, RUN_MARKER, write_run_marker
 from trainer.config import NOT_RECIPE, RESUME_MAY_CHANGE, TrainConfig, option_name
 
 
-
 # --------------------------------------------------------------------------- output folder checks
 def check_out_dir(cfg: TrainConfig) -> None:
     """Refuse to clobber a folder that is not ours; --resume needs an interrupted run with a checkpoint;
@@ -255,7 +254,7 @@ def _user_error(exc: BaseException, kept: str) -> BaseException:
     unwritable disk, GPU memory), the original exception (with a note on what was kept) for anything else."""
     if isinstance(exc, (KeyboardInterrupt, Terminated)):
         err = BertpackError(f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; {kept}")
-        err.exit_code = 143 if isinstance(exc, Terminated) else 130
+        err.exit_code = Terminated.exit_code if isinstance(exc, Terminated) else 130
         return err
     if isinstance(exc, BertpackError):
         return BertpackError(f"{exc}; {kept}")

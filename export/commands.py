@@ -80,6 +80,8 @@ def predict(
     for i, n in encoded.too_long:  # the service refuses these unless asked to truncate; here the user sees the cut
         typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
                    f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
+    if why := clf.int8_kernel_warning():
+        typer.echo(f"warning: {why}", err=True)
     results = clf.classify_ids(encoded.ids)
     for sentence, seq, cut, result in zip(sentences, encoded.ids, encoded.truncated, results):
         prob = result["probabilities"][result["label"]]

@@ -163,7 +163,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
              "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
              "parity_passed": parity_failure(manifest) is None,
              # the service logs the same warning: a variant made for the other device runs, slower than the default
-             "variant_made_for": engine.made_for_another_device()}
+             "variant_made_for": engine.made_for_another_device(), "int8_kernels": engine.int8_kernel_warning()}
     return model, None
 
 
@@ -246,6 +246,8 @@ def format_report(rep: dict) -> str:
         if model.get("variant_made_for"):
             lines.append(f"  WARNING: BERTPACK_VARIANT={model['variant']} was made for {model['variant_made_for']} but would run on "
                          f"{model['device']}: expect it to be slower than the default")
+        if model.get("int8_kernels"):
+            lines.append(f"  WARNING: {model['int8_kernels']}")
         if not model["parity_passed"]:
             lines.append("  WARNING: this export failed its parity check (see parity.md in its folder); "
                          "the service serves it, with a warning in its log")

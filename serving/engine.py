@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.files import sha256_file
-from bertpack.machine import library_versions
+from bertpack.machine import cpu_flags, cpu_model, library_versions
 
 log = logging.getLogger("bertpack.engine")
 
@@ -113,6 +114,30 @@ def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None
             raise BertpackError(f"{path} is {size} bytes, the manifest says {meta['bytes']}: truncated or replaced; re-run bertpack export")
         if sha256_file(path) != meta["sha256"]:
             raise BertpackError(f"{path} does not match its sha256 in the manifest: corrupt or modified; re-run bertpack export")
+
+
+# x86 CPUs whose u8s8 int8 products are exact; without these, ONNX Runtime's u8s8 kernels (VPMADDUBSW) sum pairs into
+# int16 with saturation, which is what reduce_range (7-bit weights) or u8u8 weights (the avx2 preset) avoid.
+EXACT_U8S8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
+                        cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Why this CPU may not reproduce the export's int8 parity figures (None when it does, or `variant` is not int8):
+    u8s8 weights quantized without reduce_range, measured on a CPU with exact int8 products (VNNI, or ARM), now on an
+    x86 CPU without VNNI, where the same model can saturate and predict otherwise."""
+    settings = manifest["variants"][variant].get("settings") or {}
+    if settings.get("target") not in ("avx512", "avx512_vnni", "arm64") or settings.get("reduce_range", True):
+        return None  # not int8, u8u8 weights (avx2 preset), or 7-bit weights: no saturation anywhere
+    if platform.machine().lower() not in ("x86_64", "amd64") or EXACT_U8S8_FLAGS & cpu_flags(cpuinfo):
+        return None
+    exported_on = manifest.get("cpu_flags") or {}
+    if exported_on.get("machine", "").lower() in ("x86_64", "amd64") and exported_on.get("vnni") is False:
+        return None  # measured on the same kind of kernels as this CPU's
+    return (f"{variant} holds u8s8 int8 weights quantized without reduce_range ({settings['target']} preset, parity measured on "
+            f"{exported_on.get('model') or 'another CPU'}); this CPU ({cpu_model(cpuinfo)}) has no VNNI, where ONNX Runtime's "
+            f"u8s8 kernels can saturate and predict otherwise: check it here with `bertpack verify --parity {artifact_dir}`, "
+            "serve BERTPACK_VARIANT=optimized, or re-export with --quant-target avx2 for CPUs without VNNI")
 
 
 def gpu_present() -> bool:
@@ -346,6 +371,12 @@ class OnnxClassifier:
         made_for = meta.get("for", "cpu" if "method" in meta else None)  # int8_<method> lacked "for" in older exports
         on = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         return made_for if made_for in ("cpu", "cuda") and made_for != on else None
+
+    def int8_kernel_warning(self) -> str | None:
+        """int8_kernel_warning for this session's variant, when it runs on the CPU."""
+        if self.provider == "CUDAExecutionProvider":
+            return None
+        return int8_kernel_warning(self.manifest, self.variant, self.artifact_dir)
 
     # -- tokenization ------------------------------------------------------------------------
     def prepare(self, sentences: Sequence[str]) -> Encoded:

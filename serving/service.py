@@ -207,6 +207,8 @@ class Bertpack:
             on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
             log.warning("BERTPACK_VARIANT=%s was made for %s but runs on %s here: expect it to be slower than the default (%s)",
                         self.engine.variant, made_for, on, manifest["serving_default"][on])
+        if why := self.engine.int8_kernel_warning():
+            log.warning("%s", why)
         log.info("serving %s (%s from %s) with %s on %s", self.source.tag, self.engine.variant, self.source.origin,
                  self.engine.model_path.name, self.engine.provider)
         # Warm-up: the first ORT run of each shape allocates; do it before /readyz says ready.

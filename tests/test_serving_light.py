@@ -47,7 +47,8 @@ def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
                                               "path": str(tiny_artifact.resolve()), "device": device,
                                               "variant": manifest["serving_default"][device],
                                               "provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider",
-                                              "parity_passed": True, "variant_made_for": None}
+                                              "parity_passed": True, "variant_made_for": None,
+                                              "int8_kernels": None}  # exported and checked on one CPU
     text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
     assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout
@@ -523,3 +524,41 @@ def test_batches_take_rows_in_the_order_given(tiny_artifact):
     assert [rows for rows, _ in clf.batches(ids, 2, order=[3, 0, 2, 1])] == [[3, 0], [2, 1]]
     assert [rows for rows, _ in clf.batches(ids, 2)] == [[1, 3], [2, 0]]  # shortest first, so a run pads little
     assert [batch.lengths for _, batch in clf.batches(ids, 2)] == [[2, 3], [4, 5]]
+
+
+XEON_AVX2 = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz\nflags\t\t: fpu sse4_2 avx avx2 fma bmi2\n"
+XEON_VNNI = "model name\t: Intel(R) Xeon(R) Platinum 8375C\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw avx512_vnni\n"
+CORE_AVX_VNNI = "model name\t: 12th Gen Intel(R) Core(TM) i7-12700\nflags\t\t: fpu sse4_2 avx2 fma avx_vnni\n"
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 int8 kernels")
+def test_int8_kernel_warning_names_a_cpu_that_can_saturate_what_the_export_measured_without(tiny_artifact, tmp_path):
+    """u8s8 int8 quantized without reduce_range is exact on VNNI and saturates on AVX2/AVX-512 without it (ORT's
+    quantization docs): a model checked on a VNNI CPU and served on one without must say so, and nothing else may."""
+    from serving.engine import int8_kernel_warning, read_manifest
+
+    manifest = read_manifest(tiny_artifact)
+    manifest["cpu_flags"] = {"machine": "x86_64", "model": "AMD EPYC", "vnni": True}
+    int8 = manifest["variants"]["int8"]
+    cpus = {}
+    for name, text in (("avx2", XEON_AVX2), ("vnni", XEON_VNNI), ("avx_vnni", CORE_AVX_VNNI)):
+        cpus[name] = tmp_path / name
+        cpus[name].write_text(text)
+
+    def warning(cpu: str, **settings) -> str | None:
+        int8["settings"] = {**int8["settings"], **settings}
+        return int8_kernel_warning(manifest, "int8", tiny_artifact, cpus[cpu])
+
+    why = warning("avx2", target="avx512_vnni", reduce_range=False)
+    assert why and "E5-2680" in why and "no VNNI" in why and "AMD EPYC" in why
+    assert f"bertpack verify --parity {tiny_artifact}" in why and "--quant-target avx2" in why
+    assert warning("avx2", target="avx512", reduce_range=False)  # the avx512 preset's first try is u8s8 too
+    assert warning("avx2", target="avx512_vnni", reduce_range=True) is None  # 7-bit weights cannot saturate
+    assert warning("avx2", target="avx2", reduce_range=False) is None  # the avx2 preset's weights are u8
+    assert warning("vnni", target="avx512_vnni", reduce_range=False) is None
+    assert warning("avx_vnni", target="avx512_vnni", reduce_range=False) is None
+    manifest["cpu_flags"] = {"machine": "x86_64", "model": "Intel Xeon E5", "vnni": False}  # measured on saturating kernels too
+    assert warning("avx2", target="avx512", reduce_range=False) is None
+    del manifest["cpu_flags"]  # an export that did not record its CPU
+    assert "another CPU" in warning("avx2", target="avx512_vnni", reduce_range=False)
+    assert int8_kernel_warning(manifest, "optimized", tiny_artifact, cpus["avx2"]) is None  # fp32: no int8 kernels

@@ -23,7 +23,7 @@ def export(
     calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8 and the SmoothQuant step of dynamic int8."),
     flip_check: bool = typer.Option(True, help="Measure prediction flips: each sentence alone vs inside mixed batches of 32."),
     require_int8: bool = typer.Option(False, help="Fail (exit 3) when no int8 method meets the tolerance, instead of shipping without int8."),
-    limit: Optional[int] = typer.Option(None, help="Score only the first N validation sentences (quick checks; the report says so)."),
+    limit: Optional[int] = typer.Option(None, help="Score N validation sentences spread evenly over the split, both domains (quick checks; the report gives the count)."),
 ) -> None:
     """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on CoLA."""
     from export.config import ExportConfig

@@ -223,8 +223,10 @@ def _load_eval(cola: str | Path, limit: int | None) -> parity.Eval:
     datasets.disable_progress_bars()
 
     sentences, labels, domains = validation_sentences(cola)
-    if limit:
-        sentences, labels, domains = sentences[:limit], labels[:limit], domains[:limit]
+    if limit and limit < len(sentences):
+        # Spread evenly over the split (in-domain dev, then out-of-domain dev), so a quick check sees both domains.
+        keep = [i * len(sentences) // limit for i in range(limit)]
+        sentences, labels, domains = [sentences[i] for i in keep], [labels[i] for i in keep], [domains[i] for i in keep]
     return parity.Eval(sentences=sentences, labels=labels, domains=domains)
 
 

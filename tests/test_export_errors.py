@@ -165,3 +165,19 @@ def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run, tmp_path):
     whole, model_only = locate_checkpoint(tiny_run), locate_checkpoint(tiny_run / "model")
     assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (whole.max_length, whole.metrics, whole.run_dir)
     assert whole.max_length == 64 and whole.metrics["checkpoint"] == "checkpoint-1"
+
+
+def test_limit_scores_sentences_spread_over_both_domains(cola_dir):
+    """`export --limit N` is a quick check of the whole split: it takes N sentences spread over CoLA's validation
+    (in-domain dev, then out-of-domain dev), in order, not its first N (all in-domain)."""
+    from bertpack.data import validation_sentences
+    from export.pipeline import _load_eval
+
+    sentences, _, domains = validation_sentences(cola_dir)
+    quick = _load_eval(cola_dir, 8)
+    assert len(quick.sentences) == 8 and set(quick.sentences) <= set(sentences)
+    assert quick.sentences[0] == sentences[0] and quick.sentences[-1] != sentences[7]  # not the first 8
+    assert set(domains) == {"in", "out"}
+    assert abs(quick.domains.count("in") - 8 * domains.count("in") / len(domains)) <= 1  # both domains, in their proportions
+    assert quick.domains == sorted(quick.domains)  # in the split's order: in-domain first
+    assert _load_eval(cola_dir, len(sentences) + 5).sentences == sentences  # over the split's size: all of it

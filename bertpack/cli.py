@@ -17,8 +17,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune BERT on CoLA, export it to ONNX, serve it with BentoML, benchmark it.")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from bertpack.machine import library_versions
+
+        found = library_versions(("bertpack", "torch", "transformers", "optimum-onnx", "onnxruntime-gpu", "bentoml"))
+        typer.echo(f"bertpack {found.pop('bertpack', '(not installed)')} ({', '.join(f'{k} {v}' for k, v in found.items())})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the versions of bertpack and its main libraries, and exit.")) -> None:
     """Fine-tune BERT on CoLA, export it to ONNX, serve it with BentoML, benchmark it."""
 
 

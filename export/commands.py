@@ -100,8 +100,10 @@ def verify(
     data: Optional[str] = typer.Option(None, help="CoLA folder for --parity, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
     tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
-    """Re-hash every file of an artifact against its manifest and load and run each model; exit 3 if its export
-    failed parity (unless --parity re-checks it and it passes)."""
+    """Re-hash an artifact's files against its manifest and run each model; exit 3 if its export failed parity.
+
+    With --parity the parity report is run again against the source checkpoint; a recorded failure then counts
+    only if the re-check fails too."""
     from bertpack.errors import ParityError
     from export.manifest import verify_artifact
     from export.parity import Tolerance

@@ -7,8 +7,10 @@ import typer
 
 
 def doctor(json_output: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Check this host for serving: versions, working ONNX Runtime providers, CPU flags, threads, GPUs,
-    the BERTPACK_* serve settings and the model they name (exit status 1 when one would stop the service)."""
+    """Check this host for serving: ONNX Runtime providers, CPU, GPUs, threads, BERTPACK_* settings, the model.
+
+    Prints versions, which providers really work, CPU flags, threads, GPUs, the BERTPACK_* serve settings and
+    the model they name; exit status 1 when one would stop the service."""
     import json
 
     from serving.doctor import format_report, report

@@ -194,3 +194,14 @@ def test_predict_json_truncated_only_when_over_the_limit(tiny_artifact):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["tokens"], r["truncated"]) for r in rows] == [(limit, False), (limit, True)]
+
+
+def test_version_names_bertpack_and_the_libraries_it_runs_on():
+    """`bertpack --version` answers without importing torch (it reads installed metadata) and exits 0."""
+    from importlib import metadata
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"bertpack {metadata.version('bertpack')} (python ")
+    assert f"onnxruntime-gpu {metadata.version('onnxruntime-gpu')}" in line and f"torch {metadata.version('torch')}" in line

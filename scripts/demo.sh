@@ -8,7 +8,10 @@ if [ -n "$DATA" ]; then  # a relative COLA_DIR is taken from where the script wa
   DATA=$(cd "$DATA" && pwd)
 fi
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cola}
+if [ -z "$DATA" ]; then  # the default, checked before the install so a missing copy is said at once, in this script's terms
+  [ -d ../shared/data/cola ] || { echo "error: no CoLA at $(cd .. && pwd)/shared/data/cola (the default); pass the CoLA 1.1 folder (holding raw/): bash scripts/demo.sh COLA_DIR" >&2; exit 2; }
+  DATA=../shared/data/cola
+fi
 RUN=runs/demo
 ART=artifacts/demo
 PORT=${PORT:-3000}

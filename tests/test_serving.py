@@ -476,6 +476,11 @@ def test_bentoml_build(server, tmp_path):
     assert {"serving.engine", "serving.http_guard", "serving.schema", "serving.source", "bertpack.errors"} <= seen
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu" in reqs and "torch" not in reqs and "transformers" not in reqs
+    # The image's environment reaches the Dockerfile `bentoml containerize` builds (under `docker.env` it was dropped).
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    for setting in ("BERTPACK_DEVICE=auto", "NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"):
+        name, value = setting.split("=")
+        assert f"ENV {name}=" in dockerfile and f"ARG {setting}" in dockerfile, f"{setting} missing from the image:\n{dockerfile}"
 
 
 def test_a_bento_serves_what_it_was_built_with(server, tmp_path, tiny_run, synthetic_cola):

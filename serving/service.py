@@ -39,7 +39,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error
+from serving.http_guard import (INTERNAL_CALL, ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error,
+                                guard_outside_traffic_limits)
 from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
@@ -251,6 +252,7 @@ class Bertpack:
         the calls still in flight ("Server disconnected"; bentoml/BentoML#5540, fix pending in
         #5698). For the in-process connector a refresh has no purpose, so it is switched off, and
         a call cut off anyway is retried once (infer is a pure function of its input).
+        INTERNAL_CALL: the call rides on this request's max_concurrency slot instead of taking a second one.
         """
         import aiohttp
 
@@ -258,11 +260,14 @@ class Bertpack:
         manager = getattr(client, "_session_manager", None)
         if manager is not None and getattr(manager, "max_requests", None) != sys.maxsize:
             manager.max_requests, manager.max_age = sys.maxsize, float("inf")
+        internal = INTERNAL_CALL.set(True)
         try:
             return await client.infer(ids)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
             log.warning("self-proxy call to infer cut off (%s); retrying once", exc)
             return await client.infer(ids)
+        finally:
+            INTERNAL_CALL.reset(internal)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, input_spec=InferInput)
     def infer(self, ids: EncodedBatch) -> list[list[float]]:
@@ -307,5 +312,6 @@ class Bertpack:
 
 
 bound_metric_labels()
+guard_outside_traffic_limits()
 Bertpack.add_asgi_middleware(JsonOnly, max_concurrency=MAX_CONCURRENCY, timeout_s=TIMEOUT_S, max_latency_ms=MAX_LATENCY_MS)
 

@@ -614,11 +614,14 @@ def test_traffic_limits_and_hang_ups_answer_as_documented(server, tmp_path):
 
     def raw(head: bytes, hang_up_after: float | None = None) -> bytes:
         with socket.create_connection((host, int(port)), timeout=20) as sock:
-            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head)
+            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n" + head)
             if hang_up_after is not None:
                 time.sleep(hang_up_after)
                 return b""
-            return sock.recv(65536)
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            return answer
 
     try:
         answer = raw(b"Content-Length: 100\r\n\r\n{\"sent")  # the rest of the body never comes: the 3 s timeout answers

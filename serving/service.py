@@ -105,6 +105,26 @@ def _cannot_serve(exc: BertpackError) -> None:
     os._exit(1)
 
 
+# Set by check_before_serving to `bentoml serve`'s own pid; its workers inherit it.
+SERVER_PID = "BERTPACK_SERVE_PID"
+
+
+def _die_with_the_server() -> None:
+    """In a worker: SIGTERM (a graceful stop) when `bentoml serve` dies. Circus starts each worker in a process group of
+    its own, so a `bentoml serve` killed outright (kill -9, a supervisor's last resort) left its workers running,
+    still answering on the port with the old model, and the next `bentoml serve` on that port failed with "Address
+    already in use" (measured). Linux only (prctl PR_SET_PDEATHSIG); elsewhere nothing changes."""
+    parent = os.environ.get(SERVER_PID)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _exit_failed_if_marked(mark: str) -> None:
     """atexit in `bentoml serve`'s process: a worker that could not start left the mark; exit 1, not 0."""
     if os.path.exists(mark):
@@ -181,9 +201,11 @@ class Bertpack:
         mark = os.path.join(tempfile.gettempdir(), f"bertpack-serve-{os.getpid()}.failed")
         os.environ[FAILED_MARK] = mark
         atexit.register(_exit_failed_if_marked, mark)
+        os.environ[SERVER_PID] = str(os.getpid())
 
     def __init__(self) -> None:
         _log_to_stderr()
+        _die_with_the_server()
         try:
             self._start()
         except BertpackError as exc:

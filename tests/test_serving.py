@@ -5,6 +5,7 @@ One server for the whole module (start-up costs ~15 s on 2 cores)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -647,3 +648,27 @@ def test_traffic_limits_and_hang_ups_answer_as_documented(server, tmp_path):
         assert proc.poll() is None and httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         stop_server(proc)
+
+
+def test_workers_stop_when_bentoml_serve_is_killed(server, tmp_path):
+    """`bentoml serve` killed outright (SIGKILL: nothing of it runs) takes its worker with it: the worker used to stay,
+    alone in its own process group, answering on the port, so that a new `bentoml serve` there failed."""
+    import signal
+
+    proc, url = start_server(tmp_path / "empty-home", tmp_path / "serve.log", env={"BERTPACK_MODEL": str(server["artifact"])})
+    worker = httpx.get(f"{url}/info", timeout=10).json()["pid"]
+    assert worker != proc.pid
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{worker}").exists() and \
+                "zombie" not in Path(f"/proc/{worker}/status").read_text(errors="replace"):
+            time.sleep(0.2)
+        assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text(errors="replace"), \
+            "the worker outlived bentoml serve"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/readyz", timeout=3)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)

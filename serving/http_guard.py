@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from http import HTTPStatus
 
 from starlette.responses import JSONResponse
@@ -13,6 +14,12 @@ from starlette.responses import JSONResponse
 from serving.schema import FIELDS, MAX_BODY_BYTES, OVERLOADED, TIMED_OUT, TOO_LARGE, TOO_MANY, error_body
 
 log = logging.getLogger("bertpack.service")
+
+# True while /classify calls infer through BentoML's in-process self-proxy: the task that serves that /infer call is
+# started from the /classify request's context and sees it; a request from the network never does.
+INTERNAL_CALL: ContextVar[bool] = ContextVar("bertpack_internal_call", default=False)
+# nginx's code for "client closed the request": logged and counted for a client that hung up mid-body, not a 500.
+CLIENT_GONE = 499
 
 def client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
     """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
@@ -66,6 +73,40 @@ def bound_metric_labels() -> None:
     metrics._setup, metrics._bertpack_bounded = bounded_setup, True
 
 
+def guard_outside_traffic_limits() -> None:
+    """BentoML 1.4.40 puts a service's own middleware inside its request timeout and max_concurrency middlewares, so
+    their plain answers ({"error":"Too many requests"} without Retry-After, "Not able to process the request in 30
+    seconds") never passed through JsonOnly (measured on a real server). Here JsonOnly is moved in front of both, still
+    behind the metrics and access-log middlewares, which then count the statuses it writes.
+    And each /classify held two of the max_concurrency slots while its batch ran (its own and its self-proxy call to
+    /infer, refused 429 when none was left): 450 concurrent clients, fewer than the documented 512, got 29% 429s
+    (measured). The self-proxy call now rides on its /classify's slot; a direct /infer request still takes one."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
+    from starlette.middleware import Middleware
+
+    if getattr(ServiceAppFactory, "_bertpack_ordered", False):
+        return
+
+    class PublicSlots(MaxConcurrencyMiddleware):
+        async def __call__(self, scope, receive, send) -> None:
+            if INTERNAL_CALL.get():
+                await self.app(scope, receive, send)
+                return
+            await super().__call__(scope, receive, send)
+
+    built = ServiceAppFactory.middlewares.fget
+
+    def middlewares(self) -> list:
+        stack = [Middleware(PublicSlots, *m.args, **m.kwargs) if m.cls is MaxConcurrencyMiddleware else m for m in built(self)]
+        ours = [m for m in stack if m.cls is JsonOnly]
+        rest = [m for m in stack if m.cls is not JsonOnly]
+        at = next((i for i, m in enumerate(rest) if m.cls in (TimeoutMiddleware, PublicSlots)), len(rest))
+        return rest[:at] + ours + rest[at:]
+
+    ServiceAppFactory.middlewares, ServiceAppFactory._bertpack_ordered = property(middlewares), True
+
+
 class ClientErrorsOnOneLine(logging.Filter):
     """BentoML logs every exception an API raises with its traceback at ERROR, a client's bad input
     (pydantic ValidationError, 400) and an overloaded queue (503) included. Those are the client's or
@@ -103,7 +144,9 @@ class JsonOnly:
       past the bound (sent without one);
     - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
       escapes its error handling as a 500); BentoML's own 415 (pickle) gets the same JSON;
-    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix;
+    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix (guard_outside_traffic_limits
+      puts this middleware in front of them); 429 and 503 carry Retry-After;
+    - a client that hangs up before its whole body arrived is logged and counted as 499, not as BentoML's 500;
     - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
     - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})
       becomes one line per problem with its fix (serving.schema.error_body);
@@ -128,11 +171,13 @@ class JsonOnly:
             await client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
             return
         too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
-        received = {"bytes": 0, "over": False}
+        received = {"bytes": 0, "over": False, "gone": False}
 
         async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.disconnect":
+                received["gone"] = True
+            elif message["type"] == "http.request":
                 received["bytes"] += len(message.get("body", b""))
                 if received["bytes"] > MAX_BODY_BYTES:
                     received["over"] = True
@@ -143,6 +188,8 @@ class JsonOnly:
 
         async def rewrite(message) -> None:
             if message["type"] == "http.response.start":
+                if received["gone"] and message["status"] >= 500:  # nobody reads it; the metrics and the log should not say 500
+                    message = {**message, "status": CLIENT_GONE}
                 if received["over"]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
                     message = {**message, "status": 413}
                 if received["over"] or self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
@@ -163,7 +210,7 @@ class JsonOnly:
                 data = json.dumps(body, ensure_ascii=False).encode("utf-8")
                 headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type", b"retry-after")]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-                if start["status"] == 429:  # BentoML's own answer has none; the client should back off briefly
+                if start["status"] in (429, 503):  # overloaded: the client should back off briefly (BentoML sends none)
                     headers.append((b"retry-after", b"1"))
                 await send({**start, "headers": headers})
                 await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -39,7 +39,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving.http_guard import ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error
+from serving.http_guard import (INTERNAL_CALL, ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error,
+                                guard_outside_traffic_limits)
 from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
@@ -102,6 +103,26 @@ def _cannot_serve(exc: BertpackError) -> None:
                 fh.write(str(exc))
     os.kill(os.getppid(), signal.SIGTERM)  # the arbiter: `bentoml serve` stops its workers and returns
     os._exit(1)
+
+
+# Set by check_before_serving to `bentoml serve`'s own pid; its workers inherit it.
+SERVER_PID = "BERTPACK_SERVE_PID"
+
+
+def _die_with_the_server() -> None:
+    """In a worker: SIGTERM (a graceful stop) when `bentoml serve` dies. Circus starts each worker in a process group of
+    its own, so a `bentoml serve` killed outright (kill -9, a supervisor's last resort) left its workers running,
+    still answering on the port with the old model, and the next `bentoml serve` on that port failed with "Address
+    already in use" (measured). Linux only (prctl PR_SET_PDEATHSIG); elsewhere nothing changes."""
+    parent = os.environ.get(SERVER_PID)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_failed_if_marked(mark: str) -> None:
@@ -180,9 +201,11 @@ class Bertpack:
         mark = os.path.join(tempfile.gettempdir(), f"bertpack-serve-{os.getpid()}.failed")
         os.environ[FAILED_MARK] = mark
         atexit.register(_exit_failed_if_marked, mark)
+        os.environ[SERVER_PID] = str(os.getpid())
 
     def __init__(self) -> None:
         _log_to_stderr()
+        _die_with_the_server()
         try:
             self._start()
         except BertpackError as exc:
@@ -253,6 +276,7 @@ class Bertpack:
         the calls still in flight ("Server disconnected"; bentoml/BentoML#5540, fix pending in
         #5698). For the in-process connector a refresh has no purpose, so it is switched off, and
         a call cut off anyway is retried once (infer is a pure function of its input).
+        INTERNAL_CALL: the call rides on this request's max_concurrency slot instead of taking a second one.
         """
         import aiohttp
 
@@ -260,11 +284,14 @@ class Bertpack:
         manager = getattr(client, "_session_manager", None)
         if manager is not None and getattr(manager, "max_requests", None) != sys.maxsize:
             manager.max_requests, manager.max_age = sys.maxsize, float("inf")
+        internal = INTERNAL_CALL.set(True)
         try:
             return await client.infer(ids)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
             log.warning("self-proxy call to infer cut off (%s); retrying once", exc)
             return await client.infer(ids)
+        finally:
+            INTERNAL_CALL.reset(internal)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, input_spec=InferInput)
     def infer(self, ids: EncodedBatch) -> list[list[float]]:
@@ -309,5 +336,6 @@ class Bertpack:
 
 
 bound_metric_labels()
+guard_outside_traffic_limits()
 Bertpack.add_asgi_middleware(JsonOnly, max_concurrency=MAX_CONCURRENCY, timeout_s=TIMEOUT_S, max_latency_ms=MAX_LATENCY_MS)
 

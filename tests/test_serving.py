@@ -5,6 +5,7 @@ One server for the whole module (start-up costs ~15 s on 2 cores)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -578,7 +579,7 @@ def test_overload_answers_503_json(server, tmp_path):
                 if shed:
                     break
         assert shed, "no request was shed with a 1 ms latency bound"
-        assert shed[0].headers["content-type"].startswith("application/json")
+        assert shed[0].headers["content-type"].startswith("application/json") and shed[0].headers["retry-after"] == "1"
         assert shed[0].json() == {"error": "server overloaded: the request could not be answered within 0.001 s "
                                            "(batching queue wait plus estimated run time); "
                                            "retry later, or add replicas/workers"}
@@ -599,3 +600,80 @@ def test_sentence_of_exactly_the_token_limit_is_not_truncated(server):
         if truncate:
             second = r.json()["predictions"][1]
             assert (second["tokens"], second["truncated"]) == (limit, True)
+
+
+def test_traffic_limits_and_hang_ups_answer_as_documented(server, tmp_path):
+    """BentoML's own request-timeout (504) and max_concurrency (429) answers are JSON naming the fix, 429 with
+    Retry-After; a /classify takes one max_concurrency slot, not two (its self-proxy call to /infer took a second one,
+    so with 4 slots no request got through, and 450 clients got 429s below the documented 512); a client that hangs up
+    mid-body counts as 499 in /metrics and the access log, not 500. The limits are made small (3 s, 4 slots) through
+    BentoML's configuration so that the test is quick."""
+    import socket
+
+    from serving.service import TIMEOUT_S
+
+    log = tmp_path / "serve.log"
+    proc, url = start_server(tmp_path / "empty-home", log, env={
+        "BERTPACK_MODEL": str(server["artifact"]),
+        "BENTOML_CONFIG_OPTIONS": "services.bertpack.traffic.timeout=3 services.bertpack.traffic.max_concurrency=4"})
+    host, port = url.removeprefix("http://").split(":")
+
+    def raw(head: bytes, hang_up_after: float | None = None) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n" + head)
+            if hang_up_after is not None:
+                time.sleep(hang_up_after)
+                return b""
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            return answer
+
+    try:
+        answer = raw(b"Content-Length: 100\r\n\r\n{\"sent")  # the rest of the body never comes: the 3 s timeout answers
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": f"the request was not answered within {TIMEOUT_S} s (the "
+                                                                        "server's request timeout): send the whole body at once "
+                                                                        "(a body sent slowly holds a slot), or retry"}
+        for _ in range(2):
+            raw(b"Content-Length: 100\r\n\r\n{\"sent", hang_up_after=0.3)
+        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32)) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            replies = list(pool.map(lambda i: client.post("/classify", json={"sentences": [_sentence(i % 30 + 1)] * 64}), range(16)))
+        statuses = [r.status_code for r in replies]
+        assert set(statuses) <= {200, 429} and statuses.count(200) >= 4, statuses  # every request let in is answered
+        for r in replies:
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1" and r.json()["error"].startswith("too many requests in flight at once"), r.text
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+        counts = {line.split('http_response_code="')[1][:3]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("bentoml_service_request_total{") and 'endpoint="/classify"' in line}
+        assert counts.get("499") == 2 and not counts.get("500"), counts
+        assert "status=499" in log.read_text() and "status=500" not in log.read_text()
+        assert proc.poll() is None and httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        stop_server(proc)
+
+
+def test_workers_stop_when_bentoml_serve_is_killed(server, tmp_path):
+    """`bentoml serve` killed outright (SIGKILL: nothing of it runs) takes its worker with it: the worker used to stay,
+    alone in its own process group, answering on the port, so that a new `bentoml serve` there failed."""
+    import signal
+
+    proc, url = start_server(tmp_path / "empty-home", tmp_path / "serve.log", env={"BERTPACK_MODEL": str(server["artifact"])})
+    worker = httpx.get(f"{url}/info", timeout=10).json()["pid"]
+    assert worker != proc.pid
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{worker}").exists() and \
+                "zombie" not in Path(f"/proc/{worker}/status").read_text(errors="replace"):
+            time.sleep(0.2)
+        assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text(errors="replace"), \
+            "the worker outlived bentoml serve"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/readyz", timeout=3)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)

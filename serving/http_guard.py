@@ -99,8 +99,15 @@ def guard_outside_traffic_limits() -> None:
 
     def middlewares(self) -> list:
         stack = [Middleware(PublicSlots, *m.args, **m.kwargs) if m.cls is MaxConcurrencyMiddleware else m for m in built(self)]
-        ours = [m for m in stack if m.cls is JsonOnly]
         rest = [m for m in stack if m.cls is not JsonOnly]
+        # The limits in force (BENTOML_CONFIG_OPTIONS can change the decorator's), so the answers name the real ones.
+        actual = {}
+        for m in rest:
+            if m.cls is PublicSlots:
+                actual["max_concurrency"] = m.kwargs["max_concurrency"]
+            elif m.cls is TimeoutMiddleware:
+                actual["timeout_s"] = m.kwargs["timeout"]
+        ours = [Middleware(JsonOnly, *m.args, **{**m.kwargs, **actual}) for m in stack if m.cls is JsonOnly]
         at = next((i for i, m in enumerate(rest) if m.cls in (TimeoutMiddleware, PublicSlots)), len(rest))
         return rest[:at] + ours + rest[at:]
 

@@ -52,10 +52,12 @@ def predict(
 
     if device not in ("auto", "cpu", "cuda"):
         raise BertpackError(f"--device must be auto, cpu or cuda, not {device!r}")
+    numbers, name = list(range(1, len(sentences) + 1)), "sentence {}"  # how messages point at a sentence
     if list(sentences) == ["-"]:
         import sys
 
-        sentences = []
+        # Blank lines are skipped, so a sentence is named by its line: the number a user finds in the file.
+        sentences, numbers, name = [], [], "line {} on stdin"
         for number, line in enumerate(sys.stdin.buffer.read().splitlines(), 1):
             try:
                 text = line.decode("utf-8")
@@ -64,6 +66,7 @@ def predict(
                                     "(e.g. iconv -f latin1 -t utf-8)") from None
             if text.strip():
                 sentences.append(text)
+                numbers.append(number)
         if not sentences:
             raise BertpackError("no sentences on stdin (predict ARTIFACT - reads one sentence per line)")
     for number, sentence in enumerate(sentences, 1):
@@ -73,12 +76,12 @@ def predict(
             raise BertpackError(f"sentence {number} is not UTF-8 text; pass UTF-8 (e.g. convert it with iconv -t utf-8)") from None
     clf = OnnxClassifier(artifact_dir, variant=variant, device=device)
     encoded = clf.prepare(sentences)
-    empty = [str(i + 1) for i in encoded.unreadable]
-    if empty:  # the service refuses these too (400)
-        raise BertpackError(f"sentence {', '.join(empty)} has no text the tokenizer can read (only emoji or symbols the "
+    if encoded.unreadable:  # the service refuses these too (400)
+        which = name.format(", ".join(str(numbers[i]) for i in encoded.unreadable))
+        raise BertpackError(f"{which} has no text the tokenizer can read (only emoji or symbols the "
                             "vocabulary lacks, invisible characters, or words over 100 characters); pass sentences with words")
     for i, n in encoded.too_long:  # the service refuses these unless asked to truncate; here the user sees the cut
-        typer.echo(f"note: sentence {i + 1} has {n} tokens, over the model's {clf.max_length}: classified on its first "
+        typer.echo(f"note: {name.format(numbers[i])} has {n} tokens, over the model's {clf.max_length}: classified on its first "
                    f"{clf.max_length - 2} tokens (--json: \"truncated\": true)", err=True)
     if why := clf.int8_kernel_warning():
         typer.echo(f"warning: {why}", err=True)

@@ -178,7 +178,8 @@ class JsonOnly:
             await client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
             return
         too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
-        received = {"bytes": 0, "over": False, "gone": False}
+        # head: the body's first bytes, to name a BOM or UTF-16; gone: the client hung up before its whole body arrived
+        received = {"bytes": 0, "over": False, "gone": False, "head": b""}
 
         async def limited() -> dict:  # a body sent without a Content-Length (chunked) is counted as it arrives
             message = await receive()
@@ -186,6 +187,8 @@ class JsonOnly:
                 received["gone"] = True
             elif message["type"] == "http.request":
                 received["bytes"] += len(message.get("body", b""))
+                if len(received["head"]) < 4:
+                    received["head"] = (received["head"] + message.get("body", b""))[:4]
                 if received["bytes"] > MAX_BODY_BYTES:
                     received["over"] = True
                     raise BodyTooLarge(f"over {MAX_BODY_BYTES} bytes")
@@ -213,7 +216,7 @@ class JsonOnly:
                 elif start["status"] == 415:
                     body = {"error": self.UNSUPPORTED.format(ctype)}
                 else:
-                    body = self._body(start["status"], method, path, raw, start.get("headers", ()))
+                    body = self._body(start["status"], method, path, raw, start.get("headers", ()), received["head"])
                 data = json.dumps(body, ensure_ascii=False).encode("utf-8")
                 headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type", b"retry-after")]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -240,7 +243,7 @@ class JsonOnly:
             return True
         return status in (400, 503) and path in FIELDS and ctype.startswith(b"application/json")
 
-    def _body(self, status: int, method: str, path: str, raw: bytes, headers) -> dict:
+    def _body(self, status: int, method: str, path: str, raw: bytes, headers, head: bytes = b"") -> dict:
         if status == 404:
             return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
         if status == 405:
@@ -260,5 +263,5 @@ class JsonOnly:
         if status == 503:
             return {"error": OVERLOADED.format(seconds=self.max_latency_ms / 1000)}
         if isinstance(body, dict) and isinstance(body.get("detail"), list) and "errors" not in body:
-            return error_body(body["detail"], path)
+            return error_body(body["detail"], path, head)
         return body if isinstance(body, dict) else {"error": str(body)}

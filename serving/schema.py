@@ -141,10 +141,22 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
     return f"{where}: {msg}; see GET /docs.json for the request schema"
 
 
-def error_body(detail: list[dict], route: str = "/classify") -> dict:
-    """The JSON body of a 400: every problem on one line, with its fix."""
+def not_utf8(head: bytes) -> str | None:
+    """Why a body that opens with `head` is not the UTF-8 JSON the parser reads (None when nothing shows): its
+    error, "expected value at line 1 column 1", would not name an invisible byte order mark or a UTF-16 encoding."""
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "it starts with a UTF-8 byte order mark (BOM, bytes EF BB BF)"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:2]:
+        return "it is UTF-16 or UTF-32 text, not UTF-8"
+    return None
+
+
+def error_body(detail: list[dict], route: str = "/classify", head: bytes = b"") -> dict:
+    """The JSON body of a 400: every problem on one line, with its fix. `head`: the request body's first bytes."""
     detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in detail]
     lines = [problem_line(e, route) for e in detail]
+    if (why := not_utf8(head)) and [e.get("type") for e in detail] == ["json_invalid"]:
+        lines = [f"body: not valid JSON ({why}); send the JSON as UTF-8 without a byte order mark, such as {EXAMPLE.get(route, '{}')}"]
     error = lines[0] if len(lines) == 1 else f"{len(lines)} problems: " + " | ".join(lines)
     return {"error": error, "errors": lines, "detail": detail}
 

@@ -128,6 +128,14 @@ def test_predict_reads_stdin_and_refuses_cuda_without_gpu(tiny_artifact):
                           input=b"The cat sat.\ncaf\xe9 au lait.\n", capture_output=True, timeout=300)
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
     assert "line 2 on stdin is not UTF-8 text" in _one_line_error(proc)
+    # Blank lines are skipped; a sentence on stdin is still named by its line, as the UTF-8 error above names it
+    long = " ".join(["word"] * 70)
+    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
+                          input=f"The cat sat.\n\n{long}\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "note: line 3 on stdin has 72 tokens" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
+                          input="The cat sat.\n\n\U0001F642\U0001F642\n", capture_output=True, text=True, timeout=300)
+    assert "line 3 on stdin has no text the tokenizer can read" in _one_line_error(proc)
     proc = subprocess.run([sys.executable.encode(), b"-m", b"bertpack.cli", b"predict", str(tiny_artifact).encode(), b"caf\xe9"],
                           cwd=REPO, capture_output=True, timeout=300)
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())

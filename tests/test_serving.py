@@ -317,6 +317,21 @@ def test_malformed_json_names_the_fix(server):
     assert 'send a JSON object such as {"sentences"' in r.json()["error"]
 
 
+@pytest.mark.parametrize("body,wanted", [
+    ('\ufeff{"sentences": ["The cat sat."]}'.encode(), "UTF-8 byte order mark (BOM, bytes EF BB BF)"),  # e.g. a file saved by Notepad
+    ('{"sentences": ["The cat sat."]}'.encode("utf-16"), "UTF-16 or UTF-32 text, not UTF-8"),  # e.g. PowerShell's Out-File
+    ('{"sentences": ["The cat sat."]}'.encode("utf-16-le"), "UTF-16 or UTF-32 text, not UTF-8"),
+], ids=["utf-8 bom", "utf-16", "utf-16 without bom"])
+def test_json_that_is_not_plain_utf8_says_why(server, body, wanted):
+    """The parser's own line ("expected value at line 1 column 1") names nothing the sender can see; a BOM inside a
+    sentence, by contrast, is text the tokenizer drops, so it gets the sentence's answer (as `predict -` gives it)."""
+    r = httpx.post(f"{server['url']}/classify", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["errors"] == [r.json()["error"]], r.text[:300]
+    assert wanted in r.json()["error"] and "send the JSON as UTF-8 without a byte order mark" in r.json()["error"], r.text[:300]
+    plain, marked = (classify(server["url"], {"sentences": [text]}) for text in ("The cat sat.", "\ufeffThe cat sat."))
+    assert marked.status_code == 200 and marked.json()["predictions"] == plain.json()["predictions"]
+
+
 @pytest.mark.parametrize("method,path,status,wanted", [
     ("GET", "/nope", 404, "no endpoint GET /nope; the endpoints are POST /classify"),
     ("POST", "/classifyy", 404, "no endpoint POST /classifyy"),

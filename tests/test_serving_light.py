@@ -369,6 +369,38 @@ def test_keep_within_cuts_before_the_final_sep():
     assert keep_within([101, 5, 102], 4) == [101, 5, 102]
 
 
+# Text that tokenizers normalise, split or refuse: accents composed and combining, compatibility forms, CJK, control,
+# zero-width and bidi characters, exotic spaces, emoji sequences, a BOM, words at and over WordPiece's 100 characters,
+# special tokens typed as text, and lengths around the model's 64 tokens.
+AWKWARD_TEXT = ["Café", "Cafe\u0301", "x\u0301\u0301", "\u0301", "\ufb01ne Ａｂｃ", "日本語の文 中文", "한국어", "a\x00b\x01c\x7f",
+                "a\u200bb\u200e\u200f\u202ec\u2066", "a\u00a0b\u2003c\u3000d\u202fe\u2028f\u0085", "cat \U0001f642 \U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469",
+                "\ufeffThe cat", "a" * 100, "A\u00c9" * 60, "a" * 101 + " cat", " lead", "trail \t\n", "tab\tin\nside\r\nit", "[CLS] x [SEP] [UNK] [PAD]",
+                "İstanbul straße ΣΑΣ", "\ue000 \U000e0001 \ufffd", *(("word " * n).strip() for n in (61, 62, 63, 64, 100))]
+
+
+def test_serving_tokenizes_as_training_does(tiny_run, tiny_artifact):
+    """The token ids predict and the service feed the model (tokenizers on the exported tokenizer.json, cut by
+    keep_within) are the ids training and its evaluation fed it (transformers' AutoTokenizer with max_length truncation)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from transformers import AutoTokenizer
+
+    from serving.engine import OnnxClassifier
+
+    trained = AutoTokenizer.from_pretrained(str(tiny_run / "model"), use_fast=True)
+    engine = OnnxClassifier(tiny_artifact, variant="fp32", device="cpu")
+
+    def same(sentences: list[str]) -> None:
+        want = trained(sentences, truncation=True, max_length=engine.max_length)["input_ids"]
+        assert engine.prepare(sentences).ids == want, sentences
+
+    same(AWKWARD_TEXT)
+    awkward = st.sampled_from(list("ab cé\u0301\u200b\u00a0\t\n日\U0001f642\x00\x1f\u2028\ufeff"))
+    settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))(
+        given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=80) | st.text(awkward, max_size=150),
+                       min_size=1, max_size=8))(same))()
+
+
 def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tuple[int, dict]:
     """One request through the service's JsonOnly middleware in front of an app that answers `status` with `body`
     (BentoML's own answers for max_concurrency and the request timeout)."""

@@ -20,6 +20,7 @@ from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.data import data_source, validation_sentences
 from bertpack.errors import BertpackError
+from bertpack.locks import writing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,6 +189,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     threads = cfg.threads or physical_cores()
     started = datetime.now(timezone.utc)
     with contextlib.ExitStack() as stack:
+        # Two benches at once would time each other's load and write one --out: the second is refused.
+        stack.enter_context(writing(cfg.out, "bertpack bench"))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertpack-bench-")))
         artifact = Path(cfg.artifact_dir).resolve()
         if cfg.arch == "bert-base":

@@ -22,11 +22,13 @@ def file_table(folder: Path, hashed: bool = True) -> dict[str, dict]:
 
 
 def make_version(checkpoint: Path, when: datetime) -> str:
-    """A short id, valid as a BentoML model version: export time + the weights' hash prefix."""
+    """A short id, valid as a BentoML model version: export time to the microsecond + the weights' hash prefix. The
+    microseconds keep two exports of one checkpoint started in the same second (a script exporting --int8 static and
+    dynamic side by side) from sharing a version: the second's store registration failed after all its work."""
     digest = hashlib.sha256()
     for p in sorted(Path(checkpoint).glob("*.safetensors")):
         digest.update(sha256_file(p).encode())
-    return f"{when:%Y%m%d-%H%M%S}-{digest.hexdigest()[:8]}"
+    return f"{when:%Y%m%d-%H%M%S-%f}-{digest.hexdigest()[:8]}"
 
 
 def write_manifest(folder: Path, body: dict, hash_files: bool = True) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError, ParityError
 from bertpack.files import check_writable_parent, umask_mode, write_json_atomic, write_text_atomic
+from bertpack.locks import writing
 from bertpack.machine import library_versions
 from export import manifest as mf
 from export import optimize, parity, quantize
@@ -96,6 +97,13 @@ def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | 
 
 def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
     ckpt, cola = check_inputs(cfg)
+    # Held to the end, registration included (it copies from --out): a second export to the same --out is refused.
+    with writing(cfg.out, "bertpack export"):
+        check_output_dir(Path(cfg.out), ckpt, cfg.overwrite)  # again: another export may have filled --out meanwhile
+        return _export(cfg, ckpt, cola, echo)
+
+
+def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callable[[str], None]) -> ExportResult:
     cpu = cpu_report()
     target = cpu["quantization_target"] if cfg.quant_target == "auto" else cfg.quant_target
     created = datetime.now(timezone.utc)

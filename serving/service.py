@@ -41,10 +41,11 @@ from starlette.routing import Route
 from bertpack.errors import BertpackError
 from serving.http_guard import (INTERNAL_CALL, ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error,
                                 guard_outside_traffic_limits)
-from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, softmax
+from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, read_manifest, softmax
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
-from serving.source import DEFAULT_MODEL, REQUEST_TIMEOUT_S, VERIFIED_FILES, ServeConfig, files_fingerprint, preflight
+from serving.source import (DEFAULT_MODEL, REQUEST_TIMEOUT_S, SERVED_MODEL, VERIFIED_FILES, ServeConfig, check_still_served,
+                            files_fingerprint, model_identity, preflight)
 
 log = logging.getLogger("bertpack.service")
 
@@ -195,6 +196,7 @@ class Bertpack:
         os.environ["BERTPACK_MODEL"] = str(source.path) if source.origin == "folder" else source.tag
         if why := parity_failure(manifest):  # not registered in the store by export, so served from a folder on purpose
             log.warning("%s failed its parity check at export (%s); serving it anyway: see %s/parity.md", source.tag, why, source.path)
+        os.environ[SERVED_MODEL] = model_identity(manifest)
         fingerprint = files_fingerprint(source.path, manifest)
         if fingerprint:  # the workers skip the second hashing pass while no file changes
             os.environ[VERIFIED_FILES] = fingerprint
@@ -221,6 +223,9 @@ class Bertpack:
         self.engine = OnnxClassifier(self.source.path, variant=self.config.variant, device=self.config.device,
                                      threads=self.config.threads, verify=False, buckets="served",
                                      cuda_graph=self.config.cuda_graphs, spin=False)
+        # Read last, after the model is loaded: a folder swapped at any point of this start-up shows here.
+        check_still_served(self.source, [manifest, self.engine.manifest, read_manifest(self.source.path)],
+                           os.environ.get(SERVED_MODEL))
         self.version = str(manifest["version"])
         self.vocab_size = self.engine.tokenizer.get_vocab_size()
         self.batch_sizes: Counter[int] = Counter()  # sentences per adaptive batch reaching the engine

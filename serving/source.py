@@ -3,6 +3,7 @@ engine settings, read from the environment (BentoML services take no constructor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ DEFAULT_MODEL = "bertpack-cola:latest"
 REQUEST_TIMEOUT_S = 30  # BentoML's request timeout for the service (504 past it)
 # Set by `bentoml serve`'s own process once it has hashed every file; its workers inherit it (circus copies the environment).
 VERIFIED_FILES = "BERTPACK_VERIFIED_FILES"
+# Set by `bentoml serve`'s own process to the model_identity() it checked: a worker serves that model or none.
+SERVED_MODEL = "BERTPACK_SERVED_MODEL"
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,26 @@ def files_fingerprint(folder: Path, manifest: dict) -> str | None:
     except OSError:
         return None
     return json.dumps({"path": str(folder.resolve()), "files": stats}, sort_keys=True)
+
+
+def model_identity(manifest: dict) -> str:
+    """The version and the files' hashes: what two manifests must share to describe the same model. A new export
+    into the same folder (export --overwrite) always differs, if only by its version."""
+    files = json.dumps({name: meta.get("sha256") for name, meta in manifest["files"].items()}, sort_keys=True)
+    return f"{manifest['version']} {hashlib.sha256(files.encode()).hexdigest()[:16]}"
+
+
+def check_still_served(source: ModelSource, manifests: list[dict], pinned: str | None) -> None:
+    """In a worker: every manifest it read (preflight's, the engine's, one read after loading) is the model `bentoml
+    serve` checked at start (`pinned`). A folder replaced since (an export --overwrite while serving) would otherwise
+    be picked up by a worker that restarts, alone, next to workers still serving the old model from memory."""
+    if pinned is None:
+        return
+    for manifest in manifests:
+        if model_identity(manifest) != pinned:
+            raise BertpackError(f"{source.path} was replaced since `bentoml serve` started (it checked version {pinned.split()[0]}, "
+                                f"the folder now holds {manifest['version']}: an export --overwrite?); a worker does not switch "
+                                "models on its own: restart `bentoml serve` to serve the new export")
 
 
 def device_problem(device: str) -> str | None:

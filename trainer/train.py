@@ -13,6 +13,7 @@ The folder's life cycle (refusals, --resume, --overwrite, what a failure leaves)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -25,6 +26,7 @@ import numpy as np
 from bertpack.data import file_hashes, load_cola
 from bertpack.errors import BertpackError
 from bertpack.files import staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
+from bertpack.locks import writing
 from bertpack.machine import cpu_model, library_versions
 from bertpack.metrics import accuracy, mcc
 from bertpack.models import LABELS, resolve_model
@@ -87,6 +89,13 @@ def weighted_loss(weights: list[float]):
 def train(cfg: TrainConfig) -> dict:
     """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
     cfg.validate()
+    # The main process holds OUT's lock from the checks to the end: a second run, or a --resume, on the same --out
+    # while this one trains is refused instead of writing checkpoints into the same folder.
+    with writing(cfg.out, "bertpack train") if is_main_process() else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict:
     check_out_dir(cfg)
     model_id = resolve_model(cfg.model)
     dataset = load_cola(cfg.data, limit=cfg.limit)

@@ -97,6 +97,29 @@ def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
     return root
 
 
+def make_balanced_tiny_run(root: Path, sentences: list[str]) -> Path:
+    """make_tiny_run(distinct=True) with its classifier bias set so that the model predicts both classes on
+    `sentences` (the plain tiny model answers one class everywhere, where scores cannot show a misplaced prediction),
+    with a margin: the threshold sits in the middle of the widest gap between the sentences' logit differences near
+    their median, so that padding, batching or int8 rounding moves few predictions."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    make_tiny_run(root, distinct=True)
+    folder = root / "model"
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        diff = np.array([float(np.diff(model(**tok(s, return_tensors="pt")).logits[0].numpy())[0]) for s in sentences])
+        values = np.unique(diff)
+        middle = values[len(values) // 4 : 3 * len(values) // 4 + 1]
+        k = int(np.argmax(np.diff(middle)))
+        model.classifier.bias[1] -= float((middle[k] + middle[k + 1]) / 2)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return root
+
+
 def model_that_fails_when_run() -> bytes:
     """A valid ONNX model with the artifact's inputs that ONNX Runtime loads but cannot run on a real batch
     (it reshapes the ids to 3 x 7)."""

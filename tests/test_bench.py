@@ -200,11 +200,85 @@ def test_throughput_ratios_and_bars_point_the_right_way():
     assert bars["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1"]["passed"] is False  # 2x < 4x
 
 
+def test_bench_statistics_and_scores_match_an_independent_computation(synthetic_cola, tmp_path, monkeypatch):
+    """A worker's p50/p95/p99, mean and sentences/s are those of its timed calls (every call of every pass), and each
+    engine's MCC, accuracy, agreement and MCC delta are sklearn's on its predictions put back in the sentences' order.
+    The model is real and predicts both classes (the tiny test model otherwise answers one class everywhere, where a
+    shuffled prediction order scores the same); the clock is the worker's, advanced by each call by a known time."""
+    import random
+    import types
+
+    import numpy as np
+    import torch
+    from sklearn.metrics import accuracy_score, matthews_corrcoef
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import bench.worker as worker
+    from bench.report import _round_rows
+    from bertpack.data import validation_sentences
+    from tests.conftest import make_balanced_tiny_run
+
+    sentences, labels, domains = validation_sentences(synthetic_cola)
+    folder = make_balanced_tiny_run(tmp_path / "run", sentences) / "model"
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.no_grad():  # each sentence alone, in input order: no batching, no padding
+        alone = np.array([int(model(**tok(s, return_tensors="pt")).logits.argmax()) for s in sentences])
+    assert 0 < alone.sum() < len(alone) and matthews_corrcoef(labels, alone) != 0.0
+
+    clock = types.SimpleNamespace(now=0.0, durations=[])
+    monkeypatch.setattr(worker, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    rng = random.Random(0)
+
+    class Clocked(worker.TorchEngine):
+        def run(self, prepared):
+            out = super().run(prepared)
+            seconds = rng.uniform(0.001, 0.050)
+            clock.now += seconds
+            clock.durations.append(seconds)
+            return out
+
+    engine = Clocked(str(folder), "fp32", "cpu", 1)
+    ids = [tok(s)["input_ids"] for s in sentences]
+    spec = {"ids": ids, "pad_id": tok.pad_token_id, "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+            "max_passes": 5, "min_time_s": 0, "min_samples": 1}
+    rows = []
+    for batch_size in (1, 8):
+        clock.durations.clear()
+        batches = -(-len(ids) // batch_size)
+        row = worker.measure_batch_size(engine, {**spec, "min_samples": 2 * batches + 1}, batch_size)  # so 3 passes
+        timed = np.array(clock.durations[batches:]) * 1000  # after one warm-up call per batch
+        assert (row["batches"], row["passes"], row["timed_calls"]) == (batches, 3, 3 * batches)
+        for key, q in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
+            assert row[key] == pytest.approx(np.percentile(timed, q), rel=1e-9), key
+        assert row["mean_ms"] == pytest.approx(timed.mean(), rel=1e-9)
+        assert row["sentences_per_s"] == pytest.approx(3 * len(ids) / (timed.sum() / 1000), rel=1e-9)
+        assert row["predictions"] == alone.tolist()  # back in the sentences' order
+        rows.append(row)
+
+    other = alone.copy()
+    other[: len(other) // 3] ^= 1  # a second engine that disagrees on a third of the sentences
+    results = [{"engine": "pytorch_fp32", "device": "cpu", "round": 1, "model_bytes": 1, "rows": rows},
+               {"engine": "onnx_int8", "device": "cpu", "round": 1, "model_bytes": 1,
+                "rows": [dict(r, predictions=other.tolist()) for r in rows]}]
+    scored = _round_rows(results, labels, domains, speed_only=False)
+    for out in scored:
+        preds = alone if out["engine"] == "pytorch_fp32" else other
+        assert out["mcc"] == pytest.approx(matthews_corrcoef(labels, preds), abs=1e-12)
+        assert out["accuracy"] == pytest.approx(accuracy_score(labels, preds), abs=1e-12)
+        assert out["agreement"] == pytest.approx(100.0 * np.mean(preds == alone))
+        assert out["mcc_delta"] == pytest.approx(matthews_corrcoef(labels, preds) - matthews_corrcoef(labels, alone), abs=1e-12)
+    assert any(out["mcc_delta"] != 0.0 for out in scored)
+
+
 def test_padding_ratio_counts_padded_tokens_per_real_token():
-    from bench.batches import make_batches, padding_stats
+    from bench.batches import fixed_padding_stats, make_batches, padding_stats
 
     stats = padding_stats(make_batches([[101, 102], [101, 7, 8, 102]], 2, 0, ["input_ids", "attention_mask"]))
     assert (stats["real_tokens"], stats["computed_tokens"]) == (6, 8) and stats["padding_ratio"] == pytest.approx(2 / 6)
+    # The book's way: every sentence padded (or cut) to 8 tokens; the 10-token one counts 8 real tokens.
+    book = fixed_padding_stats([[101, 102], [101, 7, 8, 102], [101, *range(8), 102]], 32, 8)
+    assert (book["real_tokens"], book["computed_tokens"]) == (14, 24) and book["padding_ratio"] == pytest.approx(10 / 14)
 
 
 def test_torch_engine_stages_each_call_and_refuses_an_unstaged_one(tiny_run, synthetic_cola):

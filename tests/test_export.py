@@ -105,6 +105,87 @@ def test_parity_report_files(exported):
     assert "agree %" in exported["proc"].stdout and "pytorch fp32" in exported["proc"].stdout
 
 
+def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_path):
+    """Every figure of parity.json recomputed outside bertpack on the exported files: ONNX Runtime sessions fed
+    by the checkpoint's own tokenizer, in length-sorted batches of 32 padded to their longest (the report's
+    batching), PyTorch fp32 sentence by sentence as the reference, sklearn for accuracy and MCC; the flip rate is
+    each sentence alone against the same sentences in shuffled batches of 32 (seed 0). The model predicts both
+    classes, so a misplaced prediction or label changes the scores."""
+    import random
+
+    import onnxruntime as ort
+    import torch
+    from sklearn.metrics import accuracy_score, matthews_corrcoef
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertpack.data import validation_sentences
+    from export.parity import Tolerance
+    from export.pipeline import export_artifact
+    from tests.conftest import make_balanced_tiny_run
+
+    sentences, labels, domains = validation_sentences(synthetic_cola)
+    run = make_balanced_tiny_run(tmp_path / "run", sentences)
+    out = tmp_path / "artifact"
+    wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
+    export_artifact(run, out, data=synthetic_cola, store=False, tolerance=wide_open, calibration_samples=16, int8="dynamic")
+    report = json.loads((out / "parity.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+
+    tok = AutoTokenizer.from_pretrained(str(run / "model"))
+    model = AutoModelForSequenceClassification.from_pretrained(str(run / "model")).eval()
+    ids = [tok(s, truncation=True, max_length=64)["input_ids"] for s in sentences]
+    with torch.no_grad():
+        reference = np.stack([model(input_ids=torch.tensor([seq])).logits[0].numpy() for seq in ids]).astype(np.float64)
+    y, dom = np.array(labels), np.array(domains)
+    assert 0 < reference.argmax(-1).sum() < len(y)  # both classes predicted
+
+    def batched(session: ort.InferenceSession, order: list[int]) -> np.ndarray:
+        logits = np.empty((len(ids), 2))
+        for start in range(0, len(order), 32):
+            rows_ = order[start : start + 32]
+            width = max(len(ids[i]) for i in rows_)
+            input_ids = np.zeros((len(rows_), width), dtype=np.int64)
+            for k, i in enumerate(rows_):
+                input_ids[k, : len(ids[i])] = ids[i]
+            feed = {"input_ids": input_ids, "attention_mask": (input_ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(input_ids)}
+            wanted = {i.name for i in session.get_inputs()}
+            logits[rows_] = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0]
+        return logits
+
+    by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    shuffled = list(range(len(ids)))
+    random.Random(0).shuffle(shuffled)
+    changed = False
+    for variant, file in (("fp32", "model.onnx"), ("optimized", "model_optimized.onnx"), ("int8", "model_int8.onnx")):
+        session = ort.InferenceSession(str(out / file), providers=["CPUExecutionProvider"])
+        logits = batched(session, by_length)
+        preds, diff = logits.argmax(-1), np.abs(logits - reference)
+        row = rows[variant]
+        assert row["accuracy"] == pytest.approx(accuracy_score(y, preds), abs=1e-12), variant
+        assert row["mcc"] == pytest.approx(matthews_corrcoef(y, preds), abs=1e-12), variant
+        for name in ("in", "out"):
+            mask = dom == name
+            assert row[f"mcc_{name}_domain"] == pytest.approx(matthews_corrcoef(y[mask], preds[mask]), abs=1e-12), variant
+        assert row["agreement"] == pytest.approx(100.0 * np.mean(preds == reference.argmax(-1))), variant
+        # PyTorch batched (the report's reference) and PyTorch alone (this one) differ by float rounding only
+        assert row["max_abs_logit_diff"] == pytest.approx(diff.max(), abs=1e-4), variant
+        assert row["mean_abs_logit_diff"] == pytest.approx(diff.mean(), abs=1e-4), variant
+        changed |= row["agreement"] < 100.0 or row["mcc"] != rows["pytorch fp32"]["mcc"]
+        if variant in ("optimized", "int8"):
+            alone = np.stack([batched(session, [i])[i] for i in range(len(ids))])
+            in_batches = batched(session, shuffled)
+            flips = int(np.sum(alone.argmax(-1) != in_batches.argmax(-1)))
+            flip = report["flip_rate"]["optimized" if variant == "optimized" else "int8_dynamic"]
+            assert (flip["flips"], flip["sentences"]) == (flips, len(ids)), variant
+            assert flip["flip_rate"] == pytest.approx(100.0 * flips / len(ids)) and row["flip_rate"] == flip["flip_rate"]
+            assert flip["max_abs_logit_change"] == pytest.approx(np.abs(alone - in_batches).max(), abs=1e-6), variant
+    assert report["flip_rate"]["int8_dynamic"]["max_abs_logit_change"] > 1e-3  # dynamic int8's scales follow the batch
+    reference_row = rows["pytorch fp32"]
+    ref_preds = reference.argmax(-1)
+    assert reference_row["mcc"] == pytest.approx(matthews_corrcoef(y, ref_preds), abs=1e-12)
+    assert changed  # int8 moved some predictions: agreement and the MCC drop are not trivially 100% and 0
+
+
 def test_predict_cli(exported):
     proc = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", "Mat the on sat cat.", "--variant", "optimized", "--json")
     assert proc.returncode == 0, proc.stderr

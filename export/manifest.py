@@ -42,6 +42,10 @@ def write_manifest(folder: Path, body: dict, hash_files: bool = True) -> dict:
     return manifest
 
 
+# BentoML's own record beside the files of a model in its store (bentoml.models.get(tag).path is an artifact folder).
+STORE_RECORD = "model.yaml"
+
+
 def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
     """`bertpack verify`: re-hash every file against the manifest, then load the tokenizer, and each model
     with ORT and run one sentence through it. Returns one line per check; raises on the first failure."""
@@ -54,7 +58,7 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
     verify_files(artifact_dir, manifest)
     listed = set(manifest["files"])
     extra = [p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*")
-             if p.is_file() and p.name != MANIFEST and p.relative_to(artifact_dir).as_posix() not in listed]
+             if p.is_file() and p.relative_to(artifact_dir).as_posix() not in listed | {MANIFEST, STORE_RECORD}]
     if extra:
         raise BertpackError(f"{artifact_dir} holds files the manifest does not list: {', '.join(sorted(extra))}; re-run bertpack export")
     lines.append(f"{len(manifest['files'])} files match their sha256 and size")

@@ -348,6 +348,11 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
     stored = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")})
     assert stored.returncode == 0 and stored.stdout.startswith("bertpack-cola:"), stored.stderr[-2000:]
+    # the store's copy is an artifact folder that verifies (BentoML's own model.yaml beside the listed files)
+    entry = tmp_path / "bentoml" / "models" / "bertpack-cola" / stored.stdout.strip().split(":", 1)[1]
+    assert (entry / "model.yaml").is_file()
+    checked = run_cli("verify", str(entry))
+    assert checked.returncode == 0 and checked.stdout.strip().endswith(f"{entry}: verified"), checked.stderr[-2000:]
 
     with pytest.raises(ParityError) as err:
         export_artifact(tiny_run, tmp_path / "strict", echo=lines.append, require_int8=True, **common)

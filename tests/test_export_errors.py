@@ -79,7 +79,8 @@ def test_damaged_checkpoint_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
     (run / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
     err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "out" / "a"), "--data", str(synthetic_cola), "--no-store"))
     assert "cannot load the checkpoint" in err
-    assert list((tmp_path / "out").iterdir()) == []  # no artifact, no staging or work folder left behind
+    # no artifact, no staging, work or lock file left behind, nor the parent folder the command made for them
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").iterdir())
 
 
 def test_predict_and_verify_on_non_artifacts(tmp_path):

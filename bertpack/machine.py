@@ -10,6 +10,11 @@ PACKAGES = ("bertpack", "torch", "transformers", "datasets", "optimum", "optimum
             "onnxruntime", "tokenizers", "numpy", "bentoml", "pydantic")
 
 
+# CPU flags of the int8 dot-product instructions (exact u8s8 products), and platform.machine() names of x86-64.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+X86_MACHINES = ("x86_64", "amd64")
+
+
 def library_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed versions of `packages` (absent ones left out), plus Python's."""
     found = {"python": platform.python_version()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from bertpack.machine import cpu_flags, cpu_model
+from bertpack.machine import VNNI_FLAGS, cpu_flags, cpu_model
 
 TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 # What the int8 and bf16 kernels depend on (recorded in the manifest, bench.json and doctor's report).
@@ -34,4 +34,4 @@ def cpu_report(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """What the manifest, bench.json and doctor record about this CPU."""
     flags = cpu_flags(cpuinfo)
     return {"machine": platform.machine(), "model": cpu_model(cpuinfo), "flags": {f: f in flags for f in REPORTED_FLAGS},
-            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "quantization_target": quantization_target(flags)}
+            "vnni": bool(VNNI_FLAGS & flags), "quantization_target": quantization_target(flags)}

@@ -160,7 +160,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     except BertpackError as exc:
         return None, str(exc)
     model = {"checked": True, "tag": source.tag, "origin": source.origin, "path": str(source.path), "variant": engine.variant,
-             "device": "cuda" if engine.provider == "CUDAExecutionProvider" else "cpu", "provider": engine.provider,
+             "device": engine.runs_on, "provider": engine.provider,
              "parity_passed": parity_failure(manifest) is None,
              # the service logs the same warning: a variant made for the other device runs, slower than the default
              "variant_made_for": engine.made_for_another_device(), "int8_kernels": engine.int8_kernel_warning()}

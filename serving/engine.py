@@ -19,7 +19,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.files import sha256_file
-from bertpack.machine import cpu_flags, cpu_model, library_versions
+from bertpack.machine import VNNI_FLAGS, X86_MACHINES, cpu_flags, cpu_model, library_versions
 
 log = logging.getLogger("bertpack.engine")
 
@@ -118,7 +118,7 @@ def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None
 
 # x86 CPUs whose u8s8 int8 products are exact; without these, ONNX Runtime's u8s8 kernels (VPMADDUBSW) sum pairs into
 # int16 with saturation, which is what reduce_range (7-bit weights) or u8u8 weights (the avx2 preset) avoid.
-EXACT_U8S8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+EXACT_U8S8_FLAGS = VNNI_FLAGS | {"amx_int8"}
 
 
 def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
@@ -129,10 +129,10 @@ def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
     settings = manifest["variants"][variant].get("settings") or {}
     if settings.get("target") not in ("avx512", "avx512_vnni", "arm64") or settings.get("reduce_range", True):
         return None  # not int8, u8u8 weights (avx2 preset), or 7-bit weights: no saturation anywhere
-    if platform.machine().lower() not in ("x86_64", "amd64") or EXACT_U8S8_FLAGS & cpu_flags(cpuinfo):
+    if platform.machine().lower() not in X86_MACHINES or EXACT_U8S8_FLAGS & cpu_flags(cpuinfo):
         return None
     exported_on = manifest.get("cpu_flags") or {}
-    if exported_on.get("machine", "").lower() in ("x86_64", "amd64") and exported_on.get("vnni") is False:
+    if exported_on.get("machine", "").lower() in X86_MACHINES and exported_on.get("vnni") is False:
         return None  # measured on the same kind of kernels as this CPU's
     return (f"{variant} holds u8s8 int8 weights quantized without reduce_range ({settings['target']} preset, parity measured on "
             f"{exported_on.get('model') or 'another CPU'}); this CPU ({cpu_model(cpuinfo)}) has no VNNI, where ONNX Runtime's "
@@ -349,7 +349,7 @@ class OnnxClassifier:
                 self.session = _open_session(self.model_path, session_options(threads, spin), ["CPUExecutionProvider"])
                 self.provider = self.session.get_providers()[0]
         if buckets == "served":
-            buckets = served_buckets("cuda" if self.provider == "CUDAExecutionProvider" else "cpu")
+            buckets = served_buckets(self.runs_on)
         self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
@@ -364,17 +364,21 @@ class OnnxClassifier:
                 log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
         log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
 
+    @property
+    def runs_on(self) -> str:
+        """The device the session really runs on ("cuda" or "cpu"), whatever was asked for."""
+        return "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+
     def made_for_another_device(self) -> str | None:
         """The device this variant was made for, when the session runs on the other one (fp16 on the CPU, int8 on
         CUDA: it works, slower than that device's default); None when it runs where it was made for."""
         meta = self.manifest["variants"][self.variant]
         made_for = meta.get("for", "cpu" if "method" in meta else None)  # int8_<method> lacked "for" in older exports
-        on = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        return made_for if made_for in ("cpu", "cuda") and made_for != on else None
+        return made_for if made_for in ("cpu", "cuda") and made_for != self.runs_on else None
 
     def int8_kernel_warning(self) -> str | None:
         """int8_kernel_warning for this session's variant, when it runs on the CPU."""
-        if self.provider == "CUDAExecutionProvider":
+        if self.runs_on == "cuda":
             return None
         return int8_kernel_warning(self.manifest, self.variant, self.artifact_dir)
 

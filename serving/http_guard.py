@@ -21,6 +21,7 @@ INTERNAL_CALL: ContextVar[bool] = ContextVar("bertpack_internal_call", default=F
 # nginx's code for "client closed the request": logged and counted for a client that hung up mid-body, not a 500.
 CLIENT_GONE = 499
 
+
 def client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
     """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
     log.warning("POST %s: client error, %d (%s)", path, status, body["error"][:200])

@@ -232,7 +232,7 @@ class Bertpack:
         self._lock = threading.Lock()
         # (A visible GPU that ONNX Runtime cannot use is logged by the engine, which knows whether CUDA was expected.)
         if self.config.variant and (made_for := self.engine.made_for_another_device()):
-            on = "cuda" if self.engine.provider == "CUDAExecutionProvider" else "cpu"
+            on = self.engine.runs_on
             log.warning("BERTPACK_VARIANT=%s was made for %s but runs on %s here: expect it to be slower than the default (%s)",
                         self.engine.variant, made_for, on, manifest["serving_default"][on])
         if why := self.engine.int8_kernel_warning():

@@ -529,7 +529,8 @@ def test_doctor_reports_a_bad_setting_once():
 def test_a_gpu_whose_cuda_does_not_load_gets_the_cpu_model(tiny_artifact, monkeypatch):
     """A visible GPU with broken CUDA libraries: ONNX Runtime falls back to the CPU. The engine then serves the CPU
     default (not the fp16 GPU model on the CPU), padded as the CPU pads; with device cuda asked for, it is an error.
-    (Here the GPU is declared visible and CUDA usable, and ONNX Runtime's CUDA provider then fails for real.)"""
+    (Here the GPU is declared visible and CUDA usable, and ONNX Runtime's CUDA provider then fails for real: on a
+    host without a GPU for want of one, on a GPU host because it is asked for a device number that does not exist.)"""
     import serving.engine as engine
     from bertpack.errors import BertpackError
     from serving.engine import OnnxClassifier, read_manifest
@@ -537,14 +538,15 @@ def test_a_gpu_whose_cuda_does_not_load_gets_the_cpu_model(tiny_artifact, monkey
     monkeypatch.setattr(engine, "cuda_available", lambda: True)
     monkeypatch.setattr(engine, "gpu_present", lambda: True)
     monkeypatch.setattr(engine, "cuda_problem", lambda: None)
+    no_such_gpu = {"device_id": "4095"}
     manifest = read_manifest(tiny_artifact)
-    clf = OnnxClassifier(tiny_artifact, device="auto", verify=False)
+    clf = OnnxClassifier(tiny_artifact, device="auto", verify=False, cuda_options=no_such_gpu)
     assert clf.provider == "CPUExecutionProvider"
     assert clf.variant == manifest["serving_default"]["cpu"] != manifest["serving_default"]["cuda"]
     assert clf.buckets == ()  # the CPU's padding: each run to its own longest sentence
     assert clf.logits(["The cat sat."]).shape == (1, 2)
     with pytest.raises(BertpackError, match="device cuda was asked for, but ONNX Runtime could not use CUDA"):
-        OnnxClassifier(tiny_artifact, device="cuda", verify=False)
+        OnnxClassifier(tiny_artifact, device="cuda", verify=False, cuda_options=no_such_gpu)
 
 
 def test_batches_take_rows_in_the_order_given(tiny_artifact):

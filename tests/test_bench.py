@@ -99,6 +99,20 @@ def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthet
         assert e2e[side]["sentences_per_s"] == pytest.approx(8 / e2e[side]["seconds"])
 
 
+def test_end_to_end_sentences_cover_both_domains(tiny_artifact, synthetic_cola, tmp_path):
+    """The end-to-end comparison's N sentences are spread over the bench's sentences, so both CoLA domains are in it
+    (the first N of the validation order were all in-domain)."""
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--batch-sizes", "8",
+                   "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile", "--min-time", "0",
+                   "--min-samples", "1", "--max-passes", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    e2e = json.loads((out / "bench.json").read_text())["end_to_end"]
+    assert e2e["sentences"] == 8
+    for side in ("book", "serving"):
+        assert {"mcc_in_domain", "mcc_out_domain"} <= set(e2e[side]), e2e[side]
+
+
 def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tmp_path):
     """--rounds 3: every engine runs three times in fresh processes; rows and bars hold the median of the per-round
     figures (each ratio against the same round's reference), and each round's own figures."""

@@ -158,10 +158,12 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callabl
     if result.failures:
         raise ParityError(f"{cfg.out}: {'; '.join(result.failures)} (artifact written with status 'failed parity', not registered; see {cfg.out}/parity.md)")
     if cfg.store:
-        from export.store import register
+        from export.store import register, store_manifest
 
         result.tag = register(result.out, manifest)
-        echo(f"registered in the BentoML model store as {result.tag}")
+        left = store_manifest(result.out, manifest)["store_copy"]["left_out"]
+        echo(f"registered in the BentoML model store as {result.tag}" + (
+            f" (without the parity reference {', '.join(left.values())}: a Bento need not carry it; {cfg.out} keeps it)" if left else ""))
     echo(f"artifact written to {cfg.out}  (next: bertpack predict {cfg.out} \"Some sentence.\")")
     return result
 
@@ -182,8 +184,10 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     from bertpack.data import data_source
 
     evals = _load_eval(data_source(data, "verify --parity"), None)
-    fp32 = OnnxClassifier(artifact_dir, variant="fp32", device="cpu", verify=False, buckets=served_buckets("cpu"))
-    scoring = _Scoring.against(checkpoint, fp32, evals, tolerance)
+    # It only tokenizes and batches for PyTorch: optimized does that the same where fp32 is absent (the model store's copy).
+    encoder = OnnxClassifier(artifact_dir, variant="fp32" if "fp32" in manifest["variants"] else "optimized", device="cpu",
+                             verify=False, buckets=served_buckets("cpu"))
+    scoring = _Scoring.against(checkpoint, encoder, evals, tolerance)
     rows, failures = [scoring.ref_row], []
     for name, variant in manifest["variants"].items():
         device = "cpu"

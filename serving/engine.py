@@ -100,6 +100,16 @@ def parity_failure(manifest: dict) -> str | None:
     return "; ".join(manifest.get("parity", {}).get("failures", [])) or str(manifest["status"])
 
 
+def left_out(manifest: dict, variant: str) -> tuple[str, str] | None:
+    """(file, export folder) when `variant` was left out of this copy of the artifact (the model store's copy, and so a
+    Bento, carries only the variants a service can be asked for: export/store.py), else None."""
+    copy = manifest.get("store_copy")
+    files = copy.get("left_out") if isinstance(copy, dict) else None
+    if not isinstance(files, dict) or variant not in files:
+        return None
+    return str(files[variant]), str(copy.get("of", "?"))
+
+
 def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None = None) -> None:
     """Re-hash files against the manifest (all of them, or `names`); raise on any mismatch."""
     artifact_dir = Path(artifact_dir)
@@ -314,6 +324,9 @@ class OnnxClassifier:
         self.variant = variant or self.manifest["serving_default"]["cuda" if want_cuda else "cpu"]
         variants = self.manifest["variants"]
         if self.variant not in variants:
+            if missing := left_out(self.manifest, self.variant):
+                raise BertpackError(f"variant {self.variant!r} ({missing[0]}) was left out of {self.artifact_dir}, the model store's copy "
+                                    f"of the export; use the export's folder, which has every variant: {missing[1]}")
             raise BertpackError(f"variant {self.variant!r} is not in {self.artifact_dir} (has: {', '.join(variants)})")
         model_file = variants[self.variant]["file"]
         if verify:

@@ -167,7 +167,7 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None,
     `verified`: the files_fingerprint() taken when the files were last hashed; if it still matches, the
     files are not hashed again (a worker after the serve process's own check: one pass is 0.3 s for the
     demo's 250 MB artifact here, ~1.5 s at that rate for a bert-base artifact)."""
-    from serving.engine import load_tokenizer, read_manifest, verify_files
+    from serving.engine import left_out, load_tokenizer, read_manifest, verify_files
 
     config = ServeConfig.from_env(env, default_model)
     source = resolve_model(config.model)
@@ -177,6 +177,10 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None,
         load_tokenizer(source.path)  # a file can match its hash and still not parse (tens of ms)
     if config.variant and config.variant not in manifest["variants"]:
         default = manifest["serving_default"]
+        if missing := left_out(manifest, config.variant):
+            raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} ({missing[0]}, the export's reference graph) was left out of "
+                                f"{source.tag} in the model store, so a Bento does not carry it; set BERTPACK_VARIANT=optimized "
+                                f"(the same logits from the fused graph), or serve the export's folder, which has every variant: BERTPACK_MODEL={missing[1]}")
         raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
                             f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
     if problem := device_problem(config.device):

@@ -487,6 +487,33 @@ def test_int8_candidates_fused_and_unfused(tiny_artifact, tmp_path):
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def test_bench_of_a_model_store_copy(tiny_artifact, synthetic_cola, tmp_path):
+    """The model store's copy has no fp32 reference graph: bench still runs (fp32 skipped with the reason, the
+    tokenizer from `optimized`), and --int8-candidates, which needs the unfused graph, says where it is in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import json, sys; from export.store import register; print(register(sys.argv[1], json.load(open(sys.argv[2]))))"
+    reg = subprocess.run([sys.executable, "-c", code, str(tiny_artifact), str(tiny_artifact / "manifest.json")], cwd=REPO,
+                         env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=120)
+    assert reg.returncode == 0, reg.stderr[-2000:]
+    stored = tmp_path / "home" / "models" / "bertpack-cola" / reg.stdout.strip().splitlines()[-1].split(":")[1]
+    assert not (stored / "model.onnx").exists()
+    common = ["--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4", "--no-end-to-end", "--no-profile", *QUICK]
+    proc = run_cli("bench", str(stored), "--out", str(tmp_path / "out"), "--engines", "pytorch_fp32,onnx_fp32,onnx_optimized", *common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_optimized"}
+    assert payload["skipped"] == [{"engine": "onnx_fp32", "reason": "the artifact has no fp32 variant"}]
+    proc = run_cli("bench", str(stored), "--out", str(tmp_path / "out2"), "--engines", "pytorch_fp32", "--int8-candidates", *common)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, proc.stderr[-2000:]
+    assert "--int8-candidates needs the unfused fp32 graph (model.onnx)" in err and str(tiny_artifact.resolve()) in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--engines", "pytorch_fp32,warp_drive"], "unknown engine"),
     (["--engines", "onnx_int8"], "must include pytorch_fp32"),

@@ -207,7 +207,7 @@ def test_predict_cli(exported):
     assert "sentence 2 has no text" in blank.stderr  # as the service's 400: no score for no text
 
 
-def test_store_registration(exported):
+def test_store_registration(exported, synthetic_cola):
     manifest = json.loads((exported["out"] / "manifest.json").read_text())
     tag = f"bertpack-cola:{manifest['version']}"
     assert f"registered in the BentoML model store as {tag}" in exported["proc"].stdout
@@ -220,11 +220,26 @@ def test_store_registration(exported):
     assert info["meta"]["parity"]["passed"] is True
     assert info["meta"]["parity"]["rows"]["optimized"]["agreement"] == 100.0
     stored = Path(info["path"])
-    assert (stored / "manifest.json").read_text() == (exported["out"] / "manifest.json").read_text()
+    # The store's copy (what a Bento carries) leaves out the fp32 reference graph, which no service loads by default:
+    # the artifact's manifest less that variant and its file, plus a record of what was left out and where it is.
+    folder = json.loads((exported["out"] / "manifest.json").read_text())
+    copy = json.loads((stored / "manifest.json").read_text())
+    assert copy.pop("store_copy") == {"of": str(exported["out"].resolve()), "left_out": {"fp32": "model.onnx"}}
+    assert copy == {**folder, "variants": {k: v for k, v in folder["variants"].items() if k != "fp32"},
+                    "files": {k: v for k, v in folder["files"].items() if k != "model.onnx"}}
+    assert sorted(p.name for p in stored.iterdir()) == sorted([*copy["files"], "manifest.json", "model.yaml"])
+    assert "(without the parity reference model.onnx" in exported["proc"].stdout
+    for extra in ([], ["--parity", "--data", str(synthetic_cola)]):  # the parity re-check runs without fp32 too
+        checked = run_cli("verify", str(stored), *extra)
+        assert checked.returncode == 0 and checked.stdout.strip().endswith(f"{stored}: verified"), checked.stdout + checked.stderr
     # the engine loads the stored copy (hashes checked) as the service would
     from serving.engine import OnnxClassifier
 
     assert OnnxClassifier(stored, device="cpu").variant == "int8"
+    # asking the copy for the variant it lacks names the folder that has it
+    err = run_cli("predict", str(stored), "The cat sat.", "--variant", "fp32")
+    assert err.returncode == 2 and err.stdout == "" and len(err.stderr.strip().splitlines()) == 1, err.stderr
+    assert "variant 'fp32' (model.onnx) was left out of" in err.stderr and str(exported["out"].resolve()) in err.stderr
 
 
 def test_verify_ok_then_corrupted_and_truncated(exported, tmp_path):

@@ -492,6 +492,17 @@ def test_bentoml_build(server, tmp_path):
     assert {"serving.engine", "serving.http_guard", "serving.schema", "serving.source", "bertpack.errors"} <= seen
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu" in reqs and "torch" not in reqs and "transformers" not in reqs
+    # What the Bento ships (`bentoml export`, as `containerize` and `push` pack it): the variants a service loads, not
+    # the export's fp32 reference graph (91 MB of the embedded model's 261 MB, never loaded unless asked for by name).
+    import tarfile
+
+    archive = tmp_path / "bertpack.bento"
+    proc = subprocess.run([BENTOML, "export", tag, str(archive)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with tarfile.open(archive) as tar:
+        shipped = {Path(m.name).name for m in tar.getmembers() if f"models/bertpack-cola/{server['manifest']['version']}/" in m.name}
+    served = {v["file"] for k, v in server["manifest"]["variants"].items() if k != "fp32"}
+    assert served <= shipped and "model.onnx" not in shipped, shipped
     # The image's environment reaches the Dockerfile `bentoml containerize` builds (under `docker.env` it was dropped).
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     for setting in ("BERTPACK_DEVICE=auto", "NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"):

@@ -18,10 +18,25 @@ except ImportError:
     from tests.conftest import REPO, make_tiny_run, run_cli
 
 
+HEAVY = ('torch', 'transformers', 'optimum', 'datasets', 'sklearn', 'accelerate', 'onnx')  # the export's; never the Bento's
+
+
 def test_service_import_loads_neither_torch_nor_transformers():
     code = ("import sys, json\nimport serving.service, serving.engine, serving.doctor\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum'))))")
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_started_service_holds_none_of_the_exports_libraries(tiny_artifact):
+    """What a worker runs after the import (the checks before serving, the engine's start, a classification) imports
+    inside functions too: none of it may pull in torch, transformers or the export's other libraries."""
+    code = ("import os, sys, json; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
+            "from serving.service import Bertpack\nfrom serving.source import preflight\n"
+            "preflight(); svc = Bertpack.inner(); svc.info(); svc.infer(svc.engine.encode(['The cat sat.']))\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 

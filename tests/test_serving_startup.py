@@ -110,6 +110,21 @@ def test_unknown_variant_stops_serve(tiny_artifact, tmp_path):
     assert_one_line_failure(rc, out, seconds, "BERTPACK_VARIANT='int4' is not in", "optimized", "unset it for the default")
 
 
+def test_variant_left_out_of_the_store_stops_serve_naming_the_fix(tiny_artifact, tmp_path):
+    """The model store's copy (what a Bento carries) leaves out the fp32 reference graph; BERTPACK_VARIANT=fp32 against
+    it stops `bentoml serve` with one line that says so and names both fixes (optimized, or the export's folder)."""
+    home = tmp_path / "home"
+    code = "import json, sys; from export.store import register; print(register(sys.argv[1], json.load(open(sys.argv[2]))))"
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_artifact), str(tiny_artifact / "manifest.json")], cwd=REPO,
+                          env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tag = proc.stdout.strip().splitlines()[-1]
+    assert not (home / "models" / "bertpack-cola" / tag.split(":")[1] / "model.onnx").exists()
+    rc, out, seconds = serve_expecting_failure({"BERTPACK_VARIANT": "fp32"}, home)
+    assert_one_line_failure(rc, out, seconds, f"BERTPACK_VARIANT='fp32' (model.onnx, the export's reference graph) was left out of {tag}",
+                            "set BERTPACK_VARIANT=optimized", f"BERTPACK_MODEL={tiny_artifact.resolve()}")
+
+
 def test_model_that_onnxruntime_refuses_stops_serve(tiny_artifact, tmp_path):
     """A model file whose hash matches its manifest but that ONNX Runtime cannot load passes the checks before
     serving and fails in the worker: the worker logs one line and stops the whole server (exit status 1)."""

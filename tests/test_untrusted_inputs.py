@@ -135,3 +135,16 @@ def test_resume_refuses_pickled_weights_beside_another_safetensors_file(resumabl
     shutil.copytree(tmp_path / "pickled", last)
     proc = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--max-steps", "4")
     _one_error_line(proc, f"the last checkpoint {last} is damaged (no model.safetensors weights)")
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{}" + " " * (2 << 20)],
+                         ids=["nested too deeply", "over 1 MiB"])
+def test_a_manifest_nested_too_deeply_or_too_large(tiny_artifact, tmp_path, text):
+    """A deeply nested manifest.json was a RecursionError traceback; one of any size was read whole into memory."""
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    (artifact / "manifest.json").write_text(text)
+    for args in (["predict", str(artifact), "The cat sat."], ["verify", str(artifact)]):
+        err = _one_line_error(run_cli(*args))
+        assert "manifest.json" in err and "re-run bertpack export" in err, err
+        assert ("nested too deeply" if text.startswith("[") else "over the 1048576 bytes") in err, err

@@ -24,11 +24,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     """A run folder in the training contract's layout holding random BERT-base weights."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
 
-    from bertpack.models import LABELS
+    from bertpack.models import LABELS, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     # bert-base's shape; the vocabulary is the template's (30522 for uncased WordPiece), so every token id has a row
     config = BertConfig(vocab_size=len(tokenizer), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})

@@ -21,6 +21,7 @@ from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.data import data_source, validation_sentences
 from bertpack.errors import BertpackError
 from bertpack.locks import writing
+from export.checkpoint import named_by_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,6 +66,8 @@ def check_config(cfg: BenchConfig) -> dict:
     if not Path(manifest.get("source", {}).get("checkpoint", ""), "config.json").is_file() and cfg.arch == "finetuned":
         raise BertpackError(f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in {artifact}/manifest.json "
                             "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now")
+    if cfg.arch == "finetuned":
+        named_by_artifact(Path(manifest["source"]["checkpoint"]), artifact)
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bench.json").is_file())):
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
@@ -206,6 +209,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
         if not Path(checkpoint, "config.json").is_file():
             raise BertpackError(f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
                                 "the PyTorch engines load it: keep the run folder, or re-export from where it is now")
+        checkpoint = str(named_by_artifact(Path(checkpoint), artifact))
 
         if cfg.int8_candidates:
             from bench.int8_candidates import build_candidates

@@ -56,7 +56,8 @@ class TorchEngine:
 
     def __init__(self, checkpoint: str, mode: str, device: str, threads: int):
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from bertpack.models import load_classifier
 
         torch.set_num_threads(threads)
         try:
@@ -64,7 +65,7 @@ class TorchEngine:
         except RuntimeError:
             pass
         self.torch, self.mode, self.device = torch, mode, device
-        self.model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval().to(device)
+        self.model = load_classifier(checkpoint).eval().to(device)
         if mode == "fp16":
             self.model = self.model.half()
         self.size_bytes = sum(p.stat().st_size for p in Path(checkpoint).glob("*.safetensors"))
@@ -350,10 +351,11 @@ def _timed_passes(one_pass: Callable[[], T], spec: dict) -> tuple[list[float], T
 def run_book(spec: dict) -> dict:
     """The book's way, end to end: tokenizer pads every sentence to 128, input order, PyTorch fp32 eager."""
     import torch
-    from transformers import AutoTokenizer
+
+    from bertpack.models import load_tokenizer
 
     engine = TorchEngine(spec["checkpoint"], "fp32", spec["device"], spec["threads"])
-    tok = AutoTokenizer.from_pretrained(spec["checkpoint"])
+    tok = load_tokenizer(spec["checkpoint"])
     sentences, bs, length = spec["sentences"], spec["e2e_batch_size"], spec["e2e_pad_to"]
 
     def batch_logits(chunk: list[str]) -> np.ndarray:

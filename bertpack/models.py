@@ -9,6 +9,29 @@ from bertpack.errors import BertpackError, quiet_hub_retries
 
 EMBEDDED = "embedded"
 LABELS = {0: "unacceptable", 1: "acceptable"}
+# The weights transformers loads with use_safetensors=True (one file, or the index of a sharded checkpoint). Any other
+# *.safetensors file beside a pytorch_model.bin is not enough: without use_safetensors transformers then unpickles the .bin.
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def has_safe_weights(folder: Path) -> bool:
+    """`folder` holds the safetensors weights transformers (and the Trainer's --resume) load instead of a pickle."""
+    return any((Path(folder) / name).is_file() for name in SAFE_WEIGHTS)
+
+
+def load_classifier(checkpoint: Path | str, **kwargs):
+    """A local sequence-classification checkpoint from its safetensors weights, never a pickle, never its own code
+    (without these two, transformers unpickles a pytorch_model.bin and asks on stdin whether to run a config's auto_map)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(checkpoint), use_safetensors=True, trust_remote_code=False, **kwargs)
+
+
+def load_tokenizer(checkpoint: Path | str, **kwargs):
+    """A checkpoint's tokenizer with transformers, never its own code."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=False, **kwargs)
 
 
 def offline_hint() -> str:
@@ -51,9 +74,9 @@ def resolve_model(model: str) -> str:
                 raise BertpackError(f"--model {path} is a bertpack run folder, not a checkpoint; to start from its model "
                                     f"pass --model {path / 'model'}")
             raise BertpackError(f"--model {path} has no config.json; it is not a Hugging Face checkpoint folder")
-        if not any(path.glob("*.safetensors")):
+        if not has_safe_weights(path):
             raise BertpackError(
-                f"--model {path} has no .safetensors weights; bertpack loads only safetensors (no pickle): "
+                f"--model {path} has no model.safetensors weights; bertpack loads only safetensors (no pickle): "
                 "convert it with `model.save_pretrained(dir, safe_serialization=True)`"
             )
         try:

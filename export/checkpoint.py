@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertpack.errors import BertpackError
-from bertpack.models import LABELS
+from bertpack.models import LABELS, has_safe_weights
 from bertpack.run_marker import RUN_MARKER
 
 DEFAULT_MAX_LENGTH = 128
@@ -41,12 +41,14 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
         raise BertpackError(f"{run_dir} is a file; pass the run folder written by `bertpack train` (holding model/)")
     run_dir = run_folder_of(run_dir)
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
-    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+    if not (path / "config.json").is_file() or not has_safe_weights(path):
         status = _run_status(run_dir)
         hint = (f" (its bertpack_run.json says status 'failed': continue it with `bertpack train --resume --out {run_dir}` "
                 "or retrain with --overwrite)" if status == "failed" else
                 f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else "")
-        raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{hint}")
+        pickle = " (bertpack loads only safetensors weights, never a pickle such as pytorch_model.bin)" \
+            if (path / "config.json").is_file() and any(path.glob("*.bin")) else ""
+        raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{pickle}{hint}")
     if not (path / "tokenizer.json").is_file():
         raise BertpackError(f"{path} has no tokenizer.json (fast tokenizer); re-save the checkpoint with its tokenizer")
     try:
@@ -72,6 +74,17 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     metrics = best if isinstance(best, dict) else {}
     return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
                       metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)))
+
+
+def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:
+    """The source checkpoint an artifact's manifest names (verify --parity and bench load it with PyTorch), checked as
+    an export checks its input: a manifest can come from anyone, and the folder it names must hold a BERT classifier
+    with safetensors weights (transformers would otherwise unpickle a pytorch_model.bin, or ask on stdin to run a
+    config's own code)."""
+    try:
+        return locate_checkpoint(checkpoint).path
+    except BertpackError as exc:
+        raise BertpackError(f"the PyTorch checkpoint named in {artifact_dir}/manifest.json cannot be loaded: {exc}") from None
 
 
 def _json_object(path: Path) -> dict:

@@ -18,11 +18,12 @@ def export_fp32(checkpoint: Path, out_dir: Path, opset: int | None = None) -> Pa
     pattern the ORT fusion does not recognise, and then no Attention node is fused.
     """
     from optimum.exporters.onnx import onnx_export_from_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertpack.models import load_classifier, load_tokenizer
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        model = load_classifier(checkpoint, attn_implementation="eager").eval()
+        tokenizer = load_tokenizer(checkpoint)
     except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types; all mean a damaged checkpoint
         raise BertpackError(f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                             "is it damaged? re-run bertpack train") from None

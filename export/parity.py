@@ -66,9 +66,10 @@ class Eval:
 def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
     """PyTorch fp32 logits for the same batches the ONNX classifier runs (see OnnxClassifier.logits)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+    from bertpack.models import load_classifier
+
+    model = load_classifier(checkpoint).eval()
     ids = classifier.encode(sentences)
     out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():

@@ -24,7 +24,7 @@ from bertpack.locks import writing
 from bertpack.machine import library_versions
 from export import manifest as mf
 from export import optimize, parity, quantize
-from export.checkpoint import Checkpoint, locate_checkpoint
+from export.checkpoint import Checkpoint, locate_checkpoint, named_by_artifact
 from export.config import INT8_CHOICES, ExportConfig
 from export.cpu import TARGETS, cpu_report
 from export.onnx_export import export_fp32, graph_inputs
@@ -181,6 +181,7 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     checkpoint = Path(manifest.get("source", {}).get("checkpoint", ""))
     if not (checkpoint / "config.json").is_file():
         raise BertpackError(f"the source checkpoint {checkpoint} of {artifact_dir} is gone; parity needs it (PyTorch is the reference)")
+    checkpoint = named_by_artifact(checkpoint, artifact_dir)
     from bertpack.data import data_source
 
     evals = _load_eval(data_source(data, "verify --parity"), None)

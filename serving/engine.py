@@ -25,6 +25,9 @@ log = logging.getLogger("bertpack.engine")
 
 MANIFEST = "manifest.json"
 ARTIFACT_FORMAT = "bertpack-artifact/1"
+# An export's manifest is a few kB (about 7 kB for six variants); one far larger is not a bertpack export, and reading
+# it whole (an artifact folder from elsewhere, a manifest.json linked to a large file) would cost its size in memory.
+MAX_MANIFEST_BYTES = 1 << 20
 # Sequences are padded up to one of these lengths so a few shapes repeat (ORT caches per shape;
 # CUDA graphs need fixed shapes); CoLA sentences are short, so most land in 16 or 32.
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -45,9 +48,15 @@ def read_manifest(artifact_dir: Path) -> dict:
         what = f"whose {MANIFEST} is a folder, not a file" if path.exists() else f"has no {MANIFEST}"
         raise BertpackError(f"{artifact_dir} {what}; it is not a bertpack export (run `bertpack export RUN_DIR`)")
     try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BertpackError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} bytes a bertpack manifest may hold (an export "
+                                "writes a few kB): it is not a bertpack export; re-run bertpack export")
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BertpackError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run bertpack export") from None
+    except RecursionError:  # brackets nested deeper than Python's parser goes: not an export's manifest
+        raise BertpackError(f"{path} is not valid JSON (nested too deeply to parse); re-run bertpack export") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BertpackError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}); "
                             "check its permissions or re-run bertpack export") from None

@@ -325,7 +325,8 @@ class Bertpack:
             sizes = dict(sorted(self.batch_sizes.items()))
         batches = sum(sizes.values())
         return {
-            "model": self.source.tag, "model_version": self.version, "origin": self.source.origin, "path": str(self.source.path),
+            # Not the artifact's folder: a client need not learn the server's paths (user names, layout); the operator set it.
+            "model": self.source.tag, "model_version": self.version, "origin": self.source.origin,
             "engine": {"variant": self.engine.variant, "file": self.engine.model_path.name, "provider": self.engine.provider,
                        "device_requested": self.config.device, "cuda_graphs": self.engine.graphs is not None, "cuda_graph_error": self.engine.graph_error,
                        "threads": self.engine.session.get_session_options().intra_op_num_threads,

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -116,9 +117,11 @@ def damaged_checkpoint(folder: Path) -> str | None:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError) as exc:
         return f"trainer_state.json: {exc.strerror if isinstance(exc, OSError) else 'not valid JSON'}"
+    from bertpack.models import has_safe_weights
+
+    if not has_safe_weights(folder):  # the Trainer would load a pytorch_model.bin (a pickle) instead
+        return "no model.safetensors weights"
     weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        return "no .safetensors weights"
     for path in weights:
         try:
             with safe_open(str(path), framework="pt"):
@@ -260,6 +263,10 @@ def _user_error(exc: BaseException, kept: str) -> BaseException:
         return BertpackError(f"{exc}; {kept}")
     if isinstance(exc, OSError):
         return BertpackError(f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or fix permissions; {kept}")
+    if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a --resume checkpoint's state file
+        return BertpackError("the checkpoint --resume loads holds a state file (optimizer.pt, scheduler.pt or rng_state.pth) with "
+                             "objects other than tensors and plain data, which bertpack never unpickles: it was not written by "
+                             f"bertpack train; delete that checkpoint to resume from the one before, or retrain with --overwrite; {kept}")
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
         return BertpackError(f"out of GPU memory; lower --batch-size or --eval-batch-size or --max-length; {kept}")
     exc.add_note(kept)

@@ -86,9 +86,17 @@ def weighted_loss(weights: list[float]):
 
 
 # --------------------------------------------------------------------------- the run
+# torch.load falls back to full unpickling under this variable wherever its caller did not pass weights_only: the
+# Trainer's --resume reads a checkpoint's rng_state.pth that way, so a run folder from elsewhere would run its code.
+UNSAFE_TORCH_LOAD = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
     cfg.validate()
+    if os.environ.pop(UNSAFE_TORCH_LOAD, None) is not None and is_main_process():
+        print(f"note: {UNSAFE_TORCH_LOAD} is ignored: bertpack loads checkpoint state with torch.load(weights_only=True) only",
+              file=sys.stderr)
     # The main process holds OUT's lock from the checks to the end: a second run, or a --resume, on the same --out
     # while this one trains is refused instead of writing checkpoints into the same folder.
     with writing(cfg.out, "bertpack train") if is_main_process() else contextlib.nullcontext():
@@ -247,7 +255,7 @@ def load_model(model_id: str, cfg: TrainConfig):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - missing files, a damaged tokenizer.json, the hub: all "cannot load"
         raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({one_line(exc)}); the checkpoint needs its tokenizer files "
                             "(tokenizer.json or vocab.txt) beside config.json") from None

@@ -216,6 +216,7 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     common = ["train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--batch-size", "8"]
     first = run_cli(*common, "--max-steps", "4", "--keep-checkpoints")
     assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"] is None and "since --resume" not in first.stdout
     # simulate a crash after the last checkpoint: the run is not marked complete
     marker = json.loads((out / "bertpack_run.json").read_text())
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
@@ -228,6 +229,9 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     assert (recorded["data"], recorded["model"], recorded["batch_size"], recorded["max_steps"]) == (str(synthetic_cola), str(tiny_run / "model"), 8, 8)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"][-1]["epoch"] > 0
+    # its wall time is the resumed part's only, and the records say so (it read as the whole run's time)
+    assert metrics["resumed_from"] == "checkpoint-4"
+    assert "s (since --resume from checkpoint-4), " in second.stdout, second.stdout[-1500:]
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
     assert not (out / "checkpoints").exists()
     # the resumed process starts at step 4 of 8 (its progress bar never shows step 1) and reaches step 8

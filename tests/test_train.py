@@ -231,6 +231,7 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     assert metrics["epochs"][-1]["epoch"] > 0
     # its wall time is the resumed part's only, and the records say so (it read as the whole run's time)
     assert metrics["resumed_from"] == "checkpoint-4"
+    assert metrics["trainer_samples_per_second_incl_eval"] is None  # the Trainer's: all 8 steps' samples over 4 steps' time
     assert "s (since --resume from checkpoint-4), " in second.stdout, second.stdout[-1500:]
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
     assert not (out / "checkpoints").exists()

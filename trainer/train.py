@@ -231,7 +231,8 @@ def _train(cfg: TrainConfig) -> dict:
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
             # Approximate: the last batch of an epoch may be short.
             "train_samples_per_second": timer.steps * args.world_size * args.train_batch_size / timer.seconds if timer.seconds else None,
-            "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
+            # after --resume the Trainer divides the whole run's samples by the resumed part's time: no figure then
+            "trainer_samples_per_second_incl_eval": None if resumed_from else result.metrics.get("train_samples_per_second"),
             "wall_time_s": wall,
             # wall_time_s, train_runtime_s and the samples/s figures time this process only: after --resume, the steps since
             # this checkpoint (the interrupted part's time is not known once it was killed)

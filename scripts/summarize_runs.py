@@ -21,7 +21,7 @@ def main(paths: list[str]) -> None:
                   + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else "")
                   + f", seed {c['seed']}")
         print(f"| {Path(p).parent.name} | {recipe} | {round(best_row['epoch'], 2):g} | {b['mcc']:.3f} | {b['mcc_in_domain']:.3f} | "
-              f"{b['mcc_out_domain']:.3f} | {b['accuracy']:.3f} | {m['wall_time_s'] / 60:.1f} min | {m['train_samples_per_second']:.0f} |")
+              f"{b['mcc_out_domain']:.3f} | {b['accuracy']:.3f} | {m['wall_time_s'] / 60:.1f} min{' since --resume' if m.get('resumed_from') else ''} | {m['train_samples_per_second']:.0f} |")
         mccs.append(b["mcc"])
     if len(mccs) > 1:
         print(f"\nmean dev MCC {statistics.mean(mccs):.3f} ± {statistics.stdev(mccs):.3f} (sd over {len(mccs)} runs; "

@@ -216,6 +216,7 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     common = ["train", "--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--batch-size", "8"]
     first = run_cli(*common, "--max-steps", "4", "--keep-checkpoints")
     assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"] is None and "since --resume" not in first.stdout
     # simulate a crash after the last checkpoint: the run is not marked complete
     marker = json.loads((out / "bertpack_run.json").read_text())
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
@@ -228,6 +229,10 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, synthetic_cola: Pat
     assert (recorded["data"], recorded["model"], recorded["batch_size"], recorded["max_steps"]) == (str(synthetic_cola), str(tiny_run / "model"), 8, 8)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"][-1]["epoch"] > 0
+    # its wall time is the resumed part's only, and the records say so (it read as the whole run's time)
+    assert metrics["resumed_from"] == "checkpoint-4"
+    assert metrics["trainer_samples_per_second_incl_eval"] is None  # the Trainer's: all 8 steps' samples over 4 steps' time
+    assert "s (since --resume from checkpoint-4), " in second.stdout, second.stdout[-1500:]
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
     assert not (out / "checkpoints").exists()
     # the resumed process starts at step 4 of 8 (its progress bar never shows step 1) and reaches step 8
@@ -267,6 +272,42 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_r
     assert metrics["best"]["accuracy"] == pytest.approx(sum(int(p) == y for p, y in zip(preds, labels)) / len(labels), abs=1e-12)
     # and the loss is each process's mean, not multiplied by the process count
     assert all(row["train_loss"] < 1.2 for row in metrics["epochs"] if "train_loss" in row), metrics["epochs"]
+
+
+def test_torchrun_resume_on_cpu_ends_with_the_uninterrupted_weights(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+    """--resume under torchrun on CPU: the Trainer loaded optimizer.pt onto accelerate's torch.device("cpu", rank),
+    which torch.load cannot restore to ("cpu:0"), so every CPU DDP resume failed. Resumed from an earlier checkpoint,
+    the run ends with the uninterrupted run's weights (each process resumes at the right place in the shared order)."""
+    from safetensors.torch import load_file
+
+    from serving.local_server import free_port
+    from trainer.run_dir import checkpoints
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        return run_process_group([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                                  "--master_port", str(free_port()), "-m", "bertpack.cli", "train", "--out", str(out), *args],
+                                 env=env, timeout=300)
+
+    # 64 rows, 8 per process: 4 steps per epoch, a checkpoint at every step (the Trainer keeps the last and the best)
+    whole = torchrun("--model", str(tiny_run / "model"), "--data", str(synthetic_cola), "--max-steps", "6", "--batch-size", "8",
+                     "--evals-per-epoch", "4", "--lr", "5e-4", "--keep-checkpoints")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    last = checkpoints(out)[-1]
+    assert last.name == "checkpoint-6"
+    expected = load_file(last / "model.safetensors")
+    # a run killed after its second-to-last checkpoint: its last one never written, its marker still "training"
+    shutil.rmtree(last)
+    marker = json.loads((out / "bertpack_run.json").read_text())
+    (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
+    resumed = torchrun("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+    got = load_file(out / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    assert not expected["classifier.weight"].equal(load_file(tiny_run / "model" / "model.safetensors")["classifier.weight"])  # it trained
+    assert all(expected[name].equal(got[name]) for name in expected), [name for name in expected if not expected[name].equal(got[name])][:5]
 
 
 # ----------------------------------------------------------------------------- the real thing

@@ -9,8 +9,11 @@ stopped in, so the rest of that epoch was not the rest of the interrupted one. H
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import Trainer
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 
@@ -34,7 +37,21 @@ class SeededLengthSampler:
 
 class LengthGroupedTrainer(Trainer):
     """The HF Trainer; with group_by_length its training and validation batches come from SeededLengthSampler
-    (training: a new order each epoch; validation: one fixed order)."""
+    (training: a new order each epoch; validation: one fixed order). It also loads a --resume checkpoint's optimizer
+    state under torchrun on CPU (see _load_optimizer_and_scheduler)."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Under torchrun on CPU the Trainer loads optimizer.pt onto args.device, which accelerate makes
+        # torch.device("cpu", rank), and torch.load has no restorer for "cpu:0": every CPU DDP --resume failed with
+        # "don't know how to restore data location of torch.storage.UntypedStorage (tagged with cpu:0)".
+        # Load it as the Trainer does on one process (onto the CPU); GPUs and single processes keep its own code.
+        device = self.args.device
+        if checkpoint is None or device.type != "cpu" or device.index is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        optimizer, scheduler = os.path.join(checkpoint, OPTIMIZER_NAME), os.path.join(checkpoint, SCHEDULER_NAME)
+        if os.path.isfile(optimizer) and os.path.isfile(scheduler):  # the Trainer's own condition
+            self.optimizer.load_state_dict(torch.load(optimizer, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
 
     def _lengths(self, dataset) -> list[int]:
         return [len(ids) for ids in dataset["input_ids"]]

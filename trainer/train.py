@@ -32,7 +32,7 @@ from bertpack.metrics import accuracy, mcc
 from bertpack.models import LABELS, resolve_model
 from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
-from trainer.run_dir import check_out_dir, is_main_process, one_line, run_folder
+from trainer.run_dir import check_out_dir, checkpoints, is_main_process, one_line, run_folder
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -198,8 +198,10 @@ def _train(cfg: TrainConfig) -> dict:
             compute_loss_func=weighted_loss(class_weights) if class_weights else None,
         )
 
+        # The checkpoint check_out_dir checked (the Trainer's own choice too: the highest step), named in metrics.json
+        resumed_from = checkpoints(cfg.out)[-1] if cfg.resume else None
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
         wall = time.perf_counter() - started
         epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
         final = trainer.evaluate()  # the best checkpoint is loaded back at the end
@@ -229,8 +231,12 @@ def _train(cfg: TrainConfig) -> dict:
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
             # Approximate: the last batch of an epoch may be short.
             "train_samples_per_second": timer.steps * args.world_size * args.train_batch_size / timer.seconds if timer.seconds else None,
-            "trainer_samples_per_second_incl_eval": result.metrics.get("train_samples_per_second"),
+            # after --resume the Trainer divides the whole run's samples by the resumed part's time: no figure then
+            "trainer_samples_per_second_incl_eval": None if resumed_from else result.metrics.get("train_samples_per_second"),
             "wall_time_s": wall,
+            # wall_time_s, train_runtime_s and the samples/s figures time this process only: after --resume, the steps since
+            # this checkpoint (the interrupted part's time is not known once it was killed)
+            "resumed_from": resumed_from and resumed_from.name,
             "versions": library_versions(),
         }
 
@@ -331,7 +337,7 @@ def summary(metrics: dict) -> str:
         f"model          {metrics['model']}",
         f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows)",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
-        f"time           {metrics['wall_time_s']:.0f} s, {_rate(metrics['train_samples_per_second'])}",
+        f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, {_rate(metrics['train_samples_per_second'])}",
         "",
         " epoch  train loss  val loss  accuracy     MCC  in-domain  out-of-domain",
     ]
@@ -346,6 +352,10 @@ def summary(metrics: dict) -> str:
 def _rate(samples_per_second: float | None) -> str:
     # None when the run took no optimizer step (a --resume of a run that failed after its last step)
     return "no training steps" if samples_per_second is None else f"{samples_per_second:.1f} training samples/s"
+
+
+def _since(checkpoint: str | None) -> str:
+    return f" (since --resume from {checkpoint})" if checkpoint else ""
 
 
 def _f(value: float | None, width: int = 10) -> str:

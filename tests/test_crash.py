@@ -113,8 +113,10 @@ def test_export_killed_while_registering_leaves_the_store_usable(tmp_path: Path,
     manifest = artifact / "manifest.json"
     code = f"import json; from export.store import register; print(register({str(artifact)!r}, json.load(open({str(manifest)!r}))))"
     entries = home / "models" / "bertpack-cola"
+    scratch = tmp_path / "tmp"  # BentoML's own temp folder (model.yaml) of the killed process lands here, not in /tmp
+    scratch.mkdir()
     _kill_when([sys.executable, "-c", code], lambda: any(entries.glob("2*")) or any(home.glob(".bertpack-register-*/bertpack-cola/2*")),
-               env={"BENTOML_HOME": str(home)})
+               env={"BENTOML_HOME": str(home), "TMPDIR": str(scratch)})
     sizes = {p.name: p.stat().st_size for p in artifact.iterdir()}
     half = [p.name for p in entries.glob("2*")
             if not (p / "model.yaml").is_file() or {f: (p / f).stat().st_size if (p / f).is_file() else None for f in sizes} != sizes]

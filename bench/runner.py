@@ -9,7 +9,6 @@ import random
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from bench.batches import fixed_padding_stats, make_batches, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.data import data_source, validation_sentences
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, storage_errors
 from bertpack.locks import writing
 from export.checkpoint import named_by_artifact
 
@@ -179,7 +178,7 @@ def _select_sentences(sentences: list, labels: list, domains: list, count: int |
 
 
 def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
-    from bertpack.files import staging_dir
+    from bertpack.files import remove_leftovers, staging_dir, work_dir
     from bench import report as rp
     from bench.machine import machine_info
     from serving.engine import OnnxClassifier, cuda_available, physical_cores
@@ -191,10 +190,18 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     cola = data_source(cfg.data, "bench")
     threads = cfg.threads or physical_cores()
     started = datetime.now(timezone.utc)
+    out = Path(cfg.out)
+    # A disk that fills up: one line. Outermost and innermost, as in the export (export/pipeline.py).
+    stopped = storage_errors(out.parent, "bench", f"nothing was written to {out}")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(stopped)
         # Two benches at once would time each other's load and write one --out: the second is refused.
-        stack.enter_context(writing(cfg.out, "bertpack bench"))
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertpack-bench-")))
+        stack.enter_context(writing(out, "bertpack bench"))
+        for line in remove_leftovers(out):  # of a bench killed outright (a bert-base export: GBs)
+            echo(f"note: {line}")
+        # Beside --out, not in /tmp, so the next bench removes one that a killed bench left (remove_leftovers).
+        work = stack.enter_context(work_dir(out))
+        stack.enter_context(stopped)
         artifact = Path(cfg.artifact_dir).resolve()
         if cfg.arch == "bert-base":
             from bench.bert_base import export_bert_base
@@ -246,7 +253,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
                                    started=started, sentences=len(sentences), labels=labels, domains=domains,
                                    rounds=rounds, skipped=skipped, padding=padding, e2e=e2e, cola=cola)
-        with staging_dir(Path(cfg.out)) as stage:
+        with staging_dir(out) as stage:
             rp.write_outputs(payload, stage)
     echo("")
     echo(rp.format_text(payload))

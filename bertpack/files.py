@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,6 +95,45 @@ def staging_dir(final: Path) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(final: Path) -> Iterator[Path]:
+    """A scratch folder beside `final` for the intermediate files of a command writing it, removed at the end. Named
+    after `final` (.NAME.*.work) so that the next writer of `final` finds and removes one that a killed run left
+    (remove_leftovers); a scratch folder in /tmp would stay there, hundreds of MB to GBs of ONNX files each.
+    Absolute: worker processes that run elsewhere get paths in it."""
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".work", dir=final.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(final: Path) -> list[str]:
+    """Clear what a writer of `final` that was killed outright (SIGKILL, OOM killer, power loss: no cleanup ran) left
+    beside it: staging_dir's .NAME.*.partial and work_dir's .NAME.*.work folders are removed; an .NAME.*.old folder
+    is the previous `final`, moved aside in staging_dir's swap: it goes back when `final` is missing (the run was
+    killed between the two renames), else it is removed. Call it holding `final`'s writer lock (bertpack.locks), so
+    none of them belongs to a live writer. Returns one line per thing done, for the caller to show."""
+    final = Path(final)
+    done: list[str] = []
+    if not final.parent.is_dir():
+        return done
+    # mkdtemp's names exactly (8 characters from [a-z0-9_]): never those of a folder named NAME.something
+    ours = re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.(partial|work|old)")
+    found = [p for p in final.parent.glob(f".{glob.escape(final.name)}.*")
+             if ours.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    olds = sorted((p for p in found if p.name.endswith(".old")), key=lambda p: p.stat().st_mtime)
+    if olds and not os.path.lexists(final):
+        os.replace(olds.pop(), final)
+        done.append(f"put back {final}: a run killed while replacing it had left it aside")
+    for path in olds + [p for p in found if p.name.endswith((".partial", ".work"))]:
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(f"removed {path.name}, left beside {final} by a killed run")
+    return done
 
 
 def check_writable_parent(out: Path, option: str) -> None:

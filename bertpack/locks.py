@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -50,12 +51,10 @@ def _acquire(path: Path, target: Path, command: str, option: str) -> int:
     for _ in range(10):  # a holder that finishes unlinks the file: lock the file that is at the path now
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, umask_mode(0o666))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_soon(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].strip()
+            who = _holder(fd)
             os.close(fd)
-            pid, _, what = holder.partition(" ")
-            who = f"{what or 'bertpack'} (pid {pid})" if pid.isdigit() else "another bertpack command"
             raise BertpackError(f"{option} {target} is being written by {who}; wait for it to finish (or stop it), "
                                 f"or choose another {option}") from None
         try:
@@ -68,3 +67,50 @@ def _acquire(path: Path, target: Path, command: str, option: str) -> int:
             return fd
         os.close(fd)
     raise OSError(f"could not lock {path}")
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says about its holder: "bertpack train (pid N)"."""
+    pid, _, what = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].strip().partition(" ")
+    return f"{what or 'bertpack'} (pid {pid})" if pid.isdigit() else "another bertpack command"
+
+
+def _flock_soon(fd: int) -> None:
+    """The lock, or BlockingIOError when another process keeps it: a writer holds it for minutes, held_by() for
+    microseconds, so a few short tries tell one from the other."""
+    for wait in (0.02, 0.05, 0.1, 0.2, None):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+
+
+def held_by(target: Path) -> str | None:
+    """Who holds TARGET's lock now ("bertpack train (pid N)"), or None when no live process does: then a run folder
+    that says "training" was left by a process that was killed, and nothing will finish it. Creates nothing."""
+    try:
+        fd = os.open(lock_path(target), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertpack.errors import BertpackError
+from bertpack.locks import held_by
 from bertpack.models import LABELS, has_safe_weights
 from bertpack.run_marker import RUN_MARKER
 
@@ -43,9 +44,17 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     if not (path / "config.json").is_file() or not has_safe_weights(path):
         status = _run_status(run_dir)
-        hint = (f" (its bertpack_run.json says status 'failed': continue it with `bertpack train --resume --out {run_dir}` "
-                "or retrain with --overwrite)" if status == "failed" else
-                f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else "")
+        trainer = held_by(run_dir) if status == "training" else None  # a "training" run that no process holds was killed
+        if status == "failed" or (status == "training" and trainer is None):
+            killed = ", but no bertpack train is running on it: it was killed" if status == "training" else ""
+            fix = (f"continue it with `bertpack train --resume --out {run_dir}` or retrain with --overwrite"
+                   if any((run_dir / "checkpoints").glob("checkpoint-*")) else
+                   f"it has no checkpoint to resume from: retrain with `bertpack train --overwrite --out {run_dir}`")
+            hint = f" (its bertpack_run.json says status {status!r}{killed}: {fix})"
+        elif status == "training":
+            hint = f" (its bertpack_run.json says status 'training': wait for {trainer} to finish)"
+        else:
+            hint = f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else ""
         pickle = " (bertpack loads only safetensors weights, never a pickle such as pytorch_model.bin)" \
             if (path / "config.json").is_file() and any(path.glob("*.bin")) else ""
         raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{pickle}{hint}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from bertpack.errors import BertpackError, ParityError
-from bertpack.files import check_writable_parent, umask_mode, write_json_atomic, write_text_atomic
+from bertpack.errors import BertpackError, ParityError, storage_errors
+from bertpack.files import (check_writable_parent, remove_leftovers, staging_dir, umask_mode, work_dir, write_json_atomic,
+                            write_text_atomic)
 from bertpack.locks import writing
 from bertpack.machine import library_versions
 from export import manifest as mf
@@ -97,8 +97,14 @@ def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | 
 
 def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
     ckpt, cola = check_inputs(cfg)
+    if cfg.store:
+        from export.store import check_store_writable
+
+        check_store_writable()
     # Held to the end, registration included (it copies from --out): a second export to the same --out is refused.
     with writing(cfg.out, "bertpack export"):
+        for line in remove_leftovers(Path(cfg.out)):  # of an export killed outright: hundreds of MB each
+            echo(f"note: {line}")
         check_output_dir(Path(cfg.out), ckpt, cfg.overwrite)  # again: another export may have filled --out meanwhile
         return _export(cfg, ckpt, cola, echo)
 
@@ -107,12 +113,12 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callabl
     cpu = cpu_report()
     target = cpu["quantization_target"] if cfg.quant_target == "auto" else cfg.quant_target
     created = datetime.now(timezone.utc)
-    version = mf.make_version(ckpt.path, created)
-    from bertpack.files import staging_dir
-
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".bertpack-export-", dir=Path(cfg.out).parent) as work_name, staging_dir(cfg.out) as stage:
-        work = Path(work_name)
+    out = Path(cfg.out)
+    # A disk that fills up, a file that cannot be read: one line. Outermost for making the folders and the final
+    # swap, innermost too, to read the free space before the partial files are removed.
+    stopped = storage_errors(out.parent, "export", f"nothing was written to {out}")
+    with stopped, work_dir(out) as work, staging_dir(out) as stage, stopped:
+        version = mf.make_version(ckpt.path, created)
         echo(f"exporting {ckpt.path} (ONNX, Optimum, eager attention)")
         fp32_path = export_fp32(ckpt.path, work / "fp32")
         opt_path, opt_fused = optimize.optimize(work / "fp32", work, optimize.CPU_LEVEL)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, storage_problem
+from bertpack.locks import pid_running
 
 MODEL_NAME = "bertpack-cola"
+STAGING_PREFIX = ".bertpack-register-"  # + PID-: beside the store's models/ folder, never inside it
 
 
 def _plain(value):
@@ -33,29 +37,98 @@ def store_manifest(artifact_dir: Path, manifest: dict) -> dict:
             "store_copy": {"of": str(Path(artifact_dir).resolve()), "left_out": dropped}}
 
 
+def store_home() -> Path:
+    """The folder BentoML keeps its stores in: $BENTOML_HOME, else ~/bentoml (BentoML's own rule)."""
+    return Path(os.path.expandvars(os.environ.get("BENTOML_HOME") or "~/bentoml")).expanduser()
+
+
+def check_store_writable() -> None:
+    """Before the export's slow work: a model store that cannot be written would otherwise fail only at the end."""
+    entries = store_home() / "models" / MODEL_NAME
+    nearest = next(p for p in (entries, *entries.parents) if p.exists())
+    problem = None
+    if not nearest.is_dir():
+        problem = f"{nearest} is a file, not a folder"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".bertpack-probe-", dir=nearest))
+        except OSError as exc:
+            problem = f"cannot write in {nearest} ({exc.strerror or exc})"
+    if problem:
+        raise BertpackError(f"the BentoML model store in {store_home()} cannot take the export: {problem}; set BENTOML_HOME to "
+                            "a folder you can write to, or pass --no-store to skip registering")
+
+
 def register(artifact_dir: Path, manifest: dict) -> str:
     """Copy the artifact into the store as `bertpack-cola:<version>`; returns the tag.
 
     The store entry is an artifact folder of its own (store_manifest: every variant the service can serve, and its
-    manifest), so the service can point OnnxClassifier at `bentoml.models.get(tag).path`.
+    manifest), so the service can point OnnxClassifier at `bentoml.models.get(tag).path`. The entry appears whole or
+    not at all: BentoML's own save creates the version folder in the store first and copies into it, so a run killed
+    while copying (SIGKILL) left a folder without model.yaml that breaks `bentoml models list`, `get` and `delete` for
+    the whole store. Here BentoML saves into a private store beside the real one, the files are copied there, and one
+    rename moves the finished entry in; a private store that a killed export left is removed by the next registration.
     """
     import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
 
     from bertpack.files import write_json_atomic
     from serving.engine import MANIFEST
 
     tag = f"{MODEL_NAME}:{manifest['version']}"
     stored = store_manifest(artifact_dir, manifest)
+    version = manifest["version"]
     metadata = _plain({"parity": manifest.get("parity", {}), "serving_default": manifest.get("serving_default", {}),
                        "source_metrics": manifest.get("source", {}).get("metrics", {}),
                        "int8_method": manifest["variants"].get("int8", {}).get("method")})
+    stage: Path | None = None
     try:
+        models = Path(BentoMLContainer.model_store_dir.get()).resolve()
+        entries = models / MODEL_NAME
+        _remove_dead_stages(models.parent)
+        # Beside models/, on its filesystem, so the closing rename is atomic.
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=models.parent))
         with bentoml.models.create(tag, module="bertpack.export", labels={"task": "cola", "format": "bertpack-artifact-1"},
-                                   metadata=metadata) as model:
-            for name in stored["files"]:
-                (Path(model.path) / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(Path(artifact_dir) / name, Path(model.path) / name)
-            write_json_atomic(Path(model.path) / MANIFEST, stored)
+                                   metadata=metadata, _model_store=ModelStore(stage)) as model:
+            pass  # only BentoML's model.yaml: the artifact is copied straight into the staged entry below
+        staged = stage / MODEL_NAME / version
+        for name in stored["files"]:
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(artifact_dir) / name, staged / name)
+        write_json_atomic(staged / MANIFEST, stored)
+        entries.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, entries / version)
+        _point_latest(entries, version, model.info.creation_time)
     except (bentoml.exceptions.BentoMLException, ValueError) as exc:
         raise BertpackError(f"could not register {tag} in the BentoML model store ({exc}); pass --no-store to skip") from None
+    except OSError as exc:
+        problem, fix = storage_problem(exc, store_home()) or (f"{type(exc).__name__}: {exc}", "fix that")
+        raise BertpackError(f"could not register {tag} in the BentoML model store ({problem}); the artifact in {artifact_dir} "
+                            f"is complete: {fix}, then export again (or pass --no-store)") from None
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     return tag
+
+
+def _point_latest(entries: Path, version: str, created) -> None:
+    """`bertpack-cola:latest` -> this version, unless a newer one was registered meanwhile (BentoML's rule)."""
+    import bentoml
+
+    from bertpack.files import write_text_atomic
+
+    try:
+        current = bentoml.models.get(f"{MODEL_NAME}:latest").info.creation_time
+    except Exception:  # noqa: BLE001 - no latest yet, or one that points at a removed version
+        current = None
+    if current is None or created >= current:
+        write_text_atomic(entries / "latest", version)
+
+
+def _remove_dead_stages(home: Path) -> None:
+    """Private stores of registrations whose process is gone (killed while copying)."""
+    for path in home.glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)

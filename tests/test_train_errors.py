@@ -224,7 +224,7 @@ def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_co
     assert json.loads((left / "bertpack_run.json").read_text())["status"] == "complete"
     # OUT now holds the killed run, so a plain train is refused: the warning comes first, naming the old run
     refused = run_cli(*_train(tiny_run, synthetic_cola, out, *QUICK))
-    assert refused.returncode == 2 and "already holds a bertpack run (training)" in refused.stderr, refused.stderr[-2000:]
+    assert refused.returncode == 2 and "already holds a bertpack run (training, but its bertpack train was killed)" in refused.stderr, refused.stderr[-2000:]
     again = run_cli(*_train(tiny_run, synthetic_cola, out, "--overwrite", *QUICK))
     assert again.returncode == 0, again.stderr[-2000:]
     for proc in (refused, again):

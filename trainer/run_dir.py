@@ -17,7 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertpack.errors import BertpackError, Terminated
+from bertpack.errors import BertpackError, Terminated, storage_problem
+from bertpack.files import remove_leftovers
+from bertpack.locks import pid_running
 from bertpack.run_marker import RUN_KIND, RUN_MARKER, write_run_marker
 from trainer.config import NOT_RECIPE, RESUME_MAY_CHANGE, TrainConfig, option_name
 
@@ -58,7 +60,9 @@ def check_out_dir(cfg: TrainConfig) -> None:
                     hint = "pass --resume to continue it or --overwrite to start over"
                 else:
                     hint = "it has no checkpoint to resume from; pass --overwrite to start over or choose another --out"
-                raise BertpackError(f"{out} already holds a bertpack run ({status}); {hint}")
+                # this process holds OUT's lock: a run that still says "training" is one whose process was killed
+                what = "training, but its bertpack train was killed" if status == "training" else status
+                raise BertpackError(f"{out} already holds a bertpack run ({what}); {hint}")
             raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
     except OSError as exc:  # e.g. a parent folder without search permission: even exists() cannot tell
         raise BertpackError(f"--out {out}: cannot inspect {exc.filename or out} ({exc.strerror or exc}); choose a folder you can write to") from None
@@ -198,11 +202,17 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
                 os.replace(out, aside)
                 backup, created = aside, [out]
             out.mkdir(parents=True, exist_ok=True)
+        else:  # the final model/ of a resumed run killed while it was saved (staging_dir's folders beside it)
+            remove_leftovers(out / "model")
         write_run_marker(out, "training", cfg.to_dict())
         yield
     except BaseException as exc:
         reason = ("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
                   else one_line(exc))
+        storage = storage_problem(exc, out)  # now: the free space is read before the cleanup below frees some
+        saved = checkpoints(out) if backup is None else []
+        if saved and damaged_checkpoint(saved[-1]):  # cut off by this failure (a full disk, Ctrl-C while saving):
+            shutil.rmtree(saved[-1], ignore_errors=True)  # --resume could not load it, and it holds the space
         if backup is not None:
             shutil.rmtree(out, ignore_errors=True)
             os.replace(backup, out)
@@ -216,9 +226,13 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
                 out.mkdir(exist_ok=True)
             kept = f"nothing was kept in {out} (no checkpoint yet); start the run again"
         else:
-            write_run_marker(out, "failed", cfg.to_dict(), reason=reason)
-            kept = f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume --out {out}"
-        err = _user_error(exc, kept)
+            try:
+                write_run_marker(out, "failed", cfg.to_dict(), reason=reason)
+                kept = f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume --out {out}"
+            except OSError as marker_exc:  # the disk that stopped the run may not take the marker either
+                kept = (f"{out} keeps its checkpoints (it could not be marked failed: {marker_exc.strerror or marker_exc}): "
+                        f"continue with bertpack train --resume --out {out}")
+        err = _user_error(exc, kept, storage)
         if err is exc:
             raise
         raise err from None
@@ -232,19 +246,9 @@ def killed_overwrite_backups(out: Path) -> list[Path]:
     found = []
     for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.replaced-*")):
         pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not pid_running(int(pid)):
             found.append(path)
     return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def one_line(exc: BaseException) -> str:
@@ -252,22 +256,26 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _user_error(exc: BaseException, kept: str) -> BaseException:
+def _user_error(exc: BaseException, kept: str, storage: tuple[str, str] | None = None) -> BaseException:
     """What a failure inside the run becomes: a one-line error for what the user can act on (Ctrl-C, a full or
-    unwritable disk, GPU memory), the original exception (with a note on what was kept) for anything else."""
+    unwritable disk (`storage`: bertpack.errors.storage_problem), GPU memory), the original exception (with a note on
+    what was kept) for anything else."""
     if isinstance(exc, (KeyboardInterrupt, Terminated)):
         err = BertpackError(f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; {kept}")
         err.exit_code = Terminated.exit_code if isinstance(exc, Terminated) else 130
         return err
     if isinstance(exc, BertpackError):
         return BertpackError(f"{exc}; {kept}")
-    if isinstance(exc, OSError):
-        return BertpackError(f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or fix permissions; {kept}")
     if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a --resume checkpoint's state file
         return BertpackError("the checkpoint --resume loads holds a state file (optimizer.pt, scheduler.pt or rng_state.pth) with "
                              "objects other than tensors and plain data, which bertpack never unpickles: it was not written by "
                              f"bertpack train; delete that checkpoint to resume from the one before, or retrain with --overwrite; {kept}")
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
         return BertpackError(f"out of GPU memory; lower --batch-size or --eval-batch-size or --max-length; {kept}")
+    if storage is not None:  # a full disk reaches here as OSError, safetensors' or torch's own errors
+        problem, fix = storage
+        return BertpackError(f"training stopped: {problem}; {fix}; {kept}")
+    if isinstance(exc, OSError):
+        return BertpackError(f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or fix permissions; {kept}")
     exc.add_note(kept)
     return exc

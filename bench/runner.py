@@ -181,7 +181,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     from bertpack.files import remove_leftovers, staging_dir, work_dir
     from bench import report as rp
     from bench.machine import machine_info
-    from serving.engine import OnnxClassifier, cuda_available, physical_cores
+    from serving.engine import OnnxClassifier, cuda_available, encoding_variant, physical_cores
 
     import datasets
 
@@ -224,8 +224,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             echo("bench: building the int8 candidates (quantized fused graph) ...")
             cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
         sentences, labels, domains = _select_sentences(*validation_sentences(cola), cfg.sentence_count())
-        # the serving tokenizer; any fp32 graph batches the same (the model store's copy has no fp32, only optimized)
-        encoder = OnnxClassifier(artifact, variant="fp32" if "fp32" in manifest["variants"] else "optimized", device="cpu", threads=1, verify=True)
+        encoder = OnnxClassifier(artifact, variant=encoding_variant(manifest), device="cpu", threads=1, verify=True)  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
         del encoder
         padding = {str(b): padding_stats(make_batches(ids, b, pad_id, input_names)) for b in cfg.batch_sizes}

@@ -179,7 +179,7 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     """`bertpack verify --parity`: score every variant of an existing artifact against PyTorch on its
     source checkpoint again (after an ONNX Runtime upgrade, or to catch a damaged model whose file
     hashes were rewritten). Raises ParityError when a variant breaks its tolerance."""
-    from serving.engine import OnnxClassifier, cuda_available, read_manifest, verify_files
+    from serving.engine import OnnxClassifier, cuda_available, encoding_variant, read_manifest, verify_files
 
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
@@ -191,9 +191,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     from bertpack.data import data_source
 
     evals = _load_eval(data_source(data, "verify --parity"), None)
-    # It only tokenizes and batches for PyTorch: optimized does that the same where fp32 is absent (the model store's copy).
-    encoder = OnnxClassifier(artifact_dir, variant="fp32" if "fp32" in manifest["variants"] else "optimized", device="cpu",
-                             verify=False, buckets=served_buckets("cpu"))
+    encoder = OnnxClassifier(artifact_dir, variant=encoding_variant(manifest), device="cpu", verify=False,  # tokenizes for PyTorch
+                             buckets=served_buckets("cpu"))
     scoring = _Scoring.against(checkpoint, encoder, evals, tolerance)
     rows, failures = [scoring.ref_row], []
     for name, variant in manifest["variants"].items():

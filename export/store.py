@@ -38,7 +38,8 @@ def store_manifest(artifact_dir: Path, manifest: dict) -> dict:
 
 
 def store_home() -> Path:
-    """The folder BentoML keeps its stores in: $BENTOML_HOME, else ~/bentoml (BentoML's own rule)."""
+    """The folder BentoML keeps its stores in: $BENTOML_HOME, else ~/bentoml (BentoML's own rule). Not BentoML's
+    resolver: it creates the folder, and a $BENTOML_HOME under a file is then its traceback, not this check's line."""
     return Path(os.path.expandvars(os.environ.get("BENTOML_HOME") or "~/bentoml")).expanduser()
 
 

@@ -119,6 +119,12 @@ def left_out(manifest: dict, variant: str) -> tuple[str, str] | None:
     return str(files[variant]), str(copy.get("of", "?"))
 
 
+def encoding_variant(manifest: dict) -> str:
+    """The fp32 graph to tokenize and batch with when only the ids matter (bench, verify --parity): fp32, or optimized
+    (the same model fused) in the model store's copy, which leaves fp32 out."""
+    return "fp32" if "fp32" in manifest["variants"] else "optimized"
+
+
 def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None = None) -> None:
     """Re-hash files against the manifest (all of them, or `names`); raise on any mismatch."""
     artifact_dir = Path(artifact_dir)

@@ -258,10 +258,10 @@ def _train(cfg: TrainConfig) -> dict:
 def load_model(model_id: str, cfg: TrainConfig):
     """The tokenizer and the classification model, or a one-line error naming --model (a truncated or damaged
     checkpoint fails here, before the run folder is made)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from bertpack.models import load_classifier, load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True, trust_remote_code=False)
+        tokenizer = load_tokenizer(model_id, use_fast=True)
     except Exception as exc:  # noqa: BLE001 - missing files, a damaged tokenizer.json, the hub: all "cannot load"
         raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({one_line(exc)}); the checkpoint needs its tokenizer files "
                             "(tokenizer.json or vocab.txt) beside config.json") from None
@@ -273,10 +273,7 @@ def load_model(model_id: str, cfg: TrainConfig):
                   "2-label head for CoLA (the encoder's weights are kept)", file=sys.stderr)
         extra["ignore_mismatched_sizes"] = True
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-            use_safetensors=True, trust_remote_code=False, **extra,
-        )
+        model = load_classifier(model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **extra)
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors file, shapes that do not match config.json, ...
         raise BertpackError(f"--model {cfg.model}: cannot load its weights ({one_line(exc)}); the checkpoint looks damaged or incomplete: "
                             "copy or download it again, or pass another --model") from None

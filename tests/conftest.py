@@ -178,6 +178,12 @@ def glue_hub(monkeypatch: pytest.MonkeyPatch, cola_root: Path) -> list:
     return asked
 
 
+def sigint_at_default() -> None:
+    """preexec_fn for a child that a test sends SIGINT (Ctrl-C): a shell started in the background (`cmd &`)
+    ignores SIGINT and its children inherit that, so the child would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_process_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run CMD from the repo root in its own process group; on timeout kill the whole group (torchrun's
     ranks too, which would otherwise keep both cores busy for the rest of the suite), then fail."""

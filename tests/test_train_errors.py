@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bertpack.errors import BertpackError
-from tests.conftest import REPO, run_cli, write_synthetic_cola
+from tests.conftest import REPO, run_cli, sigint_at_default, write_synthetic_cola
 from tests.test_train import _one_line_error
 
 QUICK = ["--max-steps", "2", "--limit", "16", "--batch-size", "8"]
@@ -57,7 +57,7 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: in
     """Start `bertpack ARGS`, send Ctrl-C (SIGINT, or `sig`) once the run folder records this run (status "training",
     this --max-steps) and the Trainer is going, return the finished process."""
     proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
     deadline = time.monotonic() + 240
     marker = out / "bertpack_run.json"
     while time.monotonic() < deadline and proc.poll() is None:

@@ -69,11 +69,11 @@ def storage_problem(exc: BaseException, where: Path) -> tuple[str, str] | None:
         return None
     free = stat.f_bavail * stat.f_frsize
     if free < LOW_SPACE and free < stat.f_blocks * stat.f_frsize / 20:  # and under 5%: a small disk is not a full one
-        return (f"{type(exc).__name__}: {_first_line(exc)}, with {free / 2**20:.1f} MiB left on the disk of {where}",
+        return (f"{type(exc).__name__}: {first_line(exc, 160)}, with {free / 2**20:.1f} MiB left on the disk of {where}",
                 _fix(errno.ENOSPC, where))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
-        return (f"{type(exc).__name__}: {_first_line(exc)}, under a file size limit of {limit} bytes (ulimit -f)",
+        return (f"{type(exc).__name__}: {first_line(exc, 160)}, under a file size limit of {limit} bytes (ulimit -f)",
                 _fix(errno.EFBIG, where))
     return None
 
@@ -95,9 +95,10 @@ def _fix(number: int, where: Path, file: str | None = None) -> str:
     return f"check the disk of {where}{f' and {file}' if file else ''}"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters (its type's name when it has none)."""
     lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else "no message"
+    return lines[0][:limit] if lines else type(exc).__name__
 
 
 def raise_terminated(signum: int, frame: object) -> None:

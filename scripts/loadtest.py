@@ -1,128 +1,125 @@
-"""Bounded load test of the BentoML service, loopback only, against the raw int8 engine.
+"""Load test of the served model on this host, loopback only: the product beside its peers, under the same load.
 
-    flock /tmp/bertpack-measure.lock python scripts/loadtest.py --model artifacts/A [--clients 64 --duration 60]
+    python scripts/loadtest.py --model artifacts/demo [--duration 60] [--workers 1,2] [--json-out FILE]
 
-1. The raw engine (serving.engine.OnnxClassifier, the variant the service serves, same threads)
-   classifies the CoLA validation sentences at several batch sizes; the best is the reference.
-2. `bentoml serve` starts on 127.0.0.1 (free port) with BERTPACK_MODEL=--model; after a warm-up,
-   `--clients` concurrent clients each send one sentence per request, round-robin over the same
-   sentences, for `--duration` seconds or `--max-requests` requests, whichever comes first.
-3. Prints p50/p95/p99 latency, throughput, errors, the adaptive batches the server formed, and
-   served/raw throughput (bar: >= 70%). Exit status 0 only with zero errors and the bar met.
+In one run, one after the other on the same host:
+1. the raw engine (serving.engine.OnnxClassifier as the service runs it): sentences/s at several batch sizes (E, the
+   best) and the p50/p99 of one sentence at a time (tokenization included);
+2. each server started with `bentoml serve` on 127.0.0.1: the no-op BentoML service (scripts/peers/noop.py, BentoML's
+   own ceiling N), the transformers pipeline in PyTorch (scripts/peers/pipeline.py, what a BentoML example would
+   serve) and the product (serving.service:Bertpack) with each --workers count. Each gets the same three loads:
+   - `--clients` concurrent clients, one sentence per request, for `--duration` seconds (after `--warmup`);
+   - `--batch-clients` clients sending `--per-request` sentences per request, for half as long;
+   - one client sending single sentences one after the other (`--lone` requests): the latency a lone user sees.
+3. the bound a server can reach on a host where HTTP and the model share the cores, B = 1 / (1/N + 1/E), and the
+   product's rate as a share of it and of the peer's; with --check, exit 1 unless the product carries >= 75% of B
+   and >= 1.5x the peer, with zero errors, and a lone request's p50 is within 3 ms of the engine's and at most half
+   the peer's.
 
-With --url it loads an already running server instead (loopback addresses only).
+The load generator (aiohttp) runs on the same cores as the servers; its figures compare servers, measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from serving import local_server  # noqa: E402 - after the repo is on the path
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PRODUCT, NOOP, PEER = "serving.service:Bertpack", "scripts.peers.noop:Noop", "scripts.peers.pipeline:Pipeline"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.environ.get("BERTPACK_MODEL", "bertpack-cola:latest"),
-                   help="artifact folder or BentoML model tag (default: BERTPACK_MODEL or bertpack-cola:latest)")
-    p.add_argument("--url", help="load this running server instead of starting one (loopback only)")
-    p.add_argument("--target", default="serving.service:Bertpack",
-                   help="service to start (default: the product; scripts.single_pass_probe:SinglePass measures one HTTP pass)")
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cola"), help="CoLA folder (validation sentences)")
+    p.add_argument("--model", required=True, help="artifact folder written by `bertpack export`")
+    p.add_argument("--checkpoint", help="the PyTorch checkpoint for the pipeline peer (default: the artifact's source)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cola"), help="CoLA folder (dev sentences)")
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load")
+    p.add_argument("--batch-clients", type=int, default=16)
+    p.add_argument("--per-request", type=int, default=16, help="sentences per request of the batch clients")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (batch clients: half)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load first")
-    p.add_argument("--max-requests", type=int, default=200_000, help="stop after this many measured requests")
-    p.add_argument("--batch-sizes", default="1,4,8,16,32,64", help="raw engine batch sizes to try")
-    p.add_argument("--engine-seconds", type=float, default=8.0, help="seconds per raw engine batch size")
-    p.add_argument("--threads", type=int, help="ORT intra-op threads for both (default: physical cores)")
-    p.add_argument("--json-out", type=Path, help="also write the figures as JSON")
+    p.add_argument("--lone", type=int, default=300, help="sequential single-sentence requests")
+    p.add_argument("--workers", default="1,2", help="BERTPACK_WORKERS values to measure the product with")
+    p.add_argument("--skip", default="", help="servers to leave out: noop, pipeline")
+    p.add_argument("--batch-sizes", default="1,8,16,32,64", help="raw engine batch sizes")
+    p.add_argument("--engine-seconds", type=float, default=5.0, help="seconds per raw engine batch size")
+    p.add_argument("--json-out", type=Path, help="write the figures as JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 unless the product meets the checks above")
     args = p.parse_args()
-    if args.url and urlparse(args.url).hostname not in LOOPBACK:
-        p.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
-    if not (1 <= args.clients <= 1024 and 0 < args.duration <= 3600 and args.max_requests >= 1):
-        p.error("--clients 1..1024, --duration 0..3600 s, --max-requests >= 1")
+    if not (1 <= args.clients <= 1024 and 1 <= args.batch_clients <= 1024 and 0 < args.duration <= 3600):
+        p.error("--clients and --batch-clients 1..1024, --duration 0..3600 s")
     return args
 
 
-def resolve_folder(model: str) -> Path:
-    from serving.source import resolve_model
-
-    return resolve_model(model).path
-
-
-def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], seconds: float, threads: int | None) -> dict:
-    """Sentences per second of the engine alone, per batch size (its own length sorting included)."""
-    from serving.engine import DEFAULT_BUCKETS, OnnxClassifier
-
-    rows = {}
-    # Both paddings: the engine's default length buckets, and each run padded to its own longest.
-    for padding, buckets in (("buckets", DEFAULT_BUCKETS), ("longest", None)):
-        clf = OnnxClassifier(folder, device="cpu", threads=threads, buckets=buckets)
-        for bs in batch_sizes:
-            clf.logits(sentences[:128], batch_size=bs)  # warm the shapes
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                clf.logits(sentences, batch_size=bs)  # sorted by length: the engine's best case
-                done += len(sentences)
-            rows[f"{padding} b{bs}"] = done / (time.perf_counter() - start)
-            print(f"  raw engine, pad to {padding:<7}, batch {bs:>3}: {rows[f'{padding} b{bs}']:8.1f} sentences/s", flush=True)
-    best = max(rows, key=rows.get)
-    return {"variant": clf.variant, "provider": clf.provider, "threads": clf.session.get_session_options().intra_op_num_threads,
-            "per_setting": rows, "best_setting": best, "best_sentences_per_s": rows[best]}
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def start_server(model: str, threads: int | None, log_path: Path, target: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "BERTPACK_MODEL": model}
-    if threads:
-        env["BERTPACK_THREADS"] = str(threads)
-    try:
-        return local_server.start_server(env, log_path, target=target, timeout=300)
-    except RuntimeError as exc:
-        sys.exit(str(exc))
+def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], seconds: float, lone: int) -> dict:
+    """The engine as one worker of the service runs it: sentences/s per batch size, and one sentence's latency."""
+    from serving.engine import OnnxClassifier
+    from serving.source import ServeConfig
+
+    config = ServeConfig(workers=1)
+    engine = OnnxClassifier(folder, device="auto", threads=config.threads_per_worker(), buckets="served", spin=False)
+    rates = {}
+    for size in batch_sizes:
+        engine.logits(sentences[:128], batch_size=size)  # warm the shapes
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            engine.logits(sentences, batch_size=size)
+            done += len(sentences)
+        rates[size] = done / (time.perf_counter() - start)
+        print(f"  engine, batch {size:>3}: {rates[size]:8.1f} sentences/s", flush=True)
+    latencies = []
+    for sentence in (sentences * (lone // len(sentences) + 1))[:lone]:
+        start = time.perf_counter()
+        engine.classify([sentence], batch_size=1)
+        latencies.append(time.perf_counter() - start)
+    best = max(rates, key=rates.get)
+    one = {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+    print(f"  engine, one sentence at a time: p50 {one['p50_ms']:.2f} ms, p99 {one['p99_ms']:.2f} ms", flush=True)
+    return {"variant": engine.variant, "provider": engine.provider, "threads": config.threads_per_worker(),
+            "sentences_per_s": {str(k): v for k, v in rates.items()}, "best_batch": best,
+            "best_sentences_per_s": rates[best], "lone": one}
 
 
-async def load(url: str, sentences: list[str], clients: int, warmup: float, duration: float, max_requests: int) -> dict:
-    import aiohttp  # lighter per request than httpx: the client shares the 2 cores with the server
+async def load(url: str, sentences: list[str], clients: int, per_request: int, warmup: float, duration: float) -> dict:
+    """`clients` concurrent clients posting `per_request` sentences per request, round-robin over `sentences`."""
+    import aiohttp  # lighter per request than httpx: the client shares the cores with the server
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    counter = {"next": 0, "measured": 0}
+    counter = {"next": 0}
     t0 = time.perf_counter()
     measure_from, stop_at = t0 + warmup, t0 + warmup + duration
 
     async def client(session: aiohttp.ClientSession) -> None:
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at or counter["measured"] >= max_requests:
-                return
+        while time.perf_counter() < stop_at:
             i = counter["next"]
-            counter["next"] += 1
-            sentence = sentences[i % len(sentences)]
+            counter["next"] += per_request
+            batch = [sentences[(i + k) % len(sentences)] for k in range(per_request)]
             start = time.perf_counter()
             try:
-                async with session.post(f"{url}/classify", json={"sentences": [sentence]}) as resp:
-                    body = await resp.read()
-                    answer = json.loads(body) if resp.status == 200 else None
-                    # the service answers {"predictions": [...]}, the single-pass probe a bare list
-                    ok = answer is not None and len(answer["predictions"] if isinstance(answer, dict) else answer) == 1
-                    key = None if ok else f"HTTP {resp.status}"
+                async with session.post(f"{url}/classify", json={"sentences": batch}) as resp:
+                    answer = json.loads(await resp.read()) if resp.status == 200 else None
+                    answers = answer.get("predictions") if isinstance(answer, dict) else answer  # the peers: a list
+                    key = None if isinstance(answers, list) and len(answers) == per_request else f"HTTP {resp.status}"
             except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the test
                 key = type(exc).__name__
             end = time.perf_counter()
             if start >= measure_from and end <= stop_at:
-                counter["measured"] += 1
                 if key is None:
                     latencies.append(end - start)
                 else:
@@ -131,72 +128,114 @@ async def load(url: str, sentences: list[str], clients: int, warmup: float, dura
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
-    elapsed = min(time.perf_counter(), stop_at) - measure_from
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
-
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies) + sum(errors.values()),
-            "ok": len(latencies), "errors": errors, "sentences_per_s": len(latencies) / elapsed,
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": latencies[-1] * 1000 if latencies else None}
+    seconds = min(time.perf_counter(), stop_at) - measure_from
+    return {"clients": clients, "sentences_per_request": per_request, "seconds": round(seconds, 2),
+            "requests": len(latencies), "errors": errors, "requests_per_s": len(latencies) / seconds,
+            "sentences_per_s": len(latencies) * per_request / seconds,
+            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
 
 
-def server_info(url: str) -> dict:
-    """GET /info; a service without it (the probe) reports no engine and no batch counts."""
+def lone_requests(url: str, sentences: list[str], count: int) -> dict:
+    """One client, one sentence per request, each sent when the last was answered."""
     import httpx
 
-    resp = httpx.get(f"{url}/info", timeout=10)
-    if resp.status_code == 200:
-        return resp.json()
-    return {"engine": None, "batching": {"batches": 0, "sentences": 0, "largest": 0}}
+    latencies = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(count + 20):
+            start = time.perf_counter()
+            client.post("/classify", json={"sentences": [sentences[i % len(sentences)]]}).raise_for_status()
+            if i >= 20:  # the first few warm the connection and the batcher
+                latencies.append(time.perf_counter() - start)
+    return {"requests": count, "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "mean_ms": statistics.fmean(latencies) * 1000}
+
+
+def measure_server(name: str, target: str, env: dict[str, str], sentences: list[str], args: argparse.Namespace) -> dict:
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bertpack-loadtest-{name}-{os.getpid()}.log"
+    try:
+        proc, url = local_server.start_server({**os.environ, **env}, log_path, target=target, timeout=300)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
+    try:
+        single = asyncio.run(load(url, sentences, args.clients, 1, args.warmup, args.duration))
+        batched = asyncio.run(load(url, sentences, args.batch_clients, args.per_request, args.warmup, args.duration / 2))
+        lone = lone_requests(url, sentences, args.lone)
+    finally:
+        local_server.stop_server(proc)
+    result = {"target": target, "env": env, "single": single, "batched": batched, "lone": lone}
+    print(f"  {name:<12} {single['requests_per_s']:7.1f} req/s (p50 {single['p50_ms']:6.1f}, p99 {single['p99_ms']:6.1f} ms, "
+          f"errors {sum(single['errors'].values())}) | {args.per_request}/request: {batched['sentences_per_s']:7.1f} "
+          f"sentences/s (errors {sum(batched['errors'].values())}) | lone p50 {lone['p50_ms']:.2f} ms, "
+          f"p99 {lone['p99_ms']:.2f} ms", flush=True)
+    return result
+
+
+def bound(server_rate: float, engine_rate: float) -> float:
+    """What one host can serve when each sentence costs both the HTTP side (1/N) and the model (1/E) on its cores."""
+    return 1 / (1 / server_rate + 1 / engine_rate)
 
 
 def main() -> int:
     args = parse_args()
     from bertpack.data import validation_sentences
+    from bertpack.machine import cpu_model, library_versions
+    from serving.engine import read_manifest
 
     sentences, _, _ = validation_sentences(args.data)
-    folder = resolve_folder(args.model)
-    print(f"model {args.model} ({folder}); {len(sentences)} CoLA validation sentences; "
-          f"{os.cpu_count()} CPUs; {args.clients} clients x {args.duration:.0f} s", flush=True)
+    folder = Path(args.model).resolve()
+    manifest = read_manifest(folder)
+    checkpoint = args.checkpoint or manifest.get("source", {}).get("checkpoint")
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"{folder}: {len(sentences)} dev sentences; {cpu_model()}, {os.cpu_count()} CPUs", flush=True)
     print("1. raw engine, in-process:", flush=True)
-    raw = raw_engine(folder, sentences, [int(b) for b in args.batch_sizes.split(",")], args.engine_seconds, args.threads)
-    print(f"2. service under load ({args.clients} clients, single-sentence requests):", flush=True)
-    proc = None
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bertpack-loadtest-{os.getpid()}.log"
-    try:
-        if args.url:
-            url = args.url.rstrip("/")
-        else:
-            proc, url = start_server(str(folder), args.threads, log_path, args.target)
-        import httpx
+    engine = raw_engine(folder, sentences, [int(b) for b in args.batch_sizes.split(",")], args.engine_seconds, args.lone)
+    print(f"2. servers: {args.clients} clients x 1 sentence, {args.batch_clients} clients x {args.per_request} sentences, "
+          "one client one at a time:", flush=True)
+    servers = {}
+    if "noop" not in skip:
+        servers["noop"] = measure_server("noop", NOOP, {}, sentences, args)
+    if "pipeline" not in skip and checkpoint:
+        servers["pipeline"] = measure_server("pipeline", PEER, {"PEER_MODEL": str(checkpoint)}, sentences, args)
+    for workers in [int(w) for w in args.workers.split(",")]:
+        servers[f"bertpack-{workers}w"] = measure_server(f"bertpack-{workers}w", PRODUCT, {
+            "BERTPACK_MODEL": str(folder), "BERTPACK_WORKERS": str(workers)}, sentences, args)
 
-        before = server_info(url)
-        served = asyncio.run(load(url, sentences, args.clients, args.warmup, args.duration, args.max_requests))
-        info = server_info(url)
-        healthy = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-    finally:
-        if proc is not None:
-            local_server.stop_server(proc)
-    b0, b1 = before["batching"], info["batching"]
-    batches, batched = b1["batches"] - b0["batches"], b1["sentences"] - b0["sentences"]
-    ratio = served["sentences_per_s"] / raw["best_sentences_per_s"]
-    n_errors = sum(served["errors"].values())
-    result = {"model": args.model, "artifact": str(folder), "target": args.target, "engine": info["engine"], "raw": raw, "served": served,
-              "adaptive_batches": {"batches": batches, "sentences": batched, "mean_batch": batched / batches if batches else 0,
-                                   "largest_ever": b1["largest"]},
-              "ratio": ratio, "bar": 0.70, "passed": n_errors == 0 and ratio >= 0.70 and healthy, "healthy_after": healthy}
-    print(f"  requests {served['requests']} in {served['seconds']} s, errors {n_errors} {served['errors'] or ''}")
-    print(f"  latency p50 {served['p50_ms']:.1f} ms, p95 {served['p95_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms, max {served['max_ms']:.1f} ms")
-    print(f"  throughput {served['sentences_per_s']:.1f} sentences/s; adaptive batches: {batches}, "
-          f"mean {result['adaptive_batches']['mean_batch']:.1f} sentences, largest {b1['largest']}")
-    print(f"3. served / raw engine (best: {raw['best_setting']}, {raw['best_sentences_per_s']:.1f}/s, "
-          f"{raw['variant']} on {raw['provider']}, {raw['threads']} threads): {ratio:.1%}  "
-          f"(bar >= 70%, zero errors: {'PASS' if result['passed'] else 'FAIL'})")
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()}, "versions": library_versions(),
+              "artifact": folder.name, "variant": engine["variant"], "engine": engine, "servers": servers,
+              "settings": {k: getattr(args, k) for k in ("clients", "batch_clients", "per_request", "duration", "lone")}}
+    checks = []
+    if "noop" in servers:
+        e = engine["best_sentences_per_s"]
+        limit_1 = bound(servers["noop"]["single"]["requests_per_s"], e)
+        limit_16 = bound(servers["noop"]["batched"]["sentences_per_s"], e)
+        result["bound"] = {"single": limit_1, "batched": limit_16}
+        print(f"3. bound B = 1/(1/N + 1/E): {limit_1:.1f} requests/s at one sentence each, {limit_16:.1f} sentences/s at "
+              f"{args.per_request} per request (E {e:.1f} sentences/s)")
+        peer = servers.get("pipeline")
+        for name, server in servers.items():
+            if not name.startswith("bertpack"):
+                continue
+            single, batched, lone = server["single"], server["batched"], server["lone"]
+            ratios = {"of_bound": single["requests_per_s"] / limit_1, "batched_of_bound": batched["sentences_per_s"] / limit_16,
+                      "lone_p50_over_engine_ms": lone["p50_ms"] - engine["lone"]["p50_ms"]}
+            if peer:
+                ratios["of_peer"] = single["requests_per_s"] / peer["single"]["requests_per_s"]
+                ratios["lone_p50_of_peer"] = lone["p50_ms"] / peer["lone"]["p50_ms"]
+            server["ratios"] = ratios
+            errors = sum(single["errors"].values()) + sum(batched["errors"].values())
+            ok = (errors == 0 and ratios["of_bound"] >= 0.75 and ratios["batched_of_bound"] >= 0.75
+                  and ratios["lone_p50_over_engine_ms"] <= 3 and (not peer or (ratios["of_peer"] >= 1.5
+                                                                             and ratios["lone_p50_of_peer"] <= 0.5)))
+            checks.append(ok)
+            print(f"  {name}: {ratios['of_bound']:.0%} of B at one sentence, {ratios['batched_of_bound']:.0%} at "
+                  f"{args.per_request}" + (f", {ratios['of_peer']:.2f}x the pipeline" if peer else "")
+                  + f"; lone p50 {ratios['lone_p50_over_engine_ms']:+.2f} ms over the engine's"
+                  + (f", {ratios['lone_p50_of_peer']:.0%} of the pipeline's" if peer else "") + f"; errors {errors}")
     if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2))
-    return 0 if result["passed"] else 1
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    return 1 if args.check and not (checks and any(checks)) else 0
 
 
 if __name__ == "__main__":

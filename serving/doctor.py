@@ -99,16 +99,17 @@ def thread_info() -> dict:
     from serving.source import ServeConfig
 
     try:  # read as the service reads it; an invalid value is reported by serve_settings() (the service would not start)
-        threads = ServeConfig.from_env({"BERTPACK_THREADS": os.environ.get("BERTPACK_THREADS", "")}).threads
+        config = ServeConfig.from_env({k: os.environ.get(k, "") for k in ("BERTPACK_THREADS", "BERTPACK_WORKERS", "BERTPACK_DEVICE")})
     except BertpackError:
-        threads = None
+        config = ServeConfig.at_import()
     return {"logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "affinity": affinity, "cgroup_cpu_quota": quota,
-            "engine_intra_op_threads": threads or physical_cores(), "engine_inter_op_threads": 1,
+            "workers": config.workers, "engine_intra_op_threads": config.threads_per_worker(), "engine_inter_op_threads": 1,
             "env": env}
 
 
-SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH", "BERTPACK_CUDA_GRAPHS",
-                  "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS", "BERTPACK_ACCESS_LOG")
+SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_WORKERS", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH",
+                  "BERTPACK_MAX_BATCH_SIZE", "BERTPACK_CUDA_GRAPHS", "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS",
+                  "BERTPACK_ACCESS_LOG")
 
 
 def serve_settings(env: dict[str, str] | None = None) -> dict:
@@ -222,7 +223,8 @@ def format_report(rep: dict) -> str:
     lines.append(f"  int8: {c['int8_note']} (quantization preset: {c['quantization_target']})")
     t = rep["threads"]
     lines.append(f"threads: {t['logical_cpus']} logical CPUs, {t['physical_cores']} physical cores, affinity {t['affinity']}, "
-                 f"cgroup quota {t['cgroup_cpu_quota'] or 'none'}; engine intra-op {t['engine_intra_op_threads']}, inter-op 1"
+                 f"cgroup quota {t['cgroup_cpu_quota'] or 'none'}; engine intra-op {t['engine_intra_op_threads']}, inter-op 1 in "
+                 f"each of {t['workers']} worker{'s' if t['workers'] > 1 else ''}"
                  + (f"; env {t['env']}" if t["env"] else ""))
     g = rep["gpu"]
     lines.append(f"gpu: {'visible' if g['present'] else 'none visible'}" + (f" ({', '.join(g['device_nodes'])})" if g["device_nodes"] else ""))

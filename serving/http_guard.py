@@ -1,13 +1,10 @@
-"""The HTTP edge of the service, in front of BentoML's app: every answer JSON that names the fix, request bodies
-bounded before they are parsed, client mistakes logged as one line, metrics labels bounded. Kept apart from
-service.py, which holds the service itself."""
+"""The HTTP edge of the service, an ASGI middleware in front of BentoML's app: every answer is JSON that names the
+fix, and request bodies are bounded before they are parsed."""
 
 from __future__ import annotations
 
 import json
 import logging
-from contextvars import ContextVar
-from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
@@ -15,9 +12,6 @@ from serving.schema import FIELDS, MAX_BODY_BYTES, OVERLOADED, TIMED_OUT, TOO_LA
 
 log = logging.getLogger("bertpack.service")
 
-# True while /classify calls infer through BentoML's in-process self-proxy: the task that serves that /infer call is
-# started from the /classify request's context and sees it; a request from the network never does.
-INTERNAL_CALL: ContextVar[bool] = ContextVar("bertpack_internal_call", default=False)
 # nginx's code for "client closed the request": logged and counted for a client that hung up mid-body, not a 500.
 CLIENT_GONE = 499
 
@@ -36,114 +30,7 @@ class BodyTooLarge(Exception):
     """Raised into the app's read of a body that grows past MAX_BODY_BYTES (sent without a Content-Length)."""
 
 
-KNOWN_PATHS = frozenset({endpoint.split()[1] for endpoint in ENDPOINTS} | {"/infer"})  # the metrics labels allowed
-
-
-class _KnownEndpoints:
-    """A Prometheus metric whose `endpoint` label takes the service's own paths only; every other path counts as "other"."""
-
-    def __init__(self, metric) -> None:
-        self._metric = metric
-
-    def labels(self, *args, **labels):
-        if "endpoint" in labels and labels["endpoint"] not in KNOWN_PATHS:
-            labels["endpoint"] = "other"
-        return self._metric.labels(*args, **labels)
-
-    def __getattr__(self, name: str):
-        return getattr(self._metric, name)
-
-
-def bound_metric_labels() -> None:
-    """BentoML 1.4.40's request metrics label each request with its raw URL path, so every distinct unknown URL adds
-    series to the metrics files: a few thousand 404s of long paths made /metrics hang and then broke every new path
-    (measured). Its metrics middleware runs before any of the service's, so the labels are bounded where they are made.
-    bentoml is pinned (pyproject); tests/test_serving.py checks /metrics after unknown paths."""
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
-
-    if getattr(metrics, "_bertpack_bounded", False):
-        return
-    setup = metrics._setup
-
-    def bounded_setup(self, *args, **kwargs) -> None:
-        setup(self, *args, **kwargs)
-        for name in ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
-                     "metrics_websocket_connections", "metrics_websocket_data_received", "metrics_websocket_data_sent"):
-            setattr(self, name, _KnownEndpoints(getattr(self, name)))
-
-    metrics._setup, metrics._bertpack_bounded = bounded_setup, True
-
-
-def guard_outside_traffic_limits() -> None:
-    """BentoML 1.4.40 puts a service's own middleware inside its request timeout and max_concurrency middlewares, so
-    their plain answers ({"error":"Too many requests"} without Retry-After, "Not able to process the request in 30
-    seconds") never passed through JsonOnly (measured on a real server). Here JsonOnly is moved in front of both, still
-    behind the metrics and access-log middlewares, which then count the statuses it writes.
-    And each /classify held two of the max_concurrency slots while its batch ran (its own and its self-proxy call to
-    /infer, refused 429 when none was left): 450 concurrent clients, fewer than the documented 512, got 29% 429s
-    (measured). The self-proxy call now rides on its /classify's slot; a direct /infer request still takes one."""
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
-    from starlette.middleware import Middleware
-
-    if getattr(ServiceAppFactory, "_bertpack_ordered", False):
-        return
-
-    class PublicSlots(MaxConcurrencyMiddleware):
-        async def __call__(self, scope, receive, send) -> None:
-            if INTERNAL_CALL.get():
-                await self.app(scope, receive, send)
-                return
-            await super().__call__(scope, receive, send)
-
-    built = ServiceAppFactory.middlewares.fget
-
-    def middlewares(self) -> list:
-        stack = [Middleware(PublicSlots, *m.args, **m.kwargs) if m.cls is MaxConcurrencyMiddleware else m for m in built(self)]
-        rest = [m for m in stack if m.cls is not JsonOnly]
-        # The limits in force (BENTOML_CONFIG_OPTIONS can change the decorator's), so the answers name the real ones.
-        actual = {}
-        for m in rest:
-            if m.cls is PublicSlots:
-                actual["max_concurrency"] = m.kwargs["max_concurrency"]
-            elif m.cls is TimeoutMiddleware:
-                actual["timeout_s"] = m.kwargs["timeout"]
-        ours = [Middleware(JsonOnly, *m.args, **{**m.kwargs, **actual}) for m in stack if m.cls is JsonOnly]
-        at = next((i for i, m in enumerate(rest) if m.cls in (TimeoutMiddleware, PublicSlots)), len(rest))
-        return rest[:at] + ours + rest[at:]
-
-    ServiceAppFactory.middlewares, ServiceAppFactory._bertpack_ordered = property(middlewares), True
-
-
-class ClientErrorsOnOneLine(logging.Filter):
-    """BentoML logs every exception an API raises with its traceback at ERROR, a client's bad input
-    (pydantic ValidationError, 400) and an overloaded queue (503) included. Those are the client's or
-    the load's doing, not the server's: one WARNING line each, no traceback. Anything else keeps its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml.exceptions import BentoMLException
-        from pydantic import ValidationError
-        from starlette.requests import ClientDisconnect
-
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BodyTooLarge):
-            summary = f"client error, 413 (body over {MAX_BODY_BYTES} bytes)"
-        elif isinstance(exc, ClientDisconnect):
-            summary = "client disconnected before its whole body arrived"
-        elif isinstance(exc, ValidationError):
-            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-            summary = f"client error, 400 ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}: {what})"
-        elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500 or \
-                isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-            kind = "overloaded" if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE else "client error"
-            summary = f"{kind}, {int(exc.error_code)} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
-        else:
-            return True
-        where = " ".join(reversed(record.args)) if isinstance(record.args, tuple) and len(record.args) == 2 else record.getMessage()
-        record.msg, record.args = f"{where}: {summary}", ()
-        record.exc_info = record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+KNOWN_PATHS = frozenset(endpoint.split()[1] for endpoint in ENDPOINTS)  # the metrics labels allowed
 
 
 class JsonOnly:

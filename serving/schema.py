@@ -1,27 +1,26 @@
-"""The HTTP contract of the service: request limits and the typed request/response models.
+"""The HTTP contract of the service: request limits, the typed request/response models, and the 400 bodies.
 
-The limits live in the API's type annotations, so BentoML validates every request (and answers
-400 with a JSON body) before the request reaches the service code, let alone a shared batch.
+The limits live in the API's types, so every request is validated (400 with a JSON body) before it joins a shared
+batch: first the JSON shape (list, strings, non-blank, character and count limits), then the token limit, checked
+with the served tokenizer (`ClassifyInput`), so the batch receives token ids it cannot fail on.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable
 
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-# Documented limits (README, section serve). CoLA sentences are under 250 characters; 1000 leaves
-# room for real text while bounding the work one request can ask for.
+# CoLA sentences are under 250 characters; 1000 leaves room for real text while bounding the work one request asks for.
 MAX_SENTENCES = 64  # per request
 MAX_CHARS = 1000  # per sentence, before tokenization
-# Token ids accepted by the internal batched endpoint (the model's own limit is applied there too).
-MAX_TOKEN_ID = 2**31 - 1
-MAX_IDS = 512
-# A whole request body: the largest valid /classify (64 x 1000 characters, each as a 12-byte \ud83d\ude00-style escape at
-# worst) is under 800 kB. BentoML reads a body whole before validating it, so without this bound a 100 MB body took
-# seconds of the event loop and gigabytes of memory before its 400.
+# A whole request body: the largest valid /classify (64 x 1000 characters, each as a 12-byte \ud83d\ude00-style escape
+# at worst) is under 800 kB; BentoML reads a body whole before validating it, so a larger one is refused unread.
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -38,14 +37,52 @@ def _readable(text: str) -> str:
 Sentence = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CHARS), AfterValidator(_readable)]
 Sentences = Annotated[list[Sentence], Field(min_length=1, max_length=MAX_SENTENCES,
                                             description=f"1 to {MAX_SENTENCES} sentences of at most {MAX_CHARS} characters")]
-TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_TOKEN_ID)]], Field(min_length=1, max_length=MAX_IDS)]
-# At most MAX_SENTENCES sequences per /infer request, as /classify (adaptive batches may merge several requests).
-EncodedBatch = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_SENTENCES,
-                                               description=f"1 to {MAX_SENTENCES} sequences of 1 to {MAX_IDS} token ids")]
+
+
+class ClassifyRequest(BaseModel):
+    """POST /classify's body. A misspelled field is refused rather than ignored (extra="forbid")."""
+
+    model_config = ConfigDict(extra="forbid", title="ClassifyRequest")
+    sentences: Sentences
+    truncate: StrictBool = Field(False, description="cut a sentence over the model's token limit instead of refusing it")
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenized:
+    """One sentence as the batch receives it: token ids within the model's limit, and whether they were cut to it."""
+
+    ids: list[int]
+    truncated: bool
+
+
+class Tokenizes:
+    """What ClassifyInput needs of the service: its tokenizer's checked ids for a valid request (a ValidationError
+    naming each sentence over the limit or without readable text)."""
+
+    tokenize: Callable[[ClassifyRequest], list[Tokenized]]
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """What /classify's batch receives for one request: its sentences as Tokenized. Clients send a ClassifyRequest
+    (its JSON schema is this spec's, in /docs.json); it is validated, then tokenized by the service that is serving,
+    so a request over the token limit is refused (400) before it joins a batch."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    sentences: list[Tokenized]
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> ClassifyInput:
+        request = ClassifyRequest.model_validate_json(json_data, **kwargs)
+        service: Tokenizes = bentoml.get_current_service()
+        return cls.model_construct(sentences=service.tokenize(request))
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return ClassifyRequest.model_json_schema(*args, **kwargs)
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="acceptable or unacceptable")
+    label: str = Field(description="one of the model's labels (GET /info)")
     probabilities: dict[str, float] = Field(description="probability of each label")
     model_version: str
     tokens: int = Field(description="tokens the model read, [CLS] and [SEP] included")
@@ -53,8 +90,34 @@ class Prediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model: str = Field(description="model tag, bertpack-cola:<version>")
+    model: str = Field(description="model tag, NAME:VERSION")
     predictions: list[Prediction]
+
+
+def _envelope(answer: Any) -> Any:
+    """The batch answers each request with its list of predictions; the client gets them with the model's tag."""
+    if isinstance(answer, list):
+        return {"model": bentoml.get_current_service().tag, "predictions": answer}
+    return answer
+
+
+# One request's answer: BentoML splits the batch's predictions per request and validates each part into this. The
+# declared media type spares BentoML working it out from the JSON schema, which it would do for every response.
+ClassifyAnswer = Annotated[ClassifyResponse, BeforeValidator(_envelope), ContentType("application/json")]
+
+
+def token_errors(too_long: list[tuple[int, int]], unreadable: list[int], limit: int, truncate: bool) -> ValidationError | None:
+    """The sentences refused after tokenization, as one ValidationError (None when there is none): with no readable
+    text, or over the model's token limit when the request does not ask to truncate."""
+    details = [{"type": "no_tokens", "loc": ("sentences", i), "msg": NO_TOKENS} for i in unreadable]
+    if not truncate:
+        details += [{"type": "too_many_tokens", "loc": ("sentences", i), "msg": TOO_MANY_TOKENS.format(n=n, limit=limit)}
+                    for i, n in too_long]
+    if not details:
+        return None
+    details.sort(key=lambda d: d["loc"][1])
+    return ValidationError.from_exception_data("ClassifyRequest", [
+        InitErrorDetails(type=PydanticCustomError(d["type"], d["msg"]), loc=d["loc"], input=None) for d in details])
 
 
 # -- 400 bodies ------------------------------------------------------------------------------
@@ -62,8 +125,8 @@ class ClassifyResponse(BaseModel):
 # token checks) has the same shape: {"error": every problem with its fix, "errors": [one line per
 # problem], "detail": [pydantic-style {"type", "loc", "msg"}]}.
 
-FIELDS = {"/classify": ("sentences", "truncate"), "/infer": ("ids",)}
-EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}', "/infer": '{"ids": [[101, 1996, 4937, 102]]}'}
+FIELDS = {"/classify": ("sentences", "truncate")}
+EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}'}
 # BentoML's batcher sheds a request when its queue wait plus the batch's estimated run time reaches the bound.
 OVERLOADED = ("server overloaded: the request could not be answered within {seconds:g} s (batching queue wait plus estimated run time); "
               "retry later, or add replicas/workers")
@@ -105,15 +168,13 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
         return f"{where}: unknown field; the valid fields are {', '.join(fields)} (check the spelling)"
     if kind == "missing" and len(loc) == 1:
         return f"{where}: missing; send {example}"
-    lists = {"sentences": ("strings", "sentences"), "ids": ("token-id lists", "sequences")}  # field: (items, noun)
-    if top in lists and len(loc) == 1:
-        items, noun = lists[top]
+    if top == "sentences" and len(loc) == 1:
         if kind == "list_type":
-            return f"{top}: must be a list of {items}; send {example}"
+            return f"sentences: must be a list of strings; send {example}"
         if kind == "too_short":
-            return f"{top}: the list is empty; send 1 to {MAX_SENTENCES} {noun}"
+            return f"sentences: the list is empty; send 1 to {MAX_SENTENCES} sentences"
         if kind == "too_long":
-            return f"{top}: send 1 to {MAX_SENTENCES} {noun} per request{_got(msg)}; split the list over several requests"
+            return f"sentences: send 1 to {MAX_SENTENCES} sentences per request{_got(msg)}; split the list over several requests"
     if top == "sentences":
         if len(loc) > 1:
             if kind == "string_type":
@@ -128,16 +189,6 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
                 return f"{where}: {msg}"
     if top == "truncate" and kind == "bool_type":
         return "truncate: must be a JSON boolean, true or false (not a string or number)"
-    if top == "ids":
-        if len(loc) == 2:
-            if kind == "list_type":
-                return f"{where}: must be a list of token ids; send e.g. [101, 1996, 102]"
-            if kind == "too_short":
-                return f"{where}: empty; send at least one token id"
-            if kind == "too_long":
-                return f"{where}: over {MAX_IDS} token ids{_got(msg)}; cut the sequence (the model reads at most its max_length)"
-        elif len(loc) > 2:
-            return f"{where}: must be a whole number from 0 to {MAX_TOKEN_ID} (a token id, not a boolean, float or string)"
     return f"{where}: {msg}; see GET /docs.json for the request schema"
 
 
@@ -161,15 +212,6 @@ def error_body(detail: list[dict], route: str = "/classify", head: bytes = b"") 
     return {"error": error, "errors": lines, "detail": detail}
 
 
-def too_long_detail(too_long: list[tuple[int, int]], limit: int) -> list[dict]:
-    """Sentences whose token count (known only after tokenization) is over the model's limit."""
-    return [{"type": "too_many_tokens", "loc": ["sentences", i],
-             "msg": f"sentence has {n} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"}
-            for i, n in too_long]
-
-
-def no_tokens_detail(indexes: list[int]) -> list[dict]:
-    """Sentences with nothing but [UNK] (or nothing at all) between [CLS] and [SEP]."""
-    return [{"type": "no_tokens", "loc": ["sentences", i],
-             "msg": "sentence has no text the tokenizer can read (only emoji or symbols the vocabulary lacks, invisible characters, or words over 100 characters); send words"}
-            for i in indexes]
+NO_TOKENS = ("sentence has no text the tokenizer can read (only emoji or symbols the vocabulary lacks, invisible characters, "
+             "or words over 100 characters); send words")
+TOO_MANY_TOKENS = "sentence has {n} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"

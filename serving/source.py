@@ -23,7 +23,9 @@ SERVED_MODEL = "BERTPACK_SERVED_MODEL"
 class ServeConfig:
     model: str = DEFAULT_MODEL  # BERTPACK_MODEL: a model tag or an artifact folder
     device: str = "auto"  # BERTPACK_DEVICE: auto, cpu or cuda
-    threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads (default: physical cores)
+    workers: int = 1  # BERTPACK_WORKERS: server processes, each with its own model session (default: default_workers())
+    threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads per worker (default: physical cores / workers)
+    max_batch_size: int = 64  # BERTPACK_MAX_BATCH_SIZE: sentences per adaptive batch (read at import, in the decorator)
     engine_batch: int = 32  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
     variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
@@ -44,11 +46,40 @@ class ServeConfig:
             raise BertpackError(f"BERTPACK_MAX_LATENCY_MS={max_latency_ms} is not below the {REQUEST_TIMEOUT_S} s request timeout: a "
                                 "request would time out (504) before the batching bound could shed it (503); set a value such as 10000")
         return cls(model=env.get("BERTPACK_MODEL") or default_model, device=device,
+                   workers=_positive(env, "BERTPACK_WORKERS", 2) or default_workers(device),
                    threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 32) or 32,
+                   max_batch_size=_positive(env, "BERTPACK_MAX_BATCH_SIZE", 64) or cls.max_batch_size,
                    cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
                    variant=env.get("BERTPACK_VARIANT") or None,
                    max_latency_ms=max_latency_ms,
                    access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log))
+
+
+    @classmethod
+    def at_import(cls) -> "ServeConfig":
+        """The settings the service's decorator takes when its module is imported; a bad value gives the defaults
+        here and is refused with its one line by preflight() when `bentoml serve` starts."""
+        try:
+            return cls.from_env()
+        except BertpackError:
+            return cls(workers=default_workers("auto"))
+
+    def threads_per_worker(self) -> int:
+        """ONNX Runtime intra-op threads of one worker: BERTPACK_THREADS, else the physical cores shared by the workers."""
+        from serving.engine import physical_cores
+
+        return self.threads or max(1, physical_cores() // self.workers)
+
+
+def default_workers(device: str, cores: int | None = None, gpu: bool | None = None) -> int:
+    """Server processes when BERTPACK_WORKERS is unset. On the CPU one worker per 4 cores (so 1 up to 4 cores: there a
+    second worker's HTTP side takes cores from the model); on a GPU host, one per 4 cores up to 4 sharing the GPU,
+    each with its own session and CUDA graphs, since there the per-request Python work, not the GPU, is the limit."""
+    from serving.engine import gpu_present, physical_cores
+
+    cores = cores or physical_cores()
+    gpu = (device != "cpu" and gpu_present()) if gpu is None else gpu
+    return max(1, min(4, cores // 4)) if gpu else max(1, cores // 4)
 
 
 def _positive(env: dict[str, str], name: str, example: int) -> int | None:

@@ -34,7 +34,8 @@ def test_a_started_service_holds_none_of_the_exports_libraries(tiny_artifact):
     inside functions too: none of it may pull in torch, transformers or the export's other libraries."""
     code = ("import os, sys, json; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
             "from serving.service import Bertpack\nfrom serving.source import preflight\n"
-            "preflight(); svc = Bertpack.inner(); svc.info(); svc.infer(svc.engine.encode(['The cat sat.']))\n"
+            "from serving.schema import ClassifyRequest\n"
+            "preflight(); svc = Bertpack.inner(); svc.info(); svc.classify(svc.tokenize(ClassifyRequest(sentences=['The cat sat.'])))\n"
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -341,8 +342,6 @@ def test_error_lines_name_the_fix():
     assert body["errors"] == ["sentences: send 1 to 64 sentences per request (got 65); split the list over several requests",
                               "sentense: unknown field; the valid fields are sentences, truncate (check the spelling)"]
     assert body["error"] == "2 problems: " + " | ".join(body["errors"])
-    one = error_body([{"type": "int_type", "loc": ["ids", 2, 0], "msg": "Input should be a valid integer"}], "/infer")
-    assert one["error"].startswith("ids[2][0]: must be a whole number from 0 to")
     odd = error_body([{"type": "something_new", "loc": ["sentences", 0], "msg": "Odd"}])
     assert odd["error"] == "sentences[0]: Odd; see GET /docs.json for the request schema"
 
@@ -422,7 +421,7 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
     import asyncio
 
     from serving.http_guard import JsonOnly
-    from serving.service import MAX_CONCURRENCY, MAX_LATENCY_MS, TIMEOUT_S
+    from serving.service import MAX_CONCURRENCY, REQUEST_TIMEOUT_S, SETTINGS
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
@@ -437,19 +436,19 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
-    asyncio.run(JsonOnly(app, MAX_CONCURRENCY, TIMEOUT_S, MAX_LATENCY_MS)(scope, receive, send))
+    asyncio.run(JsonOnly(app, MAX_CONCURRENCY, REQUEST_TIMEOUT_S, SETTINGS.max_latency_ms)(scope, receive, send))
     _through_json_only.headers = dict(sent[0]["headers"])  # type: ignore[attr-defined]
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
 def test_bentomls_429_and_504_name_the_fix():
-    from serving.service import MAX_CONCURRENCY, TIMEOUT_S
+    from serving.service import MAX_CONCURRENCY, REQUEST_TIMEOUT_S as TIMEOUT_S
 
     status, body = _through_json_only(429, b'{"error":"Too many requests"}')
     assert status == 429 and body["error"].startswith("too many requests in flight at once: retry after a moment")
     assert f"takes {MAX_CONCURRENCY} at a time" in body["error"]
     assert _through_json_only.headers[b"retry-after"] == b"1"  # type: ignore[attr-defined]
-    status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}', "/infer")
+    status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}')
     assert status == 504 and f"not answered within {TIMEOUT_S} s" in body["error"] and "send the whole body at once" in body["error"]
     assert _through_json_only(200, b'{"ok": 1}') == (200, {"ok": 1})
 
@@ -476,22 +475,31 @@ def service(tiny_artifact, tmp_path, monkeypatch):
     return Bertpack.inner()
 
 
-def test_infer_maps_out_of_vocabulary_ids_to_unk_and_cuts_long_sequences(service):
-    """/infer's cleaning: an id >= the vocabulary size is [UNK] (not an ORT Gather error that fails the whole
-    adaptive batch), a sequence over max_length is cut as /classify cuts it; batch sizes are counted."""
-    from serving.engine import keep_within
+def test_requests_are_tokenized_and_checked_before_they_join_a_batch(service):
+    """What /classify's batch receives: a request's sentences as token ids within the limit, cut only with truncate; a
+    sentence over the limit without truncate, or with no readable text, is one ValidationError naming each sentence
+    (BentoML's 400) before any batch; the batch counts its sizes and answers in order."""
+    from pydantic import ValidationError
 
-    vocab, unk, limit = service.vocab_size, service.engine.unk_id, service.engine.max_length
-    assert service.infer([[101, vocab, 102]]) == service.infer([[101, unk, 102]])
-    assert service.infer([[101, 2**31 - 1, 102]]) == service.infer([[101, unk, 102]])
-    long = [101] + [1996 + i for i in range(limit + 20)] + [102]
-    cut = keep_within(long, limit)
-    # the model itself answers differently for the uncut sequence, so only the cut explains equal answers
-    raw = service.engine.logits_from_ids([long], batch_size=1)
-    assert not np.array_equal(raw, service.engine.logits_from_ids([cut], batch_size=1))
-    assert service.infer([long]) == service.infer([cut])
+    from serving.engine import keep_within
+    from serving.schema import ClassifyRequest
+
+    limit = service.engine.max_length
+    long = " ".join(["word"] * (limit + 20))
+    full = service.engine.tokenizer.encode(long).ids
+    with pytest.raises(ValidationError) as refused:
+        service.tokenize(ClassifyRequest(sentences=["The cat sat.", long, "\U0001f642"]))
+    assert [(e["type"], e["loc"]) for e in refused.value.errors()] == [("too_many_tokens", ("sentences", 1)),
+                                                                         ("no_tokens", ("sentences", 2))]
+    assert f"sentence has {len(full)} tokens, over the model's limit of {limit}" in refused.value.errors()[0]["msg"]
+    cut = service.tokenize(ClassifyRequest(sentences=["The cat sat.", long], truncate=True))
+    assert cut[1].ids == keep_within(full, limit) and cut[1].truncated and not cut[0].truncated
     before = service.info()["batching"]
-    service.infer([[101, 102]] * 3)
+    answers = service.classify(cut + cut[:1])
+    assert [a.tokens for a in answers] == [len(cut[0].ids), limit, len(cut[0].ids)] and answers[1].truncated
+    assert answers[0] == answers[2]
+    raw = service.engine.logits_from_ids([keep_within(full, limit)], batch_size=1)
+    assert answers[1].label == service.engine.labels[int(raw[0].argmax())]
     after = service.info()["batching"]
     assert after["sentences"] - before["sentences"] == 3 and after["sizes"]["3"] == before["sizes"].get("3", 0) + 1
     assert after["largest"] == max(int(k) for k in after["sizes"])
@@ -507,7 +515,7 @@ def test_server_errors_keep_their_traceback():
     """Client errors (4xx) and 503 become one WARNING line; a 500 stays an ERROR with its traceback."""
     from bentoml.exceptions import BadInput, InternalServerError
 
-    from serving.http_guard import ClientErrorsOnOneLine
+    from serving.service import ONE_LINE_ERRORS
 
     def record(exc):
         try:
@@ -516,10 +524,10 @@ def test_server_errors_keep_their_traceback():
             return logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "%s %s", ("/classify", "POST"), sys.exc_info())
 
     server = record(InternalServerError("engine exploded"))
-    assert ClientErrorsOnOneLine().filter(server)
+    assert ONE_LINE_ERRORS.filter(server)
     assert server.levelno == logging.ERROR and server.exc_info is not None
     client = record(BadInput("bad"))
-    assert ClientErrorsOnOneLine().filter(client)
+    assert ONE_LINE_ERRORS.filter(client)
     assert client.levelno == logging.WARNING and client.exc_info is None
 
 

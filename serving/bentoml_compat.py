@@ -46,6 +46,16 @@ def check_version() -> None:
                     bentoml.__version__, WRITTEN_FOR, WRITTEN_FOR)
 
 
+def tracing_exporter() -> str | None:
+    """The OpenTelemetry exporter BentoML's configuration names (None when tracing is not configured)."""
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        return BentoMLContainer.config.tracing.exporter_type.get() or None
+    except Exception:  # noqa: BLE001 - only a hint for a warning: a moved config must not stop the server
+        return None
+
+
 # -- metrics -----------------------------------------------------------------------------------------------
 
 class _KnownEndpoints:

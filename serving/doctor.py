@@ -109,7 +109,7 @@ def thread_info() -> dict:
 
 SERVE_SETTINGS = ("BERTPACK_MODEL", "BERTPACK_DEVICE", "BERTPACK_WORKERS", "BERTPACK_THREADS", "BERTPACK_ENGINE_BATCH",
                   "BERTPACK_MAX_BATCH_SIZE", "BERTPACK_CUDA_GRAPHS", "BERTPACK_VARIANT", "BERTPACK_MAX_LATENCY_MS",
-                  "BERTPACK_ACCESS_LOG")
+                  "BERTPACK_ACCESS_LOG", "BERTPACK_TRACING")
 
 
 def serve_settings(env: dict[str, str] | None = None) -> dict:

@@ -31,6 +31,7 @@ class ServeConfig:
     variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
     max_latency_ms: int = 10_000  # BERTPACK_MAX_LATENCY_MS: a request queued longer than this for a batch gets 503
     access_log: bool = True  # BERTPACK_ACCESS_LOG: BentoML's access log (read at import, in the service's decorator)
+    tracing: bool = False  # BERTPACK_TRACING: BentoML's OpenTelemetry spans for /classify (read at import)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, default_model: str = DEFAULT_MODEL) -> "ServeConfig":
@@ -52,7 +53,8 @@ class ServeConfig:
                    cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
                    variant=env.get("BERTPACK_VARIANT") or None,
                    max_latency_ms=max_latency_ms,
-                   access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log))
+                   access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log),
+                   tracing=_switch(env, "BERTPACK_TRACING", cls.tracing))
 
 
     @classmethod
@@ -74,11 +76,12 @@ class ServeConfig:
 def default_workers(device: str, cores: int | None = None, gpu: bool | None = None) -> int:
     """Server processes when BERTPACK_WORKERS is unset. On the CPU one worker per 4 cores (so 1 up to 4 cores: there a
     second worker's HTTP side takes cores from the model); on a GPU host, one per 4 cores up to 4 sharing the GPU,
-    each with its own session and CUDA graphs, since there the per-request Python work, not the GPU, is the limit."""
+    each with its own session and CUDA graphs, since there the per-request Python work, not the GPU, is the limit.
+    `cores` and `gpu` (a GPU is visible) are this host's unless given."""
     from serving.engine import gpu_present, physical_cores
 
     cores = cores or physical_cores()
-    gpu = (device != "cpu" and gpu_present()) if gpu is None else gpu
+    gpu = device != "cpu" and (gpu_present() if gpu is None else gpu)
     return max(1, min(4, cores // 4)) if gpu else max(1, cores // 4)
 
 

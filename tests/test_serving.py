@@ -677,3 +677,29 @@ def test_workers_stop_when_bentoml_serve_is_killed(server, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_two_workers_each_serve_with_their_share_of_the_cores(server, tmp_path):
+    """BERTPACK_WORKERS=2: two processes answer /classify, each with its own engine, whose intra-op threads are the
+    physical cores shared between them; answers are the same whichever worker gives them."""
+    from serving.engine import physical_cores
+
+    proc, url = start_server(tmp_path / "empty-home", tmp_path / "serve.log",
+                             env={"BERTPACK_MODEL": str(server["artifact"]), "BERTPACK_WORKERS": "2"})
+    try:
+        infos, answers = {}, set()
+        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            for _ in range(20):  # new connections land on either worker; bounded tries until both answered
+                for info in pool.map(lambda _: httpx.get(f"{url}/info", timeout=10).json(), range(16)):
+                    infos[info["pid"]] = info
+                replies = list(pool.map(lambda _: client.post("/classify", json={"sentences": ["The cat sat on the mat."]}), range(16)))
+                assert all(r.status_code == 200 for r in replies), [r.text[:200] for r in replies]
+                answers |= {json.dumps(r.json()["predictions"][0], sort_keys=True) for r in replies}
+                if len(infos) == 2:
+                    break
+        assert len(infos) == 2, f"only {list(infos)} answered"
+        assert all(i["workers"] == 2 and i["engine"]["threads"] == max(1, physical_cores() // 2) for i in infos.values())
+        assert len(answers) == 1  # same model, same answer
+    finally:
+        stop_server(proc)

@@ -109,6 +109,31 @@ def test_serve_config_from_env():
         ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "30000"})  # 504 would always come first: the bound would mean nothing
 
 
+def test_workers_threads_batching_and_tracing_settings():
+    """BERTPACK_WORKERS (default from the cores and the device), threads per worker (the physical cores shared among
+    the workers, unless BERTPACK_THREADS), BERTPACK_MAX_BATCH_SIZE and BERTPACK_TRACING reach the service's decorator."""
+    from bertpack.errors import BertpackError
+    from serving.engine import physical_cores
+    from serving.service import Bertpack, SETTINGS
+    from serving.source import ServeConfig, default_workers
+
+    assert [default_workers("cpu", cores=c, gpu=False) for c in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 16]
+    assert [default_workers("auto", cores=c, gpu=True) for c in (2, 8, 16, 64)] == [1, 2, 4, 4]
+    assert default_workers("cpu", cores=64, gpu=True) == 16  # BERTPACK_DEVICE=cpu on a GPU host: the CPU rule
+    two = ServeConfig.from_env({"BERTPACK_WORKERS": "2", "BERTPACK_MAX_BATCH_SIZE": "16", "BERTPACK_TRACING": "1"})
+    assert (two.workers, two.max_batch_size, two.tracing) == (2, 16, True)
+    assert two.threads_per_worker() == max(1, physical_cores() // 2)
+    assert ServeConfig.from_env({"BERTPACK_WORKERS": "2", "BERTPACK_THREADS": "3"}).threads_per_worker() == 3
+    assert ServeConfig.from_env({}).workers == default_workers("auto") and ServeConfig.from_env({}).tracing is False
+    for name in ("BERTPACK_WORKERS", "BERTPACK_MAX_BATCH_SIZE"):
+        with pytest.raises(BertpackError, match=f"{name} must be a positive integer, not '0'"):
+            ServeConfig.from_env({name: "0"})
+    config = Bertpack.config
+    assert config["workers"] == SETTINGS.workers
+    assert Bertpack.apis["classify"].max_batch_size == SETTINGS.max_batch_size
+    assert config["tracing"]["excluded_urls"] == ["/classify"]  # no spans unless BERTPACK_TRACING=1
+
+
 def test_missing_model_tag_is_a_clear_error(tmp_path):
     code = ("import sys\nfrom bertpack.errors import BertpackError\nfrom serving.source import resolve_model\n"
             "try:\n    resolve_model('bertpack-cola:latest')\nexcept BertpackError as e:\n    print(e); sys.exit(3)\n")

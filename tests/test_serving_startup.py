@@ -61,10 +61,11 @@ def assert_one_line_failure(rc: int, out: str, seconds: float, *fragments: str, 
     ({"BERTPACK_THREADS": "0"}, ["BERTPACK_THREADS must be a positive integer, not '0'"]),
     ({"BERTPACK_MAX_LATENCY_MS": "fast"}, ["BERTPACK_MAX_LATENCY_MS must be a positive integer, not 'fast'"]),
     ({"BERTPACK_ACCESS_LOG": "maybe"}, ["BERTPACK_ACCESS_LOG must be 1 or 0, not 'maybe'"]),
+    ({"BERTPACK_WORKERS": "many"}, ["BERTPACK_WORKERS must be a positive integer, not 'many'"]),
     ({"BERTPACK_MODEL": "bertpack-cola:nosuchversion"}, ["not in the BentoML model store", "bertpack export"]),
     ({"BERTPACK_MODEL": "/nope/artifact"}, ["artifact folder '/nope/artifact' does not exist", "check the path"]),
     ({"BERTPACK_MODEL": "./artifacts/typo"}, ["artifact folder './artifacts/typo' does not exist"]),
-], ids=["device-gpu", "threads-two", "threads-zero", "latency-word", "access-log-word", "unknown-tag", "absolute-path", "relative-path"])
+], ids=["device-gpu", "threads-two", "threads-zero", "latency-word", "access-log-word", "workers-word", "unknown-tag", "absolute-path", "relative-path"])
 def test_bad_setting_stops_serve_with_one_line(tmp_path, env, fragments):
     rc, out, seconds = serve_expecting_failure(env, tmp_path / "empty-home")
     assert_one_line_failure(rc, out, seconds, *fragments)

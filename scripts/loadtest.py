@@ -7,16 +7,19 @@ In one run, one after the other on the same host:
    best) and the p50/p99 of one sentence at a time (tokenization included);
 2. each server started with `bentoml serve` on 127.0.0.1: the no-op BentoML service (scripts/peers/noop.py, BentoML's
    own ceiling N), the transformers pipeline in PyTorch (scripts/peers/pipeline.py, what a BentoML example would
-   serve) and the product (serving.service:Bertpack) with each --workers count. Each gets the same three loads:
+   serve) and the product (serving.service:Bertpack) with each --workers count. Each gets the same loads:
+   - one client sending single sentences one after the other (`--lone` requests): the latency a lone user sees;
    - `--clients` concurrent clients, one sentence per request, for `--duration` seconds (after `--warmup`);
    - `--batch-clients` clients sending `--per-request` sentences per request, for half as long;
-   - one client sending single sentences one after the other (`--lone` requests): the latency a lone user sees.
+   - the lone client again: BentoML's adaptive batcher waits for a batch as long as it learned to under the load
+     (its estimate decays over minutes), so a lone request just after a burst is slower than on a fresh server.
 3. the bound a server can reach on a host where HTTP and the model share the cores, B = 1 / (1/N + 1/E), and the
    product's rate as a share of it and of the peer's; with --check, exit 1 unless the product carries >= 75% of B
    and >= 1.5x the peer, with zero errors, and a lone request's p50 is within 3 ms of the engine's and at most half
    the peer's.
 
-The load generator (aiohttp) runs on the same cores as the servers; its figures compare servers, measured in one run.
+The load generator (aiohttp, or wrk with --client wrk) runs on the same cores as the servers; its figures compare
+servers measured in one run.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip", default="", help="servers to leave out: noop, pipeline")
     p.add_argument("--batch-sizes", default="1,8,16,32,64", help="raw engine batch sizes")
     p.add_argument("--engine-seconds", type=float, default=5.0, help="seconds per raw engine batch size")
+    p.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp",
+                   help="load generator for the concurrent loads: Python's aiohttp, or wrk (a C program: less CPU)")
     p.add_argument("--json-out", type=Path, help="write the figures as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 unless the product meets the checks above")
     args = p.parse_args()
@@ -67,21 +72,33 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], seconds: float, lone: int) -> dict:
-    """The engine as one worker of the service runs it: sentences/s per batch size, and one sentence's latency."""
+    """The engine as one worker of the service runs it: sentences/s per adaptive batch size, and one sentence's latency.
+
+    Each batch is the next `size` sentences in arrival order, run as the service runs an adaptive batch (sorted by
+    length, cut into ORT runs of the engine batch): a server never sees its whole input at once, so the rate of one
+    length-sorted pass over all the sentences (also printed) is out of its reach."""
     from serving.engine import OnnxClassifier
     from serving.source import ServeConfig
 
-    config = ServeConfig(workers=1)
-    engine = OnnxClassifier(folder, device="auto", threads=config.threads_per_worker(), buckets="served", spin=False)
+    config = ServeConfig.from_env({"BERTPACK_WORKERS": "1"})
+    engine = OnnxClassifier(folder, device=config.device, threads=config.threads_per_worker(), buckets="served", spin=False)
+    ids = engine.encode(sentences)
     rates = {}
     for size in batch_sizes:
-        engine.logits(sentences[:128], batch_size=size)  # warm the shapes
+        engine.logits_from_ids(ids[:128], batch_size=config.engine_batch)  # warm the shapes
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            engine.logits(sentences, batch_size=size)
-            done += len(sentences)
+            for i in range(0, len(ids), size):
+                engine.logits_from_ids(ids[i : i + size], batch_size=config.engine_batch)
+            done += len(ids)
         rates[size] = done / (time.perf_counter() - start)
-        print(f"  engine, batch {size:>3}: {rates[size]:8.1f} sentences/s", flush=True)
+        print(f"  engine, adaptive batches of {size:>3}: {rates[size]:8.1f} sentences/s", flush=True)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.logits_from_ids(ids, batch_size=config.engine_batch)
+        done += len(ids)
+    sorted_rate = done / (time.perf_counter() - start)
+    print(f"  engine, one length-sorted pass over all: {sorted_rate:8.1f} sentences/s", flush=True)
     latencies = []
     for sentence in (sentences * (lone // len(sentences) + 1))[:lone]:
         start = time.perf_counter()
@@ -91,8 +108,9 @@ def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], secon
     one = {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
     print(f"  engine, one sentence at a time: p50 {one['p50_ms']:.2f} ms, p99 {one['p99_ms']:.2f} ms", flush=True)
     return {"variant": engine.variant, "provider": engine.provider, "threads": config.threads_per_worker(),
-            "sentences_per_s": {str(k): v for k, v in rates.items()}, "best_batch": best,
-            "best_sentences_per_s": rates[best], "lone": one}
+            "engine_batch": config.engine_batch, "sentences_per_s": {str(k): v for k, v in rates.items()},
+            "best_batch": best, "best_sentences_per_s": rates[best], "sorted_pass_sentences_per_s": sorted_rate,
+            "lone": one}
 
 
 async def load(url: str, sentences: list[str], clients: int, per_request: int, warmup: float, duration: float) -> dict:
@@ -135,6 +153,39 @@ async def load(url: str, sentences: list[str], clients: int, per_request: int, w
             "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
 
 
+def wrk_load(url: str, sentences: list[str], clients: int, per_request: int, warmup: float, duration: float) -> dict:
+    """The same load as `load`, generated by wrk (one thread) from a Lua script that rotates the request bodies."""
+    import re
+    import subprocess
+    import tempfile
+
+    bodies = [json.dumps({"sentences": [sentences[(i + k) % len(sentences)] for k in range(per_request)]})
+              for i in range(0, len(sentences), per_request)]
+    script = ("bodies = {" + ",".join(f"[==[{b}]==]" for b in bodies) + "}\ni = 0\nrequest = function()\n  i = i + 1\n"
+              '  return wrk.format("POST", "/classify", {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + 1])\nend\n')
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    try:
+        command = ["wrk", "-t1", f"-c{clients}", "--latency", "-s", fh.name, url]
+        subprocess.run([*command, f"-d{max(1, round(warmup))}s"], capture_output=True, check=True)
+        out = subprocess.run([*command, f"-d{max(1, round(duration))}s"], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(fh.name)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * (requests - bad) / max(requests, 1)
+    errors = {k: v for k, v in (("HTTP non-2xx", bad), ("socket", socket)) if v}
+    return {"clients": clients, "sentences_per_request": per_request, "seconds": duration, "requests": requests - bad,
+            "errors": errors, "requests_per_s": rate, "sentences_per_s": rate * per_request,
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "client": "wrk"}
+
+
 def lone_requests(url: str, sentences: list[str], count: int) -> dict:
     """One client, one sentence per request, each sent when the last was answered."""
     import httpx
@@ -156,17 +207,19 @@ def measure_server(name: str, target: str, env: dict[str, str], sentences: list[
         proc, url = local_server.start_server({**os.environ, **env}, log_path, target=target, timeout=300)
     except RuntimeError as exc:
         sys.exit(str(exc))
+    concurrent = wrk_load if args.client == "wrk" else (lambda *a: asyncio.run(load(*a)))
     try:
-        single = asyncio.run(load(url, sentences, args.clients, 1, args.warmup, args.duration))
-        batched = asyncio.run(load(url, sentences, args.batch_clients, args.per_request, args.warmup, args.duration / 2))
         lone = lone_requests(url, sentences, args.lone)
+        single = concurrent(url, sentences, args.clients, 1, args.warmup, args.duration)
+        batched = concurrent(url, sentences, args.batch_clients, args.per_request, args.warmup, args.duration / 2)
+        after = lone_requests(url, sentences, args.lone)
     finally:
         local_server.stop_server(proc)
-    result = {"target": target, "env": env, "single": single, "batched": batched, "lone": lone}
+    result = {"target": target, "env": env, "single": single, "batched": batched, "lone": lone, "lone_after_load": after}
     print(f"  {name:<12} {single['requests_per_s']:7.1f} req/s (p50 {single['p50_ms']:6.1f}, p99 {single['p99_ms']:6.1f} ms, "
           f"errors {sum(single['errors'].values())}) | {args.per_request}/request: {batched['sentences_per_s']:7.1f} "
           f"sentences/s (errors {sum(batched['errors'].values())}) | lone p50 {lone['p50_ms']:.2f} ms, "
-          f"p99 {lone['p99_ms']:.2f} ms", flush=True)
+          f"p99 {lone['p99_ms']:.2f} ms, after the load {after['p50_ms']:.1f} ms", flush=True)
     return result
 
 
@@ -203,7 +256,7 @@ def main() -> int:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()}, "versions": library_versions(),
               "artifact": folder.name, "variant": engine["variant"], "engine": engine, "servers": servers,
-              "settings": {k: getattr(args, k) for k in ("clients", "batch_clients", "per_request", "duration", "lone")}}
+              "settings": {k: getattr(args, k) for k in ("client", "clients", "batch_clients", "per_request", "duration", "lone")}}
     checks = []
     if "noop" in servers:
         e = engine["best_sentences_per_s"]

@@ -26,7 +26,7 @@ class ServeConfig:
     workers: int = 1  # BERTPACK_WORKERS: server processes, each with its own model session (default: default_workers())
     threads: int | None = None  # BERTPACK_THREADS: ORT intra-op threads per worker (default: physical cores / workers)
     max_batch_size: int = 64  # BERTPACK_MAX_BATCH_SIZE: sentences per adaptive batch (read at import, in the decorator)
-    engine_batch: int = 32  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
+    engine_batch: int = 16  # BERTPACK_ENGINE_BATCH: rows per ORT run inside one adaptive batch (CPU)
     cuda_graphs: bool = True  # BERTPACK_CUDA_GRAPHS: capture CUDA graphs for bucketed shapes on the GPU
     variant: str | None = None  # BERTPACK_VARIANT: serve this variant instead of the manifest's default for the device
     max_latency_ms: int = 10_000  # BERTPACK_MAX_LATENCY_MS: a request queued longer than this for a batch gets 503
@@ -48,7 +48,7 @@ class ServeConfig:
                                 "request would time out (504) before the batching bound could shed it (503); set a value such as 10000")
         return cls(model=env.get("BERTPACK_MODEL") or default_model, device=device,
                    workers=_positive(env, "BERTPACK_WORKERS", 2) or default_workers(device),
-                   threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 32) or 32,
+                   threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 16) or cls.engine_batch,
                    max_batch_size=_positive(env, "BERTPACK_MAX_BATCH_SIZE", 64) or cls.max_batch_size,
                    cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
                    variant=env.get("BERTPACK_VARIANT") or None,

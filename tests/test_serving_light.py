@@ -100,7 +100,7 @@ def test_serve_config_from_env():
     # values as compose files and shells write them: spaces around, upper case, empty meaning unset
     cfg = ServeConfig.from_env({"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 2 ", "BERTPACK_MODEL": "bertpack-cola:latest ",
                                 "BERTPACK_ENGINE_BATCH": "", "BERTPACK_VARIANT": " int8 "})
-    assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 32, "int8")
+    assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 16, "int8")
     assert ServeConfig.from_env({"BERTPACK_DEVICE": ""}).device == "auto"
     assert (ServeConfig.from_env({"BERTPACK_MODEL": " ", "BERTPACK_VARIANT": ""}).model, ServeConfig.from_env({"BERTPACK_VARIANT": ""}).variant) == \
         ("bertpack-cola:latest", None)
@@ -484,7 +484,7 @@ def test_serve_config_reads_latency_and_engine_batch():
 
     cfg = ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "250", "BERTPACK_ENGINE_BATCH": "8"})
     assert (cfg.max_latency_ms, cfg.engine_batch) == (250, 8)
-    assert (ServeConfig.from_env({}).max_latency_ms, ServeConfig.from_env({}).engine_batch) == (10_000, 32)
+    assert (ServeConfig.from_env({}).max_latency_ms, ServeConfig.from_env({}).engine_batch) == (10_000, 16)
 
 
 @pytest.fixture

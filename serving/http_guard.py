@@ -39,8 +39,8 @@ class JsonOnly:
       past the bound (sent without one);
     - a form or multipart body is answered 415 (BentoML would parse it, and a malformed multipart body
       escapes its error handling as a 500); BentoML's own 415 (pickle) gets the same JSON;
-    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix (guard_outside_traffic_limits
-      puts this middleware in front of them); 429 and 503 carry Retry-After;
+    - BentoML's 429 (too many requests in flight) and 504 (request timeout) name the fix (bentoml_compat puts this
+      middleware in front of them); 429 and 503 carry Retry-After;
     - a client that hangs up before its whole body arrived is logged and counted as 499, not as BentoML's 500;
     - BentoML's plain-text 404 and 405 become JSON naming the endpoints;
     - a 400 from BentoML's typed validation ({"error": "2 validation error for Input", "detail": [...]})

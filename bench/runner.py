@@ -18,7 +18,7 @@ from bench.batches import fixed_padding_stats, make_batches, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
 from bertpack.data import data_source, validation_sentences
-from bertpack.errors import BertpackError, storage_errors
+from bertpack.errors import BertpackError, first_line, storage_errors
 from bertpack.locks import writing
 from export.checkpoint import named_by_artifact
 
@@ -99,7 +99,7 @@ def _check_onnx_file(name: str, path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
-        raise BertpackError(f"--extra-model {name}={path} is not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+        raise BertpackError(f"--extra-model {name}={path} is not an ONNX model ({first_line(exc, 120)})") from None
     if not model.graph.node or not model.graph.input:
         raise BertpackError(f"--extra-model {name}={path} is not an ONNX model (no graph nodes or inputs); pass a .onnx file written by an exporter")
 

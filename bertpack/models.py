@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bertpack.errors import BertpackError, quiet_hub_retries
+from bertpack.errors import BertpackError, first_line, quiet_hub_retries
 
 EMBEDDED = "embedded"
 LABELS = {0: "unacceptable", 1: "acceptable"}
@@ -82,7 +82,7 @@ def resolve_model(model: str) -> str:
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         except (ValueError, OSError) as exc:
-            raise BertpackError(f"--model {path}: config.json is not a usable model config ({str(exc).splitlines()[0]})") from None
+            raise BertpackError(f"--model {path}: config.json is not a usable model config ({first_line(exc)})") from None
         _check_config(config, str(path))
         return str(path)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
@@ -99,6 +99,6 @@ def resolve_model(model: str) -> str:
             ) from None
         raise BertpackError(f"unknown model {model!r}: not a local folder and not a model on the hub") from None
     except ValueError as exc:
-        raise BertpackError(f"unknown model {model!r}: {str(exc).splitlines()[0]}") from None
+        raise BertpackError(f"unknown model {model!r}: {first_line(exc)}") from None
     _check_config(config, model)
     return model

@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, first_line
 from bertpack.files import sha256_file, write_json_atomic
 from serving.engine import ARTIFACT_FORMAT, MANIFEST, load_tokenizer, read_manifest, verify_files
 
@@ -79,7 +79,7 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
                     np.ones_like(probe) if inp.name == "attention_mask" else np.zeros_like(probe))
             out = session.run(None, feed)[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf types
-            raise BertpackError(f"{path} does not load or run in ONNX Runtime ({str(exc).splitlines()[0][:200]}); re-run bertpack export") from None
+            raise BertpackError(f"{path} does not load or run in ONNX Runtime ({first_line(exc)}); re-run bertpack export") from None
         if out.shape != (1, len(manifest["labels"])) or not np.isfinite(out).all():
             raise BertpackError(f"{path} returns logits of shape {out.shape} (finite: {bool(np.isfinite(out).all())}); expected (1, {len(manifest['labels'])})")
         lines.append(f"{name}: {variant['file']} loads and runs")

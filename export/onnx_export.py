@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, first_line
 
 TASK = "text-classification"
 
@@ -25,7 +25,7 @@ def export_fp32(checkpoint: Path, out_dir: Path, opset: int | None = None) -> Pa
         model = load_classifier(checkpoint, attn_implementation="eager").eval()
         tokenizer = load_tokenizer(checkpoint)
     except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types; all mean a damaged checkpoint
-        raise BertpackError(f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+        raise BertpackError(f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {first_line(exc)}); "
                             "is it damaged? re-run bertpack train") from None
     # Validation against PyTorch happens in our own parity report, on CoLA, not on random inputs.
     onnx_export_from_model(model, out_dir, opset=opset, task=TASK, preprocessors=[tokenizer], do_validation=False)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from bertpack.errors import first_line
 from bertpack.machine import library_versions
 
 # A one-node ONNX model (y = x + x, float[1,4], opset 13, IR 8), serialized with onnx.helper. Embedded
@@ -47,7 +48,7 @@ def probe_provider(provider: str) -> dict:
         used = session.get_providers()[0]
         out = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
     except Exception as exc:  # noqa: BLE001 - a provider that fails to load is what doctor reports
-        return {"provider": provider, "works": False, "detail": str(exc).splitlines()[0][:300]}
+        return {"provider": provider, "works": False, "detail": first_line(exc, 300)}
     if used != provider:
         return {"provider": provider, "works": False, "detail": f"session fell back to {used}"}
     ok = bool(np.allclose(out, 2.0))

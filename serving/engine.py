@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from bertpack.errors import BertpackError
+from bertpack.errors import BertpackError, first_line
 from bertpack.files import sha256_file
 from bertpack.machine import VNNI_FLAGS, X86_MACHINES, cpu_flags, cpu_model, library_versions
 
@@ -441,7 +441,7 @@ class OnnxClassifier:
             try:
                 return self.graphs.run(batch.inputs)
             except Exception as exc:  # noqa: BLE001 - capture can fail for graphs with CPU nodes; IO binding still works
-                self.graph_error = str(exc).splitlines()[0][:300]
+                self.graph_error = first_line(exc, 300)
                 log.error("CUDA graph run failed (%s); continuing without CUDA graphs", self.graph_error)
                 self.graphs = None
         # Shapes without a graph (over the largest graph batch, or past MAX_GRAPHS shapes) take this path too.
@@ -462,7 +462,7 @@ class OnnxClassifier:
                 self.run(self.pad([empty], length=length))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
             raise BertpackError(f"{self.model_path} loads but fails on its first run on {self.provider} "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); re-run bertpack export") from None
+                                f"({type(exc).__name__}: {first_line(exc)}); re-run bertpack export") from None
 
     def batches(self, ids: Sequence[Sequence[int]], batch_size: int = 32, order: Sequence[int] | None = None) -> Iterator[tuple[list[int], Batch]]:
         """The runs a list of sentences is cut into: each run's row positions and its padded batch, taking the
@@ -504,7 +504,7 @@ def load_tokenizer(artifact_dir: Path):
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
-        raise BertpackError(f"{path} is not a tokenizer the `tokenizers` library can load ({str(exc).splitlines()[0][:200]}); "
+        raise BertpackError(f"{path} is not a tokenizer the `tokenizers` library can load ({first_line(exc)}); "
                             "re-run bertpack export") from None
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -517,7 +517,7 @@ def _open_session(path: Path, options, providers: list):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-        raise BertpackError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}; "
+        raise BertpackError(f"ONNX Runtime cannot load {path}: {first_line(exc, 300)}; "
                             "re-run bertpack export (or check the onnxruntime version with bertpack doctor)") from None
 
 

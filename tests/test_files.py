@@ -71,3 +71,13 @@ def test_staging_dir_swaps_beside_a_stale_folder_from_a_killed_run(tmp_path: Pat
         (stage / "new.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert (stale / "left.txt").read_text() == "left behind"  # not ours: left alone
+
+
+def test_first_line_of_an_exception():
+    """Error lines quote a library's exception by its first line; an empty message gives the type's name (the
+    hand-written `str(exc).splitlines()[0]` it replaced raised IndexError there)."""
+    from bertpack.errors import first_line
+
+    assert first_line(ValueError("bad input\nTraceback details")) == "bad input"
+    assert first_line(RuntimeError("")) == first_line(RuntimeError("  \n ")) == "RuntimeError"
+    assert first_line(OSError("x" * 500)) == "x" * 200 and first_line(OSError("x" * 500), 10) == "x" * 10

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertpack.errors import BertpackError, Terminated, storage_problem
+from bertpack.errors import BertpackError, Terminated, first_line, storage_problem
 from bertpack.files import remove_leftovers
 from bertpack.locks import pid_running
 from bertpack.run_marker import RUN_KIND, RUN_MARKER, write_run_marker
@@ -131,7 +131,7 @@ def damaged_checkpoint(folder: Path) -> str | None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
-            return f"{path.name}: {str(exc).splitlines()[0][:120]}"
+            return f"{path.name}: {first_line(exc, 120)}"
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Protocol
 
 import bentoml
 from bentoml.validators import ContentType
@@ -55,11 +55,11 @@ class Tokenized:
     truncated: bool
 
 
-class Tokenizes:
-    """What ClassifyInput needs of the service: its tokenizer's checked ids for a valid request (a ValidationError
-    naming each sentence over the limit or without readable text)."""
+class Tokenizes(Protocol):
+    """What ClassifyInput needs of the service that is serving."""
 
-    tokenize: Callable[[ClassifyRequest], list[Tokenized]]
+    def tokenize(self, request: ClassifyRequest) -> list[Tokenized]:
+        """The request's sentences as token ids, or a ValidationError naming each sentence the model cannot take."""
 
 
 class ClassifyInput(bentoml.IODescriptor):
@@ -112,7 +112,7 @@ def token_errors(too_long: list[tuple[int, int]], unreadable: list[int], limit: 
     details = [{"type": "no_tokens", "loc": ("sentences", i), "msg": NO_TOKENS} for i in unreadable]
     if not truncate:
         details += [{"type": "too_many_tokens", "loc": ("sentences", i), "msg": TOO_MANY_TOKENS.format(n=n, limit=limit)}
-                    for i, n in too_long]
+                    for i, n in too_long if i not in unreadable]
     if not details:
         return None
     details.sort(key=lambda d: d["loc"][1])

@@ -11,6 +11,12 @@ import typer
 from bertpack.errors import BertpackError
 
 
+class CheckMissed(BertpackError):
+    """`bertpack bench --check`: a measured check missed (the outputs are written)."""
+
+    exit_code = 3
+
+
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -35,9 +41,10 @@ def bench(
     min_time: float = typer.Option(2.0, help="Time each engine and batch size for at least this many seconds."),
     min_samples: int = typer.Option(30, help="... and over at least this many timed batches."),
     max_passes: int = typer.Option(20, help="At most this many timed passes over the sentences."),
-    rounds: int = typer.Option(1, help="Run every engine this many times, each time in a fresh process, engines interleaved: the table "
-                                       "shows the medians, each bar the median of the per-round ratios and their range (PyTorch's "
-                                       "GPU launch cost changes from one process to the next)."),
+    rounds: int = typer.Option(1, help="Run every engine this many times, each time in a fresh process, engines "
+                                       "interleaved: the table shows the medians, each check the median of the "
+                                       "per-round ratios and their range (PyTorch's GPU launch cost changes from one "
+                                       "process to the next)."),
     end_to_end: bool = typer.Option(True, help="Also time the book's way (pad to 128, PyTorch fp32, batch 32) against the serving path."),
     e2e_sentences: Optional[int] = typer.Option(None, help="Sentences for the end-to-end comparison (default 256; 64 for bert-base)."),
     profile: bool = typer.Option(True, help="Per-operator ONNX Runtime profile of the ONNX CPU engines at --profile-batch-size."),
@@ -45,9 +52,17 @@ def bench(
     export_dir: Optional[Path] = typer.Option(None, help="bert-base: keep (and reuse) the random-weight export here instead of a temp folder."),
     int8_candidates: bool = typer.Option(False, help="Also build and measure int8 from the fused graph (QAttention), for the int8 investigation."),
     extra_model: Optional[List[str]] = typer.Option(None, help="NAME=PATH: also measure this ONNX file (engine file:NAME), e.g. an int8 candidate. Repeatable."),
+    check: bool = typer.Option(False, "--check", help="Exit 3 when a measured check misses (listed under Checks: "
+                                                      "int8 and GPU speed-ups, int8 MCC, the serving path against "
+                                                      "the book's way); checks the engines run cannot measure do "
+                                                      "not count."),
 ) -> None:
     """Benchmark ONNX Runtime variants against PyTorch: latency, throughput, memory and MCC per engine and batch size."""
+    import shlex
+    import sys
+
     from bench.config import ENGINES, BenchConfig
+    from bench.report import missed_checks
     from bench.runner import run_bench
 
     chosen = tuple(e.strip() for e in engines.split(",") if e.strip()) if engines else ENGINES
@@ -61,8 +76,11 @@ def bench(
                       engines=chosen, threads=threads, sentences=sentences, min_time_s=min_time, min_samples=min_samples,
                       max_passes=max_passes, rounds=rounds, end_to_end=end_to_end, e2e_sentences=e2e_sentences, profile=profile,
                       profile_batch_size=profile_batch_size, export_dir=export_dir, extra_models=extras,
-                      int8_candidates=int8_candidates)
-    run_bench(cfg, typer.echo)
+                      int8_candidates=int8_candidates, command=shlex.join(["bertpack", *sys.argv[1:]]))
+    payload = run_bench(cfg, typer.echo)
+    if check and (missed := missed_checks(payload)):
+        raise CheckMissed(f"{len(missed)} check{'s' if len(missed) > 1 else ''} missed ({out} holds the results): "
+                          + " | ".join(missed))
 
 
 def register(app: typer.Typer) -> None:

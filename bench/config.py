@@ -40,6 +40,7 @@ class BenchConfig:
     # More ONNX files measured beside the artifact's variants (name -> path), e.g. int8 candidates; engine "file:<name>".
     extra_models: dict[str, Path] = field(default_factory=dict)
     int8_candidates: bool = False  # also build and measure the int8 variants of bench/int8_candidates.py
+    command: str | None = None  # the command line that started this bench, recorded in bench.json
 
     def sentence_count(self) -> int | None:
         if self.sentences is not None:

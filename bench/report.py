@@ -10,21 +10,24 @@ from pathlib import Path
 from bench.config import REFERENCE, BenchConfig
 from bertpack.files import write_json_atomic, write_text_atomic
 
-# The speed bars the README reports against: (name, engine, compared with, batch size, measure, at least).
-BARS = [
+# What `bertpack bench` checks the export gained, printed under "Checks" and enforced by `--check`:
+# (name, engine, compared with, batch size, measure, at least).
+CHECKS = [
     ("int8 CPU p50 latency vs PyTorch fp32 eager, batch 1", "onnx_int8", REFERENCE, 1, "speedup_p50", 4.0),
     ("int8 CPU sentences/s vs PyTorch fp32 eager, batch 32", "onnx_int8", REFERENCE, 32, "speedup_throughput", 1.5),
     ("ONNX fp16 CUDA p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda", REFERENCE, 1, "speedup_p50", 8.0),
-    ("ONNX fp16 CUDA graph (the service's GPU path, model call) p50 latency vs PyTorch fp32 eager, batch 1", "onnx_fp16_cuda_graph", REFERENCE, 1,
-     "speedup_p50", 8.0),
-    ("ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128", "onnx_fp16_cuda", "pytorch_fp16", 128, "throughput_vs", 1.5),
+    ("ONNX fp16 CUDA graph (the service's GPU path, model call) p50 latency vs PyTorch fp32 eager, batch 1",
+     "onnx_fp16_cuda_graph", REFERENCE, 1, "speedup_p50", 8.0),
+    ("ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128", "onnx_fp16_cuda", "pytorch_fp16",
+     128, "throughput_vs", 1.5),
 ]
 MCC_TOLERANCE = 0.01
-E2E_BAR = 10.0
+E2E_AT_LEAST = 10.0
 
 
 def _settings(cfg: BenchConfig, threads: int) -> dict:
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    out.pop("command", None)  # recorded at the top level of bench.json
     out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
                timing="time.perf_counter around each batch call, after one untimed warm-up pass over every batch (every shape); "
                       "inputs already on the device and logits left there for every GPU engine, CUDA synchronised before the "
@@ -92,7 +95,7 @@ def _merge_rounds(per_round: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> float | None:
+def _check_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> float | None:
     """`p50="p50_with_copies_ms"`: both engines' times with their host copies (GPU engines only)."""
     a, o = by_engine.get(engine, {}).get(b), by_engine.get(other, {}).get(b)
     if a is None or o is None or a.get(p50) is None or o.get(p50) is None:
@@ -100,9 +103,11 @@ def _bar_value(by_engine: dict, engine: str, other: str, b: int, measure: str, p
     return o[p50] / a[p50] if measure == "speedup_p50" else a["sentences_per_s"] / o["sentences_per_s"]
 
 
-def _bar_values(by_round: list[dict], engine: str, other: str, b: int, measure: str, p50: str = "p50_ms") -> list[float]:
-    """The bar's ratio in every round that measured both engines (each against the same round's other engine)."""
-    return [v for v in (_bar_value(by_engine, engine, other, b, measure, p50) for by_engine in by_round) if v is not None]
+def _check_values(by_round: list[dict], engine: str, other: str, b: int, measure: str,
+                  p50: str = "p50_ms") -> list[float]:
+    """The check's ratio in every round that measured both engines (each against the same round's other engine)."""
+    values = (_check_value(by_engine, engine, other, b, measure, p50) for by_engine in by_round)
+    return [v for v in values if v is not None]
 
 
 def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: dict, threads: int, started: datetime,
@@ -112,41 +117,44 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     speed_only = cfg.arch == "bert-base"
     rows = _merge_rounds([_round_rows(results, labels, domains, speed_only) for results in rounds])
     by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]
-    bars = []
-    for name, engine, other, b, measure, target in BARS:
-        values = _bar_values(by_round, engine, other, b, measure)
+    checks = []
+    for name, engine, other, b, measure, target in CHECKS:
+        values = _check_values(by_round, engine, other, b, measure)
         if not values:
             ran = set().union(*by_round)
             why = next((s["reason"] for s in skipped if s["engine"] in (engine, other)), None)
             if why is None:
                 missing = [e for e in (engine, other) if e not in ran]
                 why = f"{', '.join(missing)} not run (--engines)" if missing else f"batch size {b} not measured"
-            bars.append({"bar": name, "target": target, "value": None, "passed": None, "note": f"not measured: {why}"})
+            checks.append({"check": name, "target": target, "value": None, "passed": None,
+                           "note": f"not measured: {why}"})
             continue
         value = statistics.median(values)
-        bar = {"bar": name, "target": target, "value": value, "passed": value >= target}
+        check = {"check": name, "target": target, "value": value, "passed": value >= target}
         if len(rounds) > 1:
-            bar["rounds"] = values
-        copied = _bar_values(by_round, engine, other, b, measure, "p50_with_copies_ms") if measure == "speedup_p50" else []
+            check["rounds"] = values
+        copied = [] if measure != "speedup_p50" else _check_values(by_round, engine, other, b, measure,
+                                                                   "p50_with_copies_ms")
         if copied:
-            bar["with_host_copies"] = statistics.median(copied)
-        bars.append(bar)
+            check["with_host_copies"] = statistics.median(copied)
+        checks.append(check)
     if not speed_only and any("onnx_int8" in by_engine for by_engine in by_round):
         worst = max((abs(r["mcc_delta"]) for r in rows if r["engine"] == "onnx_int8" and r["mcc_delta"] is not None), default=None)
-        bars.append({"bar": "int8 MCC within 0.01 of PyTorch fp32 (worst batch size)", "target": MCC_TOLERANCE, "value": worst,
-                     "passed": None if worst is None else worst <= MCC_TOLERANCE, "kind": "at most"})
+        checks.append({"check": "int8 MCC within 0.01 of PyTorch fp32 (worst batch size)", "target": MCC_TOLERANCE,
+                       "value": worst, "passed": None if worst is None else worst <= MCC_TOLERANCE, "kind": "at most"})
     if e2e is not None:
         value = e2e.get("speedup")
-        bars.append({"bar": f"serving path vs the book's way (pad to {cfg.e2e_pad_to}, PyTorch fp32, batch {cfg.e2e_batch_size}), sentences/s",
-                     "target": E2E_BAR, "value": value, "passed": None if value is None else value >= E2E_BAR})
+        checks.append({"check": f"serving path vs the book's way (pad to {cfg.e2e_pad_to}, PyTorch fp32, "
+                                f"batch {cfg.e2e_batch_size}), sentences/s", "target": E2E_AT_LEAST, "value": value,
+                       "passed": None if value is None else value >= E2E_AT_LEAST})
     source = manifest.get("source", {})
-    return {"format": "bertpack-bench/1", "created": started.isoformat(timespec="seconds"),
+    return {"format": "bertpack-bench/1", "command": cfg.command, "created": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "arch": cfg.arch, "speed_only": speed_only,
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
             "serving_default": manifest.get("serving_default"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
             "data": str(cola), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
-            "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
+            "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "checks": checks,
             "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped", "failed")
                          if k in r} for results in rounds for r in results]}
 
@@ -200,24 +208,30 @@ def _order(row: dict) -> int:
     return ENGINES.index(row["engine"]) if row["engine"] in ENGINES else len(ENGINES)  # extra files last
 
 
-def _bar_lines(payload: dict) -> list[str]:
+def _check_lines(payload: dict) -> list[str]:
     out = []
-    for bar in payload["bars"]:
-        if bar["value"] is None:
-            out.append(f"- {bar['bar']}: {bar.get('note', 'not measured')}")
-            continue
-        if bar.get("kind") == "at most":
-            out.append(f"- {bar['bar']}: |dMCC| {bar['value']:.4f} (at most {bar['target']}) -> {'PASS' if bar['passed'] else 'MISS'}")
+    for check in payload["checks"]:
+        verdict = "PASS" if check["passed"] else "MISS"
+        if check["value"] is None:
+            out.append(f"- {check['check']}: {check.get('note', 'not measured')}")
+        elif check.get("kind") == "at most":
+            out.append(f"- {check['check']}: |dMCC| {check['value']:.4f} (at most {check['target']}) -> {verdict}")
         else:
             spread = ""
-            if bar.get("rounds"):
-                r = bar["rounds"]
+            if check.get("rounds"):
+                r = check["rounds"]
                 spread = (f", median of {_count(len(r), 'round')}: {min(r):.2f}x-{max(r):.2f}x, "
-                          f"{sum(v >= bar['target'] for v in r)} of {len(r)} at or over {bar['target']:g}x")
-            copies = "" if bar.get("with_host_copies") is None else \
-                f"; with each side's host copies in its time: {bar['with_host_copies']:.2f}x"
-            out.append(f"- {bar['bar']}: {bar['value']:.2f}x (bar {bar['target']:g}x{spread}) -> {'PASS' if bar['passed'] else 'MISS'}{copies}")
+                          f"{sum(v >= check['target'] for v in r)} of {len(r)} at or over {check['target']:g}x")
+            copies = "" if check.get("with_host_copies") is None else \
+                f"; with each side's host copies in its time: {check['with_host_copies']:.2f}x"
+            out.append(f"- {check['check']}: {check['value']:.2f}x (at least {check['target']:g}x{spread}) "
+                       f"-> {verdict}{copies}")
     return out
+
+
+def missed_checks(payload: dict) -> list[str]:
+    """The checks that were measured and missed, one line each (checks that could not be measured are not misses)."""
+    return [line[2:] for check, line in zip(payload["checks"], _check_lines(payload)) if check["passed"] is False]
 
 
 def _e2e_lines(payload: dict) -> list[str]:
@@ -281,7 +295,8 @@ def format_text(payload: dict) -> str:
            f"{payload['sentences']} sentences, {payload['settings']['threads']} threads{_rounds_note(payload)}", _machine_line(payload), "",
            line(header), line(["-" * w for w in widths]), *(line(r) for r in body), ""]
     out += [f"skipped {s['engine']}: {s['reason']}" for s in payload["skipped"]]
-    out += [_padding_line(payload), *filter(None, [_copies_line(payload)]), *_e2e_lines(payload), "Bars:", *_bar_lines(payload)]
+    out += [_padding_line(payload), *filter(None, [_copies_line(payload)]), *_e2e_lines(payload),
+            "Checks (`--check` exits 3 when a measured one misses):", *_check_lines(payload)]
     return "\n".join(out)
 
 
@@ -304,7 +319,7 @@ def format_markdown(payload: dict) -> str:
     copies = _copies_line(payload)
     if copies:
         out += [copies, ""]
-    out += [*_e2e_lines(payload), "", "## Bars", "", *_bar_lines(payload)]
+    out += [*_e2e_lines(payload), "", "## Checks", "", *_check_lines(payload)]
     if any(r.get("rounds") for r in payload["rows"]):
         out += ["", "## Rounds (p50 ms and speed-up against the same round's reference, round by round)", ""]
         for r in sorted(payload["rows"], key=lambda r: (r["batch_size"], _order(r))):

@@ -29,6 +29,7 @@ import asyncio
 import datetime
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -253,7 +254,8 @@ def main() -> int:
         servers[f"bertpack-{workers}w"] = measure_server(f"bertpack-{workers}w", PRODUCT, {
             "BERTPACK_MODEL": str(folder), "BERTPACK_WORKERS": str(workers)}, sentences, args)
 
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {"command": shlex.join(["python", "scripts/loadtest.py", *sys.argv[1:]]),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()}, "versions": library_versions(),
               "artifact": folder.name, "variant": engine["variant"], "engine": engine, "servers": servers,
               "settings": {k: getattr(args, k) for k in ("client", "clients", "batch_clients", "per_request", "duration", "lone")}}

@@ -4,6 +4,7 @@ processes, real files. Speed itself is not asserted (that is what the benchmark 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def test_bench_writes_table_json_md_png(bench_result):
     payload = json.loads((out / "bench.json").read_text())
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bench.md").read_text()
-    assert "| engine |" in md and "## Bars" in md
+    assert "| engine |" in md and "## Checks" in md
+    assert not re.search(r"\bbars?\b", md + proc.stdout, re.IGNORECASE)  # the outputs speak of checks
 
     engines = {r["engine"] for r in payload["rows"]}
     assert {"pytorch_fp32", "pytorch_fast", "onnx_fp32", "onnx_optimized", "onnx_int8"} <= engines
@@ -56,13 +58,14 @@ def test_bench_writes_table_json_md_png(bench_result):
     machine = payload["machine"]
     assert machine["cpu_model"] is not None and machine["physical_cores"] >= 1 and "onnxruntime-gpu" in machine["versions"]
     assert payload["settings"]["threads"] >= 1 and payload["sentences"] == 32
+    assert payload["command"].startswith("bertpack bench ") and "--sentences 32 --batch-sizes 1,8" in payload["command"]
 
     e2e = payload["end_to_end"]
     assert e2e["book"]["sentences_per_s"] > 0 and e2e["serving"]["sentences_per_s"] > 0
     assert e2e["speedup"] == pytest.approx(e2e["serving"]["sentences_per_s"] / e2e["book"]["sentences_per_s"])  # > 1 = faster
     assert e2e["book"]["pad_to"] == 128 and e2e["padding_book"]["padding_ratio"] > 1.0
-    bars = {b["bar"]: b for b in payload["bars"]}
-    assert any("batch 1" in name and b["value"] is not None for name, b in bars.items() if name.startswith("int8"))
+    checks = {c["check"]: c for c in payload["checks"]}
+    assert any("batch 1" in name and c["value"] is not None for name, c in checks.items() if name.startswith("int8"))
     profiled = [r for r in payload["rows"] if r.get("profile")]
     assert profiled and all(r["batch_size"] == 8 and r["profile"]["ops"] for r in profiled)
 
@@ -80,8 +83,8 @@ def test_gpu_rows_are_skipped_with_a_reason(bench_result):
     assert "CUDA" in skipped["pytorch_fp16"]
     assert not {"onnx_fp16_cuda", "onnx_fp16_cuda_graph", "pytorch_fp16"} & {r["engine"] for r in payload["rows"]}
     assert "skipped onnx_fp16_cuda: no GPU" in proc.stdout
-    gpu_bars = [b for b in payload["bars"] if "CUDA" in b["bar"]]
-    assert gpu_bars and all(b["value"] is None and "no GPU" in b["note"] for b in gpu_bars)
+    gpu_checks = [c for c in payload["checks"] if "CUDA" in c["check"]]
+    assert gpu_checks and all(c["value"] is None and "no GPU" in c["note"] for c in gpu_checks)
 
 
 def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthetic_cola, tmp_path):
@@ -114,7 +117,7 @@ def test_end_to_end_sentences_cover_both_domains(tiny_artifact, synthetic_cola, 
 
 
 def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tmp_path):
-    """--rounds 3: every engine runs three times in fresh processes; rows and bars hold the median of the per-round
+    """--rounds 3: every engine runs three times in fresh processes; rows and checks hold the median of the per-round
     figures (each ratio against the same round's reference), and each round's own figures."""
     import statistics
 
@@ -137,8 +140,8 @@ def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tm
     ratios = [r["p50_ms"] / i["p50_ms"] for r, i in zip(ref["rounds"], int8["rounds"])]
     assert [x["speedup_p50"] for x in int8["rounds"]] == pytest.approx(ratios)
     assert int8["speedup_p50"] == pytest.approx(statistics.median(ratios))
-    bar = next(b for b in payload["bars"] if b["bar"].startswith("int8 CPU p50 latency"))
-    assert bar["rounds"] == pytest.approx(ratios) and bar["value"] == pytest.approx(statistics.median(ratios))
+    check = next(c for c in payload["checks"] if c["check"].startswith("int8 CPU p50 latency"))
+    assert check["rounds"] == pytest.approx(ratios) and check["value"] == pytest.approx(statistics.median(ratios))
     assert "median of 3 rounds" in proc.stdout and "medians of 3 rounds" in (out / "bench.md").read_text()
     assert "## Rounds" in (out / "bench.md").read_text()
 
@@ -180,16 +183,17 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     assert "p50 with the host copies, per call" in md
     assert "pytorch_fp32 batch 1: 7.000 ms (model call 6.000)" in md
     assert "onnx_int8 batch 1: 2.000 ms (model call 1.500); onnx_int8 batch 8: 2.500 ms (model call 2.000)" in md
-    # the bar both ways, each ratio within a round: model call against model call (the verdict), and with each side's
+    # the check both ways, each ratio within a round: model call against model call (the verdict), and with each side's
     # copies in its time (round 1: 5.0 / 1.5, round 3: 7.0 / 2.5)
-    assert "3.50x (bar 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with each side's host copies in its time: 3.07x" in md
-    bar = next(b for b in payload["bars"] if b["bar"].startswith("int8 CPU p50 latency"))
-    assert bar["rounds"] == [4.0, 3.0] and bar["value"] == 3.5 and bar["passed"] is False
+    assert ("3.50x (at least 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with each side's host "
+            "copies in its time: 3.07x") in md
+    check = next(c for c in payload["checks"] if c["check"].startswith("int8 CPU p50 latency"))
+    assert check["rounds"] == [4.0, 3.0] and check["value"] == 3.5 and check["passed"] is False
 
 
-def test_throughput_ratios_and_bars_point_the_right_way():
+def test_throughput_ratios_and_checks_point_the_right_way():
     """Faster is a ratio over 1 both ways: int8 at 1 ms per batch of 32 against PyTorch's 4 ms is 4x the
-    sentences/s; the GPU throughput bar compares fp16 ONNX with fp16 PyTorch at batch 128."""
+    sentences/s; the GPU throughput check compares fp16 ONNX with fp16 PyTorch at batch 128."""
     from bench.config import BenchConfig
     from bench.report import build_payload
 
@@ -206,12 +210,45 @@ def test_throughput_ratios_and_bars_point_the_right_way():
                             rounds=rounds, skipped=[], padding={}, e2e=None, cola=Path("d"))
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert rows[("onnx_int8", 32)]["speedup_throughput"] == 4.0 and rows[("onnx_int8", 1)]["speedup_p50"] == 2.0
-    bars = {b["bar"]: b for b in payload["bars"]}
-    cpu = bars["int8 CPU sentences/s vs PyTorch fp32 eager, batch 32"]
+    checks = {c["check"]: c for c in payload["checks"]}
+    cpu = checks["int8 CPU sentences/s vs PyTorch fp32 eager, batch 32"]
     assert cpu["value"] == 4.0 and cpu["passed"] is True
-    gpu = bars["ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128"]
+    gpu = checks["ONNX fp16 CUDA sentences/s vs PyTorch fp16 eager (model.half()), batch 128"]
     assert gpu["value"] == 3.0 and gpu["passed"] is True
-    assert bars["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1"]["passed"] is False  # 2x < 4x
+    assert checks["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1"]["passed"] is False  # 2x < 4x
+    from bench.report import missed_checks
+
+    # --check fails on exactly the measured misses; the GPU latency checks (no batch 1 on CUDA here) are not misses
+    assert missed_checks(payload) == ["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1: 2.00x (at least 4x) "
+                                      "-> MISS"]
+
+
+def test_check_flag_exits_3_naming_the_missed_checks(tiny_artifact, synthetic_cola, tmp_path):
+    """`bench --check`: a measured check that misses makes the command exit 3 with one line naming it, after the
+    outputs are written; a check that is met, or cannot be measured, is not named. The checks are data: this run
+    holds one no engine can meet and one every engine meets."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys; import bench.report as report; report.CHECKS = ["
+            "('int8 out of reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 1e9), "
+            "('int8 within reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 0.0), "
+            "('fp16 on CUDA', 'onnx_fp16_cuda', 'pytorch_fp32', 1, 'speedup_p50', 1e9)]; "
+            "from bertpack.cli import main; sys.argv = ['bertpack', *sys.argv[1:]]; main()")
+    out = tmp_path / "out"
+    args = ["bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
+            "--batch-sizes", "1", "--engines", "pytorch_fp32,onnx_int8", "--no-end-to-end", "--no-profile", *QUICK,
+            "--check"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: 1 check missed ({out} holds the results): int8 out of reach: ") and "MISS" in error
+    assert "within reach" not in error and "CUDA" not in error
+    payload = json.loads((out / "bench.json").read_text())
+    assert [c["passed"] for c in payload["checks"]][:3] == [False, True, None] and "--check" in payload["command"]
+    assert "Checks (`--check` exits 3 when a measured one misses):" in proc.stdout
 
 
 def test_bench_statistics_and_scores_match_an_independent_computation(synthetic_cola, tmp_path, monkeypatch):
@@ -389,7 +426,7 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert payload["speed_only"] and payload["arch"] == "bert-base"
     assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_int8"}
     assert all(r["mcc"] is None for r in payload["rows"])
-    assert not any(b["bar"].startswith("int8 MCC") for b in payload["bars"])
+    assert not any(c["check"].startswith("int8 MCC") for c in payload["checks"])
     # ... but the tokenizer it does read is checked against the manifest
     (template / "tokenizer.json").write_text("{}")
     proc = run_cli("bench", str(template), "--arch", "bert-base", "--export-dir", str(export_dir), "--out", str(tmp_path / "out2"),

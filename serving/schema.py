@@ -45,15 +45,15 @@ EncodedBatch = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_SENT
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="acceptable or unacceptable")
-    probabilities: dict[str, float] = Field(description="probability of each label")
+    label: str = Field(description="the most probable of the model's labels (GET /info lists them; CoLA: acceptable or unacceptable)")
+    probabilities: dict[str, float] = Field(description="probability of each of the model's labels")
     model_version: str
     tokens: int = Field(description="tokens the model read, [CLS] and [SEP] included")
     truncated: bool = Field(description="the sentence was cut to the model's max length (only with truncate=true)")
 
 
 class ClassifyResponse(BaseModel):
-    model: str = Field(description="model tag, bertpack-cola:<version>")
+    model: str = Field(description="model tag, NAME:<version> (bertpack-cola:<version> for CoLA)")
     predictions: list[Prediction]
 
 

@@ -139,8 +139,7 @@ def _built_model() -> str | None:
     """Served from a built Bento: the exact model version it was built with (its bento.yaml), so an unset
     BERTPACK_MODEL does not pick up a later export from the store's "latest"."""
     bento = getattr(Bertpack, "bento", None)
-    name = DEFAULT_MODEL.split(":")[0]
-    return next((str(m.tag) for m in (bento.info.models if bento is not None else []) if m.tag.name == name), None)
+    return next((str(m.tag) for m in (bento.info.models if bento is not None else [])), None)  # the one model it carries
 
 
 async def _info(request: Request) -> JSONResponse:
@@ -244,7 +243,7 @@ class Bertpack:
 
     @bentoml.api(input_spec=ClassifyInput)
     async def classify(self, sentences: Sentences, truncate: StrictBool = False) -> ClassifyResponse:
-        """Classify 1-64 sentences as acceptable/unacceptable English (CoLA).
+        """Classify 1-64 sentences with the model's labels (GET /info lists them; CoLA: acceptable/unacceptable).
 
         Each sentence: a non-blank string of at most 1000 characters. A sentence over the model's
         token limit is refused (400) unless `truncate` is true, then it is cut to the limit.

@@ -112,8 +112,9 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
                   e2e: dict | None, cola: str | Path) -> dict:
     """`rounds`: the workers' results of each round (one round unless --rounds)."""
     speed_only = cfg.arch == "bert-base"
-    split = "CoLA validation" if tuple(manifest["labels"]) == COLA_NAMES else "validation"
-    rows = _merge_rounds([_round_rows(results, labels, domains, speed_only, len(manifest["labels"])) for results in rounds])
+    names = manifest.get("labels", list(COLA_NAMES))
+    split = "CoLA validation" if tuple(names) == COLA_NAMES else "validation"
+    rows = _merge_rounds([_round_rows(results, labels, domains, speed_only, len(names)) for results in rounds])
     by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]
     bars = []
     for name, engine, other, b, measure, target in BARS:
@@ -148,7 +149,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
             "serving_default": manifest.get("serving_default"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
-            "data": str(cola), "split": split, "labels": manifest["labels"], "sentences": sentences,
+            "data": str(cola), "split": split, "labels": names, "sentences": sentences,
             "settings": _settings(cfg, threads, split), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "bars": bars,
             "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped", "failed")

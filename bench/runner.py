@@ -17,7 +17,7 @@ from typing import Callable
 from bench.batches import fixed_padding_stats, make_batches, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
-from bertpack.data import data_source, validation_sentences
+from bertpack.data import DataSpec, data_source, validation_sentences
 from bertpack.errors import BertpackError, storage_errors
 from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
@@ -188,9 +188,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
     datasets.disable_progress_bars()
     manifest = check_config(cfg)
-    from export.pipeline import recorded_data
-
-    cola = data_source(cfg.data, "bench", manifest["labels"], recorded_data(manifest))
+    cola = data_source(cfg.data, "bench", manifest["labels"], DataSpec.from_record(manifest.get("data_source")))
     threads = cfg.threads or physical_cores()
     started = datetime.now(timezone.utc)
     out = Path(cfg.out)

@@ -47,6 +47,18 @@ class DataSpec:
     def __str__(self) -> str:
         return self.data
 
+    def record(self) -> dict[str, str | None]:
+        """As a run's metrics.json and an export's manifest.json record it ("data_source")."""
+        return {"data": self.data, "text_column": self.text_column, "label_column": self.label_column}
+
+    @classmethod
+    def from_record(cls, record: object) -> DataSpec | None:
+        """A recorded data source (record(), or a run's recorded config), None when there is none."""
+        if not isinstance(record, dict) or not isinstance(record.get("data"), str) or not record["data"]:
+            return None
+        text, label = record.get("text_column"), record.get("label_column")
+        return cls(record["data"], text if isinstance(text, str) else None, label if isinstance(label, str) else None)
+
 
 DataRef = str | Path | DataSpec  # a CoLA folder, a data set's folder or file, a hub name, or one of those with its columns
 

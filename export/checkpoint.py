@@ -115,14 +115,7 @@ def _json_object(path: Path) -> dict:
 def recorded_data(metrics: dict, marker: dict) -> DataSpec | None:
     """The data a run was trained on: metrics.json's data_source (an absolute path, the columns read), else the --data
     its bertpack_run.json recorded (as it was given)."""
-    source = metrics.get("data_source")
-    if not isinstance(source, dict):
-        config = marker.get("config")
-        source = config if isinstance(config, dict) else {}
-    data, text, label = source.get("data"), source.get("text_column"), source.get("label_column")
-    if not isinstance(data, str) or not data:
-        return None
-    return DataSpec(data, text if isinstance(text, str) else None, label if isinstance(label, str) else None)
+    return DataSpec.from_record(metrics.get("data_source")) or DataSpec.from_record(marker.get("config"))
 
 
 def _run_status(run_dir: Path) -> str | None:

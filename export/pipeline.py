@@ -13,11 +13,11 @@ import shutil
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from bertpack.data import DataRef, DataSpec
+from bertpack.data import DataRef, DataSpec, as_spec
 from bertpack.errors import BertpackError, ParityError, storage_errors
 from bertpack.files import (check_writable_parent, remove_leftovers, staging_dir, umask_mode, work_dir, write_json_atomic,
                             write_text_atomic)
@@ -148,8 +148,7 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
         }
         body = {"created": created.isoformat(timespec="seconds"), "version": version, "name": cfg.name, "labels": ckpt.labels,
                 # the data of the parity report, which verify --parity and bench read again for a model that is not CoLA's
-                "data": {"source": str(cola), "text_column": getattr(cola, "text_column", None),
-                         "label_column": getattr(cola, "label_column", None)},
+                "data_source": as_spec(cola).record(),
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
                 "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
@@ -202,7 +201,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     checkpoint = named_by_artifact(checkpoint, artifact_dir)
     from bertpack.data import data_source
 
-    evals = _load_eval(data_source(data, "verify --parity", manifest["labels"], recorded_data(manifest)), None, manifest["labels"])
+    recorded = DataSpec.from_record(manifest.get("data_source"))
+    evals = _load_eval(data_source(data, "verify --parity", manifest["labels"], recorded), None, manifest["labels"])
     encoder = OnnxClassifier(artifact_dir, variant=encoding_variant(manifest), device="cpu", verify=False,  # tokenizes for PyTorch
                              buckets=served_buckets("cpu"))
     scoring = _Scoring.against(checkpoint, encoder, evals, tolerance)
@@ -245,16 +245,7 @@ def _pad_token_id(stage: Path) -> int:
         return 0
 
 
-def recorded_data(manifest: dict) -> DataSpec | None:
-    """The data an artifact's parity report was computed on (its manifest's "data"), None for older exports."""
-    data = manifest.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("source"), str):
-        return None
-    text, label = data.get("text_column"), data.get("label_column")
-    return DataSpec(data["source"], text if isinstance(text, str) else None, label if isinstance(label, str) else None)
-
-
-def _load_eval(cola: DataRef, limit: int | None, model_labels: list[str]) -> parity.Eval:
+def _load_eval(cola: DataRef, limit: int | None, model_labels: Sequence[str] = COLA_NAMES) -> parity.Eval:
     import datasets
 
     from bertpack.data import validation_sentences

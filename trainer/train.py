@@ -212,14 +212,17 @@ def _train(cfg: TrainConfig) -> dict:
         wall = time.perf_counter() - started
         epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
         final = trainer.evaluate()  # the best checkpoint is loaded back at the end
-        # The held-out test split (a data set's test.* file), scored once with the best checkpoint
-        test = trainer.evaluate(encoded["test"], metric_key_prefix="test") if "test" in encoded else None
+        test = None
+        if "test" in encoded:  # a data set's test file: scored once, with the best checkpoint
+            found = trainer.evaluate(encoded["test"], metric_key_prefix="test")
+            test = {"rows": len(encoded["test"]),
+                    **{k: found[f"test_{k}"] for k in ("loss", "accuracy", "mcc", "macro_f1") if f"test_{k}" in found}}
 
         metrics = {
             "model": model_id,
             "data": str(cfg.data),
             # What export, verify --parity and bench read again for a model whose labels are not CoLA's
-            "data_source": _data_source(cfg, loaded),
+            "data_source": _recorded_data(cfg, loaded),
             "data_sha256": {str(p): sha256_file(p) for p in loaded.files},
             "labels": list(labels.names),  # id -> name, as model/config.json's id2label
             "train_rows": len(encoded["train"]),
@@ -239,8 +242,7 @@ def _train(cfg: TrainConfig) -> dict:
                 "mcc_in_domain": final.get("eval_in_mcc"),
                 "mcc_out_domain": final.get("eval_out_mcc"),
             },
-            "test": test and {"rows": len(encoded["test"]), **{k.removeprefix("test_"): v for k, v in test.items()
-                                                                 if k.removeprefix("test_") in ("accuracy", "mcc", "macro_f1", "loss")}},
+            "test": test,
             "epochs": epochs,
             "train_runtime_s": result.metrics.get("train_runtime"),
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
@@ -270,10 +272,10 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def _data_source(cfg: TrainConfig, loaded: Loaded) -> dict:
+def _recorded_data(cfg: TrainConfig, loaded: Loaded) -> dict:
     """The data as export, verify --parity and bench find it again: a local path made absolute, the columns read."""
     data = cfg.data if is_hub(cfg.data) else str(Path(cfg.data).resolve())
-    return {"data": data, "text_column": loaded.text_column, "label_column": loaded.label_column}
+    return DataSpec(data, loaded.text_column, loaded.label_column).record()
 
 
 def load_model(model_id: str, cfg: TrainConfig, labels: Labels):

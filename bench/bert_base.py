@@ -22,7 +22,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: list[str] | None = None) -> Path:
-    """A run folder in the training contract's layout holding random BERT-base weights, with `labels` (default CoLA's)."""
+    """A run folder in the training contract's layout holding random BERT-base weights, with `labels` (default
+    CoLA's)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -32,7 +33,8 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: 
     torch.manual_seed(seed)
     # bert-base's shape; the vocabulary is the template's (30522 for uncased WordPiece), so every token id has a row
     id2label = dict(enumerate(labels)) if labels else LABELS
-    config = BertConfig(vocab_size=len(tokenizer), num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    config = BertConfig(vocab_size=len(tokenizer), num_labels=len(id2label), id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
     model = BertForSequenceClassification(config).eval()
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(run_dir / "model", safe_serialization=True)
@@ -44,7 +46,8 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: 
 
 def export_bert_base(work: Path, tokenizer_dir: Path, data, int8_method: str, echo: Callable[[str], None],
                      labels: list[str] | None = None) -> Path:
-    """Export a random BERT-base with the template's `labels` into work/artifact (reused when a previous export is there)."""
+    """Export a random BERT-base with the template's `labels` into work/artifact (reused when a previous export is
+    there)."""
     from export.parity import Tolerance
     from export.pipeline import export_artifact
 

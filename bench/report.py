@@ -62,7 +62,10 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
                    "mcc": None if speed_only else scores["mcc"], "accuracy": None if speed_only else scores["accuracy"],
                    **({"macro_f1": None if speed_only else scores["macro_f1"]} if "macro_f1" in scores else {}),
                    "agreement": 100.0 * sum(p == q for p, q in zip(preds, base["predictions"])) / len(preds) if base else None}
-            out["mcc_delta"] = None if speed_only or base is None else out["mcc"] - score(labels, base["predictions"], domains)["mcc"]
+            if not speed_only and base is not None:
+                out["mcc_delta"] = out["mcc"] - score(labels, base["predictions"], domains)["mcc"]
+            else:
+                out["mcc_delta"] = None
             if "profile" in row:
                 out["profile"] = row["profile"]
             rows.append(out)
@@ -294,7 +297,8 @@ def format_markdown(payload: dict) -> str:
     header, body = _table(payload["rows"])
     s = payload["settings"]
     out = [f"# bertpack bench: {payload['arch']}", "",
-           f"Artifact `{payload['artifact']}` (version {payload['artifact_version']}); {payload['sentences']} {payload.get('split', 'CoLA validation')} sentences "
+           f"Artifact `{payload['artifact']}` (version {payload['artifact_version']}); {payload['sentences']} "
+           f"{payload.get('split', 'CoLA validation')} sentences "
            f"from `{payload['data']}`. {'Random weights: speed only (MCC n/a). ' if payload['speed_only'] else ''}"
            f"Started {payload['created']}, finished {payload['finished']}.", "",
            f"Machine: {_machine_line(payload)}", "",
@@ -348,7 +352,8 @@ def write_plot(payload: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_tput.legend(fontsize=8)
     m = payload["machine"]
-    fig.suptitle(f"bertpack bench ({payload['arch']}, {payload['sentences']} {payload.get('split', 'CoLA validation')} sentences) on {m['cpu_model']}, "
+    split = payload.get("split", "CoLA validation")
+    fig.suptitle(f"bertpack bench ({payload['arch']}, {payload['sentences']} {split} sentences) on {m['cpu_model']}, "
                  f"{payload['settings']['threads']} threads" + (f", {m['gpu']}" if m.get("gpu") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -211,8 +211,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             method = manifest["variants"].get("int8", {}).get("method", "auto")
             if not cfg.int8_candidates and not set(INT8_ENGINES) & set(cfg.engines):
                 method = "none"  # no int8 engine asked for: skip the slowest part of the export
-            artifact = export_bert_base(export_work, artifact, cola, method if method in ("static", "dynamic", "none") else "auto", echo,
-                                        labels=manifest["labels"])
+            method = method if method in ("static", "dynamic", "none") else "auto"
+            artifact = export_bert_base(export_work, artifact, cola, method, echo, labels=manifest["labels"])
             manifest = json.loads((artifact / "manifest.json").read_text())
         checkpoint = manifest.get("source", {}).get("checkpoint", "")
         if not Path(checkpoint, "config.json").is_file():
@@ -225,7 +225,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
             echo("bench: building the int8 candidates (quantized fused graph) ...")
             cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
-        sentences, labels, domains = _select_sentences(*validation_sentences(cola, manifest["labels"]), cfg.sentence_count())
+        validation = validation_sentences(cola, manifest["labels"])  # label ids as the model's
+        sentences, labels, domains = _select_sentences(*validation, cfg.sentence_count())
         encoder = OnnxClassifier(artifact, variant=encoding_variant(manifest), device="cpu", threads=1, verify=True)  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
         del encoder
@@ -249,8 +250,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
         e2e = None
         if cfg.end_to_end:
-            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, skipped, echo,
-                                 len(manifest["labels"]))
+            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda,
+                                 work, skipped, echo, len(manifest["labels"]))
             e2e["padding_book"] = fixed_padding_stats(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,

@@ -60,7 +60,8 @@ class DataSpec:
         return cls(record["data"], text if isinstance(text, str) else None, label if isinstance(label, str) else None)
 
 
-DataRef = str | Path | DataSpec  # a CoLA folder, a data set's folder or file, a hub name, or one of those with its columns
+# A CoLA folder, a data set's folder or file, a hub name, or one of those with its columns
+DataRef = str | Path | DataSpec
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ def locate(data: str | Path) -> ColaFiles:
     return found
 
 
-COLA_LAYOUTS = ("raw/in_domain_train.tsv, raw/in_domain_dev.tsv and raw/out_of_domain_dev.tsv (release layout) or train.tsv "
-                "and dev.tsv (GLUE layout)")
+COLA_LAYOUTS = ("raw/in_domain_train.tsv, raw/in_domain_dev.tsv and raw/out_of_domain_dev.tsv (release layout) or "
+                "train.tsv and dev.tsv (GLUE layout)")
 
 
 @contextlib.contextmanager
@@ -111,14 +112,14 @@ def _readable(root: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise BertpackError(f"--data {root}: cannot read {exc.filename or root} ({exc.strerror or exc}); fix its permissions "
-                            "(chmod a+rX) or pass another --data") from None
+        raise BertpackError(f"--data {root}: cannot read {exc.filename or root} ({exc.strerror or exc}); fix its "
+                            "permissions (chmod a+rX) or pass another --data") from None
 
 
 def _missing(root: Path) -> BertpackError:
-    return BertpackError(f"--data {root} does not exist; pass the CoLA folder (the release, holding raw/, or GLUE's train.tsv "
-                         "and dev.tsv), a data set's folder (train and validation files: CSV, TSV, JSON Lines or Parquet), or "
-                         "--data glue when online")
+    return BertpackError(f"--data {root} does not exist; pass the CoLA folder (the release, holding raw/, or "
+                         "GLUE's train.tsv and dev.tsv), a data set's folder (train and validation files: CSV, TSV, "
+                         "JSON Lines or Parquet), or --data glue when online")
 
 
 def _find_cola(root: Path, text_column: str | None = None) -> ColaFiles | None:
@@ -163,8 +164,9 @@ def _source(spec: DataSpec) -> ColaFiles | "TableFiles":  # noqa: F821
             if root.name in RELEASE_FILES:
                 raise BertpackError(f"--data {root} is a file; pass the folder that holds the CoLA TSV files")
             if root.suffix.lower() not in FORMATS:
-                raise BertpackError(f"--data {root}: unknown file type {root.suffix or '(no extension)'!r}; pass a CoLA folder, or "
-                                    f"a data set's folder or train file ({', '.join(FORMATS)})")
+                kind = root.suffix or "(no extension)"
+                raise BertpackError(f"--data {root}: unknown file type {kind!r}; pass a CoLA folder, or a data set's "
+                                    f"folder or train file ({', '.join(FORMATS)})")
             return find_files(root)
         found = _find_cola(root, spec.text_column)
         if found is not None:
@@ -207,7 +209,8 @@ def read_tsv(path: Path) -> list[tuple[str, int, str]]:
 
 def _dataset(rows: list[tuple[str, int, str]]):
     """Rows as a dataset with the columns every stage reads: sentence, label, domain (from the source code)."""
-    return _columns([r[2] for r in rows], [r[1] for r in rows], ["out" if r[0] in OUT_OF_DOMAIN_SOURCES else "in" for r in rows])
+    domains = ["out" if r[0] in OUT_OF_DOMAIN_SOURCES else "in" for r in rows]
+    return _columns([r[2] for r in rows], [r[1] for r in rows], domains)
 
 
 def _columns(sentences: list[str], labels: list[int], domains: list[str]):
@@ -230,8 +233,9 @@ def load_data(data: DataRef, limit: int | None = None) -> Loaded:
     source = _source(spec)
     if isinstance(source, ColaFiles):
         if spec.text_column or spec.label_column:
-            raise BertpackError(f"--data {spec.data} is CoLA, whose TSV files have fixed columns; --text-column and --label-column "
-                                "are for a data set's CSV, TSV, JSON Lines or Parquet files with a header")
+            raise BertpackError(f"--data {spec.data} is CoLA, whose TSV files have fixed columns; --text-column and "
+                                "--label-column are for a data set's CSV, TSV, JSON Lines or Parquet files with a "
+                                "header")
         return Loaded(load_cola(spec.data, limit), COLA, (source.train, *source.validation))
     from bertpack.tables import read_tables
 
@@ -248,7 +252,8 @@ def load_data(data: DataRef, limit: int | None = None) -> Loaded:
     counts = ", ".join(f"{path.name} {len(table.texts[split])} rows" for split, path in files.items())
     said = {kind: " (detected)" if kind in table.detected else "" for kind in ("text", "label")}
     columns = f"text column {table.text_column!r}{said['text']}, label column {table.label_column!r}{said['label']}"
-    summary = f"data: {files['train'].parent} ({counts}); {columns}; {table.labels.count} labels: {listed(table.labels.names)}"
+    classes = f"{table.labels.count} labels: {listed(table.labels.names)}"
+    summary = f"data: {files['train'].parent} ({counts}); {columns}; {classes}"
     return Loaded(splits, table.labels, tuple(files.values()), table.text_column, table.label_column, summary)
 
 
@@ -296,14 +301,15 @@ def _load_hub(spec: DataSpec, limit: int | None) -> Loaded:
     """GLUE through the hub: `glue` or `glue/cola` (CoLA, with its domains), `glue/sst2`. The hub's test splits have no
     labels, so they are not loaded."""
     task = spec.data.partition("/")[2] or "cola"
+    tasks = " or ".join(f"glue/{t}" for t in GLUE_SINGLE)
     if task in GLUE_PAIRS:
-        raise BertpackError(f"--data {spec.data}: GLUE's {task} classifies sentence pairs; bertpack classifies one text: pass "
-                            f"{' or '.join(f'glue/{t}' for t in GLUE_SINGLE)}, or a data set's own files")
+        raise BertpackError(f"--data {spec.data}: GLUE's {task} classifies sentence pairs; bertpack classifies one "
+                            f"text: pass {tasks}, or a data set's own files")
     if task not in GLUE_SINGLE:
-        raise BertpackError(f"--data {spec.data}: no GLUE task {task!r} on one sentence; pass {' or '.join(f'glue/{t}' for t in GLUE_SINGLE)}")
+        raise BertpackError(f"--data {spec.data}: no GLUE task {task!r} on one sentence; pass {tasks}")
     if spec.text_column or spec.label_column:
-        raise BertpackError(f"--data {spec.data} has fixed columns (sentence, label); --text-column and --label-column are for a "
-                            "data set's own files")
+        raise BertpackError(f"--data {spec.data} has fixed columns (sentence, label); --text-column and "
+                            "--label-column are for a data set's own files")
     if task == "cola":
         return Loaded(_load_glue(limit), COLA)
     import datasets
@@ -314,8 +320,9 @@ def _load_hub(spec: DataSpec, limit: int | None) -> Loaded:
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
         from bertpack.models import offline_hint
 
-        raise BertpackError(f"could not load GLUE {GLUE_SINGLE[task]} from the hub ({type(exc).__name__}); pass --data with a "
-                            f"local copy of its files instead (train and validation: CSV, TSV, JSON Lines or Parquet){offline_hint()}") from None
+        raise BertpackError(f"could not load GLUE {GLUE_SINGLE[task]} from the hub ({type(exc).__name__}); pass --data "
+                            "with a local copy of its files instead (train and validation: CSV, TSV, JSON Lines or "
+                            f"Parquet){offline_hint()}") from None
     labels = Labels(tuple(glue["train"].features["label"].names))  # the hub's ClassLabel: its names in its id order
     train = glue["train"].select(range(min(limit, len(glue["train"])))) if limit is not None else glue["train"]
     splits = datasets.DatasetDict({name: _columns(list(ds["sentence"]), list(ds["label"]), [""] * len(ds))
@@ -352,8 +359,9 @@ def model_label_ids(ids: Sequence[int], data_labels: Labels, model_labels: Seque
     index = {name: i for i, name in enumerate(model)}
     unknown = [data_labels.names[i] for i in sorted(set(ids)) if data_labels.names[i] not in index]
     if unknown:
-        raise BertpackError(f"--data {data}: its labels ({listed(data_labels.names)}) are not the model's ({listed(model)}): "
-                            f"{unknown[0]!r} is no label of the model; pass the data the model was trained on")
+        raise BertpackError(f"--data {data}: its labels ({listed(data_labels.names)}) are not the model's "
+                            f"({listed(model)}): {unknown[0]!r} is no label of the model; pass the data the model was "
+                            "trained on")
     return [index[data_labels.names[i]] for i in ids]
 
 
@@ -373,13 +381,14 @@ def data_source(data: DataRef | None, command: str, labels: Sequence[str] | None
     model = Labels(tuple(labels)) if labels is not None else COLA
     if data is None and not model.cola:
         if recorded is None:
-            raise BertpackError(f"no data for {command}: the model's labels ({listed(model.names)}) are not CoLA's and its run "
-                                "records no --data; pass --data with the data the model was trained on")
+            raise BertpackError(f"no data for {command}: the model's labels ({listed(model.names)}) are not CoLA's and "
+                                "its run records no --data; pass --data with the data the model was trained on")
         spec = recorded
     elif data is None:
         folder = default_data_dir()
         if folder is None:
-            raise BertpackError(f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE layout), or --data glue when online")
+            raise BertpackError(f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE "
+                                "layout), or --data glue when online")
         locate(folder)
         return Path(folder).resolve()
     elif isinstance(data, DataSpec):
@@ -399,4 +408,6 @@ def data_source(data: DataRef | None, command: str, labels: Sequence[str] | None
     if is_hub(spec):
         return spec.data
     path = str(Path(spec.data).resolve())
-    return DataSpec(path, loaded.text_column, loaded.label_column) if (spec.text_column or spec.label_column) else Path(path)
+    if spec.text_column or spec.label_column:  # columns given or recorded: carried with the path
+        return DataSpec(path, loaded.text_column, loaded.label_column)
+    return Path(path)

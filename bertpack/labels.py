@@ -14,7 +14,8 @@ MAX_CLASSES = 1000
 
 @dataclass(frozen=True)
 class Labels:
-    """Label names in id order (id i is names[i]): the model's id2label, the manifest's labels, the service's answers."""
+    """Label names in id order (id i is names[i]): the model's id2label, the manifest's labels, the service's
+    answers."""
 
     names: tuple[str, ...]
 
@@ -38,8 +39,8 @@ COLA = Labels(COLA_NAMES)
 
 
 def label_name(value: object) -> str | None:
-    """A label cell as its name: integers (also 2.0 from a column pandas read as floats) and booleans as text, strings as
-    they are. None for a value that is no class label (empty, a fraction, a list)."""
+    """A label cell as its name: integers (also 2.0 from a column pandas read as floats) and booleans as text,
+    strings as they are. None for a value that is no class label (empty, a fraction, a list)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -37,7 +37,8 @@ class TableFiles:
     test: Path | None = None
 
     def splits(self) -> dict[str, Path]:
-        return {name: path for name, path in (("train", self.train), ("validation", self.validation), ("test", self.test)) if path}
+        named = (("train", self.train), ("validation", self.validation), ("test", self.test))
+        return {name: path for name, path in named if path}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def split_files(folder: Path) -> dict[str, list[Path]]:
     """The data files in `folder` per split: train.*, validation.* or dev.*, test.* with a known extension."""
     found: dict[str, list[Path]] = {}
     for split, stems in SPLIT_FILES.items():
-        found[split] = sorted(p for stem in stems for ext in FORMATS if (p := folder / f"{stem}{ext}").is_file())
+        found[split] = sorted(path for stem in stems for ext in FORMATS if (path := folder / f"{stem}{ext}").is_file())
     return found
 
 
@@ -71,23 +72,26 @@ def find_files(data: Path) -> TableFiles:
             raise BertpackError(f"--data {data}: unknown file type {data.suffix or '(no extension)'!r}; bertpack reads "
                                 f"{', '.join(FORMATS)} files")
         if data.stem != "train":
+            ext = data.suffix
             raise BertpackError(
-                f"--data {data} is one file, and a run needs a validation split beside its training rows (to pick the best "
-                f"checkpoint, report its figures and check the export): put the rows in train{data.suffix} and "
-                f"validation{data.suffix} (or dev{data.suffix}) in one folder and pass --data with that folder")
+                f"--data {data} is one file, and a run needs a validation split beside its training rows (to pick the "
+                f"best checkpoint, report its figures and check the export): put the rows in train{ext} and "
+                f"validation{ext} (or dev{ext}) in one folder and pass --data with that folder")
     found = split_files(folder)
     for split, paths in found.items():
         if len(paths) > 1:
-            raise BertpackError(f"--data {folder} holds {len(paths)} {split} files ({', '.join(p.name for p in paths)}); "
-                                "keep one per split")
+            names = ", ".join(p.name for p in paths)
+            raise BertpackError(f"--data {folder} holds {len(paths)} {split} files ({names}); keep one per split")
     if data.is_file() and found["train"] != [data]:  # train.txt and the like
-        raise BertpackError(f"--data {data}: unknown file type {data.suffix!r}; bertpack reads {', '.join(FORMATS)} files")
+        raise BertpackError(f"--data {data}: unknown file type {data.suffix!r}; bertpack reads "
+                            f"{', '.join(FORMATS)} files")
     if not found["train"]:
         raise BertpackError(f"--data {folder}: no train file (train{'/'.join(FORMATS)}) beside its other files")
     if not found["validation"]:
-        test = f" ({found['test'][0].name} is the held-out test split, not used to choose the checkpoint)" if found["test"] else ""
-        raise BertpackError(f"--data {folder}: no validation file beside {found['train'][0].name}{test}: add validation.* or dev.* "
-                            "(the rows a run picks its best checkpoint on and the export checks its models on)")
+        test = found["test"] and f" ({found['test'][0].name} is the held-out test split, not used to choose anything)"
+        raise BertpackError(f"--data {folder}: no validation file beside {found['train'][0].name}{test or ''}: add "
+                            "validation.* or dev.* (the rows a run picks its best checkpoint on and the export checks "
+                            "its models on)")
     return TableFiles(train=found["train"][0], validation=found["validation"][0], test=(found["test"] or [None])[0])
 
 
@@ -124,14 +128,15 @@ def read_file(path: Path):
             if not fh.read(1):
                 raise BertpackError(f"{path} is empty; it needs a header row and one row per text")
     except OSError as exc:
-        raise BertpackError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass another --data") from None
+        raise BertpackError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass "
+                            "another --data") from None
     with tempfile.TemporaryDirectory(prefix="bertpack-data-") as cache, quiet_datasets():
         try:
-            return datasets.load_dataset(builder, data_files={"train": glob.escape(str(path))}, split="train", cache_dir=cache,
-                                         keep_in_memory=True, **options)
+            return datasets.load_dataset(builder, data_files={"train": glob.escape(str(path))}, split="train",
+                                         cache_dir=cache, keep_in_memory=True, **options)
         except Exception as exc:  # noqa: BLE001 - pandas, pyarrow and datasets each raise their own types
-            raise BertpackError(f"{path}: not a readable {kind} file ({_root_cause(exc)}); check that it is {kind}, as its "
-                                "extension says") from None
+            raise BertpackError(f"{path}: not a readable {kind} file ({_root_cause(exc)}); check that it is {kind}, "
+                                "as its extension says") from None
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -152,23 +157,27 @@ def read_tables(files: TableFiles, text_column: str | None = None, label_column:
     text_col, label_col, detected = _columns(raw["train"], files.train, text_column, label_column)
     for split, path in files.splits().items():
         _check_columns(raw[split], path, text_col, label_col, text_column, label_column)
-    texts = {split: _texts(ds, files.splits()[split], text_col) for split, ds in raw.items()}
-    names = {split: _label_names(ds, files.splits()[split], label_col) for split, ds in raw.items()}
+    paths = files.splits()
+    texts = {split: _texts(ds, paths[split], text_col) for split, ds in raw.items()}
+    names = {split: _label_names(ds, paths[split], label_col) for split, ds in raw.items()}
     labels = _class_label_names(raw["train"], label_col) or sorted_labels(names["train"])
     if labels.count < 2:
-        raise BertpackError(f"{files.train}: the label column {label_col!r} holds one class ({labels.names[0]!r}) in all its "
-                            f"{len(names['train'])} rows; a classifier needs at least 2 (is --label-column the right column?)")
+        raise BertpackError(f"{files.train}: the label column {label_col!r} holds one class ({labels.names[0]!r}) in "
+                            f"all its {len(names['train'])} rows; a classifier needs at least 2 (is --label-column the "
+                            "right column?)")
     if labels.count > MAX_CLASSES:
-        raise BertpackError(f"{files.train}: the label column {label_col!r} holds {labels.count} classes, over the {MAX_CLASSES} "
-                            "bertpack takes; is --label-column the column of the labels (not of ids or texts)?")
+        raise BertpackError(f"{files.train}: the label column {label_col!r} holds {labels.count} classes, over the "
+                            f"{MAX_CLASSES} bertpack takes; is --label-column the column of the labels (not of ids or "
+                            "texts)?")
     ids = labels.label2id()
     for split in ("validation", "test"):
         for row, name in enumerate(names.get(split, [])):
             if name not in ids:
-                raise BertpackError(f"{files.splits()[split]} row {row + 1}: label {name!r} never occurs in {files.train.name} "
+                raise BertpackError(f"{paths[split]} row {row + 1}: label {name!r} never occurs in {files.train.name} "
                                     f"(its labels: {listed(labels.names)}); fix the label or add training rows with it")
-    return Table(texts=texts, label_ids={split: [ids[n] for n in names[split]] for split in raw}, labels=labels, files=files,
-                 text_column=text_col, label_column=label_col, detected=detected)
+    label_ids = {split: [ids[n] for n in names[split]] for split in raw}
+    return Table(texts=texts, label_ids=label_ids, labels=labels, files=files, text_column=text_col,
+                 label_column=label_col, detected=detected)
 
 
 def _columns(train, path: Path, text_column: str | None, label_column: str | None) -> tuple[str, str, tuple[str, ...]]:
@@ -178,27 +187,32 @@ def _columns(train, path: Path, text_column: str | None, label_column: str | Non
     if text is None:
         text = next((c for c in TEXT_COLUMNS if c in found), None)
         if text is None:
-            raise BertpackError(f"{path} has no column {' or '.join(map(repr, TEXT_COLUMNS))} (columns found: {listed(found)}); "
-                                "pass --text-column with the column that holds the text")
+            defaults = " or ".join(map(repr, TEXT_COLUMNS))
+            raise BertpackError(f"{path} has no column {defaults} (columns found: {listed(found)}); pass --text-column "
+                                "with the column that holds the text")
         detected.append("text")
     if label_column is None:
         detected.append("label")
     return text, label_column or LABEL_COLUMN, tuple(detected)
 
 
-def _check_columns(ds, path: Path, text_col: str, label_col: str, text_column: str | None, label_column: str | None) -> None:
-    for column, option in ((text_col, "--text-column"), (label_col, "--label-column")):
+def _check_columns(ds, path: Path, text_col: str, label_col: str, text_column: str | None,
+                   label_column: str | None) -> None:
+    """Both columns are in this split's file, and the text column holds text."""
+    found = listed(ds.column_names)
+    for column, given, option, what in ((text_col, text_column, "--text-column", "text"),
+                                        (label_col, label_column, "--label-column", "labels")):
         if column not in ds.column_names:
-            given = f"{option} {column}" if (text_column if option == "--text-column" else label_column) else f"the default {option}"
-            raise BertpackError(f"{path} has no column {column!r} ({given}; columns found: {listed(ds.column_names)}); pass "
-                                f"{option} with the column that holds the {option.split('-')[2]}s")
+            how = f"{option} {column}" if given else f"the default {option}"
+            raise BertpackError(f"{path} has no column {column!r} ({how}; columns found: {found}); pass {option} with "
+                                f"the column that holds the {what}")
     if text_col == label_col:
-        raise BertpackError(f"--text-column and --label-column both name {text_col!r}; the text and the label are two columns")
-    feature = ds.features[text_col]
-    dtype = getattr(feature, "dtype", None)
+        raise BertpackError(f"--text-column and --label-column both name {text_col!r}; the text and the label are two "
+                            "columns")
+    dtype = getattr(ds.features[text_col], "dtype", None)
     if dtype is not None and dtype not in ("string", "large_string"):
-        raise BertpackError(f"{path}: the text column {text_col!r} holds {dtype} values, not text; pass --text-column with the "
-                            f"column that holds the text (columns found: {listed(ds.column_names)})")
+        raise BertpackError(f"{path}: the text column {text_col!r} holds {dtype} values, not text; pass --text-column "
+                            f"with the column that holds the text (columns found: {found})")
 
 
 def _texts(ds, path: Path, column: str) -> list[str]:
@@ -206,9 +220,11 @@ def _texts(ds, path: Path, column: str) -> list[str]:
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             what = "empty" if text is None else f"not text ({type(text).__name__} {text!r:.40})"
-            raise BertpackError(f"{path} row {row + 1}: the text column {column!r} is {what}; every row needs its text")
+            raise BertpackError(f"{path} row {row + 1}: the text column {column!r} is {what}; every row needs its "
+                                "text")
         if not text.strip():
-            raise BertpackError(f"{path} row {row + 1}: the text column {column!r} is empty; every row needs its text")
+            raise BertpackError(f"{path} row {row + 1}: the text column {column!r} is empty; every row needs its "
+                                "text")
     if not texts:
         raise BertpackError(f"{path} holds no rows; it needs one row per text")
     return texts
@@ -229,8 +245,10 @@ def _label_names(ds, path: Path, column: str) -> list[str]:
     for row, value in enumerate(values):
         name = label_name(value)
         if name is None:
-            what = "empty" if value is None or (isinstance(value, str) and not value.strip()) else f"{value!r:.40}, not a class label"
-            raise BertpackError(f"{path} row {row + 1}: the label column {column!r} is {what}; labels are integers or names")
+            empty = value is None or (isinstance(value, str) and not value.strip())
+            what = "empty" if empty else f"{value!r:.40}, not a class label"
+            raise BertpackError(f"{path} row {row + 1}: the label column {column!r} is {what}; labels are integers or "
+                                "names")
         names.append(name)
     return names
 

@@ -81,8 +81,9 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
         raise BertpackError(f"{path}/config.json: id2label must map label ids to names, not {type(id2label).__name__}; the checkpoint is damaged")
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label) or 2)]
     if not 2 <= len(labels) <= MAX_CLASSES or len(set(labels)) != len(labels):
-        raise BertpackError(f"{path}/config.json: id2label holds {len(labels)} labels ({len(set(labels))} distinct names); a "
-                            f"classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is damaged")
+        raise BertpackError(f"{path}/config.json: id2label holds {len(labels)} labels ({len(set(labels))} distinct "
+                            f"names); a classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is "
+                            "damaged")
     recorded = _json_object(run_dir / "metrics.json")
     best = recorded.get("best")
     metrics = best if isinstance(best, dict) else {}

@@ -131,9 +131,10 @@ def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
 
 
 # -- presentation --------------------------------------------------------------------------------
-COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("macro_f1", "macro-F1"), ("mcc_in_domain", "MCC in"),
-           ("mcc_out_domain", "MCC out"), ("agreement", "agree %"), ("max_abs_logit_diff", "max |dlogit|"),
-           ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"), ("mb", "MB"), ("status", "status")]
+COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("macro_f1", "macro-F1"),
+           ("mcc_in_domain", "MCC in"), ("mcc_out_domain", "MCC out"), ("agreement", "agree %"),
+           ("max_abs_logit_diff", "max |dlogit|"), ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"),
+           ("mb", "MB"), ("status", "status")]
 OPTIONAL = ("macro_f1", "mcc_in_domain", "mcc_out_domain")  # shown when a row has them (more than 2 classes; CoLA)
 
 
@@ -175,8 +176,8 @@ def format_text(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     header = [h.replace("|", "\\|") for _, h in columns(report)]
     out = [f"# Parity report: {report['source']}", "",
-           f"{report.get('split', 'CoLA validation')}, {report['rows'][0].get('sentences', report['sentences'])} sentences; "
-           f"ONNX Runtime {report['provider']}; "
+           f"{report.get('split', 'CoLA validation')}, {report['rows'][0].get('sentences', report['sentences'])} "
+           f"sentences; ONNX Runtime {report['provider']}; "
            f"reference = PyTorch fp32. Created {report['created']}.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]

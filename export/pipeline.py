@@ -53,7 +53,8 @@ def check_inputs(cfg: ExportConfig) -> tuple[ExportConfig, Checkpoint, DataRef]:
     from export.store import check_name, default_name
 
     ckpt = locate_checkpoint(cfg.run_dir)
-    cfg = replace(cfg, name=check_name(cfg.name) if cfg.name else default_name(ckpt.labels, ckpt.data and ckpt.data.data, ckpt.run_dir))
+    trained_on = ckpt.data and ckpt.data.data
+    cfg = replace(cfg, name=check_name(cfg.name) if cfg.name else default_name(ckpt.labels, trained_on, ckpt.run_dir))
     if cfg.int8 not in INT8_CHOICES:
         raise BertpackError(f"--int8 must be one of {', '.join(INT8_CHOICES)}, not {cfg.int8!r}")
     if cfg.int8 == "none" and cfg.require_int8:
@@ -146,8 +147,9 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
             "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL} + EmbedLayerNormalization",
                      "fused_operators": fp16_fused, "for": "cuda"},
         }
-        body = {"created": created.isoformat(timespec="seconds"), "version": version, "name": cfg.name, "labels": ckpt.labels,
-                # the data of the parity report, which verify --parity and bench read again for a model that is not CoLA's
+        body = {"created": created.isoformat(timespec="seconds"), "version": version, "name": cfg.name,
+                "labels": ckpt.labels,
+                # the parity report's data, which verify --parity and bench read again for a model that is not CoLA's
                 "data_source": as_spec(cola).record(),
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
@@ -221,7 +223,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
         failures += [f"{name}: {p}" for p in problems]
         rows.append(row)
     report = {"source": str(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "sentences": len(evals.sentences), "data": str(data), "split": evals.split, "provider": "CPUExecutionProvider",
+              "sentences": len(evals.sentences), "data": str(data), "split": evals.split,
+              "provider": "CPUExecutionProvider",
               "tolerance": parity.tolerance_dict(tolerance), "rows": rows, "failures": failures,
               "serving_default_cpu": manifest.get("serving_default", {}).get("cpu")}
     echo(parity.format_text(report))
@@ -254,7 +257,7 @@ def _load_eval(cola: DataRef, limit: int | None, model_labels: Sequence[str] = C
 
     sentences, labels, domains = validation_sentences(cola, model_labels)
     if limit and limit < len(sentences):
-        # Spread evenly over the split (CoLA: in-domain dev, then out-of-domain dev), so a quick check sees both domains.
+        # Spread evenly over the split (CoLA: in-domain dev, then out-of-domain dev): a quick check sees both domains.
         keep = [i * len(sentences) // limit for i in range(limit)]
         sentences, labels, domains = [sentences[i] for i in keep], [labels[i] for i in keep], [domains[i] for i in keep]
     split = "CoLA validation" if tuple(model_labels) == COLA_NAMES else "validation split"
@@ -317,7 +320,8 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
 
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
     providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
-    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola), "split": data.split,
+    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola),
+              "split": data.split,
               "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
               "quantization_target": target, "failures": failures}
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
@@ -358,8 +362,9 @@ def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calib
         mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
         row, problems = scoring.check(name, load(name), stage / f"model_{name}.onnx")
         tries.append({"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
-                      **{key: row[key] for key in ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement",
-                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "bytes") if key in row}})
+                      **{key: row[key] for key in ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain",
+                                                   "agreement", "max_abs_logit_diff", "mean_abs_logit_diff", "bytes")
+                         if key in row}})
         echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
              f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
         if best is None or _try_rank(not problems, row) > _try_rank(best["passed"], best["row"]):
@@ -443,7 +448,8 @@ def _choice_text(choice: str, winners: dict[str, dict], flips: dict[str, dict]) 
 
 def _summary(report: dict) -> dict:
     """Per-variant figures for the manifest and the BentoML metadata."""
-    keep = ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff", "flip_rate", "status")
+    keep = ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff",
+            "flip_rate", "status")
     return {"sentences": report["sentences"], "passed": not report["failures"], "failures": report["failures"],
             "warnings": report.get("warnings", []),
             "int8_method": report["int8_method"],

@@ -60,8 +60,8 @@ def default_name(labels: list[str], data: str | None, run_dir: Path) -> str:
 def check_name(name: str) -> str:
     """--name as BentoML takes it for a model's name."""
     if len(name) > 63 or not TAG_NAME.fullmatch(name):
-        raise BertpackError(f"--name {name!r} is not a BentoML model name: use at most 63 lowercase letters, digits, '-', '_' or '.', "
-                            "starting and ending with a letter or digit, e.g. --name bertpack-tickets")
+        raise BertpackError(f"--name {name!r} is not a BentoML model name: use at most 63 lowercase letters, digits, "
+                            "'-', '_' or '.', starting and ending with a letter or digit, e.g. --name bertpack-tickets")
     return name
 
 
@@ -89,7 +89,8 @@ def check_store_writable(name: str = MODEL_NAME) -> None:
 
 
 def register(artifact_dir: Path, manifest: dict) -> str:
-    """Copy the artifact into the store as `NAME:<version>` (the manifest's name, bertpack-cola for CoLA); returns the tag.
+    """Copy the artifact into the store as `NAME:<version>` (the manifest's name; bertpack-cola for CoLA and for exports
+    that predate names); returns the tag.
 
     The store entry is an artifact folder of its own (store_manifest: every variant the service can serve, and its
     manifest), so the service can point OnnxClassifier at `bentoml.models.get(tag).path`. The entry appears whole or
@@ -120,8 +121,9 @@ def register(artifact_dir: Path, manifest: dict) -> str:
         # Beside models/, on its filesystem, so the closing rename is atomic.
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=models.parent))
         task = "cola" if tuple(manifest["labels"]) == COLA_NAMES else "text-classification"
-        with bentoml.models.create(tag, module="bertpack.export", labels={"task": task, "format": "bertpack-artifact-1"},
-                                   metadata=metadata, _model_store=ModelStore(stage)) as model:
+        labels = {"task": task, "format": "bertpack-artifact-1"}
+        with bentoml.models.create(tag, module="bertpack.export", labels=labels, metadata=metadata,
+                                   _model_store=ModelStore(stage)) as model:
             pass  # only BentoML's model.yaml: the artifact is copied straight into the staged entry below
         staged = stage / name / version
         for name in stored["files"]:

@@ -109,8 +109,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", args.train), ("validation", args.validation), ("test", args.test)):
         write(args.out / f"{split}.csv", rows(rng, n, args.noise, held_out=split != "train"))
-    print(f"wrote {args.out}/train.csv ({args.train} rows), validation.csv ({args.validation}), test.csv ({args.test}); "
-          f"labels: {', '.join(sorted(TEMPLATES))}")
+    print(f"wrote {args.out}/train.csv ({args.train} rows), validation.csv ({args.validation}), "
+          f"test.csv ({args.test}); labels: {', '.join(sorted(TEMPLATES))}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ EncodedBatch = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_SENT
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="the most probable of the model's labels (GET /info lists them; CoLA: acceptable or unacceptable)")
+    label: str = Field(description="the most probable of the model's labels (GET /info lists them; CoLA: acceptable "
+                                   "or unacceptable)")
     probabilities: dict[str, float] = Field(description="probability of each of the model's labels")
     model_version: str
     tokens: int = Field(description="tokens the model read, [CLS] and [SEP] included")

@@ -139,7 +139,7 @@ def _built_model() -> str | None:
     """Served from a built Bento: the exact model version it was built with (its bento.yaml), so an unset
     BERTPACK_MODEL does not pick up a later export from the store's "latest"."""
     bento = getattr(Bertpack, "bento", None)
-    return next((str(m.tag) for m in (bento.info.models if bento is not None else [])), None)  # the one model it carries
+    return next((str(m.tag) for m in (bento.info.models if bento is not None else [])), None)  # the model it carries
 
 
 async def _info(request: Request) -> JSONResponse:

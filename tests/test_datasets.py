@@ -13,13 +13,16 @@ import pytest
 from bertpack.data import DataSpec, data_source, load_data, validation_sentences
 from bertpack.errors import BertpackError
 from bertpack.labels import COLA, Labels, sorted_labels
-from tests.conftest import write_synthetic_cola
 
-_TICKETS = {"billing": ["I was charged twice for my plan", "Please refund my last payment", "My invoice shows the wrong price"],
-            "bug": ["The app crashes when I open it", "I get an error when I save", "The export button does nothing"],
-            "feature": ["Please add a dark mode", "Could you support single sign-on?", "I would like a calendar view"]}
-_REVIEWS = {1: ["A wonderful, moving film.", "Great acting and a clever plot.", "I loved every minute of it."],
-            0: ["A dull and lifeless film.", "Terrible acting, a silly plot.", "I walked out after an hour."]}
+_TICKETS = {
+    "billing": ["I was charged twice for my plan", "Please refund my last payment", "My invoice shows the wrong price"],
+    "bug": ["The app crashes when I open it", "I get an error when I save", "The export button does nothing"],
+    "feature": ["Please add a dark mode", "Could you support single sign-on?", "I would like a calendar view"],
+}
+_REVIEWS = {
+    1: ["A wonderful, moving film.", "Great acting and a clever plot.", "I loved every minute of it."],
+    0: ["A dull and lifeless film.", "Terrible acting, a silly plot.", "I walked out after an hour."],
+}
 
 
 def write_tickets_csv(root: Path, train: int = 48, validation: int = 24, test: int = 0, seed: int = 0) -> Path:
@@ -55,8 +58,10 @@ def test_csv_folder_loads_with_its_labels_sorted(tmp_path: Path) -> None:
     texts = [line.split('",')[0].strip('"') for line in (root / "train.csv").read_text().splitlines()[1:]]
     assert train["sentence"] == texts
     assert train["label"][:3] == [0, 1, 2] and set(train["domain"]) == {""}
-    assert loaded.summary == (f"data: {root} (train.csv 48 rows, validation.csv 24 rows, test.csv 12 rows); text column 'text' "
-                              "(detected), label column 'label' (detected); 3 labels: billing, bug, feature")
+    assert loaded.summary == (
+        f"data: {root} (train.csv 48 rows, validation.csv 24 rows, test.csv 12 rows); text column 'text' "
+        "(detected), label column 'label' (detected); 3 labels: billing, bug, feature"
+    )
     assert [p.name for p in loaded.files] == ["train.csv", "validation.csv", "test.csv"]
 
 
@@ -74,24 +79,33 @@ def test_tsv_keeps_quotes_and_parquet_keeps_declared_class_names(tmp_path: Path)
 
     tsv = tmp_path / "tsv"
     tsv.mkdir()
-    (tsv / "train.tsv").write_text('sentence\tlabel\nHe said "no" twice.\t1\nA "quoted text.\t0\n')  # an unclosed quote too
+    (tsv / "train.tsv").write_text(
+        'sentence\tlabel\nHe said "no" twice.\t1\nA "quoted text.\t0\n'
+    )  # an unclosed quote too
     (tsv / "dev.tsv").write_text('sentence\tlabel\n"Hi" there\t0\n')
     loaded = load_data(tsv)
-    assert loaded.splits["train"]["sentence"] == ['He said "no" twice.', 'A "quoted text.'] and loaded.splits["validation"]["sentence"] == ['"Hi" there']
+    assert loaded.splits["train"]["sentence"] == ['He said "no" twice.', 'A "quoted text.'] and loaded.splits[
+        "validation"
+    ]["sentence"] == ['"Hi" there']
 
     parquet = tmp_path / "parquet"
     parquet.mkdir()
-    features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=["neg", "pos", "mixed"]))
+    features = datasets.Features(
+        text=datasets.Value("string"), label=datasets.ClassLabel(names=["neg", "pos", "mixed"])
+    )
     for split, rows in (("train", 6), ("validation", 3)):
-        datasets.Dataset.from_dict({"text": [f"review {i}" for i in range(rows)], "label": [i % 3 for i in range(rows)]},
-                                   features=features).to_parquet(str(parquet / f"{split}.parquet"))
+        datasets.Dataset.from_dict(
+            {"text": [f"review {i}" for i in range(rows)], "label": [i % 3 for i in range(rows)]}, features=features
+        ).to_parquet(str(parquet / f"{split}.parquet"))
     loaded = load_data(parquet)
     assert loaded.labels.names == ("neg", "pos", "mixed")  # the data's own id order, not sorted
     assert loaded.splits["validation"]["label"] == [0, 1, 2]
 
 
 def test_explicit_columns_and_numeric_label_order(tmp_path: Path) -> None:
-    (tmp_path / "train.csv").write_text("id,body,category\n" + "".join(f"{i},text number {i},{c}\n" for i, c in enumerate([10, 2, 1, 2, 10])))
+    (tmp_path / "train.csv").write_text(
+        "id,body,category\n" + "".join(f"{i},text number {i},{c}\n" for i, c in enumerate([10, 2, 1, 2, 10]))
+    )
     (tmp_path / "validation.csv").write_text("id,body,category\n7,another text,2\n")
     loaded = load_data(DataSpec(str(tmp_path), text_column="body", label_column="category"))
     assert loaded.labels.names == ("1", "2", "10")  # numbers sort as numbers
@@ -100,7 +114,7 @@ def test_explicit_columns_and_numeric_label_order(tmp_path: Path) -> None:
 
 
 def test_text_that_pandas_would_call_missing_is_text(tmp_path: Path) -> None:
-    """"NA", "null" and "None" are tickets too (pandas reads them as missing values by default)."""
+    """ "NA", "null" and "None" are tickets too (pandas reads them as missing values by default)."""
     (tmp_path / "train.csv").write_text("text,label\nNA,a\nnull,b\nNone,a\n")
     (tmp_path / "validation.csv").write_text("text,label\nN/A,b\n")
     assert load_data(tmp_path).splits["train"]["sentence"] == ["NA", "null", "None"]
@@ -124,7 +138,8 @@ def test_folder_names_are_paths_not_patterns(tmp_path: Path, name: str) -> None:
 
 
 def test_glue_layout_with_a_header_is_a_table_and_without_is_cola(tmp_path: Path, synthetic_cola: Path) -> None:
-    """train.tsv + dev.tsv is GLUE's layout both for CoLA (no header, 4 columns) and for SST-2 (a sentence/label header)."""
+    """train.tsv + dev.tsv is GLUE's layout both for CoLA (no header, 4 columns) and for SST-2 (a sentence/label
+    header)."""
     sst2 = tmp_path / "SST-2"
     sst2.mkdir()
     (sst2 / "train.tsv").write_text("sentence\tlabel\nit 's a charming journey . \t1\nunfunny and dull \t0\n")
@@ -147,7 +162,7 @@ def test_cola_loads_as_before_with_its_labels(synthetic_cola: Path) -> None:
         load_data(DataSpec(str(synthetic_cola), text_column="text"))
 
 
-# ----------------------------------------------------------------------------- bad data: one line naming file, row, problem
+# ------------------------------------------------------------------------- bad data: one line naming file, row, problem
 def _csv(root: Path, train: str, validation: str = "text,label\nfine,a\n") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "train.csv").write_text(train)
@@ -155,32 +170,88 @@ def _csv(root: Path, train: str, validation: str = "text,label\nfine,a\n") -> Pa
     return root
 
 
-@pytest.mark.parametrize("train, validation, message", [
-    ("body,label\nhello,a\nbye,b\n", None, r"train\.csv has no column 'text' or 'sentence' \(columns found: body, label\); pass --text-column"),
-    ("text,category\nhello,a\nbye,b\n", None, r"train\.csv has no column 'label' \(the default --label-column; columns found: text, category\)"),
-    ("text,label\nhello,a\nbye,b\n", "text,lbl\nok,a\n", r"validation\.csv has no column 'label' .*columns found: text, lbl"),
-    ("text,label\nhello,a\n,b\n", None, r"train\.csv row 2: the text column 'text' is empty"),
-    ("text,label\nhello,a\n   ,b\n", None, r"train\.csv row 2: the text column 'text' is empty"),
-    ("text,label\nhello,a\nbye,b\n", "text,label\nok,a\nfine,\n", r"validation\.csv row 2: the label column 'label' is empty"),
-    ("text,label\nhello,1.5\nbye,2\n", None, r"train\.csv row 1: the label column 'label' is 1\.5, not a class label"),
-    ("text,label\nhello,a\nbye,a\nagain,a\n", None, r"train\.csv: the label column 'label' holds one class \('a'\) in all its 3 rows"),
-    ("text,label\nhello,a\nbye,b\n", "text,label\nok,a\nnew,c\n", r"validation\.csv row 2: label 'c' never occurs in train\.csv \(its labels: a, b\)"),
-    ("text,label\n" + "".join(f"text {i},class{i}\n" for i in range(1001)), None, r"holds 1001 classes, over the 1000 bertpack takes"),
-    ("text,label\n1,a\n2,b\n", None, r"the text column 'text' holds int64 values, not text"),
-])
-def test_bad_rows_are_one_error_naming_file_and_row(tmp_path: Path, train: str, validation: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    "train, validation, message",
+    [
+        (
+            "body,label\nhello,a\nbye,b\n",
+            None,
+            r"train\.csv has no column 'text' or 'sentence' \(columns found: body, label\); pass --text-column",
+        ),
+        (
+            "text,category\nhello,a\nbye,b\n",
+            None,
+            r"train\.csv has no column 'label' \(the default --label-column; columns found: text, category\)",
+        ),
+        (
+            "text,label\nhello,a\nbye,b\n",
+            "text,lbl\nok,a\n",
+            r"validation\.csv has no column 'label' .*columns found: text, lbl",
+        ),
+        ("text,label\nhello,a\n,b\n", None, r"train\.csv row 2: the text column 'text' is empty"),
+        ("text,label\nhello,a\n   ,b\n", None, r"train\.csv row 2: the text column 'text' is empty"),
+        (
+            "text,label\nhello,a\nbye,b\n",
+            "text,label\nok,a\nfine,\n",
+            r"validation\.csv row 2: the label column 'label' is empty",
+        ),
+        (
+            "text,label\nhello,1.5\nbye,2\n",
+            None,
+            r"train\.csv row 1: the label column 'label' is 1\.5, not a class label",
+        ),
+        (
+            "text,label\nhello,a\nbye,a\nagain,a\n",
+            None,
+            r"train\.csv: the label column 'label' holds one class \('a'\) in all its 3 rows",
+        ),
+        (
+            "text,label\nhello,a\nbye,b\n",
+            "text,label\nok,a\nnew,c\n",
+            r"validation\.csv row 2: label 'c' never occurs in train\.csv \(its labels: a, b\)",
+        ),
+        (
+            "text,label\n" + "".join(f"text {i},class{i}\n" for i in range(1001)),
+            None,
+            r"holds 1001 classes, over the 1000 bertpack takes",
+        ),
+        ("text,label\n1,a\n2,b\n", None, r"the text column 'text' holds int64 values, not text"),
+    ],
+)
+def test_bad_rows_are_one_error_naming_file_and_row(
+    tmp_path: Path, train: str, validation: str | None, message: str
+) -> None:
     root = _csv(tmp_path / "d", train, *([validation] if validation else ["text,label\nfine,a\n"]))
     with pytest.raises(BertpackError, match=message):
         load_data(root)
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("train.parquet", b"text,label\nhello,a\n", r"train\.parquet: not a readable Parquet file \(ArrowInvalid: Parquet magic bytes"),
-    ("train.jsonl", b"text,label\nhello,a\n", r"train\.jsonl: not a readable JSON Lines file \(ArrowInvalid: JSON parse error"),
-    ("train.csv", b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\xd0\x9f" * 20, r"train\.csv: not a readable CSV file \(not UTF-8 text"),
-    ("train.csv", b'text,label\n"an open quote,a\n', r"train\.csv: not a readable CSV file \(ParserError: .*check that it is CSV"),
-    ("train.csv", b"", r"train\.csv is empty; it needs a header row"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "train.parquet",
+            b"text,label\nhello,a\n",
+            r"train\.parquet: not a readable Parquet file \(ArrowInvalid: Parquet magic bytes",
+        ),
+        (
+            "train.jsonl",
+            b"text,label\nhello,a\n",
+            r"train\.jsonl: not a readable JSON Lines file \(ArrowInvalid: JSON parse error",
+        ),
+        (
+            "train.csv",
+            b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\xd0\x9f" * 20,
+            r"train\.csv: not a readable CSV file \(not UTF-8 text",
+        ),
+        (
+            "train.csv",
+            b'text,label\n"an open quote,a\n',
+            r"train\.csv: not a readable CSV file \(ParserError: .*check that it is CSV",
+        ),
+        ("train.csv", b"", r"train\.csv is empty; it needs a header row"),
+    ],
+)
 def test_a_file_that_is_not_what_its_extension_says(tmp_path: Path, name: str, content: bytes, message: str) -> None:
     (tmp_path / name).write_bytes(content)
     (tmp_path / "validation.csv").write_text("text,label\nfine,a\n")
@@ -192,12 +263,17 @@ def test_layouts_that_are_refused(tmp_path: Path) -> None:
     one = tmp_path / "one"
     one.mkdir()
     (one / "tickets.csv").write_text("text,label\na,x\nb,y\n")
-    with pytest.raises(BertpackError, match=r"tickets\.csv is one file, and a run needs a validation split .* put the rows in "
-                                            r"train\.csv and validation\.csv \(or dev\.csv\) in one folder"):
+    with pytest.raises(
+        BertpackError,
+        match=r"tickets\.csv is one file, and a run needs a validation split .* put the rows in "
+        r"train\.csv and validation\.csv \(or dev\.csv\) in one folder",
+    ):
         load_data(one / "tickets.csv")
     (one / "train.csv").write_text("text,label\na,x\nb,y\n")
     (one / "test.csv").write_text("text,label\na,x\n")
-    with pytest.raises(BertpackError, match=r"no validation file beside train\.csv \(test\.csv is the held-out test split"):
+    with pytest.raises(
+        BertpackError, match=r"no validation file beside train\.csv \(test\.csv is the held-out test split"
+    ):
         load_data(one)
     (one / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
     with pytest.raises(BertpackError, match=r"holds 2 train files \(train\.csv, train\.jsonl\)"):
@@ -218,13 +294,21 @@ def _sst2_hub(monkeypatch: pytest.MonkeyPatch) -> list:
     negative/positive, idx), a test split without labels (-1) as GLUE's."""
     import datasets
 
-    features = datasets.Features(sentence=datasets.Value("string"), label=datasets.ClassLabel(names=["negative", "positive"]),
-                                 idx=datasets.Value("int32"))
+    features = datasets.Features(
+        sentence=datasets.Value("string"),
+        label=datasets.ClassLabel(names=["negative", "positive"]),
+        idx=datasets.Value("int32"),
+    )
 
     def split(n: int, labelled: bool = True) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"sentence": [f"a review {i}" for i in range(n)],
-                                           "label": [i % 2 if labelled else -1 for i in range(n)], "idx": list(range(n))},
-                                          features=features)
+        return datasets.Dataset.from_dict(
+            {
+                "sentence": [f"a review {i}" for i in range(n)],
+                "label": [i % 2 if labelled else -1 for i in range(n)],
+                "idx": list(range(n)),
+            },
+            features=features,
+        )
 
     real_load, asked = datasets.load_dataset, []
 
@@ -245,7 +329,9 @@ def test_glue_sst2_from_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loaded.labels.names == ("negative", "positive") and set(loaded.splits) == {"train", "validation"}
     assert len(loaded.splits["train"]) == 6 and loaded.splits["validation"]["label"] == [0, 1, 0, 1]
     assert data_source("glue/sst2", "export", ["negative", "positive"]) == "glue/sst2"
-    with pytest.raises(BertpackError, match=r"its labels \(negative, positive\) are not the model's \(unacceptable, acceptable\)"):
+    with pytest.raises(
+        BertpackError, match=r"its labels \(negative, positive\) are not the model's \(unacceptable, acceptable\)"
+    ):
         data_source("glue/sst2", "export")
 
 
@@ -259,12 +345,16 @@ def test_glue_tasks_that_are_not_one_sentence_or_not_reachable() -> None:
 
 
 # ----------------------------------------------------------------------------- the data export, verify and bench read
-def test_data_source_reads_what_the_run_recorded_and_checks_the_model_labels(tmp_path: Path, synthetic_cola: Path) -> None:
+def test_data_source_reads_what_the_run_recorded_and_checks_the_model_labels(
+    tmp_path: Path, synthetic_cola: Path
+) -> None:
     root = write_tickets_csv(tmp_path / "tickets")
     names = ["billing", "bug", "feature"]
     recorded = DataSpec(str(root), "text", "label")
     assert data_source(None, "export", names, recorded) == DataSpec(str(root.resolve()), "text", "label")
-    with pytest.raises(BertpackError, match=r"no data for export: the model's labels \(billing, bug, feature\) are not CoLA's"):
+    with pytest.raises(
+        BertpackError, match=r"no data for export: the model's labels \(billing, bug, feature\) are not CoLA's"
+    ):
         data_source(None, "export", names, None)
     with pytest.raises(BertpackError, match=r"--data .*: its labels \(unacceptable, acceptable\) are not the model's"):
         data_source(synthetic_cola, "export", names, recorded)
@@ -278,7 +368,10 @@ def test_data_source_reads_what_the_run_recorded_and_checks_the_model_labels(tmp
 def test_label_helpers() -> None:
     assert sorted_labels(["b", "a", "b"]).names == ("a", "b")
     assert sorted_labels(["10", "9", "-1"]).names == ("-1", "9", "10")
-    assert Labels(("x", "y", "z")).label2id() == {"x": 0, "y": 1, "z": 2} and Labels(("x", "y")).id2label() == {0: "x", 1: "y"}
+    assert Labels(("x", "y", "z")).label2id() == {"x": 0, "y": 1, "z": 2} and Labels(("x", "y")).id2label() == {
+        0: "x",
+        1: "y",
+    }
 
 
 # ----------------------------------------------------------------------------- metrics and weights for N classes

@@ -31,15 +31,48 @@ def pipeline(request, tiny_run, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp(request.param)
     data = writer(root / folder)
     run, artifact, home = root / "run", root / "artifact", root / "bentoml"
-    train = run_cli("train", "--model", str(tiny_run / "model"), "--data", str(data), "--out", str(run), "--max-steps", "8",
-                    "--batch-size", "8", "--lr", "2e-3", "--seed", "1")
+    train = run_cli(
+        "train",
+        "--model",
+        str(tiny_run / "model"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--seed",
+        "1",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
-    export = run_cli("export", str(run), "--out", str(artifact), "--calibration-samples", "16", "--no-flip-check",
-                     env={"BENTOML_HOME": str(home)})
+    export = run_cli(
+        "export",
+        str(run),
+        "--out",
+        str(artifact),
+        "--calibration-samples",
+        "16",
+        "--no-flip-check",
+        env={"BENTOML_HOME": str(home)},
+    )
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
-    return {"data": data, "run": run, "artifact": artifact, "home": home, "labels": labels, "name": name, "text_column": text_column,
-            "train": train,
-            "export": export, "manifest": json.loads((artifact / "manifest.json").read_text()), "root": root}
+    return {
+        "data": data,
+        "run": run,
+        "artifact": artifact,
+        "home": home,
+        "labels": labels,
+        "name": name,
+        "text_column": text_column,
+        "train": train,
+        "export": export,
+        "manifest": json.loads((artifact / "manifest.json").read_text()),
+        "root": root,
+    }
 
 
 def test_train_takes_its_labels_from_the_data(pipeline: dict) -> None:
@@ -49,14 +82,21 @@ def test_train_takes_its_labels_from_the_data(pipeline: dict) -> None:
     assert config["label2id"] == {name: i for i, name in enumerate(labels)}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["labels"] == labels
-    recorded = {"data": str(pipeline["data"].resolve()), "text_column": pipeline["text_column"], "label_column": "label"}
+    recorded = {
+        "data": str(pipeline["data"].resolve()),
+        "text_column": pipeline["text_column"],
+        "label_column": "label",
+    }
     assert metrics["data_source"] == recorded
     assert set(metrics["data_sha256"]) == {str(p) for p in sorted(pipeline["data"].iterdir())}
     stdout = pipeline["train"].stdout
     assert f"{len(labels)} labels: {', '.join(labels)}" in stdout and "(detected)" in stdout
     if len(labels) > 2:  # macro-F1 in the table, the best row and metrics.json; never CoLA's per-domain columns
         assert "macro_f1" in metrics["best"] and "macro-F1" in stdout and "in-domain" not in stdout
-        assert "note: --model" in pipeline["train"].stderr and "new 3-label head for the data's labels" in pipeline["train"].stderr
+        assert (
+            "note: --model" in pipeline["train"].stderr
+            and "new 3-label head for the data's labels" in pipeline["train"].stderr
+        )
     else:
         assert "macro_f1" not in metrics["best"] and "macro-F1" not in stdout
     assert metrics["best"]["mcc_in_domain"] is None
@@ -65,8 +105,11 @@ def test_train_takes_its_labels_from_the_data(pipeline: dict) -> None:
 def test_export_checks_parity_on_the_data_and_registers_its_name(pipeline: dict) -> None:
     manifest, artifact, name = pipeline["manifest"], pipeline["artifact"], pipeline["name"]
     assert manifest["labels"] == pipeline["labels"] and manifest["name"] == name
-    assert manifest["data_source"] == {"data": str(pipeline["data"].resolve()), "text_column": pipeline["text_column"],
-                                       "label_column": "label"}  # what verify --parity and bench read
+    assert manifest["data_source"] == {
+        "data": str(pipeline["data"].resolve()),
+        "text_column": pipeline["text_column"],
+        "label_column": "label",
+    }  # what verify --parity and bench read
     assert manifest["status"] == "ok"
     report = json.loads((artifact / "parity.json").read_text())
     rows = {row["variant"]: row for row in report["rows"]}
@@ -112,9 +155,25 @@ def test_bentoml_serve_answers_with_the_data_labels(pipeline: dict) -> None:
 
 def test_bench_reads_the_recorded_data(pipeline: dict, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    proc = run_cli("bench", str(pipeline["artifact"]), "--out", str(out), "--engines", "pytorch_fp32,onnx_optimized",
-                   "--batch-sizes", "1,8", "--min-time", "0", "--min-samples", "1", "--max-passes", "1", "--e2e-sentences", "8",
-                   "--no-profile")
+    proc = run_cli(
+        "bench",
+        str(pipeline["artifact"]),
+        "--out",
+        str(out),
+        "--engines",
+        "pytorch_fp32,onnx_optimized",
+        "--batch-sizes",
+        "1,8",
+        "--min-time",
+        "0",
+        "--min-samples",
+        "1",
+        "--max-passes",
+        "1",
+        "--e2e-sentences",
+        "8",
+        "--no-profile",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "bench: 24 validation sentences" in proc.stdout
     bench = json.loads((out / "bench.json").read_text())
@@ -126,8 +185,8 @@ def test_bench_reads_the_recorded_data(pipeline: dict, tmp_path: Path) -> None:
 
 
 def test_a_bento_of_the_model_serves_it_without_bertpack_model(pipeline: dict, tmp_path: Path) -> None:
-    """`bentoml build -f` with a bentofile that lists NAME:latest: the built Bento serves that model by default (it looked
-    for bertpack-cola's tag only, and then fell back to bertpack-cola:latest)."""
+    """`bentoml build -f` with a bentofile that lists NAME:latest: the built Bento serves that model by default (it
+    looked for bertpack-cola's tag only, and then fell back to bertpack-cola:latest)."""
     import subprocess
     import sys
 
@@ -136,11 +195,19 @@ def test_a_bento_of_the_model_serves_it_without_bertpack_model(pipeline: dict, t
     if len(pipeline["labels"]) == 2:
         pytest.skip("one data set suffices: a Bento finds its model by what it carries, whatever the labels")
     bentofile = tmp_path / "bentofile.yaml"
-    bentofile.write_text((REPO / "bentofile.yaml").read_text().replace('"bertpack-cola:latest"', f'"{pipeline["name"]}:latest"'))
+    bentofile.write_text(
+        (REPO / "bentofile.yaml").read_text().replace('"bertpack-cola:latest"', f'"{pipeline["name"]}:latest"')
+    )
     env = {**os.environ, "BENTOML_HOME": str(pipeline["home"]), "BENTOML_DO_NOT_TRACK": "True"}
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    built = subprocess.run([bentoml, "build", "-f", str(bentofile), "--output", "tag"], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=300)
+    built = subprocess.run(
+        [bentoml, "build", "-f", str(bentofile), "--output", "tag"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     bento = built.stdout.strip().splitlines()[-1].replace("__tag__:", "")
     proc, url = local_server.start_server(env, tmp_path / "serve.log", target=bento)
@@ -148,4 +215,7 @@ def test_a_bento_of_the_model_serves_it_without_bertpack_model(pipeline: dict, t
         info = httpx.get(f"{url}/info", timeout=30).json()
     finally:
         local_server.stop_server(proc)
-    assert info["model"] == f"{pipeline['name']}:{pipeline['manifest']['version']}" and info["labels"] == pipeline["labels"]
+    assert (
+        info["model"] == f"{pipeline['name']}:{pipeline['manifest']['version']}"
+        and info["labels"] == pipeline["labels"]
+    )

@@ -66,8 +66,8 @@ def balanced_class_weights(labels: list[int], num_labels: int = 2, names: tuple[
     missing = sorted(set(range(num_labels)) - set(labels))
     if missing:
         which = f"{names[missing[0]]!r} (id {missing[0]})" if names else str(missing[0])
-        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {which} has none; "
-                            "raise --limit or pass --class-weights none")
+        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {which} has "
+                            "none; raise --limit or pass --class-weights none")
     return [float(w) for w in compute_class_weight("balanced", classes=np.arange(num_labels), y=np.asarray(labels))]
 
 
@@ -293,11 +293,12 @@ def load_model(model_id: str, cfg: TrainConfig, labels: Labels):
     if head not in (None, labels.count):  # e.g. an MNLI model: its 3-label head cannot hold CoLA's 2 labels
         if is_main_process():
             what = "CoLA" if labels.cola else "the data's labels"
-            print(f"note: --model {cfg.model} is a sequence classifier with {head} labels; its head is replaced by a new "
-                  f"{labels.count}-label head for {what} (the encoder's weights are kept)", file=sys.stderr)
+            print(f"note: --model {cfg.model} is a sequence classifier with {head} labels; its head is replaced by a "
+                  f"new {labels.count}-label head for {what} (the encoder's weights are kept)", file=sys.stderr)
         extra["ignore_mismatched_sizes"] = True
     try:
-        model = load_classifier(model_id, num_labels=labels.count, id2label=labels.id2label(), label2id=labels.label2id(), **extra)
+        model = load_classifier(model_id, num_labels=labels.count, id2label=labels.id2label(),
+                                label2id=labels.label2id(), **extra)
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors file, shapes that do not match config.json, ...
         raise BertpackError(f"--model {cfg.model}: cannot load its weights ({one_line(exc)}); the checkpoint looks damaged or incomplete: "
                             "copy or download it again, or pass another --model") from None
@@ -322,7 +323,8 @@ def _per_epoch(log_history: list[dict]) -> list[dict]:
         if "loss" in entry:
             row["train_loss"] = entry["loss"]
         for key, name in (("eval_all_loss", "eval_loss"), ("eval_all_accuracy", "accuracy"), ("eval_all_mcc", "mcc"),
-                          ("eval_all_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"), ("eval_out_mcc", "mcc_out_domain")):
+                          ("eval_all_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"),
+                          ("eval_out_mcc", "mcc_out_domain")):
             if key in entry:
                 row[name] = entry[key]
     return [r for r in rows.values() if "mcc" in r]
@@ -340,7 +342,8 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     ax_loss.plot(x, [r.get("eval_loss") for r in epochs], marker="o", label="validation")
     ax_loss.set(title="loss", xlabel="epoch")
     ax_loss.legend()
-    for key, label in (("mcc", "all"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain"), ("macro_f1", "macro-F1")):
+    for key, label in (("mcc", "all"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain"),
+                       ("macro_f1", "macro-F1")):
         if any(r.get(key) is not None for r in epochs):
             ax_mcc.plot(x, [r.get(key) for r in epochs], marker="o", label=label)
     ax_mcc.set(title="validation MCC", xlabel="epoch")
@@ -357,26 +360,31 @@ def summary(metrics: dict) -> str:
     best = metrics["best"]
     lines = [
         f"model          {metrics['model']}",
-        f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows"
-        f"{_labels(metrics.get('labels'))})",
+        f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation "
+        f"rows{_labels(metrics.get('labels'))})",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
         f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, {_rate(metrics['train_samples_per_second'])}",
         "",
     ]
     # CoLA's per-domain columns, macro-F1 for more than two classes: the columns a run has figures for
-    domains = best.get("mcc_in_domain") is not None or any(r.get("mcc_in_domain") is not None for r in metrics["epochs"])
+    domains = any(r.get("mcc_in_domain") is not None for r in [best, *metrics["epochs"]])
     f1 = best.get("macro_f1") is not None
-    lines.append(" epoch  train loss  val loss  accuracy     MCC" + ("  macro-F1" if f1 else "") + ("  in-domain  out-of-domain" if domains else ""))
+    lines.append(" epoch  train loss  val loss  accuracy     MCC" + ("  macro-F1" if f1 else "")
+                 + ("  in-domain  out-of-domain" if domains else ""))
     for r in metrics["epochs"]:
-        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  {_f(r.get('accuracy'), 8)}"
-                     f"  {_f(r.get('mcc'), 6)}" + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
+        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  "
+                     f"{_f(r.get('accuracy'), 8)}  {_f(r.get('mcc'), 6)}"
+                     + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
                      + (f"  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}" if domains else ""))
-    split = f" (in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)})" if domains else ""
+    split = ""
+    if domains:
+        split = f" (in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)})"
     lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{split}, accuracy {best['accuracy']:.3f}"
               + (f", macro-F1 {best['macro_f1']:.3f}" if f1 else "")]
     if test := metrics.get("test"):
-        lines.append(f"test ({test['rows']} rows, best checkpoint): MCC {test['mcc']:.3f}, accuracy {test['accuracy']:.3f}"
-                     + (f", macro-F1 {test['macro_f1']:.3f}" if test.get("macro_f1") is not None else ""))
+        f1_test = f", macro-F1 {test['macro_f1']:.3f}" if test.get("macro_f1") is not None else ""
+        lines.append(f"test ({test['rows']} rows, best checkpoint): MCC {test['mcc']:.3f}, accuracy "
+                     f"{test['accuracy']:.3f}{f1_test}")
     return "\n".join(lines)
 
 

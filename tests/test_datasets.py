@@ -408,3 +408,26 @@ def test_store_names() -> None:
     for bad in ("Tickets", "-x", "a b", "x" * 64):
         with pytest.raises(BertpackError, match="is not a BentoML model name"):
             check_name(bad)
+
+
+def test_demo_dataset_script_is_seeded_and_loads(tmp_path: Path) -> None:
+    """scripts/make_demo_dataset.py: the same seed writes the same files, another seed other ones; bertpack reads them
+    as a 3-class data set with a test split."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def make(folder: str, seed: int) -> Path:
+        out = tmp_path / folder
+        script = REPO / "scripts" / "make_demo_dataset.py"
+        sizes = ["--train", "90", "--validation", "30", "--test", "30"]
+        cmd = [sys.executable, str(script), str(out), "--seed", str(seed), *sizes]
+        subprocess.run(cmd, check=True, capture_output=True)
+        return out
+
+    first, again, other = make("a", 0), make("b", 0), make("c", 1)
+    for name in ("train.csv", "validation.csv", "test.csv"):
+        assert (first / name).read_bytes() == (again / name).read_bytes() != (other / name).read_bytes()
+    loaded = load_data(first)
+    assert loaded.labels.names == ("billing", "bug", "feature") and len(loaded.splits["test"]) == 30

@@ -21,8 +21,9 @@ PARITY_SENTENCES = 64  # the export's parity run is only a smoke check here
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")  # read from the template artifact
 
 
-def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A run folder in the training contract's layout holding random BERT-base weights."""
+def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: list[str] | None = None) -> Path:
+    """A run folder in the training contract's layout holding random BERT-base weights, with `labels` (default
+    CoLA's)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -31,7 +32,9 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     # bert-base's shape; the vocabulary is the template's (30522 for uncased WordPiece), so every token id has a row
-    config = BertConfig(vocab_size=len(tokenizer), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    id2label = dict(enumerate(labels)) if labels else LABELS
+    config = BertConfig(vocab_size=len(tokenizer), num_labels=len(id2label), id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
     model = BertForSequenceClassification(config).eval()
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(run_dir / "model", safe_serialization=True)
@@ -41,8 +44,10 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     return run_dir
 
 
-def export_bert_base(work: Path, tokenizer_dir: Path, data: str | Path, int8_method: str, echo: Callable[[str], None]) -> Path:
-    """Export a random BERT-base into work/artifact (reused when a previous export is there)."""
+def export_bert_base(work: Path, tokenizer_dir: Path, data, int8_method: str, echo: Callable[[str], None],
+                     labels: list[str] | None = None) -> Path:
+    """Export a random BERT-base with the template's `labels` into work/artifact (reused when a previous export is
+    there)."""
     from export.parity import Tolerance
     from export.pipeline import export_artifact
 
@@ -50,7 +55,7 @@ def export_bert_base(work: Path, tokenizer_dir: Path, data: str | Path, int8_met
     if (artifact / "manifest.json").is_file():
         echo(f"bert-base: reusing the export in {artifact}")
         return artifact
-    run = write_random_run(work / "run", tokenizer_dir)
+    run = write_random_run(work / "run", tokenizer_dir, labels=labels)
     echo(f"bert-base: exporting random weights with export.pipeline.export_artifact into {artifact} (a few minutes)")
     wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
     try:

@@ -32,7 +32,9 @@ def bench(
     out: Path = typer.Option(Path("bench-out"), help="Folder for bench.json, bench.md and bench.png (replaced if it holds a previous bench)."),
     arch: str = typer.Option("finetuned", help="finetuned (the artifact's model) or bert-base (random BertConfig() weights, speed only)."),
     batch_sizes: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
+    data: Optional[str] = typer.Option(None, help=(
+        "Validation data: a CoLA folder, a data set, 'glue' or 'glue/sst2' (default: the data of the export's parity "
+        "report; for CoLA's labels shared/data/cola beside the repository).")),
     engines: Optional[str] = typer.Option(None, help="Comma-separated subset of: pytorch_fp32, pytorch_fast, pytorch_bf16, pytorch_fp16, onnx_fp32, "
                                                      "onnx_optimized, onnx_int8, onnx_int8_alt, onnx_fp16_cuda, onnx_fp16_cuda_graph "
                                                      "(default all)."),

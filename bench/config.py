@@ -21,7 +21,9 @@ class BenchConfig:
     out: Path = Path("bench-out")
     arch: str = "finetuned"  # finetuned = the artifact's model; bert-base = random BertConfig() weights (speed only)
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    data: str | Path | None = None  # CoLA folder or "glue" (the hub); None = bertpack.data.default_data_dir()
+    # CoLA folder, a data set, "glue" or "glue/TASK"; None = the data of the export's parity report for a model that is
+    # not CoLA's, else bertpack.data.default_data_dir()
+    data: str | Path | None = None
     engines: tuple[str, ...] = ENGINES
     threads: int | None = None  # None = physical cores
     sentences: int | None = None  # None = all validation sentences (finetuned) / 256 (bert-base)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.config import REFERENCE, BenchConfig
 from bertpack.files import write_json_atomic, write_text_atomic
+from bertpack.labels import COLA_NAMES
 
 # What `bertpack bench` checks the export gained, printed under "Checks" and enforced by `--check`:
 # (name, engine, compared with, batch size, measure, at least).
@@ -25,7 +26,7 @@ MCC_TOLERANCE = 0.01
 E2E_AT_LEAST = 10.0
 
 
-def _settings(cfg: BenchConfig, threads: int) -> dict:
+def _settings(cfg: BenchConfig, threads: int, split: str = "CoLA validation") -> dict:
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     out.pop("command", None)  # recorded at the top level of bench.json
     out.update(threads=threads, batch_sizes=list(cfg.batch_sizes), engines=list(cfg.engines),
@@ -33,7 +34,7 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
                       "inputs already on the device and logits left there for every GPU engine, CUDA synchronised before the "
                       "clock is read; GPU engines are also timed per call with their copies (inputs to the device, logits "
                       "back: p50_with_copies_ms)",
-               batching="CoLA validation sentences sorted by token count, cut into batches, each padded to its longest; "
+               batching=f"{split} sentences sorted by token count, cut into batches, each padded to its longest; "
                         "the same batches for every engine",
                process="each engine in its own process; torch threads = ORT intra-op threads = `threads`, inter-op 1",
                peak_memory="peak RSS of the worker process (VmHWM: its own, not the parent's ru_maxrss carried across exec), measured after each batch size in increasing order; "
@@ -41,9 +42,9 @@ def _settings(cfg: BenchConfig, threads: int) -> dict:
     return out
 
 
-def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bool) -> list[dict]:
+def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bool, num_labels: int = 2) -> list[dict]:
     """One round's table rows: every engine's figures, its speed-ups against the same round's reference."""
-    from bertpack.metrics import cola_scores
+    from bertpack.metrics import scores as score
 
     ref = next(r for r in results if r["engine"] == REFERENCE)
     ref_rows = {row["batch_size"]: row for row in ref["rows"]}
@@ -53,7 +54,7 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
             b = row["batch_size"]
             base = ref_rows.get(b)
             preds = row["predictions"]
-            scores = cola_scores(labels, preds, domains)
+            scores = score(labels, preds, domains, num_labels)
             out = {"engine": res["engine"], "device": res["device"], "batch_size": b, "round": res["round"],
                    **{k: row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "sentences_per_s", "passes", "timed_calls", "batches")},
                    "speedup_p50": base["p50_ms"] / row["p50_ms"] if base else None,
@@ -62,8 +63,12 @@ def _round_rows(results: list[dict], labels: list, domains: list, speed_only: bo
                    "peak_rss_mib": row["peak_rss_mib"], "cuda_max_allocated_mib": row.get("cuda_max_allocated_mib"),
                    "model_mb": res["model_bytes"] / 1e6,
                    "mcc": None if speed_only else scores["mcc"], "accuracy": None if speed_only else scores["accuracy"],
+                   **({"macro_f1": None if speed_only else scores["macro_f1"]} if "macro_f1" in scores else {}),
                    "agreement": 100.0 * sum(p == q for p, q in zip(preds, base["predictions"])) / len(preds) if base else None}
-            out["mcc_delta"] = None if speed_only or base is None else out["mcc"] - cola_scores(labels, base["predictions"], domains)["mcc"]
+            if not speed_only and base is not None:
+                out["mcc_delta"] = out["mcc"] - score(labels, base["predictions"], domains)["mcc"]
+            else:
+                out["mcc_delta"] = None
             if "profile" in row:
                 out["profile"] = row["profile"]
             rows.append(out)
@@ -115,7 +120,9 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
                   e2e: dict | None, cola: str | Path) -> dict:
     """`rounds`: the workers' results of each round (one round unless --rounds)."""
     speed_only = cfg.arch == "bert-base"
-    rows = _merge_rounds([_round_rows(results, labels, domains, speed_only) for results in rounds])
+    names = manifest.get("labels", list(COLA_NAMES))
+    split = "CoLA validation" if tuple(names) == COLA_NAMES else "validation"
+    rows = _merge_rounds([_round_rows(results, labels, domains, speed_only, len(names)) for results in rounds])
     by_round = [{r["engine"]: {row["batch_size"]: row for row in r["rows"]} for r in results} for results in rounds]
     checks = []
     for name, engine, other, b, measure, target in CHECKS:
@@ -153,7 +160,8 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
             "serving_default": manifest.get("serving_default"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
-            "data": str(cola), "sentences": sentences, "settings": _settings(cfg, threads), "machine": machine,
+            "data": str(cola), "split": split, "labels": names, "sentences": sentences,
+            "settings": _settings(cfg, threads, split), "machine": machine,
             "padding": padding, "rows": rows, "skipped": skipped, "end_to_end": _strip(e2e), "checks": checks,
             "workers": [{k: r[k] for k in ("engine", "round", "device", "threads", "load_s", "rss_after_load_mib", "model_bytes", "info", "wall_s", "skipped", "failed")
                          if k in r} for results in rounds for r in results]}
@@ -304,7 +312,8 @@ def format_markdown(payload: dict) -> str:
     header, body = _table(payload["rows"])
     s = payload["settings"]
     out = [f"# bertpack bench: {payload['arch']}", "",
-           f"Artifact `{payload['artifact']}` (version {payload['artifact_version']}); {payload['sentences']} CoLA validation sentences "
+           f"Artifact `{payload['artifact']}` (version {payload['artifact_version']}); {payload['sentences']} "
+           f"{payload.get('split', 'CoLA validation')} sentences "
            f"from `{payload['data']}`. {'Random weights: speed only (MCC n/a). ' if payload['speed_only'] else ''}"
            f"Started {payload['created']}, finished {payload['finished']}.", "",
            f"Machine: {_machine_line(payload)}", "",
@@ -358,7 +367,8 @@ def write_plot(payload: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_tput.legend(fontsize=8)
     m = payload["machine"]
-    fig.suptitle(f"bertpack bench ({payload['arch']}, {payload['sentences']} CoLA sentences) on {m['cpu_model']}, "
+    split = payload.get("split", "CoLA validation")
+    fig.suptitle(f"bertpack bench ({payload['arch']}, {payload['sentences']} {split} sentences) on {m['cpu_model']}, "
                  f"{payload['settings']['threads']} threads" + (f", {m['gpu']}" if m.get("gpu") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -17,8 +17,9 @@ from typing import Callable
 from bench.batches import fixed_padding_stats, make_batches, padding_stats
 from bench.bert_base import TOKENIZER_FILES
 from bench.config import ARCHS, ENGINES, INT8_ENGINES, REFERENCE, BenchConfig
-from bertpack.data import data_source, validation_sentences
+from bertpack.data import DataSpec, data_source, validation_sentences
 from bertpack.errors import BertpackError, first_line, storage_errors
+from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
 from export.checkpoint import named_by_artifact
 
@@ -187,7 +188,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
     datasets.disable_progress_bars()
     manifest = check_config(cfg)
-    cola = data_source(cfg.data, "bench")
+    cola = data_source(cfg.data, "bench", manifest["labels"], DataSpec.from_record(manifest.get("data_source")))
     threads = cfg.threads or physical_cores()
     started = datetime.now(timezone.utc)
     out = Path(cfg.out)
@@ -210,7 +211,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             method = manifest["variants"].get("int8", {}).get("method", "auto")
             if not cfg.int8_candidates and not set(INT8_ENGINES) & set(cfg.engines):
                 method = "none"  # no int8 engine asked for: skip the slowest part of the export
-            artifact = export_bert_base(export_work, artifact, cola, method if method in ("static", "dynamic", "none") else "auto", echo)
+            method = method if method in ("static", "dynamic", "none") else "auto"
+            artifact = export_bert_base(export_work, artifact, cola, method, echo, labels=manifest["labels"])
             manifest = json.loads((artifact / "manifest.json").read_text())
         checkpoint = manifest.get("source", {}).get("checkpoint", "")
         if not Path(checkpoint, "config.json").is_file():
@@ -223,7 +225,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
             echo("bench: building the int8 candidates (quantized fused graph) ...")
             cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
-        sentences, labels, domains = _select_sentences(*validation_sentences(cola), cfg.sentence_count())
+        validation = validation_sentences(cola, manifest["labels"])  # label ids as the model's
+        sentences, labels, domains = _select_sentences(*validation, cfg.sentence_count())
         encoder = OnnxClassifier(artifact, variant=encoding_variant(manifest), device="cpu", threads=1, verify=True)  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
         del encoder
@@ -236,7 +239,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             torch_cuda = torch.cuda.is_available()
         device = "cuda" if torch_cuda or cuda_available() else "cpu"
         engines, skipped = plan_engines(cfg, manifest, artifact, device, torch_cuda)
-        echo(f"bench: {len(sentences)} CoLA validation sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
+        split = "CoLA validation" if tuple(manifest["labels"]) == COLA_NAMES else "validation"
+        echo(f"bench: {len(sentences)} {split} sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
              f"engines {', '.join(e['engine'] for e in engines)}" + (f" (skipped: {', '.join(s['engine'] for s in skipped)})" if skipped else ""))
         base = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "ids": ids, "pad_id": pad_id,
                 "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
@@ -246,7 +250,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
 
         e2e = None
         if cfg.end_to_end:
-            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda, work, skipped, echo)
+            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda,
+                                 work, skipped, echo, len(manifest["labels"]))
             e2e["padding_book"] = fixed_padding_stats(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
 
         payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
@@ -339,10 +344,11 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
 
 
 def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences: list, labels: list, domains: list, threads: int,
-                   device: str, torch_cuda: bool, work: Path, skipped: list[dict], echo: Callable[[str], None]) -> dict:
+                   device: str, torch_cuda: bool, work: Path, skipped: list[dict], echo: Callable[[str], None],
+                   num_labels: int = 2) -> dict:
     """The book's way (pad to 128, input order, PyTorch fp32 eager) against the serving path, same sentences.
     A side that fails goes to `skipped` as a failure."""
-    from bertpack.metrics import cola_scores
+    from bertpack.metrics import scores
 
     n = min(cfg.e2e_count(), len(sentences))
     rows = [i * len(sentences) // n for i in range(n)]  # spread over the list, which holds both domains in order
@@ -359,7 +365,7 @@ def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences:
         if "error" in side:
             skipped.append({"engine": f"end_to_end:{name}", "reason": f"failed: {side['error']}"})
             continue
-        side.update(cola_scores([labels[i] for i in rows], side["predictions"], [domains[i] for i in rows]))
+        side.update(scores([labels[i] for i in rows], side["predictions"], [domains[i] for i in rows], num_labels))
     if "error" not in book and "error" not in serving:
         out["speedup"] = serving["sentences_per_s"] / book["sentences_per_s"]
     return out

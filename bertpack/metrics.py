@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, matthews_corrcoef
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def mcc(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """Matthews correlation; for more than two classes sklearn's multi-class form (Gorodkin's R_K)."""
     return float(matthews_corrcoef(np.asarray(labels), np.asarray(preds)))
 
 
@@ -16,12 +17,27 @@ def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
     return float(accuracy_score(np.asarray(labels), np.asarray(preds)))
 
 
-def cola_scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str]) -> dict[str, float]:
-    """Accuracy and MCC overall, plus MCC on the in-domain and out-of-domain rows."""
-    labels, preds, domains = np.asarray(labels), np.asarray(preds), np.asarray(domains)
-    scores = {"accuracy": accuracy(labels, preds), "mcc": mcc(labels, preds)}
+def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """F1 averaged over the classes present in labels or predictions, each class counting the same."""
+    return float(f1_score(np.asarray(labels), np.asarray(preds), average="macro", zero_division=0))
+
+
+def scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str] | None = None,
+           num_labels: int = 2) -> dict[str, float]:
+    """Accuracy and MCC overall, macro-F1 when there are more than two classes, and (CoLA) MCC on the in-domain and
+    out-of-domain rows."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    out = {"accuracy": accuracy(labels, preds), "mcc": mcc(labels, preds)}
+    if num_labels > 2:
+        out["macro_f1"] = macro_f1(labels, preds)
+    domains = np.asarray(domains if domains is not None else [""] * len(labels))
     for name in ("in", "out"):
         mask = domains == name
         if mask.any():
-            scores[f"mcc_{name}_domain"] = mcc(labels[mask], preds[mask])
-    return scores
+            out[f"mcc_{name}_domain"] = mcc(labels[mask], preds[mask])
+    return out
+
+
+def cola_scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str]) -> dict[str, float]:
+    """Accuracy and MCC overall, plus MCC on the in-domain and out-of-domain rows."""
+    return scores(labels, preds, domains)

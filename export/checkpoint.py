@@ -6,9 +6,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertpack.data import DataSpec
 from bertpack.errors import BertpackError
+from bertpack.labels import COLA_NAMES, MAX_CLASSES
 from bertpack.locks import held_by
-from bertpack.models import LABELS, has_safe_weights
+from bertpack.models import has_safe_weights
 from bertpack.run_marker import RUN_MARKER
 
 DEFAULT_MAX_LENGTH = 128
@@ -20,8 +22,9 @@ class Checkpoint:
     path: Path  # folder with config.json + model.safetensors + tokenizer files
     max_length: int
     metrics: dict = field(default_factory=dict)
-    labels: list[str] = field(default_factory=lambda: [LABELS[0], LABELS[1]])
+    labels: list[str] = field(default_factory=lambda: list(COLA_NAMES))  # id -> name, from config.json's id2label
     num_layers: int = 0
+    data: DataSpec | None = None  # the data the run was trained on, as it recorded it (None: not recorded)
 
 
 def run_folder_of(path: Path) -> Path:
@@ -76,13 +79,17 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     id2label = config.get("id2label") or {}
     if not isinstance(id2label, dict):
         raise BertpackError(f"{path}/config.json: id2label must map label ids to names, not {type(id2label).__name__}; the checkpoint is damaged")
-    labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label) or 2)]
-    if len(labels) != 2:
-        raise BertpackError(f"{path} has {len(labels)} labels; a CoLA classifier has 2 (unacceptable, acceptable)")
-    best = _json_object(run_dir / "metrics.json").get("best")
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label) or 2)]
+    if not 2 <= len(labels) <= MAX_CLASSES or len(set(labels)) != len(labels):
+        raise BertpackError(f"{path}/config.json: id2label holds {len(labels)} labels ({len(set(labels))} distinct "
+                            f"names); a classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is "
+                            "damaged")
+    recorded = _json_object(run_dir / "metrics.json")
+    best = recorded.get("best")
     metrics = best if isinstance(best, dict) else {}
     return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
-                      metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)))
+                      metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)),
+                      data=recorded_data(recorded, _json_object(run_dir / RUN_MARKER)))
 
 
 def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:
@@ -104,6 +111,12 @@ def _json_object(path: Path) -> dict:
     except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return {}
     return payload if isinstance(payload, dict) else {}
+
+
+def recorded_data(metrics: dict, marker: dict) -> DataSpec | None:
+    """The data a run was trained on: metrics.json's data_source (an absolute path, the columns read), else the --data
+    its bertpack_run.json recorded (as it was given)."""
+    return DataSpec.from_record(metrics.get("data_source")) or DataSpec.from_record(marker.get("config"))
 
 
 def _run_status(run_dir: Path) -> str | None:

@@ -14,24 +14,31 @@ from bertpack.errors import BertpackError
 def export(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bertpack train` (holding model/), or a checkpoint folder."),
     out: Optional[Path] = typer.Option(None, help="Artifact folder (default artifacts/<run name>)."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder for the parity report and static calibration, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
-    store: bool = typer.Option(True, help="Register the artifact in the BentoML model store as bertpack-cola:<version>."),
+    data: Optional[str] = typer.Option(None, help=(
+        "Data for the parity report and static calibration: a CoLA folder, a data set (read with the columns the run "
+        "recorded), 'glue' or 'glue/sst2' (default: the data the run was trained on; for CoLA's labels "
+        "shared/data/cola beside the repository).")),
+    store: bool = typer.Option(True, help="Register the artifact in the BentoML model store as NAME:<version>."),
+    name: Optional[str] = typer.Option(None, help="The model store's name (default: bertpack-cola for CoLA's labels, "
+                                                  "else bertpack-<the data's folder name>)."),
     overwrite: bool = typer.Option(False, help="Replace an output folder that holds a different export or other files."),
     tolerance: Optional[str] = typer.Option(None, help="int8/fp16 MCC drop (e.g. 0.01), or key=value pairs: mcc_drop=0.01,agreement=98,logit=1e-3."),
-    int8: str = typer.Option("auto", help="int8 method: static (calibrated on CoLA train), dynamic, auto (both; the default picked from the figures), or none (no int8: a GPU-only deployment; the CPU then serves `optimized`)."),
+    int8: str = typer.Option("auto", help="int8 method: static (calibrated on training sentences), dynamic, auto (both; the default picked from the figures), or none (no int8: a GPU-only deployment; the CPU then serves `optimized`)."),
     quant_target: str = typer.Option("auto", help="Quantization preset: auto (from this CPU's flags), avx2, avx512, avx512_vnni, arm64."),
-    calibration_samples: int = typer.Option(256, help="CoLA training sentences used to calibrate static int8 and the SmoothQuant step of dynamic int8."),
+    calibration_samples: int = typer.Option(256, help="Training sentences used to calibrate static int8 and the SmoothQuant step of dynamic int8."),
     flip_check: bool = typer.Option(True, help="Measure prediction flips: each sentence alone vs inside mixed batches of 32."),
     require_int8: bool = typer.Option(False, help="Fail (exit 3) when no int8 method meets the tolerance, instead of shipping without int8."),
     limit: Optional[int] = typer.Option(None, help="Score N validation sentences spread evenly over the split, both domains (quick checks; the report gives the count)."),
 ) -> None:
-    """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on CoLA."""
+    """Export a fine-tuned checkpoint to ONNX (fp32, optimized, fp16, int8) and check parity with PyTorch on its
+    validation data."""
     from export.config import ExportConfig
     from export.checkpoint import run_folder_of
     from export.parity import Tolerance
     from export.pipeline import run_export
 
-    cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_folder_of(run_dir).resolve().name, data=data, store=store,
+    cfg = ExportConfig(run_dir=run_dir, out=out or Path("artifacts") / run_folder_of(run_dir).resolve().name, data=data,
+                       store=store, name=name,
                        overwrite=overwrite, tolerance=Tolerance.parse(tolerance), int8=int8, quant_target=quant_target,
                        calibration_samples=calibration_samples, flip_check=flip_check, limit=limit,
                        require_int8=require_int8)
@@ -99,8 +106,11 @@ def predict(
 
 def verify(
     artifact_dir: Path = typer.Argument(..., help="Folder written by `bertpack export`."),
-    parity: bool = typer.Option(False, "--parity", help="Also re-run the parity report against the source checkpoint (needs PyTorch and CoLA)."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder for --parity, or 'glue' for the hub (default: shared/data/cola beside the repository)."),
+    parity: bool = typer.Option(False, "--parity", help="Also re-run the parity report against the source checkpoint "
+                                                        "(needs PyTorch and the validation data)."),
+    data: Optional[str] = typer.Option(None, help=(
+        "Data for --parity, as for `bertpack export` (default: the data the export's report used; for CoLA's labels "
+        "shared/data/cola beside the repository).")),
     tolerance: Optional[str] = typer.Option(None, help="As for `bertpack export`."),
 ) -> None:
     """Re-hash an artifact's files against its manifest and run each model; exit 3 if its export failed parity.

@@ -14,7 +14,10 @@ INT8_CHOICES = ("auto", "dynamic", "static", "none")
 class ExportConfig:
     run_dir: Path
     out: Path
-    data: str | Path | None = None  # CoLA folder or "glue" (the hub); None = bertpack.data.default_data_dir()
+    # CoLA folder, a data set, "glue" or "glue/TASK" (the hub); None = the data the run was trained on for a model that
+    # is not CoLA's, else bertpack.data.default_data_dir()
+    data: str | Path | None = None
+    name: str | None = None  # the model store's name; None = export.store.default_name (bertpack-cola for CoLA)
     store: bool = True  # register in the BentoML model store
     overwrite: bool = False
     tolerance: Tolerance = field(default_factory=Tolerance)

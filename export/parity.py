@@ -1,4 +1,5 @@
-"""The parity report: every variant on CoLA validation with ONNX Runtime, against PyTorch fp32.
+"""The parity report: every variant on the validation split (CoLA's, or a data set's) with ONNX Runtime, against
+PyTorch fp32.
 
 Both sides get the same token ids, in the same length-sorted batches of 32, each padded as the engine pads it on
 its provider (the engine's own `encode`/`pad`), so a difference is the model's, not the input's.
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from bertpack.errors import BertpackError
-from bertpack.metrics import cola_scores
+from bertpack.metrics import scores
 
 BATCH_SIZE = 32
 EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
@@ -56,11 +57,14 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class Eval:
-    """CoLA validation: the sentences (each variant's engine tokenizes them), their labels and domains."""
+    """The validation split: the sentences (each variant's engine tokenizes them), their label ids (the model's) and
+    domains (CoLA's in/out, else "")."""
 
     sentences: list[str]
     labels: list[int]
     domains: list[str]
+    num_labels: int = 2
+    split: str = "CoLA validation"  # what the report calls it
 
 
 def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -82,9 +86,9 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
 
 
 def score(name: str, logits: np.ndarray, reference: np.ndarray, data: Eval, file_bytes: int | None = None) -> dict:
-    """One report row: CoLA scores, agreement with PyTorch, logit differences."""
+    """One report row: scores (CoLA: per domain too), agreement with PyTorch, logit differences."""
     preds = logits.argmax(-1)
-    row = {"variant": name, **cola_scores(data.labels, preds, data.domains)}
+    row = {"variant": name, **scores(data.labels, preds, data.domains, data.num_labels)}
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
     row["agreement"] = float(100.0 * np.mean(preds == reference.argmax(-1)))
     row["max_abs_logit_diff"] = float(diff.max()) if diff.size else 0.0
@@ -127,9 +131,15 @@ def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
 
 
 # -- presentation --------------------------------------------------------------------------------
-COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("mcc_in_domain", "MCC in"),
-           ("mcc_out_domain", "MCC out"), ("agreement", "agree %"), ("max_abs_logit_diff", "max |dlogit|"),
-           ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"), ("mb", "MB"), ("status", "status")]
+COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("macro_f1", "macro-F1"),
+           ("mcc_in_domain", "MCC in"), ("mcc_out_domain", "MCC out"), ("agreement", "agree %"),
+           ("max_abs_logit_diff", "max |dlogit|"), ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"),
+           ("mb", "MB"), ("status", "status")]
+OPTIONAL = ("macro_f1", "mcc_in_domain", "mcc_out_domain")  # shown when a row has them (more than 2 classes; CoLA)
+
+
+def columns(report: dict) -> list[tuple[str, str]]:
+    return [(k, h) for k, h in COLUMNS if k not in OPTIONAL or any(row.get(k) is not None for row in report["rows"])]
 
 
 def _cell(key: str, row: dict) -> str:
@@ -141,7 +151,7 @@ def _cell(key: str, row: dict) -> str:
         return "-" if value is None else f"{value / 1e6:.1f}"
     if value is None:
         return "-"
-    if key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain"):
+    if key in ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain"):
         return f"{value:.4f}"
     if key in ("agreement", "flip_rate"):
         return f"{value:.2f}"
@@ -151,11 +161,11 @@ def _cell(key: str, row: dict) -> str:
 
 
 def table_rows(report: dict) -> list[list[str]]:
-    return [[_cell(k, row) for k, _ in COLUMNS] for row in report["rows"]]
+    return [[_cell(k, row) for k, _ in columns(report)] for row in report["rows"]]
 
 
 def format_text(report: dict) -> str:
-    header = [h for _, h in COLUMNS]
+    header = [h for _, h in columns(report)]
     rows = table_rows(report)
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -164,9 +174,10 @@ def format_text(report: dict) -> str:
 
 
 def format_markdown(report: dict) -> str:
-    header = [h.replace("|", "\\|") for _, h in COLUMNS]
+    header = [h.replace("|", "\\|") for _, h in columns(report)]
     out = [f"# Parity report: {report['source']}", "",
-           f"CoLA validation, {report['rows'][0].get('sentences', report['sentences'])} sentences; ONNX Runtime {report['provider']}; "
+           f"{report.get('split', 'CoLA validation')}, {report['rows'][0].get('sentences', report['sentences'])} "
+           f"sentences; ONNX Runtime {report['provider']}; "
            f"reference = PyTorch fp32. Created {report['created']}.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]

@@ -1,4 +1,4 @@
-"""`export_artifact`: checkpoint -> ONNX variants -> parity on CoLA -> manifest -> (store).
+"""`export_artifact`: checkpoint -> ONNX variants -> parity on the validation split -> manifest -> (store).
 
 Everything is written into a staging folder beside the output and renamed into place at the end,
 so a failure leaves no half-written artifact. A tolerance failure still writes the artifact (its
@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
+from bertpack.data import DataRef, DataSpec, as_spec
 from bertpack.errors import BertpackError, ParityError, storage_errors
 from bertpack.files import (check_writable_parent, remove_leftovers, staging_dir, umask_mode, work_dir, write_json_atomic,
                             write_text_atomic)
+from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
 from bertpack.machine import library_versions
 from export import manifest as mf
@@ -28,6 +30,7 @@ from export.checkpoint import Checkpoint, locate_checkpoint, named_by_artifact
 from export.config import INT8_CHOICES, ExportConfig
 from export.cpu import TARGETS, cpu_report
 from export.onnx_export import export_fp32, graph_inputs
+from export.store import MODEL_NAME
 from serving.engine import served_buckets
 
 log = logging.getLogger("bertpack.export")
@@ -44,9 +47,14 @@ class ExportResult:
     failures: list[str] = field(default_factory=list)
 
 
-def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, str | Path]:
-    """Every user error that can be found before the slow work starts."""
+def check_inputs(cfg: ExportConfig) -> tuple[ExportConfig, Checkpoint, DataRef]:
+    """Every user error that can be found before the slow work starts; returns the config with its store name (--name,
+    else the default for the checkpoint's labels and data), the checkpoint and the data of the parity report."""
+    from export.store import check_name, default_name
+
     ckpt = locate_checkpoint(cfg.run_dir)
+    trained_on = ckpt.data and ckpt.data.data
+    cfg = replace(cfg, name=check_name(cfg.name) if cfg.name else default_name(ckpt.labels, trained_on, ckpt.run_dir))
     if cfg.int8 not in INT8_CHOICES:
         raise BertpackError(f"--int8 must be one of {', '.join(INT8_CHOICES)}, not {cfg.int8!r}")
     if cfg.int8 == "none" and cfg.require_int8:
@@ -60,7 +68,7 @@ def check_inputs(cfg: ExportConfig) -> tuple[Checkpoint, str | Path]:
     check_output_dir(Path(cfg.out), ckpt, cfg.overwrite)
     from bertpack.data import data_source
 
-    return ckpt, data_source(cfg.data, "export")
+    return cfg, ckpt, data_source(cfg.data, "export", ckpt.labels, ckpt.data)
 
 
 def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
@@ -96,11 +104,11 @@ def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | 
 
 
 def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
-    ckpt, cola = check_inputs(cfg)
+    cfg, ckpt, cola = check_inputs(cfg)
     if cfg.store:
         from export.store import check_store_writable
 
-        check_store_writable()
+        check_store_writable(cfg.name)
     # Held to the end, registration included (it copies from --out): a second export to the same --out is refused.
     with writing(cfg.out, "bertpack export"):
         for line in remove_leftovers(Path(cfg.out)):  # of an export killed outright: hundreds of MB each
@@ -109,7 +117,7 @@ def run_export(cfg: ExportConfig, echo: Callable[[str], None]) -> ExportResult:
         return _export(cfg, ckpt, cola, echo)
 
 
-def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callable[[str], None]) -> ExportResult:
+def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[str], None]) -> ExportResult:
     cpu = cpu_report()
     target = cpu["quantization_target"] if cfg.quant_target == "auto" else cfg.quant_target
     created = datetime.now(timezone.utc)
@@ -139,7 +147,10 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callabl
             "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL} + EmbedLayerNormalization",
                      "fused_operators": fp16_fused, "for": "cuda"},
         }
-        body = {"created": created.isoformat(timespec="seconds"), "version": version, "labels": ckpt.labels,
+        body = {"created": created.isoformat(timespec="seconds"), "version": version, "name": cfg.name,
+                "labels": ckpt.labels,
+                # the parity report's data, which verify --parity and bench read again for a model that is not CoLA's
+                "data_source": as_spec(cola).record(),
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
                 "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
@@ -170,6 +181,8 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, echo: Callabl
         left = store_manifest(result.out, manifest)["store_copy"]["left_out"]
         echo(f"registered in the BentoML model store as {result.tag}" + (
             f" (without the parity reference {', '.join(left.values())}: a Bento need not carry it; {cfg.out} keeps it)" if left else ""))
+        if cfg.name != MODEL_NAME:  # the service serves bertpack-cola:latest unless told otherwise
+            echo(f"serve it with: BERTPACK_MODEL={cfg.name}:latest bentoml serve")
     echo(f"artifact written to {cfg.out}  (next: bertpack predict {cfg.out} \"Some sentence.\")")
     return result
 
@@ -190,7 +203,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     checkpoint = named_by_artifact(checkpoint, artifact_dir)
     from bertpack.data import data_source
 
-    evals = _load_eval(data_source(data, "verify --parity"), None)
+    recorded = DataSpec.from_record(manifest.get("data_source"))
+    evals = _load_eval(data_source(data, "verify --parity", manifest["labels"], recorded), None, manifest["labels"])
     encoder = OnnxClassifier(artifact_dir, variant=encoding_variant(manifest), device="cpu", verify=False,  # tokenizes for PyTorch
                              buckets=served_buckets("cpu"))
     scoring = _Scoring.against(checkpoint, encoder, evals, tolerance)
@@ -209,7 +223,8 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
         failures += [f"{name}: {p}" for p in problems]
         rows.append(row)
     report = {"source": str(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "sentences": len(evals.sentences), "data": str(data), "provider": "CPUExecutionProvider",
+              "sentences": len(evals.sentences), "data": str(data), "split": evals.split,
+              "provider": "CPUExecutionProvider",
               "tolerance": parity.tolerance_dict(tolerance), "rows": rows, "failures": failures,
               "serving_default_cpu": manifest.get("serving_default", {}).get("cpu")}
     echo(parity.format_text(report))
@@ -233,19 +248,20 @@ def _pad_token_id(stage: Path) -> int:
         return 0
 
 
-def _load_eval(cola: str | Path, limit: int | None) -> parity.Eval:
+def _load_eval(cola: DataRef, limit: int | None, model_labels: Sequence[str] = COLA_NAMES) -> parity.Eval:
     import datasets
 
     from bertpack.data import validation_sentences
 
     datasets.disable_progress_bars()
 
-    sentences, labels, domains = validation_sentences(cola)
+    sentences, labels, domains = validation_sentences(cola, model_labels)
     if limit and limit < len(sentences):
-        # Spread evenly over the split (in-domain dev, then out-of-domain dev), so a quick check sees both domains.
+        # Spread evenly over the split (CoLA: in-domain dev, then out-of-domain dev): a quick check sees both domains.
         keep = [i * len(sentences) // limit for i in range(limit)]
         sentences, labels, domains = [sentences[i] for i in keep], [labels[i] for i in keep], [domains[i] for i in keep]
-    return parity.Eval(sentences=sentences, labels=labels, domains=domains)
+    split = "CoLA validation" if tuple(model_labels) == COLA_NAMES else "validation split"
+    return parity.Eval(sentences=sentences, labels=labels, domains=domains, num_labels=len(model_labels), split=split)
 
 
 @dataclass
@@ -272,14 +288,14 @@ class _Scoring:
         return row, problems
 
 
-def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stage: Path, work: Path, body: dict,
+def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: Path, work: Path, body: dict,
                      target: str, echo: Callable[[str], None]) -> dict:
     """Score fp32, optimized and (on a GPU) fp16 against PyTorch, then build int8 (_search_int8) and decide what ships
     (_ship_int8). Returns the parity report."""
     from serving.engine import OnnxClassifier, cuda_available
 
-    data = _load_eval(cola, cfg.limit)
-    echo(f"parity on CoLA validation: {len(data.sentences)} sentences from {cola}")
+    data = _load_eval(cola, cfg.limit, ckpt.labels)
+    echo(f"parity on {data.split}: {len(data.sentences)} sentences from {cola}")
 
     def load(variant: str, device: str = "cpu") -> OnnxClassifier:
         return OnnxClassifier(stage, variant=variant, device=device, verify=False, buckets=served_buckets(device))
@@ -305,6 +321,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
     providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
     report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola),
+              "split": data.split,
               "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
               "quantization_target": target, "failures": failures}
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
@@ -312,7 +329,7 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: str | Path, stag
         return {**report, "int8_tries": {}, "int8_choice": None, "int8_method": None, "serving_default_cpu": cpu_ok, "warnings": []}
 
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
-    # CoLA training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
+    # Training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
     calibration = _calibration(cola, fp32, cfg)
     fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
@@ -345,8 +362,9 @@ def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calib
         mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
         row, problems = scoring.check(name, load(name), stage / f"model_{name}.onnx")
         tries.append({"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
-                      **{key: row[key] for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement",
-                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "bytes") if key in row}})
+                      **{key: row[key] for key in ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain",
+                                                   "agreement", "max_abs_logit_diff", "mean_abs_logit_diff", "bytes")
+                         if key in row}})
         echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
              f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
         if best is None or _try_rank(not problems, row) > _try_rank(best["passed"], best["row"]):
@@ -393,10 +411,10 @@ def _ship_int8(winners: dict[str, dict], tries: dict[str, list[dict]], flips: di
             "warnings": warnings}
 
 
-def _calibration(cola: str | Path, clf, cfg: ExportConfig) -> quantize.Calibration:
-    from bertpack.data import load_cola
+def _calibration(cola: DataRef, clf, cfg: ExportConfig) -> quantize.Calibration:
+    from bertpack.data import load_data
 
-    train = load_cola(cola)["train"]["sentence"]
+    train = load_data(cola).splits["train"]["sentence"]
     sample = quantize.calibration_sample(train, cfg.calibration_samples, cfg.seed)
     return quantize.Calibration(ids=clf.encode(sample), input_names=clf.input_names)
 
@@ -430,7 +448,8 @@ def _choice_text(choice: str, winners: dict[str, dict], flips: dict[str, dict]) 
 
 def _summary(report: dict) -> dict:
     """Per-variant figures for the manifest and the BentoML metadata."""
-    keep = ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff", "flip_rate", "status")
+    keep = ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff",
+            "flip_rate", "status")
     return {"sentences": report["sentences"], "passed": not report["failures"], "failures": report["failures"],
             "warnings": report.get("warnings", []),
             "int8_method": report["int8_method"],

@@ -82,15 +82,15 @@ class ClassifyInput(bentoml.IODescriptor):
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="one of the model's labels (GET /info)")
-    probabilities: dict[str, float] = Field(description="probability of each label")
+    label: str = Field(description="one of the model's labels (GET /info lists them; CoLA: acceptable or unacceptable)")
+    probabilities: dict[str, float] = Field(description="probability of each of the model's labels")
     model_version: str
     tokens: int = Field(description="tokens the model read, [CLS] and [SEP] included")
     truncated: bool = Field(description="the sentence was cut to the model's max length (only with truncate=true)")
 
 
 class ClassifyResponse(BaseModel):
-    model: str = Field(description="model tag, NAME:VERSION")
+    model: str = Field(description="model tag, NAME:VERSION (bertpack-cola:VERSION for CoLA)")
     predictions: list[Prediction]
 
 

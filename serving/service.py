@@ -158,8 +158,7 @@ def _built_model() -> str | None:
     """Served from a built Bento: the model version it was built with, so an unset BERTPACK_MODEL does not pick up a
     later export from the store's "latest"."""
     bento = getattr(Bertpack, "bento", None)
-    name = DEFAULT_MODEL.split(":")[0]
-    return next((str(m.tag) for m in (bento.info.models if bento is not None else []) if m.tag.name == name), None)
+    return next((str(m.tag) for m in (bento.info.models if bento is not None else [])), None)  # the model it carries
 
 
 bentoml_compat.bound_metric_labels(KNOWN_PATHS)

@@ -110,7 +110,7 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
 @dataclass(frozen=True)
 class ModelSource:
     path: Path
-    tag: str  # bertpack-cola:<version>, also for a plain folder (from its manifest)
+    tag: str  # NAME:<version> (bertpack-cola for CoLA), also for a plain folder (from its manifest)
     origin: str  # "store" or "folder"
 
 
@@ -127,7 +127,8 @@ def resolve_model(spec: str) -> ModelSource:
     folder = Path(spec).expanduser()
     if folder.is_dir():
         manifest = read_manifest(folder)
-        return ModelSource(folder.resolve(), f"bertpack-cola:{manifest['version']}", "folder")
+        name = manifest.get("name") or DEFAULT_MODEL.split(":")[0]  # exports before names were CoLA's
+        return ModelSource(folder.resolve(), f"{name}:{manifest['version']}", "folder")
     if folder.exists():
         raise BertpackError(f"model {spec!r} is a file, not an artifact folder: set BERTPACK_MODEL to the folder written by "
                             f"`bertpack export` (the one holding {MANIFEST}), or to a model tag such as {DEFAULT_MODEL}")

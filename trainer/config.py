@@ -15,6 +15,9 @@ from bertpack.errors import BertpackError
 class TrainConfig:
     model: str = "embedded"
     data: str = ""
+    # The columns of a data set's files (None: `text` or `sentence`, and `label`); CoLA's files have fixed columns.
+    text_column: str | None = None
+    label_column: str | None = None
     out: Path = field(default_factory=lambda: Path("runs"))
     epochs: float = 6.0
     learning_rate: float = 1e-4
@@ -30,8 +33,8 @@ class TrainConfig:
     classifier_dropout: float | None = None
     # Re-initialise the pooler (the embedded model's pooler was never trained for its sentence task).
     reinit_pooler: bool = False
-    # "balanced": cross-entropy weighted by inverse class frequency in the training split (CoLA is
-    # 70% acceptable; MCC rewards getting the minority class right); "none": plain cross-entropy.
+    # "balanced": cross-entropy weighted by inverse class frequency in the training split, for any number of
+    # classes (CoLA is 70% acceptable; MCC rewards getting the minority class right); "none": plain cross-entropy.
     class_weights: Literal["balanced", "none"] = "balanced"
     # Validation points per epoch; the best one (by dev MCC) is kept.
     evals_per_epoch: int = 2

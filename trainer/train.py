@@ -1,10 +1,10 @@
-"""Fine-tune BERT on CoLA, top to bottom: check inputs, load data and model, train with the HF
-Trainer, keep the best checkpoint by validation MCC, write the run folder atomically.
+"""Fine-tune BERT on CoLA (or a data set of one's own), top to bottom: check inputs, load data and model, train with
+the HF Trainer, keep the best checkpoint by validation MCC, write the run folder atomically.
 
 Run folder (the contract `bertpack export` reads):
     OUT/bertpack_run.json      marker + status ("training" / "complete" / "failed" with a "reason") + the recipe
     OUT/model/                 best checkpoint: model.safetensors, config.json (id2label), tokenizer files
-    OUT/metrics.json           per-epoch loss/accuracy/MCC, timing, versions, seed, data hashes
+    OUT/metrics.json           per-epoch loss/accuracy/MCC, labels, timing, versions, seed, data hashes
     OUT/training_curves.png    loss and MCC per epoch
     OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints)
 
@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpack.data import file_hashes, load_cola
+from bertpack.data import DataSpec, Loaded, is_hub, load_data
 from bertpack.errors import BertpackError
-from bertpack.files import staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
+from bertpack.files import sha256_file, staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
 from bertpack.locks import writing
 from bertpack.machine import cpu_model, library_versions
-from bertpack.metrics import accuracy, mcc
-from bertpack.models import LABELS, resolve_model
+from bertpack.labels import COLA_NAMES, Labels, listed
+from bertpack.metrics import scores
+from bertpack.models import resolve_model
 from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
 from trainer.run_dir import check_out_dir, checkpoints, is_main_process, one_line, run_folder
@@ -58,14 +59,15 @@ def build_optimizer(model, cfg: TrainConfig):
 
 
 # --------------------------------------------------------------------------- loss
-def balanced_class_weights(labels: list[int], num_labels: int = 2) -> list[float]:
+def balanced_class_weights(labels: list[int], num_labels: int = 2, names: tuple[str, ...] = ()) -> list[float]:
     """sklearn's "balanced" weights, n_samples / (n_classes * count(class)); every class must occur."""
     from sklearn.utils.class_weight import compute_class_weight
 
     missing = sorted(set(range(num_labels)) - set(labels))
     if missing:
-        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {missing[0]} has none; "
-                            "raise --limit or pass --class-weights none")
+        which = f"{names[missing[0]]!r} (id {missing[0]})" if names else str(missing[0])
+        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {which} has "
+                            "none; raise --limit or pass --class-weights none")
     return [float(w) for w in compute_class_weight("balanced", classes=np.arange(num_labels), y=np.asarray(labels))]
 
 
@@ -106,10 +108,14 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig) -> dict:
     check_out_dir(cfg)
     model_id = resolve_model(cfg.model)
-    dataset = load_cola(cfg.data, limit=cfg.limit)
+    loaded = load_data(DataSpec(cfg.data, cfg.text_column, cfg.label_column), limit=cfg.limit)
+    dataset, labels = loaded.splits, loaded.labels
     if len(dataset["train"]) == 0:
         raise BertpackError("the training split is empty; check --data and --limit")
-    class_weights = balanced_class_weights(dataset["train"]["label"]) if cfg.class_weights == "balanced" else None
+    class_weights = balanced_class_weights(dataset["train"]["label"], labels.count, labels.names) \
+        if cfg.class_weights == "balanced" else None
+    if loaded.summary and is_main_process():
+        print(loaded.summary, flush=True)
 
     import torch
     import transformers
@@ -127,7 +133,7 @@ def _train(cfg: TrainConfig) -> dict:
     # Seed before the model exists: its classifier head (and a re-initialised pooler) is drawn at load time,
     # before the Trainer seeds anything, so without this the same --seed gives a different head every run.
     transformers.set_seed(cfg.seed)
-    tokenizer, model = load_model(model_id, cfg)
+    tokenizer, model = load_model(model_id, cfg, labels)
 
     if cfg.reinit_pooler and getattr(getattr(model, "bert", None), "pooler", None) is not None:
         model.bert.pooler.apply(model._init_weights)
@@ -137,15 +143,16 @@ def _train(cfg: TrainConfig) -> dict:
 
     encoded = dataset.map(tokenize, batched=True, desc="tokenizing")
     val = encoded["validation"]
-    # One eval set per domain besides the whole one: the Trainer reorders eval batches by length
-    # (group_by_length), so predictions cannot be matched back to rows for a domain split.
-    eval_sets = {"all": val, "in": val.filter(lambda d: d == "in", input_columns="domain"),
-                 "out": val.filter(lambda d: d == "out", input_columns="domain")}
+    # One eval set per CoLA domain besides the whole one (other data has none): the Trainer reorders eval batches by
+    # length (group_by_length), so predictions cannot be matched back to rows for a domain split.
+    eval_sets = {"all": val}
+    if labels.cola:
+        eval_sets.update({"in": val.filter(lambda d: d == "in", input_columns="domain"),
+                          "out": val.filter(lambda d: d == "out", input_columns="domain")})
     eval_sets = {k: v for k, v in eval_sets.items() if len(v)}
 
-    def compute_metrics(pred) -> dict[str, float]:
-        preds = pred.predictions.argmax(-1)
-        return {"accuracy": accuracy(pred.label_ids, preds), "mcc": mcc(pred.label_ids, preds)}
+    def compute_metrics(pred) -> dict[str, float]:  # accuracy, MCC, and macro-F1 for more than two classes
+        return scores(pred.label_ids, pred.predictions.argmax(-1), num_labels=labels.count)
 
     on_gpu = torch.cuda.is_available()
     use_bf16 = on_gpu and torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (T4, V100) is slow: fp16
@@ -205,11 +212,19 @@ def _train(cfg: TrainConfig) -> dict:
         wall = time.perf_counter() - started
         epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
         final = trainer.evaluate()  # the best checkpoint is loaded back at the end
+        test = None
+        if "test" in encoded:  # a data set's test file: scored once, with the best checkpoint
+            found = trainer.evaluate(encoded["test"], metric_key_prefix="test")
+            test = {"rows": len(encoded["test"]),
+                    **{k: found[f"test_{k}"] for k in ("loss", "accuracy", "mcc", "macro_f1") if f"test_{k}" in found}}
 
         metrics = {
             "model": model_id,
             "data": str(cfg.data),
-            "data_sha256": file_hashes(cfg.data),
+            # What export, verify --parity and bench read again for a model whose labels are not CoLA's
+            "data_source": _recorded_data(cfg, loaded),
+            "data_sha256": {str(p): sha256_file(p) for p in loaded.files},
+            "labels": list(labels.names),  # id -> name, as model/config.json's id2label
             "train_rows": len(encoded["train"]),
             "validation_rows": len(val),
             "seed": cfg.seed,
@@ -223,9 +238,11 @@ def _train(cfg: TrainConfig) -> dict:
                 "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                 "accuracy": final.get("eval_all_accuracy"),
                 "mcc": final.get("eval_all_mcc"),
+                **({"macro_f1": final.get("eval_all_macro_f1")} if labels.count > 2 else {}),
                 "mcc_in_domain": final.get("eval_in_mcc"),
                 "mcc_out_domain": final.get("eval_out_mcc"),
             },
+            "test": test,
             "epochs": epochs,
             "train_runtime_s": result.metrics.get("train_runtime"),
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
@@ -255,9 +272,15 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def load_model(model_id: str, cfg: TrainConfig):
-    """The tokenizer and the classification model, or a one-line error naming --model (a truncated or damaged
-    checkpoint fails here, before the run folder is made)."""
+def _recorded_data(cfg: TrainConfig, loaded: Loaded) -> dict:
+    """The data as export, verify --parity and bench find it again: a local path made absolute, the columns read."""
+    data = cfg.data if is_hub(cfg.data) else str(Path(cfg.data).resolve())
+    return DataSpec(data, loaded.text_column, loaded.label_column).record()
+
+
+def load_model(model_id: str, cfg: TrainConfig, labels: Labels):
+    """The tokenizer and the classification model with a head for `labels`, or a one-line error naming --model (a
+    truncated or damaged checkpoint fails here, before the run folder is made)."""
     from bertpack.models import load_classifier, load_tokenizer
 
     try:
@@ -266,14 +289,16 @@ def load_model(model_id: str, cfg: TrainConfig):
         raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({one_line(exc)}); the checkpoint needs its tokenizer files "
                             "(tokenizer.json or vocab.txt) beside config.json") from None
     extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
-    labels = _head_labels(model_id)
-    if labels not in (None, 2):  # e.g. an MNLI model: its 3-label head cannot hold CoLA's 2 labels
+    head = _head_labels(model_id)
+    if head not in (None, labels.count):  # e.g. an MNLI model: its 3-label head cannot hold CoLA's 2 labels
         if is_main_process():
-            print(f"note: --model {cfg.model} is a sequence classifier with {labels} labels; its head is replaced by a new "
-                  "2-label head for CoLA (the encoder's weights are kept)", file=sys.stderr)
+            what = "CoLA" if labels.cola else "the data's labels"
+            print(f"note: --model {cfg.model} is a sequence classifier with {head} labels; its head is replaced by a "
+                  f"new {labels.count}-label head for {what} (the encoder's weights are kept)", file=sys.stderr)
         extra["ignore_mismatched_sizes"] = True
     try:
-        model = load_classifier(model_id, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **extra)
+        model = load_classifier(model_id, num_labels=labels.count, id2label=labels.id2label(),
+                                label2id=labels.label2id(), **extra)
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors file, shapes that do not match config.json, ...
         raise BertpackError(f"--model {cfg.model}: cannot load its weights ({one_line(exc)}); the checkpoint looks damaged or incomplete: "
                             "copy or download it again, or pass another --model") from None
@@ -298,7 +323,8 @@ def _per_epoch(log_history: list[dict]) -> list[dict]:
         if "loss" in entry:
             row["train_loss"] = entry["loss"]
         for key, name in (("eval_all_loss", "eval_loss"), ("eval_all_accuracy", "accuracy"), ("eval_all_mcc", "mcc"),
-                          ("eval_in_mcc", "mcc_in_domain"), ("eval_out_mcc", "mcc_out_domain")):
+                          ("eval_all_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"),
+                          ("eval_out_mcc", "mcc_out_domain")):
             if key in entry:
                 row[name] = entry[key]
     return [r for r in rows.values() if "mcc" in r]
@@ -316,8 +342,10 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     ax_loss.plot(x, [r.get("eval_loss") for r in epochs], marker="o", label="validation")
     ax_loss.set(title="loss", xlabel="epoch")
     ax_loss.legend()
-    for key, label in (("mcc", "all (1043)"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain")):
-        ax_mcc.plot(x, [r.get(key) for r in epochs], marker="o", label=label)
+    for key, label in (("mcc", "all"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain"),
+                       ("macro_f1", "macro-F1")):
+        if any(r.get(key) is not None for r in epochs):
+            ax_mcc.plot(x, [r.get(key) for r in epochs], marker="o", label=label)
     ax_mcc.set(title="validation MCC", xlabel="epoch")
     ax_mcc.legend()
     fig.tight_layout()
@@ -332,18 +360,37 @@ def summary(metrics: dict) -> str:
     best = metrics["best"]
     lines = [
         f"model          {metrics['model']}",
-        f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows)",
+        f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation "
+        f"rows{_labels(metrics.get('labels'))})",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
         f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, {_rate(metrics['train_samples_per_second'])}",
         "",
-        " epoch  train loss  val loss  accuracy     MCC  in-domain  out-of-domain",
     ]
+    # CoLA's per-domain columns, macro-F1 for more than two classes: the columns a run has figures for
+    domains = any(r.get("mcc_in_domain") is not None for r in [best, *metrics["epochs"]])
+    f1 = best.get("macro_f1") is not None
+    lines.append(" epoch  train loss  val loss  accuracy     MCC" + ("  macro-F1" if f1 else "")
+                 + ("  in-domain  out-of-domain" if domains else ""))
     for r in metrics["epochs"]:
-        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  {_f(r.get('accuracy'), 8)}"
-                     f"  {_f(r.get('mcc'), 6)}  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}")
-    lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f} (in-domain {_f(best['mcc_in_domain'], 0)}, "
-                  f"out-of-domain {_f(best['mcc_out_domain'], 0)}), accuracy {best['accuracy']:.3f}"]
+        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  "
+                     f"{_f(r.get('accuracy'), 8)}  {_f(r.get('mcc'), 6)}"
+                     + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
+                     + (f"  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}" if domains else ""))
+    split = ""
+    if domains:
+        split = f" (in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)})"
+    lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{split}, accuracy {best['accuracy']:.3f}"
+              + (f", macro-F1 {best['macro_f1']:.3f}" if f1 else "")]
+    if test := metrics.get("test"):
+        f1_test = f", macro-F1 {test['macro_f1']:.3f}" if test.get("macro_f1") is not None else ""
+        lines.append(f"test ({test['rows']} rows, best checkpoint): MCC {test['mcc']:.3f}, accuracy "
+                     f"{test['accuracy']:.3f}{f1_test}")
     return "\n".join(lines)
+
+
+def _labels(names: list[str] | None) -> str:
+    """The label names of a run that is not CoLA's (older runs and CoLA: nothing)."""
+    return "" if not names or tuple(names) == COLA_NAMES else f"; {len(names)} labels: {listed(names)}"
 
 
 def _rate(samples_per_second: float | None) -> str:

@@ -6,7 +6,8 @@ Run folder (the contract `bertpack export` reads):
     OUT/model/                 best checkpoint: model.safetensors, config.json (id2label), tokenizer files
     OUT/metrics.json           per-epoch loss/accuracy/MCC, timing, versions, seed, data hashes
     OUT/training_curves.png    loss and MCC per epoch
-    OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints)
+    OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints, which
+                               keeps the checkpoint of every validation point)
 
 The folder's life cycle (refusals, --resume, --overwrite, what a failure leaves) is trainer/run_dir.py.
 """
@@ -23,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpack.data import file_hashes, load_cola
+from bertpack.data import file_hashes, hold_out, load_cola
 from bertpack.errors import BertpackError
 from bertpack.files import staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
 from bertpack.locks import writing
 from bertpack.machine import cpu_model, library_versions
-from bertpack.metrics import accuracy, mcc
+from bertpack.metrics import accuracy, cola_scores, mcc
 from bertpack.models import LABELS, resolve_model
+from bertpack.postprocess import Decision, decide
 from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
+from trainer.decision import decision_scores, fit_decision
 from trainer.run_dir import check_out_dir, checkpoints, is_main_process, one_line, run_folder
 
 
@@ -109,6 +112,10 @@ def _train(cfg: TrainConfig) -> dict:
     dataset = load_cola(cfg.data, limit=cfg.limit)
     if len(dataset["train"]) == 0:
         raise BertpackError("the training split is empty; check --data and --limit")
+    selection_rows: list[int] | None = None
+    if cfg.select_on == "split":  # the validation split is then scored once, on the chosen checkpoint
+        train_split, selection, selection_rows = hold_out(dataset["train"], cfg.selection_split, cfg.selection_seed)
+        dataset["train"], dataset["selection"] = train_split, selection
     class_weights = balanced_class_weights(dataset["train"]["label"]) if cfg.class_weights == "balanced" else None
 
     import torch
@@ -131,6 +138,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     if cfg.reinit_pooler and getattr(getattr(model, "bert", None), "pooler", None) is not None:
         model.bert.pooler.apply(model._init_weights)
+    reinit_top_layers(model, cfg.reinit_top_layers)
 
     def tokenize(batch):
         return tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
@@ -139,9 +147,12 @@ def _train(cfg: TrainConfig) -> dict:
     val = encoded["validation"]
     # One eval set per domain besides the whole one: the Trainer reorders eval batches by length
     # (group_by_length), so predictions cannot be matched back to rows for a domain split.
-    eval_sets = {"all": val, "in": val.filter(lambda d: d == "in", input_columns="domain"),
-                 "out": val.filter(lambda d: d == "out", input_columns="domain")}
-    eval_sets = {k: v for k, v in eval_sets.items() if len(v)}
+    dev_sets = {"all": val, "in": val.filter(lambda d: d == "in", input_columns="domain"),
+                "out": val.filter(lambda d: d == "out", input_columns="domain")}
+    dev_sets = {k: v for k, v in dev_sets.items() if len(v)}
+    # What the Trainer validates during training, and so chooses the checkpoint on.
+    eval_sets = {"selection": encoded["selection"]} if cfg.select_on == "split" else dev_sets
+    chosen_by = "selection_mcc" if cfg.select_on == "split" else ("all_mcc" if "all" in dev_sets else "mcc")
 
     def compute_metrics(pred) -> dict[str, float]:
         preds = pred.predictions.argmax(-1)
@@ -168,9 +179,11 @@ def _train(cfg: TrainConfig) -> dict:
         save_steps=never,
         logging_strategy="steps",
         logging_steps=never,
-        save_total_limit=2,
+        # The best and the latest (for --resume); --keep-checkpoints keeps every validation point's, e.g. to average
+        # the last ones with `bertpack soup RUN/checkpoints/checkpoint-N ...`.
+        save_total_limit=None if cfg.keep_checkpoints else 2,
         load_best_model_at_end=True,
-        metric_for_best_model="all_mcc" if "all" in eval_sets else "mcc",
+        metric_for_best_model=chosen_by,
         greater_is_better=True,
         save_safetensors=True,
         group_by_length=cfg.group_by_length,  # with LengthGroupedTrainer's seeded sampler
@@ -203,8 +216,13 @@ def _train(cfg: TrainConfig) -> dict:
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
         wall = time.perf_counter() - started
-        epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
-        final = trainer.evaluate()  # the best checkpoint is loaded back at the end
+        epochs = _per_epoch(trainer.state.log_history, "selection" if cfg.select_on == "split" else "all")
+        # The best checkpoint is loaded back at the end: its decision is fitted on the selection set, then the
+        # validation split is scored once with it.
+        chosen_logits, chosen_labels = _predict(trainer, eval_sets["selection" if cfg.select_on == "split" else "all"])
+        decision = fit_decision(chosen_logits, chosen_labels, positive=1)
+        chosen = decision_scores(chosen_logits, chosen_labels, decision)
+        held_out = _score_dev(trainer, dev_sets, decision)
 
         metrics = {
             "model": model_id,
@@ -212,6 +230,11 @@ def _train(cfg: TrainConfig) -> dict:
             "data_sha256": file_hashes(cfg.data),
             "train_rows": len(encoded["train"]),
             "validation_rows": len(val),
+            "selection": {"on": "selection split" if cfg.select_on == "split" else "validation split",
+                          **({"fraction": cfg.selection_split, "seed": cfg.selection_seed, "rows": len(selection_rows),
+                              "label_counts": _label_counts(encoded["selection"]["label"]),
+                              # positions in the training file (after --limit) of the rows held out
+                              "indices": selection_rows} if selection_rows is not None else {"rows": len(val)})},
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
@@ -219,13 +242,16 @@ def _train(cfg: TrainConfig) -> dict:
             "class_weights": class_weights,
             "world_size": args.world_size,
             "gpus_per_process": args.n_gpu,
+            # The chosen checkpoint on the validation split, at its decision (threshold); "argmax" at p = 0.5.
             "best": {
                 "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-                "accuracy": final.get("eval_all_accuracy"),
-                "mcc": final.get("eval_all_mcc"),
-                "mcc_in_domain": final.get("eval_in_mcc"),
-                "mcc_out_domain": final.get("eval_out_mcc"),
+                "selected_on": "selection split" if cfg.select_on == "split" else "validation split",
+                "selection_mcc": chosen["mcc_argmax"],
+                **held_out,
             },
+            "decision": {**decision.record(), "positive_label": LABELS[decision.positive],
+                         "fitted_on": "selection split" if cfg.select_on == "split" else "validation split",
+                         "rows": len(chosen_labels), **{f"fit_{k}": v for k, v in chosen.items()}},
             "epochs": epochs,
             "train_runtime_s": result.metrics.get("train_runtime"),
             # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
@@ -289,19 +315,56 @@ def _head_labels(model_id: str) -> int | None:
     return config.num_labels if has_head else None
 
 
-def _per_epoch(log_history: list[dict]) -> list[dict]:
-    """Fold the Trainer's log lines into one row per evaluation point."""
+def _per_epoch(log_history: list[dict], on: str = "all") -> list[dict]:
+    """Fold the Trainer's log lines into one row per evaluation point (`on`: the eval set that chooses)."""
     rows: dict[float, dict] = {}
     for entry in log_history:
         epoch = round(float(entry.get("epoch", 0.0)), 4)
         row = rows.setdefault(epoch, {"epoch": epoch})
         if "loss" in entry:
             row["train_loss"] = entry["loss"]
-        for key, name in (("eval_all_loss", "eval_loss"), ("eval_all_accuracy", "accuracy"), ("eval_all_mcc", "mcc"),
+        for key, name in ((f"eval_{on}_loss", "eval_loss"), (f"eval_{on}_accuracy", "accuracy"), (f"eval_{on}_mcc", "mcc"),
                           ("eval_in_mcc", "mcc_in_domain"), ("eval_out_mcc", "mcc_out_domain")):
             if key in entry:
                 row[name] = entry[key]
     return [r for r in rows.values() if "mcc" in r]
+
+
+def _predict(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of a dataset, row for row (the Trainer may reorder rows, and keeps the pairs together)."""
+    out = trainer.predict(dataset)
+    return np.asarray(out.predictions, dtype=np.float32), np.asarray(out.label_ids)
+
+
+def _score_dev(trainer, dev_sets: dict, decision: Decision) -> dict:
+    """The validation split's scores at the decision ("argmax": at the most probable label), with both domains."""
+    parts = {name: _predict(trainer, dev_sets[name]) for name in ("in", "out") if name in dev_sets}
+    if not parts:  # a validation split without domains
+        parts = {"all": _predict(trainer, dev_sets["all"])}
+    logits = np.concatenate([lg for lg, _ in parts.values()])
+    labels = np.concatenate([lb for _, lb in parts.values()])
+    domains = np.concatenate([[name] * len(lb) for name, (_, lb) in parts.items()])
+    preds, _ = decide(logits, decision)
+    scores = decision_scores(logits, labels, decision)
+    return {**cola_scores(labels, preds, domains),
+            "argmax": cola_scores(labels, logits.argmax(-1), domains),
+            "ece_before": scores["ece_before"], "ece_after": scores["ece_after"]}
+
+
+def _label_counts(labels: list[int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+
+
+def reinit_top_layers(model, count: int) -> None:
+    """Draw the top `count` encoder layers afresh (the model's own initialiser): their pretrained weights serve the
+    pretraining objective, and a fine-tuned head may do better on layers learnt for the task."""
+    if count <= 0:
+        return
+    layers = model.bert.encoder.layer
+    if count > len(layers):
+        raise BertpackError(f"--reinit-top-layers {count} is more than the model's {len(layers)} encoder layers; pass at most {len(layers)}")
+    for layer in layers[len(layers) - count:]:
+        layer.apply(model._init_weights)
 
 
 def plot_curves(epochs: list[dict], path: Path) -> None:
@@ -330,12 +393,15 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
 def summary(metrics: dict) -> str:
     """The one-screen report printed at the end of `bertpack train`."""
     best = metrics["best"]
+    on = best.get("selected_on", "validation split")
     lines = [
         f"model          {metrics['model']}",
         f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation rows)",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
         f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, {_rate(metrics['train_samples_per_second'])}",
         "",
+        f"validation points on the {on}" + (f" ({metrics['selection']['rows']} training rows held out)"
+                                              if on == "selection split" else ""),
         " epoch  train loss  val loss  accuracy     MCC  in-domain  out-of-domain",
     ]
     for r in metrics["epochs"]:
@@ -343,6 +409,15 @@ def summary(metrics: dict) -> str:
                      f"  {_f(r.get('mcc'), 6)}  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}")
     lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f} (in-domain {_f(best['mcc_in_domain'], 0)}, "
                   f"out-of-domain {_f(best['mcc_out_domain'], 0)}), accuracy {best['accuracy']:.3f}"]
+    if decision := metrics.get("decision"):
+        held = "held out: scored once, after the choice" if on == "selection split" else "also the selection set"
+        cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}" if decision.get("threshold") is not None else "argmax"
+        lines[-1] = (f"best ({best['checkpoint']}, chosen on the {on}: MCC {best['selection_mcc']:.3f})\n"
+                     f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}; "
+                     f"in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)}), "
+                     f"accuracy {best['accuracy']:.3f}")
+        lines.append(f"calibration    temperature {decision['temperature']:.3f} (fitted on the {decision['fitted_on']}); "
+                     f"ECE on the validation split {best['ece_before']:.3f} -> {best['ece_after']:.3f}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -110,6 +110,23 @@ def train(
     if metrics and is_main_process():
         typer.echo("\n" + summary(metrics))
         typer.echo(f"\nrun written to {cfg.out}  (next: bertpack export {cfg.out})")
+
+
+@app.command()
+def soup(
+    members: List[Path] = typer.Argument(..., help="Run folders of `bertpack train` (or their checkpoints/checkpoint-N, kept with --keep-checkpoints) to average."),
+    out: Path = typer.Option(..., help="Run folder for the averaged model (export it like any run)."),
+    method: str = typer.Option("auto", help="uniform (every member), greedy (best first, each kept if the selection MCC does not drop), or auto (the better of the two on the selection rows)."),
+    data: Optional[str] = typer.Option(None, help="CoLA folder the members trained on (default: the one their metrics.json names)."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds a run."),
+) -> None:
+    """Average the weights of runs fine-tuned from one model on the same data (a model soup): one model at the cost
+    of one. Chosen, calibrated and thresholded on the members' held-out selection rows; the validation split is
+    scored once."""
+    from trainer.soup import SoupConfig, soup as make_soup
+
+    make_soup(SoupConfig(members=list(members), out=out, method=method, data=data, overwrite=overwrite), typer.echo)
+    typer.echo(f"\nsoup written to {out}  (next: bertpack export {out})")
 
 
 def _register_stage_commands() -> None:

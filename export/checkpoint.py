@@ -22,6 +22,8 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     labels: list[str] = field(default_factory=lambda: [LABELS[0], LABELS[1]])
     num_layers: int = 0
+    decision: dict = field(default_factory=dict)  # metrics.json "decision": temperature and threshold, where fitted
+    selection: dict = field(default_factory=dict)  # metrics.json "selection": the rows the checkpoint was chosen on
 
 
 def run_folder_of(path: Path) -> Path:
@@ -79,10 +81,11 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label) or 2)]
     if len(labels) != 2:
         raise BertpackError(f"{path} has {len(labels)} labels; a CoLA classifier has 2 (unacceptable, acceptable)")
-    best = _json_object(run_dir / "metrics.json").get("best")
-    metrics = best if isinstance(best, dict) else {}
+    records = _json_object(run_dir / "metrics.json")
+    best, decision, selection = (records.get(k) for k in ("best", "decision", "selection"))
     return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
-                      metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)))
+                      metrics=best if isinstance(best, dict) else {}, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)),
+                      decision=decision if isinstance(decision, dict) else {}, selection=selection if isinstance(selection, dict) else {})
 
 
 def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:

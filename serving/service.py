@@ -41,7 +41,7 @@ from starlette.routing import Route
 from bertpack.errors import BertpackError
 from serving.http_guard import (INTERNAL_CALL, ClientErrorsOnOneLine, JsonOnly, bound_metric_labels, client_error,
                                 guard_outside_traffic_limits)
-from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, read_manifest, softmax
+from serving.engine import OnnxClassifier, cuda_problem, keep_within, parity_failure, read_manifest
 from serving.schema import (MAX_CHARS, MAX_SENTENCES, OVERLOADED, TOO_MANY, ClassifyResponse, EncodedBatch, Prediction, Sentences,
                             error_body, no_tokens_detail, too_long_detail)
 from serving.source import (DEFAULT_MODEL, REQUEST_TIMEOUT_S, SERVED_MODEL, VERIFIED_FILES, ServeConfig, check_still_served,
@@ -270,9 +270,9 @@ class Bertpack:
             return JSONResponse({"error": OVERLOADED.format(seconds=MAX_LATENCY_MS / 1000)}, status_code=503)  # type: ignore[return-value]
         labels = self.engine.labels
         return ClassifyResponse(model=self.source.tag, predictions=[
-            Prediction(label=labels[int(np.argmax(p))], probabilities=dict(zip(labels, map(float, p))),
+            Prediction(label=label, probabilities=dict(zip(labels, map(float, p))),
                        model_version=self.version, tokens=len(seq), truncated=cut)
-            for p, seq, cut in zip(probabilities, ids, encoded.truncated)])
+            for label, p, seq, cut in zip(self.engine.labels_of(np.asarray(probabilities)), probabilities, ids, encoded.truncated)])
 
     async def _infer(self, ids: list[list[int]]) -> list[list[float]]:
         """`infer` through BentoML's self-proxy (in-process ASGI), so the call joins an adaptive batch.
@@ -300,7 +300,7 @@ class Bertpack:
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, input_spec=InferInput)
     def infer(self, ids: EncodedBatch) -> list[list[float]]:
-        """Internal, batched: label probabilities for token-id sequences ([CLS] ... [SEP]).
+        """Internal, batched: calibrated label probabilities (the manifest's temperature) for token-id sequences.
 
         Called by /classify through adaptive batching. Direct callers get the same treatment as
         /classify's sentences: ids outside the vocabulary become [UNK], sequences are cut to the
@@ -313,7 +313,7 @@ class Bertpack:
         with self._lock:
             self.batch_sizes[len(clean)] += 1
         logits = self.engine.logits_from_ids(clean, batch_size=self._engine_batch())
-        return softmax(logits).tolist()
+        return self.engine.probabilities(logits).tolist()
 
     def _engine_batch(self) -> int:
         # On the GPU one run per adaptive batch is best; on the CPU the measured sweet spot.
@@ -332,6 +332,7 @@ class Bertpack:
                        "threads": self.engine.session.get_session_options().intra_op_num_threads,
                        "engine_batch": self._engine_batch(), "cuda_problem": cuda_problem()},
             "labels": self.engine.labels, "max_length": self.engine.max_length,
+            "decision": {**self.engine.decision.record(), "positive_label": self.engine.labels[self.engine.decision.positive]},
             "limits": {"max_sentences": MAX_SENTENCES, "max_chars": MAX_CHARS, "max_tokens": self.engine.max_length},
             "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS, "batches": batches,
                          "sentences": sum(k * v for k, v in sizes.items()), "largest": max(sizes, default=0),

@@ -37,11 +37,12 @@ def best_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1
     return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
 
 
-def fit_decision(logits: np.ndarray, labels: np.ndarray, positive: int = 1) -> Decision:
-    """The temperature for any label count; the threshold for 2 labels only (more labels keep the argmax)."""
+def fit_decision(logits: np.ndarray, labels: np.ndarray, positive: int = 1, threshold: bool = True) -> Decision:
+    """The temperature for any label count; the threshold for 2 labels only (more labels keep the argmax), and only
+    when asked: fitted on the rows that are then also reported, a threshold would flatter the figure."""
     labels = np.asarray(labels)
     temperature = fit_temperature(logits, labels)
-    if logits.shape[-1] != 2:
+    if logits.shape[-1] != 2 or not threshold:
         return Decision(temperature=temperature)
     p = probabilities(logits, Decision(temperature=temperature))[:, positive]
     return Decision(temperature=temperature, threshold=best_threshold(p, labels, positive), positive=positive)

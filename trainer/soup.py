@@ -227,7 +227,7 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
     state = average_weights(chosen)
 
     sel_logits = scorer.logits(state, sel_sentences)
-    decision = fit_decision(sel_logits, sel_labels, positive=1)
+    decision = fit_decision(sel_logits, sel_labels, positive=1, threshold=sel_record.get("on") == "selection split")
     fitted = decision_scores(sel_logits, sel_labels, decision)
     dev_logits, dev_labels, domains = scorer.logits(state, list(dev["sentence"])), np.asarray(dev["label"]), list(dev["domain"])
     preds, _ = decide(dev_logits, decision)

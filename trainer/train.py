@@ -220,7 +220,9 @@ def _train(cfg: TrainConfig) -> dict:
         # The best checkpoint is loaded back at the end: its decision is fitted on the selection set, then the
         # validation split is scored once with it.
         chosen_logits, chosen_labels = _predict(trainer, eval_sets["selection" if cfg.select_on == "split" else "all"])
-        decision = fit_decision(chosen_logits, chosen_labels, positive=1)
+        # On the validation split (--select-on dev) the labels stay the argmax: a threshold fitted there would
+        # flatter the figure reported on the same rows.
+        decision = fit_decision(chosen_logits, chosen_labels, positive=1, threshold=cfg.select_on == "split")
         chosen = decision_scores(chosen_logits, chosen_labels, decision)
         held_out = _score_dev(trainer, dev_sets, decision)
 

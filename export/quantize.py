@@ -186,7 +186,8 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
         if calibration is None or not calibration.ids:
             raise BertpackError("static int8 needs calibration sentences (CoLA training split); pass --data")
         cache = {} if ranges_cache is None else ranges_cache
-        key = (settings.calibration, settings.smooth_alpha)  # a smoothed graph has other tensors and other ranges
+        # a smoothed graph has other tensors, so other ranges
+        key = settings.calibration if settings.smooth_alpha is None else (settings.calibration, settings.smooth_alpha)
         if key not in cache:
             groups = [calibration.dataset()] if settings.calibration == "minmax" else calibration.datasets_by_length()
             calib = (AutoCalibrationConfig.minmax(groups[0]) if settings.calibration == "minmax"

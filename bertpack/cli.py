@@ -70,6 +70,7 @@ def train(
     limit: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
     padding: Optional[str] = typer.Option(None, help="dynamic (pad each batch to its longest; default) or max (pad to --max-length)."),
     group_by_length: Optional[bool] = typer.Option(None, help="Batch sentences of similar length together (default on)."),
+    seeds: Optional[int] = typer.Option(None, help="Train N runs (seeds SEED, SEED+1, ...) into OUT/members/ and write their weight average (bertpack soup) as OUT's model."),
     keep_checkpoints: Optional[bool] = typer.Option(None, help="Keep the checkpoint of every validation point after a successful run (default off: the best and the last are kept while it trains, none after)."),
     overwrite: bool = typer.Option(False, help="Replace the run folder; the old one is removed only once the new run succeeds."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint, with its recorded options."),
@@ -106,6 +107,13 @@ def train(
     from trainer.run_dir import is_main_process
     from trainer.train import summary, train as run_training
 
+    if seeds is not None:
+        from trainer.soup import train_members
+
+        cfg.validate()
+        train_members(cfg, seeds, echo=typer.echo)
+        typer.echo(f"\nsoup of {seeds} runs written to {cfg.out}  (next: bertpack export {cfg.out})")
+        return
     metrics = run_training(cfg)
     if metrics and is_main_process():
         typer.echo("\n" + summary(metrics))

@@ -209,6 +209,28 @@ def test_soup_averages_members_chosen_on_their_shared_selection_rows(tmp_path, s
     assert proc.returncode != 0 and "pass --overwrite" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_train_seeds_writes_its_members_and_their_soup(tmp_path, synthetic_cola):
+    """`bertpack train --seeds 2`: two runs (seeds S and S+1) under OUT/members/, their average as OUT's model; run
+    again, the complete members are kept and only the soup is made anew."""
+    from export.checkpoint import locate_checkpoint
+
+    run = make_tiny_run(tmp_path / "tiny", distinct=True)
+    out = tmp_path / "soup"
+    args = ["train", "--model", str(run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--max-steps", "2",
+            "--batch-size", "8", "--seed", "5", "--seeds", "2"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "soup" and [m["seed"] for m in metrics["members"]] == [5, 6]
+    assert sorted(p.name for p in (out / "members").iterdir()) == ["seed5", "seed6"]
+    assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
+    assert locate_checkpoint(out).decision == metrics["decision"]
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stdout.count(", kept") == 2, again.stdout[-2000:]
+    proc = run_cli(*args[:-1], "1")
+    assert proc.returncode != 0 and "--seeds 1: a weight average needs at least 2 runs" in proc.stderr
+
+
 # ----------------------------------------------------------------------------- one decision everywhere
 def _thresholded_run(root: Path, cola: Path) -> tuple[Path, list[str], list[str]]:
     """A tiny run predicting both labels whose metrics.json records a temperature and a threshold that moves some

@@ -44,6 +44,8 @@ class SoupConfig:
     data: str | None = None  # default: the data the members were trained on (metrics.json "data")
     overwrite: bool = False
     batch_size: int = 64
+    # `bertpack train --seeds N`: OUT holds the members (OUT/members/seedS) and gets the soup's files beside them
+    beside_members: bool = False
 
 
 @dataclass
@@ -163,7 +165,8 @@ def soup(cfg: SoupConfig, echo: Callable[[str], None] = print) -> dict:
     members = [locate_member(p) for p in cfg.members]
     check_members(members)
     out = Path(cfg.out)
-    _check_out(out, members, cfg.overwrite)
+    if not cfg.beside_members:
+        _check_out(out, members, cfg.overwrite)
     with writing(out, "bertpack soup"):
         return _soup(cfg, members, out, echo)
 
@@ -252,14 +255,51 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
                      "rows": len(sel_labels), **{f"fit_{k}": v for k, v in fitted.items()}},
         "epochs": [], "wall_time_s": time.perf_counter() - started, "versions": library_versions(),
     }
-    with staging_dir(out) as stage:
-        scorer.model.load_state_dict(state)
-        scorer.model.save_pretrained(str(stage / "model"), safe_serialization=True)
-        scorer.tokenizer.save_pretrained(str(stage / "model"))
-        write_json_atomic(stage / "metrics.json", metrics)
-        write_run_marker(stage, "complete", {**first.config, "out": str(out), "soup": [str(m.path) for m in members]})
+    scorer.model.load_state_dict(state)
+    config = {**first.config, "out": str(out), "soup": [str(m.path) for m in members]}
+    if cfg.beside_members:  # each file replaced whole, the members' folder kept
+        config["seed"] = None
+        with staging_dir(out / "model") as model_dir:
+            scorer.model.save_pretrained(str(model_dir), safe_serialization=True)
+            scorer.tokenizer.save_pretrained(str(model_dir))
+        write_json_atomic(out / "metrics.json", metrics)
+        write_run_marker(out, "complete", config)
+    else:
+        with staging_dir(out) as stage:
+            scorer.model.save_pretrained(str(stage / "model"), safe_serialization=True)
+            scorer.tokenizer.save_pretrained(str(stage / "model"))
+            write_json_atomic(stage / "metrics.json", metrics)
+            write_run_marker(stage, "complete", config)
     echo(summary(metrics))
     return metrics
+
+
+def train_members(cfg, seeds: int, method: str = "auto", echo: Callable[[str], None] = print) -> dict:
+    """`bertpack train --seeds N`: N runs of the recipe with seeds SEED, SEED+1, ... into OUT/members/seedS (a member
+    already complete there is kept, so an interrupted --seeds run continues where it stopped), then their soup as OUT's
+    model/, metrics.json and bertpack_run.json."""
+    import dataclasses
+
+    from trainer.train import summary as run_summary, train
+
+    if seeds < 2:
+        raise BertpackError(f"--seeds {seeds}: a weight average needs at least 2 runs; pass e.g. --seeds 3 (or leave it out for one run)")
+    if cfg.resume:
+        raise BertpackError("--seeds and --resume cannot be combined; run the same --seeds command again: members already complete are kept")
+    out = Path(cfg.out)
+    if out.is_dir() and any(p.name != "members" for p in out.iterdir()) and not cfg.overwrite and not (out / "members").is_dir():
+        raise BertpackError(f"--out {out} already holds other files; pass --overwrite to replace them or choose another --out")
+    members = []
+    for seed in range(cfg.seed, cfg.seed + seeds):
+        folder = out / "members" / f"seed{seed}"
+        members.append(folder)
+        if _json(folder / RUN_MARKER).get("status") == "complete" and not cfg.overwrite:
+            echo(f"member seed {seed}: complete in {folder}, kept")
+            continue
+        echo(f"member seed {seed} ({len(members)} of {seeds}) -> {folder}")
+        metrics = train(dataclasses.replace(cfg, seed=seed, out=folder, overwrite=cfg.overwrite or folder.exists()))
+        echo(run_summary(metrics))
+    return soup(SoupConfig(members=members, out=out, method=method, data=cfg.data, beside_members=True), echo)
 
 
 def _greedy(ranked: list[Path], alone: dict, score: Callable[[list[Path]], float]) -> list[Path]:

@@ -158,7 +158,9 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     return {"format": "bertpack-bench/1", "command": cfg.command, "created": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "arch": cfg.arch, "speed_only": speed_only,
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
-            "serving_default": manifest.get("serving_default"),
+            "serving_default": manifest.get("serving_default"), "labels": manifest.get("labels"),
+            # every engine's predictions (MCC, agreement) are labels at this decision, as predict and the service give them
+            "decision": manifest.get("decision"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},
             "data": str(cola), "split": split, "labels": names, "sentences": sentences,
             "settings": _settings(cfg, threads, split), "machine": machine,
@@ -168,12 +170,12 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
 
 
 def _strip(e2e: dict | None) -> dict | None:
-    """The end-to-end record without per-sentence predictions."""
+    """The end-to-end record without the book's per-sentence predictions; the serving path's stay (label indices, at
+    the artifact's decision, of the sentences it ran, in order): what the service answers for them."""
     if e2e is None:
         return None
     out = dict(e2e)
-    for side in ("book", "serving"):
-        out[side] = {k: v for k, v in e2e[side].items() if k != "predictions"}
+    out["book"] = {k: v for k, v in e2e["book"].items() if k != "predictions"}
     return out
 
 

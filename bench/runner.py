@@ -245,7 +245,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
         base = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "ids": ids, "pad_id": pad_id,
                 "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
                 "min_samples": cfg.min_samples, "max_passes": cfg.max_passes,
-                "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles")}
+                "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles"),
+                "decision": manifest.get("decision")}  # every engine's labels at the artifact's threshold
         rounds = run_rounds(cfg, engines, base, skipped, work, threads, echo)
 
         e2e = None
@@ -355,7 +356,7 @@ def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences:
     chosen = [sentences[i] for i in rows]
     spec = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "sentences": chosen,
             "e2e_batch_size": cfg.e2e_batch_size, "e2e_pad_to": cfg.e2e_pad_to, "min_time_s": cfg.min_time_s,
-            "max_passes": cfg.max_passes}
+            "max_passes": cfg.max_passes, "decision": json.loads((artifact / "manifest.json").read_text()).get("decision")}
     echo(f"  end to end on {n} sentences: the book's way ...")
     book = run_worker({**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s)
     echo("  end to end: bertpack serving path ...")

@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.batches import make_batches
 from bertpack.files import write_json_atomic
+from bertpack.postprocess import Decision, decide
 
 T = TypeVar("T")
 
@@ -245,6 +246,11 @@ class OnnxEngine:
         return {"peak_rss_mib": _peak_rss_mib()}
 
 
+def labels_of(logits: np.ndarray, spec: dict) -> np.ndarray:
+    """Label indices at the artifact's decision (its temperature and threshold), as predict and the service label."""
+    return decide(logits, Decision.from_record(spec.get("decision"), logits.shape[-1]))[0]
+
+
 def load_engine(spec: dict):
     engine, device, threads = spec["engine"], spec["device"], spec["threads"]
     if engine.startswith("pytorch_"):
@@ -268,7 +274,7 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
             engine.stage(p)
             out = engine.run(p)
             engine.sync()
-        preds[b.rows] = engine.to_numpy(out).argmax(axis=-1)
+        preds[b.rows] = labels_of(engine.to_numpy(out), spec)
     warmup_s = time.perf_counter() - t0
     # The clock covers run + sync only: stage() puts each batch where the model reads it (on a GPU: copies it to
     # the device) before the clock starts, and the logits stay where the model left them. GPU engines are also
@@ -372,7 +378,7 @@ def run_book(spec: dict) -> dict:
 
     def one_pass() -> None:
         for start in range(0, len(sentences), bs):
-            preds[start : start + bs] = batch_logits(sentences[start : start + bs]).argmax(axis=-1)
+            preds[start : start + bs] = labels_of(batch_logits(sentences[start : start + bs]), spec)
 
     times, _ = _timed_passes(one_pass, spec)
     seconds = float(np.median(times))
@@ -400,7 +406,7 @@ def run_serving(spec: dict) -> dict:
             "cuda_graphs": clf.graphs is not None,
             "sentences": len(sentences), "batch_size": bs, "buckets": list(clf.buckets), "passes": len(times),
             "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
-            "predictions": logits.argmax(axis=-1).tolist(), "peak_rss_mib": _peak_rss_mib()}
+            "predictions": decide(logits, clf.decision)[0].tolist(), "peak_rss_mib": _peak_rss_mib()}
 
 
 def _exit_with_parent() -> None:

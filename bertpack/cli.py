@@ -7,7 +7,7 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -69,18 +69,23 @@ def train(
     reinit_pooler: Optional[bool] = typer.Option(None, help="Re-initialise the pooler before training."),
     class_weights: Optional[str] = typer.Option(None, help="balanced (loss weighted by inverse class frequency, any "
                                                            "number of classes) or none."),
-    evals_per_epoch: Optional[int] = typer.Option(None, help="Validation points per epoch; the best by dev MCC is kept."),
+    reinit_top_layers: Optional[int] = typer.Option(None, help="Re-initialise the top N encoder layers before training (default 0)."),
+    evals_per_epoch: Optional[int] = typer.Option(None, help="Validation points per epoch; the best by MCC on the selection set is kept."),
+    select_on: Optional[str] = typer.Option(None, help="split (default: choose the checkpoint, threshold and temperature on rows held out of train, and score the validation split once) or dev (choose on the validation split)."),
+    selection_split: Optional[float] = typer.Option(None, help="Fraction of the training rows held out, label-stratified, for --select-on split (default 0.1)."),
+    selection_seed: Optional[int] = typer.Option(None, help="Seed of the held-out rows (default 0; the same for every --seed, so runs can be averaged)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (quick runs); default -1 = train for --epochs."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
     padding: Optional[str] = typer.Option(None, help="dynamic (pad each batch to its longest; default) or max (pad to --max-length)."),
     group_by_length: Optional[bool] = typer.Option(None, help="Batch sentences of similar length together (default on)."),
-    keep_checkpoints: Optional[bool] = typer.Option(None, help="Keep the Trainer checkpoints after a successful run (default off)."),
+    seeds: Optional[int] = typer.Option(None, help="Train N runs (seeds SEED, SEED+1, ...) into OUT/members/ and write their weight average (bertpack soup) as OUT's model."),
+    keep_checkpoints: Optional[bool] = typer.Option(None, help="Keep the checkpoint of every validation point after a successful run (default off: the best and the last are kept while it trains, none after)."),
     overwrite: bool = typer.Option(False, help="Replace the run folder; the old one is removed only once the new run succeeds."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint, with its recorded options."),
 ) -> None:
-    """Fine-tune a BERT checkpoint on CoLA or a data set of your own (HF Trainer); keep the best checkpoint by
-    validation MCC.
+    """Fine-tune a BERT checkpoint on CoLA or a data set of your own (HF Trainer); keep the best checkpoint by MCC on
+    rows held out of train, fit its temperature and decision threshold there, and score the validation split once.
 
     With --resume every option not given is taken from the run's bertpack_run.json; --epochs, --max-steps,
     --eval-batch-size and --keep-checkpoints may change, other options must match the recorded run.
@@ -94,7 +99,8 @@ def train(
         epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
         max_length=max_length, warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
         head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout, reinit_pooler=reinit_pooler,
-        class_weights=class_weights, evals_per_epoch=evals_per_epoch, seed=seed, max_steps=max_steps, limit=limit,
+        class_weights=class_weights, reinit_top_layers=reinit_top_layers, evals_per_epoch=evals_per_epoch, select_on=select_on,
+        selection_split=selection_split, selection_seed=selection_seed, seed=seed, max_steps=max_steps, limit=limit,
         padding=padding, group_by_length=group_by_length, keep_checkpoints=keep_checkpoints,
     ).items() if value is not None}
     if resume:
@@ -111,10 +117,34 @@ def train(
     from trainer.run_dir import is_main_process
     from trainer.train import summary, train as run_training
 
+    if seeds is not None:
+        from trainer.soup import train_members
+
+        cfg.validate()
+        train_members(cfg, seeds, echo=typer.echo)
+        typer.echo(f"\nsoup of {seeds} runs written to {cfg.out}  (next: bertpack export {cfg.out})")
+        return
     metrics = run_training(cfg)
     if metrics and is_main_process():
         typer.echo("\n" + summary(metrics))
         typer.echo(f"\nrun written to {cfg.out}  (next: bertpack export {cfg.out})")
+
+
+@app.command()
+def soup(
+    members: List[Path] = typer.Argument(..., help="Run folders of `bertpack train` (or their checkpoints/checkpoint-N, kept with --keep-checkpoints) to average."),
+    out: Path = typer.Option(..., help="Run folder for the averaged model (export it like any run)."),
+    method: str = typer.Option("auto", help="uniform (every member), greedy (best first, each kept if the selection MCC does not drop), or auto (the better of the two on the selection rows)."),
+    data: Optional[str] = typer.Option(None, help="CoLA folder the members trained on (default: the one their metrics.json names)."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds a run."),
+) -> None:
+    """Average the weights of runs fine-tuned from one model on the same data (a model soup): one model at the cost
+    of one. Chosen, calibrated and thresholded on the members' held-out selection rows; the validation split is
+    scored once."""
+    from trainer.soup import SoupConfig, soup as make_soup
+
+    make_soup(SoupConfig(members=list(members), out=out, method=method, data=data, overwrite=overwrite), typer.echo)
+    typer.echo(f"\nsoup written to {out}  (next: bertpack export {out})")
 
 
 def _register_stage_commands() -> None:

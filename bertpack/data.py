@@ -272,6 +272,29 @@ def load_cola(data: str | Path, limit: int | None = None):
     return datasets.DatasetDict(train=_dataset(train), validation=_dataset(validation))
 
 
+def hold_out(train, fraction: float, seed: int):
+    """Split a loaded training set into (train, selection, selection_indices): a seeded, label-stratified
+    `fraction` of its rows (at least one per label) for choosing the checkpoint, the decision threshold and the
+    temperature, so the validation split is scored only once. `datasets`' own stratified split, on any loader's rows."""
+    import datasets
+
+    labels = train["label"]
+    if not labels:
+        raise BertpackError("the training split is empty; check --data and --limit")
+    size = max(round(fraction * len(labels)), len(set(labels)))
+    feature = train.features["label"]
+    rows = train.add_column("_row", list(range(len(labels))))
+    if not isinstance(feature, datasets.ClassLabel):  # stratify_by_column needs a ClassLabel column
+        rows = rows.cast_column("label", datasets.ClassLabel(num_classes=max(labels) + 1))
+    try:
+        parts = rows.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
+    except ValueError as exc:  # a label with a single row, or too few rows to hold one of each out
+        raise BertpackError(f"cannot hold out a label-stratified selection split of {size} of the {len(labels)} training rows "
+                            f"({exc}); raise --limit, or pass --select-on dev") from None
+    picked = sorted(parts["test"]["_row"])
+    return train.select(sorted(parts["train"]["_row"])), train.select(picked), picked
+
+
 def _load_glue(limit: int | None):
     import datasets
 

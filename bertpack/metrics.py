@@ -41,3 +41,16 @@ def scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str] |
 def cola_scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str]) -> dict[str, float]:
     """Accuracy and MCC overall, plus MCC on the in-domain and out-of-domain rows."""
     return scores(labels, preds, domains)
+
+
+def expected_calibration_error(labels: Sequence[int], probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence (the top probability) and accuracy, averaged over `bins` equal-width
+    confidence bins weighted by their share of the rows (Guo et al., 2017)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    if not len(labels):
+        return 0.0
+    confidence, correct = probs.max(axis=-1), probs.argmax(axis=-1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * np.sum(which == b)
+              for b in range(bins) if np.any(which == b))
+    return float(gap / len(labels))

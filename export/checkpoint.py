@@ -25,6 +25,8 @@ class Checkpoint:
     labels: list[str] = field(default_factory=lambda: list(COLA_NAMES))  # id -> name, from config.json's id2label
     num_layers: int = 0
     data: DataSpec | None = None  # the data the run was trained on, as it recorded it (None: not recorded)
+    decision: dict = field(default_factory=dict)  # metrics.json "decision": temperature and threshold, where fitted
+    selection: dict = field(default_factory=dict)  # metrics.json "selection": the rows the checkpoint was chosen on
 
 
 def run_folder_of(path: Path) -> Path:
@@ -85,11 +87,13 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
                             f"names); a classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is "
                             "damaged")
     recorded = _json_object(run_dir / "metrics.json")
-    best = recorded.get("best")
-    metrics = best if isinstance(best, dict) else {}
+    best, decision, selection = (recorded.get(k) for k in ("best", "decision", "selection"))
     return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
-                      metrics=metrics, labels=labels, num_layers=int(config.get("num_hidden_layers", 0)),
-                      data=recorded_data(recorded, _json_object(run_dir / RUN_MARKER)))
+                      metrics=best if isinstance(best, dict) else {}, labels=labels,
+                      num_layers=int(config.get("num_hidden_layers", 0)),
+                      data=recorded_data(recorded, _json_object(run_dir / RUN_MARKER)),
+                      decision=decision if isinstance(decision, dict) else {},
+                      selection=selection if isinstance(selection, dict) else {})
 
 
 def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:

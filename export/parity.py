@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from bertpack.errors import BertpackError
-from bertpack.metrics import scores
+from bertpack.metrics import expected_calibration_error, scores
+from bertpack.postprocess import Decision, decide, probabilities
 
 BATCH_SIZE = 32
 EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
@@ -85,12 +86,14 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
     return out
 
 
-def score(name: str, logits: np.ndarray, reference: np.ndarray, data: Eval, file_bytes: int | None = None) -> dict:
-    """One report row: scores (CoLA: per domain too), agreement with PyTorch, logit differences."""
-    preds = logits.argmax(-1)
+def score(name: str, logits: np.ndarray, reference: np.ndarray, data: Eval, file_bytes: int | None = None,
+          decision: Decision = Decision()) -> dict:
+    """One report row: scores (CoLA: per domain too) and agreement with PyTorch, both at the model's decision (a
+    binary model's threshold), logit differences."""
+    preds, _ = decide(logits, decision)
     row = {"variant": name, **scores(data.labels, preds, data.domains, data.num_labels)}
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
-    row["agreement"] = float(100.0 * np.mean(preds == reference.argmax(-1)))
+    row["agreement"] = float(100.0 * np.mean(preds == decide(reference, decision)[0]))
     row["max_abs_logit_diff"] = float(diff.max()) if diff.size else 0.0
     row["mean_abs_logit_diff"] = float(diff.mean()) if diff.size else 0.0
     row["bytes"] = file_bytes
@@ -114,6 +117,13 @@ def check(row: dict, reference_row: dict, tol: Tolerance) -> list[str]:
     return problems
 
 
+def calibration(logits: np.ndarray, data: Eval, decision: Decision) -> dict:
+    """ECE of the reference logits on the evaluation rows, before and after the decision's temperature."""
+    return {"temperature": decision.temperature,
+            "ece_before": expected_calibration_error(data.labels, probabilities(logits, Decision())),
+            "ece_after": expected_calibration_error(data.labels, probabilities(logits, decision))}
+
+
 def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE, seed: int = 0) -> dict:
     """How often a sentence's prediction changes between scoring it alone (no padding) and inside a
     shuffled batch of `batch_size` mixed-length sentences (padded as the classifier pads: to the batch's
@@ -125,7 +135,8 @@ def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
     batched = np.empty_like(alone)
     for rows, batch in classifier.batches(ids, batch_size, order):
         batched[rows] = classifier.run(batch)
-    flips = int(np.sum(alone.argmax(-1) != batched.argmax(-1)))
+    decision = getattr(classifier, "decision", Decision())  # the engine's threshold: flips of the served label
+    flips = int(np.sum(decide(alone, decision)[0] != decide(batched, decision)[0]))
     return {"flips": flips, "sentences": len(ids), "flip_rate": 100.0 * flips / max(len(ids), 1),
             "max_abs_logit_change": float(np.abs(alone - batched).max()) if len(ids) else 0.0, "batch_size": batch_size}
 
@@ -187,7 +198,7 @@ def format_markdown(report: dict) -> str:
 
 def _footer(report: dict) -> str:
     tol = report["tolerance"]
-    lines = [f"tolerance: fp32/optimized max |dlogit| <= {tol['exact_max_logit_diff']:g} and {tol['exact_agreement']:g}% agreement; "
+    lines = [*decision_lines(report), f"tolerance: fp32/optimized max |dlogit| <= {tol['exact_max_logit_diff']:g} and {tol['exact_agreement']:g}% agreement; "
              f"fp16/int8 MCC drop <= {tol['mcc_drop']:g} and agreement >= {tol['min_agreement']:g}%"]
     for method, tries in report.get("int8_tries", {}).items():
         lines.append(f"int8 {method} tries:")
@@ -202,6 +213,24 @@ def _footer(report: dict) -> str:
     if report.get("failures"):
         lines.append("FAILED: " + "; ".join(report["failures"]))
     return "\n".join(lines)
+
+
+def decision_lines(report: dict) -> list[str]:
+    """How the labels were decided and what the validation rows are to this model (held out, or its selection set)."""
+    lines = []
+    decision = report.get("decision") or {}
+    if decision.get("threshold") is not None:
+        lines.append(f"labels at p({decision.get('positive_label', decision.get('positive'))}) >= {decision['threshold']:.4f} "
+                     f"(temperature {decision['temperature']:.3f}), fitted on the {decision.get('fitted_on', 'selection set')}")
+    elif decision:
+        lines.append(f"labels: the most probable (temperature {decision.get('temperature', 1.0):.3f})")
+    if selected := report.get("selected_on"):
+        lines.append(f"checkpoint chosen on the {selected}: " + ("these validation rows are held out" if selected == "selection split"
+                                                                  else "these validation rows also chose it (not held out)"))
+    if cal := report.get("calibration"):
+        lines.append(f"calibration on these rows (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
+                     f"temperature {cal['temperature']:.3f}")
+    return lines
 
 
 def tolerance_dict(tol: Tolerance) -> dict:

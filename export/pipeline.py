@@ -24,6 +24,7 @@ from bertpack.files import (check_writable_parent, remove_leftovers, staging_dir
 from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
 from bertpack.machine import library_versions
+from bertpack.postprocess import Decision
 from export import manifest as mf
 from export import optimize, parity, quantize
 from export.checkpoint import Checkpoint, locate_checkpoint, named_by_artifact
@@ -153,7 +154,9 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
                 "data_source": as_spec(cola).record(),
                 "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
                 "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
-                "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics},
+                "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics,
+                           "selected_on": ckpt.metrics.get("selected_on", "validation split")},
+                "decision": decision_record(ckpt),
                 "versions": library_versions(), "cpu_flags": cpu,
                 # the preset int8 used: detected from this CPU (cpu_flags), or --quant-target
                 "quantization_target": None if cfg.int8 == "none" else target, "status": "in progress"}
@@ -207,7 +210,7 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     evals = _load_eval(data_source(data, "verify --parity", manifest["labels"], recorded), None, manifest["labels"])
     encoder = OnnxClassifier(artifact_dir, variant=encoding_variant(manifest), device="cpu", verify=False,  # tokenizes for PyTorch
                              buckets=served_buckets("cpu"))
-    scoring = _Scoring.against(checkpoint, encoder, evals, tolerance)
+    scoring = _Scoring.against(checkpoint, encoder, evals, tolerance, encoder.decision)
     rows, failures = [scoring.ref_row], []
     for name, variant in manifest["variants"].items():
         device = "cpu"
@@ -226,11 +229,19 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
               "sentences": len(evals.sentences), "data": str(data), "split": evals.split,
               "provider": "CPUExecutionProvider",
               "tolerance": parity.tolerance_dict(tolerance), "rows": rows, "failures": failures,
-              "serving_default_cpu": manifest.get("serving_default", {}).get("cpu")}
+              "serving_default_cpu": manifest.get("serving_default", {}).get("cpu"), **scoring.decision_report(manifest)}
     echo(parity.format_text(report))
     if failures:
         raise ParityError(f"{artifact_dir}: {'; '.join(failures)}")
     return report
+
+
+def decision_record(ckpt: Checkpoint) -> dict:
+    """The manifest's decision: the run's temperature and, for 2 labels, its threshold on p(positive), with where
+    they were fitted (plain softmax and argmax for a checkpoint without them)."""
+    decision = Decision.from_record(ckpt.decision, len(ckpt.labels))
+    return {**decision.record(), "positive_label": ckpt.labels[decision.positive],
+            "fitted_on": ckpt.decision.get("fitted_on") if ckpt.decision else None, "rows": ckpt.decision.get("rows")}
 
 
 def _make_readable(folder: Path) -> None:
@@ -272,16 +283,25 @@ class _Scoring:
     reference: np.ndarray
     ref_row: dict
     tolerance: parity.Tolerance
+    decision: Decision  # every variant is scored at the model's threshold, as it serves
 
     @classmethod
-    def against(cls, checkpoint: Path, fp32_engine, data: parity.Eval, tolerance: parity.Tolerance) -> "_Scoring":
+    def against(cls, checkpoint: Path, fp32_engine, data: parity.Eval, tolerance: parity.Tolerance,
+                decision: Decision) -> "_Scoring":
         reference = parity.reference_logits(checkpoint, fp32_engine, data.sentences)
-        ref_row = dict(parity.score("pytorch fp32", reference, reference, data), status="reference")
-        return cls(data=data, reference=reference, ref_row=ref_row, tolerance=tolerance)
+        ref_row = dict(parity.score("pytorch fp32", reference, reference, data, decision=decision), status="reference")
+        return cls(data=data, reference=reference, ref_row=ref_row, tolerance=tolerance, decision=decision)
+
+    def decision_report(self, manifest: dict) -> dict:
+        """The report's record of the decision, what the rows are to the model, and ECE before/after calibration."""
+        return {"decision": manifest.get("decision") or self.decision.record(),
+                "selected_on": manifest.get("source", {}).get("selected_on"),
+                "calibration": parity.calibration(self.reference, self.data, self.decision)}
 
     def check(self, name: str, engine, file: Path) -> tuple[dict, list[str]]:
         """The variant's report row (status pass/FAIL) and the ways it breaks its tolerance."""
-        row = parity.score(name, engine.logits(self.data.sentences), self.reference, self.data, file.stat().st_size)
+        row = parity.score(name, engine.logits(self.data.sentences), self.reference, self.data, file.stat().st_size,
+                           decision=self.decision)
         row["provider"] = engine.provider
         problems = parity.check(row, self.ref_row, self.tolerance)
         row["status"] = "FAIL" if problems else "pass"
@@ -301,7 +321,11 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
         return OnnxClassifier(stage, variant=variant, device=device, verify=False, buckets=served_buckets(device))
 
     fp32 = load("fp32")
-    scoring = _Scoring.against(ckpt.path, fp32, data, cfg.tolerance)
+    scoring = _Scoring.against(ckpt.path, fp32, data, cfg.tolerance, fp32.decision)
+    decided = scoring.decision_report(body)
+    cal = decided["calibration"]
+    echo(f"calibration on CoLA validation (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
+         f"temperature {cal['temperature']:.3f}")
     rows, failures = [scoring.ref_row], []
     for variant, engine in (("fp32", fp32), ("optimized", load("optimized"))):
         row, problems = scoring.check(variant, engine, stage / MODEL_FILES[variant])
@@ -323,14 +347,14 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
     report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola),
               "split": data.split,
               "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
-              "quantization_target": target, "failures": failures}
+              "quantization_target": target, "failures": failures, **decided}
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
         rows.append({"variant": "int8", "status": "not built (--int8 none)"})
         return {**report, "int8_tries": {}, "int8_choice": None, "int8_method": None, "serving_default_cpu": cpu_ok, "warnings": []}
 
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     # Training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
-    calibration = _calibration(cola, fp32, cfg)
+    calibration = _calibration(cola, fp32, cfg, ckpt)
     fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}
@@ -411,10 +435,15 @@ def _ship_int8(winners: dict[str, dict], tries: dict[str, list[dict]], flips: di
             "warnings": warnings}
 
 
-def _calibration(cola: DataRef, clf, cfg: ExportConfig) -> quantize.Calibration:
+def _calibration(cola: DataRef, clf, cfg: ExportConfig, ckpt: Checkpoint) -> quantize.Calibration:
+    """A seeded sample of training sentences: of the run's held-out selection rows when it recorded them (rows the
+    model did not train on, as served sentences are), else of the whole training split."""
     from bertpack.data import load_data
 
     train = load_data(cola).splits["train"]["sentence"]
+    rows = ckpt.selection.get("indices") if ckpt.selection.get("on") == "selection split" else None
+    if rows and max(rows) < len(train):
+        train = [train[i] for i in rows]
     sample = quantize.calibration_sample(train, cfg.calibration_samples, cfg.seed)
     return quantize.Calibration(ids=clf.encode(sample), input_names=clf.input_names)
 
@@ -451,6 +480,7 @@ def _summary(report: dict) -> dict:
     keep = ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff",
             "flip_rate", "status")
     return {"sentences": report["sentences"], "passed": not report["failures"], "failures": report["failures"],
+            "selected_on": report.get("selected_on"), "calibration": report.get("calibration"),
             "warnings": report.get("warnings", []),
             "int8_method": report["int8_method"],
             "rows": {row["variant"]: {k: row[k] for k in keep if k in row} for row in report["rows"]}}

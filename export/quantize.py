@@ -34,7 +34,7 @@ class Int8Settings:
     """One quantization try. `exclude` names the groups of sensitive nodes kept in fp32:
     head = classifier + pooler; ffn_out = every layer's FFN down-projection (its input is the GELU
     output, whose outliers a per-tensor activation scale cannot hold); lastN = all products of the last N layers.
-    `smooth_alpha` (dynamic only): SmoothQuant the QKV and FFN-up inputs first (export/smoothquant.py)."""
+    `smooth_alpha`: SmoothQuant the QKV and FFN-up inputs first (export/smoothquant.py)."""
 
     method: str  # dynamic | static
     target: str  # avx2 | avx512 | avx512_vnni | arm64 (AutoQuantizationConfig preset)
@@ -42,7 +42,7 @@ class Int8Settings:
     reduce_range: bool = False
     exclude: tuple[str, ...] = ()
     calibration: str = "minmax"  # static only: minmax | percentile
-    smooth_alpha: float | None = None  # dynamic only: SmoothQuant migration strength
+    smooth_alpha: float | None = None  # SmoothQuant migration strength (None: no smoothing)
 
     @property
     def name(self) -> str:
@@ -186,7 +186,9 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
         if calibration is None or not calibration.ids:
             raise BertpackError("static int8 needs calibration sentences (CoLA training split); pass --data")
         cache = {} if ranges_cache is None else ranges_cache
-        if settings.calibration not in cache:
+        # a smoothed graph has other tensors, so other ranges
+        key = settings.calibration if settings.smooth_alpha is None else (settings.calibration, settings.smooth_alpha)
+        if key not in cache:
             groups = [calibration.dataset()] if settings.calibration == "minmax" else calibration.datasets_by_length()
             calib = (AutoCalibrationConfig.minmax(groups[0]) if settings.calibration == "minmax"
                      else AutoCalibrationConfig.percentiles(groups[0], percentile=99.999))
@@ -194,8 +196,8 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
                 quantizer.partial_fit(dataset=ds, calibration_config=calib if i == 0 else dataclasses.replace(calib, method=None),
                                       onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
                                       operators_to_quantize=STATIC_OPERATORS)
-            cache[settings.calibration] = quantizer.compute_ranges()
-        ranges = cache[settings.calibration]
+            cache[key] = quantizer.compute_ranges()
+        ranges = cache[key]
     quantizer.quantize(quantization_config=config, save_dir=save_dir, file_suffix="int8", calibration_tensors_range=ranges)
     path = save_dir / "model_int8.onnx"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""SmoothQuant (Xiao et al., 2023) for dynamic int8: move part of each activation channel's range into the weights.
+"""SmoothQuant (Xiao et al., 2023) for int8: move part of each activation channel's range into the weights.
 
 Dynamic int8 quantizes each activation with one scale per tensor per batch. The LayerNorm outputs
 that feed the QKV and FFN-up products carry a few outlier channels (max/median 13-17x on the
@@ -11,7 +11,9 @@ with PyTorch 98.2 -> 99.2% and 98.8 -> 99.2% at batch 1, batch-dependent flips h
 The LayerNorm outputs also feed the residual path, so 1/s cannot be folded into LayerNorm: each
 smoothed product gets an explicit Mul in front of it (one elementwise op on [tokens, hidden]).
 ONNX Runtime's quantizer has SmoothQuant only for static QDQ (through neural-compressor); this is
-the same transform on the fused graph, before ORTQuantizer's dynamic pass.
+the same transform, before ORTQuantizer's pass: on the fused graph for dynamic int8 (one Attention reads
+each LayerNorm output), on the unfused graph for static int8 (the query, key and value products read
+the same tensor and share its Mul: one scale per smoothed tensor, from the largest weight of any reader).
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ SMOOTHED = ("qkv", "ffn_in")
 
 
 def products(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, str]]:
-    """(node, group) for the encoder products the dynamic quantizer touches: qkv (fused Attention),
-    attn_out, ffn_in, ffn_out (MatMul with a weight initializer)."""
+    """(node, group) for the encoder products the quantizer touches: qkv (a fused Attention, or the unfused
+    query/key/value MatMuls), attn_out, ffn_in, ffn_out (MatMul with a weight initializer)."""
     inits = {i.name for i in graph.initializer}
     found = []
     for node in graph.node:
         if node.op_type == "Attention":
             found.append((node, "qkv"))
         elif node.op_type == "MatMul" and node.input[1] in inits and "/encoder/" in node.name:
-            group = "attn_out" if "/attention/output/" in node.name else "ffn_in" if "/intermediate/" in node.name else "ffn_out"
+            group = ("qkv" if "/attention/self/" in node.name else "attn_out" if "/attention/output/" in node.name
+                     else "ffn_in" if "/intermediate/" in node.name else "ffn_out")
             found.append((node, group))
     return found
 
@@ -76,21 +79,25 @@ def smooth(model_path: Path, out_path: Path, ranges: dict[str, np.ndarray], alph
     model = onnx.load(str(model_path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    inserted: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+    readers: dict[str, list[onnx.NodeProto]] = {}  # smoothed tensor -> the products reading it
     for node, group in products(graph):
-        if group not in groups:
-            continue
-        x, weight_name = node.input[0], node.input[1]
-        weight = numpy_helper.to_array(inits[weight_name]).astype(np.float32)  # [in, out]
-        w_max = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+        if group in groups:
+            readers.setdefault(node.input[0], []).append(node)
+    inserted: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+    for x, nodes in readers.items():
+        weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes]  # [in, out] each
+        w_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
         s = np.clip(np.maximum(ranges[x], 1e-5) ** alpha / w_max ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
-        inits[weight_name].CopyFrom(numpy_helper.from_array(weight * s[:, None], weight_name))
-        scale = f"{node.name}_smooth_inv_scale"
+        for node, weight in zip(nodes, weights):
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight * s[:, None], node.input[1]))
+        first = nodes[0]
+        scale = f"{first.name}_smooth_inv_scale"
         graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), scale))
-        smoothed = f"{node.name}_smoothed_input"
-        inserted.append((node, helper.make_node("Mul", [x, scale], [smoothed], name=f"{node.name}_smooth")))
-        node.input[0] = smoothed
-    for consumer, mul in inserted:  # each Mul right before its consumer keeps the graph in topological order
+        smoothed = f"{first.name}_smoothed_input"
+        inserted.append((first, helper.make_node("Mul", [x, scale], [smoothed], name=f"{first.name}_smooth")))
+        for node in nodes:
+            node.input[0] = smoothed
+    for consumer, mul in inserted:  # each Mul right before its first reader keeps the graph in topological order
         graph.node.insert(list(graph.node).index(consumer), mul)
     onnx.save(model, str(out_path))
-    return [consumer.name for consumer, _ in inserted]
+    return [node.name for nodes in readers.values() for node in nodes]

@@ -1,4 +1,9 @@
-"""Print a markdown table of training runs from their metrics.json files (recipe, MCC, time)."""
+"""Print a markdown table of training runs (and soups) from their metrics.json files: the recipe, where the checkpoint
+was chosen, its figure there, and the validation split's MCC at the run's decision (and at the argmax), then the mean
+and spread of the validation MCC.
+
+    python scripts/summarize_runs.py runs/seeds/seed*/metrics.json runs/soup/metrics.json [--json OUT.json]
+"""
 
 import json
 import statistics
@@ -6,26 +11,58 @@ import sys
 from pathlib import Path
 
 
-def main(paths: list[str]) -> None:
-    print("| run | recipe | best epoch | dev MCC | in-domain | out-of-domain | accuracy | wall time | samples/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    mccs = []
-    for p in paths:
-        m = json.loads(Path(p).read_text())
-        c, b = m["config"], m["best"]
-        best_row = max(m["epochs"], key=lambda r: r["mcc"])
-        recipe = (f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
-                  f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
-                  + (", pooler re-init" if c.get("reinit_pooler") else "")
-                  + (", balanced class weights" if c.get("class_weights") == "balanced" else "")
-                  + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else "")
-                  + f", seed {c['seed']}")
-        print(f"| {Path(p).parent.name} | {recipe} | {round(best_row['epoch'], 2):g} | {b['mcc']:.3f} | {b['mcc_in_domain']:.3f} | "
-              f"{b['mcc_out_domain']:.3f} | {b['accuracy']:.3f} | {m['wall_time_s'] / 60:.1f} min{' since --resume' if m.get('resumed_from') else ''} | {m['train_samples_per_second']:.0f} |")
-        mccs.append(b["mcc"])
-    if len(mccs) > 1:
-        print(f"\nmean dev MCC {statistics.mean(mccs):.3f} ± {statistics.stdev(mccs):.3f} (sd over {len(mccs)} runs; "
-              f"min {min(mccs):.3f}, max {max(mccs):.3f})")
+def recipe(c: dict) -> str:
+    return (f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
+            f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
+            + (", pooler re-init" if c.get("reinit_pooler") else "")
+            + (f", top {c['reinit_top_layers']} layer(s) re-init" if c.get("reinit_top_layers") else "")
+            + (", balanced class weights" if c.get("class_weights") == "balanced" else "")
+            + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else ", 1 eval/ep"))
+
+
+def row(path: Path) -> dict:
+    m = json.loads(path.read_text())
+    b, d = m["best"], m.get("decision") or {}
+    soup = m.get("kind") == "soup"
+    return {"run": path.parent.name, "soup": soup,
+            "recipe": f"{m['method']} soup of " + ", ".join(x["name"] for x in m["members"] if x["in_soup"]) if soup
+            else recipe(m["config"]) + f", seed {m['config']['seed']}",
+            "chosen": b.get("checkpoint"), "selected_on": b.get("selected_on", "validation split"),
+            "selection_mcc": b.get("selection_mcc"), "threshold": d.get("threshold"), "temperature": d.get("temperature"),
+            "mcc": b["mcc"], "mcc_argmax": (b.get("argmax") or {}).get("mcc", b["mcc"]),
+            "mcc_in_domain": b.get("mcc_in_domain"), "mcc_out_domain": b.get("mcc_out_domain"), "accuracy": b["accuracy"],
+            "ece_before": b.get("ece_before"), "ece_after": b.get("ece_after"),
+            "minutes": m["wall_time_s"] / 60 if m.get("wall_time_s") is not None else None}
+
+
+def _f(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def main(argv: list[str]) -> None:
+    json_out = None
+    if "--json" in argv:
+        i = argv.index("--json")
+        json_out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    rows = [row(Path(p)) for p in argv]
+    print("| run | recipe | chosen | on | selection MCC | threshold | T | **validation MCC** | (argmax) | in-domain | out-of-domain "
+          "| accuracy | ECE before -> after | minutes |")
+    print("|" + " --- |" * 14)
+    for r in rows:
+        print(f"| {r['run']} | {r['recipe']} | {r['chosen']} | {r['selected_on']} | {_f(r['selection_mcc'])} | {_f(r['threshold'])} "
+              f"| {_f(r['temperature'], '.2f')} | **{_f(r['mcc'])}** | {_f(r['mcc_argmax'])} | {_f(r['mcc_in_domain'])} "
+              f"| {_f(r['mcc_out_domain'])} | {_f(r['accuracy'])} | {_f(r['ece_before'])} -> {_f(r['ece_after'])} | {_f(r['minutes'], '.1f')} |")
+    singles = [r for r in rows if not r["soup"]]
+    summary = {}
+    if len(singles) > 1:
+        for key in ("mcc", "mcc_argmax", "selection_mcc"):
+            values = [r[key] for r in singles]
+            summary[key] = {"mean": statistics.mean(values), "sd": statistics.stdev(values), "min": min(values), "max": max(values)}
+        s = summary["mcc"]
+        print(f"\nvalidation MCC of the {len(singles)} single runs: mean {s['mean']:.3f} ± {s['sd']:.3f} (sd; min {s['min']:.3f}, "
+              f"max {s['max']:.3f}); at the argmax {summary['mcc_argmax']['mean']:.3f} ± {summary['mcc_argmax']['sd']:.3f}")
+    if json_out:
+        json_out.write_text(json.dumps({"rows": rows, "single_runs": summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

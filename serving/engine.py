@@ -20,6 +20,7 @@ import numpy as np
 from bertpack.errors import BertpackError, first_line
 from bertpack.files import sha256_file
 from bertpack.machine import VNNI_FLAGS, X86_MACHINES, cpu_flags, cpu_model, library_versions
+from bertpack.postprocess import Decision, label_ids, probabilities, softmax  # noqa: F401 - softmax: kept importable here
 
 log = logging.getLogger("bertpack.engine")
 
@@ -349,6 +350,8 @@ class OnnxClassifier:
 
         self.max_length = int(self.manifest["max_length"])
         self.labels: list[str] = list(self.manifest["labels"])
+        # The temperature and threshold the export recorded: every caller's labels and probabilities go through it.
+        self.decision = Decision.from_record(self.manifest.get("decision"), len(self.labels))
         self.tokenizer = load_tokenizer(self.artifact_dir)
         self.pad_id = int(self.manifest.get("pad_token_id", 0))
         self.unk_id: int | None = self.tokenizer.token_to_id("[UNK]")
@@ -491,9 +494,23 @@ class OnnxClassifier:
 
     def classify_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[dict]:
         """The same for already-encoded sentences (each within max_length)."""
-        probs = softmax(self.logits_from_ids(ids, batch_size=batch_size))
-        return [{"label": self.labels[int(p.argmax())], "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
-                for p in probs]
+        labels, probs = self.postprocess(self.logits_from_ids(ids, batch_size=batch_size))
+        return [{"label": label, "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
+                for label, p in zip(labels, probs)]
+
+    # -- decision ----------------------------------------------------------------------------
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (the manifest's temperature) of raw logits."""
+        return probabilities(logits, self.decision)
+
+    def labels_of(self, probs: np.ndarray) -> list[str]:
+        """The label of each row of calibrated probabilities (the manifest's threshold, or the most probable)."""
+        return [self.labels[i] for i in label_ids(probs, self.decision)]
+
+    def postprocess(self, logits: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(labels, calibrated probabilities) of raw logits: what predict, parity, bench and the service answer."""
+        probs = self.probabilities(logits)
+        return self.labels_of(probs), probs
 
 
 def load_tokenizer(artifact_dir: Path):
@@ -614,8 +631,3 @@ class CudaGraphs:
         """The first n rows of the slot's logits, copied to the host."""
         return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

@@ -14,7 +14,6 @@ import threading
 from collections import Counter
 
 import bentoml
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from bertpack.errors import BertpackError
 from serving import bentoml_compat
-from serving.engine import OnnxClassifier, cuda_problem, parity_failure, read_manifest, softmax
+from serving.engine import OnnxClassifier, cuda_problem, parity_failure, read_manifest
 from serving.http_guard import KNOWN_PATHS, BodyTooLarge, JsonOnly
 from serving.schema import (MAX_BODY_BYTES, MAX_CHARS, MAX_SENTENCES, ClassifyAnswer, ClassifyInput, ClassifyRequest,
                             Prediction, Tokenized, error_body, token_errors)
@@ -116,10 +115,11 @@ class Bertpack:
         with self._lock:
             self.batch_sizes[len(sentences)] += 1
         logits = self.engine.logits_from_ids([s.ids for s in sentences], batch_size=self.engine_batch)
-        labels = self.engine.labels
-        return [Prediction(label=labels[int(np.argmax(p))], probabilities=dict(zip(labels, map(float, p))),
-                           model_version=self.version, tokens=len(s.ids), truncated=s.truncated)
-                for p, s in zip(softmax(logits), sentences)]
+        labels, probabilities = self.engine.postprocess(logits)
+        names = self.engine.labels
+        return [Prediction(label=label, probabilities=dict(zip(names, map(float, p))), model_version=self.version,
+                           tokens=len(s.ids), truncated=s.truncated)
+                for label, p, s in zip(labels, probabilities, sentences)]
 
     def info(self) -> dict:
         with self._lock:
@@ -135,6 +135,7 @@ class Bertpack:
                        "engine_batch": self.engine_batch, "cuda_problem": cuda_problem()},
             "workers": SETTINGS.workers,
             "labels": engine.labels, "max_length": engine.max_length,
+            "decision": {**engine.decision.record(), "positive_label": engine.labels[engine.decision.positive]},
             "limits": {"max_sentences": MAX_SENTENCES, "max_chars": MAX_CHARS, "max_tokens": engine.max_length},
             "batching": {"max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms,
                          "batches": sum(sizes.values()), "sentences": sum(k * v for k, v in sizes.items()),

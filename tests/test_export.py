@@ -430,6 +430,32 @@ def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
         np.testing.assert_allclose(1.0 / inv_s, expected, rtol=1e-3)
 
 
+def test_smoothquant_on_the_unfused_graph_shares_one_scale_per_tensor(exported, tmp_path):
+    """Static int8 quantizes the unfused graph, where the query, key and value products read one LayerNorm output:
+    they are smoothed together (one Mul, one scale, from the largest of their weights), the FFN up-projection on its
+    own, and the fp32 logits stay the same."""
+    import onnxruntime as ort
+
+    from export import smoothquant
+
+    source = exported["out"] / "model.onnx"
+    feeds = [{"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+              "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64)} for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])]
+    ranges = smoothquant.channel_ranges(source, [f["input_ids"][0].tolist() for f in feeds], ["input_ids", "attention_mask", "token_type_ids"])
+    smoothed = smoothquant.smooth(source, tmp_path / "smoothed.onnx", ranges, alpha=0.5)
+    graph = onnx.load(str(tmp_path / "smoothed.onnx")).graph
+    assert sum("/attention/self/" in name for name in smoothed) == 3 * 2 and sum("/intermediate/" in name for name in smoothed) == 2
+    muls = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
+    assert len(muls) == 2 * 2  # per layer: one for Q, K and V, one for the FFN up-projection
+    weights = {i.name for i in graph.initializer}
+    readers = {n.input[0] for n in graph.node if n.op_type == "MatMul" and "/attention/self/" in n.name and n.input[1] in weights}
+    assert readers <= {m.output[0] for m in muls}
+    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(tmp_path / "smoothed.onnx"), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        np.testing.assert_allclose(after.run(None, feed)[0], before.run(None, feed)[0], atol=1e-4)
+
+
 def test_export_and_verify_read_glue_from_the_hub(tiny_run, synthetic_cola, tmp_path, monkeypatch):
     """--data glue (online users without a CoLA folder) works for export and verify --parity, not only for train.
     The hub is the one thing replaced (conftest.glue_hub)."""

@@ -267,8 +267,11 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, synthetic_cola: Path, tiny_r
     sentences, labels, _ = validation_sentences(synthetic_cola)
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    from bertpack.postprocess import Decision, decide
+
     with torch.no_grad():
-        preds = model(**tokenizer(sentences, truncation=True, max_length=64, padding=True, return_tensors="pt")).logits.argmax(-1)
+        logits = model(**tokenizer(sentences, truncation=True, max_length=64, padding=True, return_tensors="pt")).logits.numpy()
+    preds, _ = decide(logits, Decision.from_record(metrics["decision"], 2))  # the labels at the run's threshold
     assert metrics["best"]["accuracy"] == pytest.approx(sum(int(p) == y for p, y in zip(preds, labels)) / len(labels), abs=1e-12)
     # and the loss is each process's mean, not multiplied by the process count
     assert all(row["train_loss"] < 1.2 for row in metrics["epochs"] if "train_loss" in row), metrics["epochs"]
@@ -314,7 +317,8 @@ def test_torchrun_resume_on_cpu_ends_with_the_uninterrupted_weights(tmp_path: Pa
 @pytest.mark.slow
 def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_dir: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli("train", "--data", str(cola_dir), "--out", str(out), "--limit", "512", "--max-steps", "32", "--eval-batch-size", "256")
+    # 569 rows: 57 held out for choosing the checkpoint, 512 trained on
+    proc = run_cli("train", "--data", str(cola_dir), "--out", str(out), "--limit", "569", "--max-steps", "32", "--eval-batch-size", "256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "samples/s" in proc.stdout and "best (" in proc.stdout
 
@@ -329,7 +333,8 @@ def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_d
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "mcc", "mcc_in_domain", "mcc_out_domain"):
         assert -1.0 <= metrics["best"][key] <= 1.0
-    assert metrics["validation_rows"] == (1043 if cola_dir.name == "cola" else 48)
+    assert metrics["validation_rows"] == (1043 if cola_dir.name == "cola" else 48) and metrics["train_rows"] == 512
+    assert metrics["selection"]["rows"] == 57 and metrics["best"]["selected_on"] == "selection split"
     assert metrics["train_samples_per_second"] > 0 and metrics["seed"] == 42
     assert set(metrics["versions"]) >= {"torch", "transformers", "datasets"}
     assert all(len(h) == 64 for h in metrics["data_sha256"].values()) and len(metrics["data_sha256"]) == 3
@@ -371,7 +376,7 @@ def test_best_checkpoint_is_the_highest_validation_mcc_and_metrics_name_its_doma
     run = make_tiny_run(tmp_path / "tiny", distinct=True)
     out = tmp_path / "run"
     metrics = train(TrainConfig(model=str(run / "model"), data=str(synthetic_cola), out=out, max_steps=8, batch_size=8,
-                                evals_per_epoch=8, learning_rate=1e-3, seed=0))
+                                evals_per_epoch=8, learning_rate=1e-3, seed=0, select_on="dev"))
     rows = metrics["epochs"]
     assert len(rows) == 8 and len({round(r["mcc"], 6) for r in rows}) > 1, rows  # the MCC moves: a choice to make
     top = max(rows, key=lambda r: r["mcc"])  # max() keeps the first of equal maxima, as the Trainer does
@@ -403,7 +408,7 @@ def test_evals_per_epoch_with_a_short_last_batch(tmp_path, synthetic_cola, tiny_
     from trainer.train import train
 
     metrics = train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "run", limit=60,
-                                batch_size=8, epochs=1, evals_per_epoch=2, learning_rate=1e-12))
+                                batch_size=8, epochs=1, evals_per_epoch=2, learning_rate=1e-12, select_on="dev"))
     assert [r["epoch"] for r in metrics["epochs"]] == [0.5, 1.0]
 
 
@@ -414,7 +419,7 @@ def test_evals_per_epoch_include_every_epoch_end(tmp_path, synthetic_cola, tiny_
     from trainer.train import train
 
     metrics = train(TrainConfig(model=str(tiny_run / "model"), data=str(synthetic_cola), out=tmp_path / "run", limit=56,
-                                batch_size=8, epochs=2, evals_per_epoch=2, learning_rate=1e-12))
+                                batch_size=8, epochs=2, evals_per_epoch=2, learning_rate=1e-12, select_on="dev"))
     assert [r["epoch"] for r in metrics["epochs"]] == pytest.approx([4 / 7, 1.0, 11 / 7, 2.0], abs=1e-3)
 
 
@@ -430,7 +435,7 @@ def test_resume_in_mid_epoch_replays_the_interrupted_order(tmp_path, synthetic_c
     from trainer.train import train
 
     recipe = dict(model=str(tiny_run / "model"), data=str(synthetic_cola), limit=56, batch_size=8, max_steps=13, evals_per_epoch=2,
-                  learning_rate=5e-4, keep_checkpoints=True)  # 7 steps per epoch: checkpoints at 4, 7, 11 and 13
+                  learning_rate=5e-4, keep_checkpoints=True, select_on="dev")  # 7 steps per epoch: checkpoints at 4, 7, 11 and 13
     train(TrainConfig(out=tmp_path / "whole", **recipe))
 
     class Crash(Exception):

@@ -36,8 +36,16 @@ class TrainConfig:
     # "balanced": cross-entropy weighted by inverse class frequency in the training split, for any number of
     # classes (CoLA is 70% acceptable; MCC rewards getting the minority class right); "none": plain cross-entropy.
     class_weights: Literal["balanced", "none"] = "balanced"
-    # Validation points per epoch; the best one (by dev MCC) is kept.
+    # Re-initialise the top N encoder layers before training (0 = keep every pretrained layer).
+    reinit_top_layers: int = 0
+    # Validation points per epoch; the best one (by MCC on the selection set) is kept.
     evals_per_epoch: int = 2
+    # "split": choose the checkpoint, the temperature and the decision threshold on a seeded, label-stratified
+    # `selection_split` of the training rows (drawn with `selection_seed`, the same for every --seed, so runs of one
+    # recipe share it and can be averaged), and score the validation split once; "dev": choose on the validation split.
+    select_on: Literal["split", "dev"] = "split"
+    selection_split: float = 0.1
+    selection_seed: int = 0
     seed: int = 42
     max_steps: int = -1
     limit: int | None = None
@@ -85,6 +93,15 @@ class TrainConfig:
             raise BertpackError(f"--class-weights must be 'balanced' or 'none', not {self.class_weights!r}")
         if self.evals_per_epoch < 1:
             raise BertpackError(f"--evals-per-epoch {self.evals_per_epoch} is out of range; pass at least 1, e.g. --evals-per-epoch 2")
+        if self.reinit_top_layers < 0:
+            raise BertpackError(f"--reinit-top-layers {self.reinit_top_layers} is out of range; pass 0 (off) or a number of layers, e.g. 1")
+        if self.select_on not in ("split", "dev"):
+            raise BertpackError(f"--select-on must be 'split' or 'dev', not {self.select_on!r}")
+        if not (math.isfinite(self.selection_split) and 0 < self.selection_split <= 0.5):
+            raise BertpackError(f"--selection-split {self.selection_split} is out of range; it is a fraction of the training rows in "
+                                "(0, 0.5], e.g. --selection-split 0.1 (or --select-on dev to choose on the validation split)")
+        if not 0 <= self.selection_seed < 2**32:
+            raise BertpackError(f"--selection-seed {self.selection_seed} is out of range; pass a number from 0 to 4294967295, e.g. 0")
         if not 0 <= self.seed < 2**32:  # numpy's seed range
             raise BertpackError(f"--seed {self.seed} is out of range; pass a number from 0 to 4294967295, e.g. --seed 42")
 
@@ -97,7 +114,8 @@ class TrainConfig:
     def from_dict(cls, recorded: dict) -> TrainConfig:
         """The config recorded in a run's bertpack_run.json; keys an older version did not write keep their defaults."""
         known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in recorded.items() if k in known})
+        # Versions before the selection split chose the checkpoint on the validation split.
+        cfg = cls(**{"select_on": "dev", **{k: v for k, v in recorded.items() if k in known}})
         cfg.out = Path(cfg.out)
         return cfg
 

@@ -1,12 +1,14 @@
 """Fine-tune BERT on CoLA (or a data set of one's own), top to bottom: check inputs, load data and model, train with
-the HF Trainer, keep the best checkpoint by validation MCC, write the run folder atomically.
+the HF Trainer, keep the best checkpoint by MCC on rows held out of train, fit its decision there, score the validation
+split once, write the run folder atomically.
 
 Run folder (the contract `bertpack export` reads):
     OUT/bertpack_run.json      marker + status ("training" / "complete" / "failed" with a "reason") + the recipe
     OUT/model/                 best checkpoint: model.safetensors, config.json (id2label), tokenizer files
     OUT/metrics.json           per-epoch loss/accuracy/MCC, labels, timing, versions, seed, data hashes
     OUT/training_curves.png    loss and MCC per epoch
-    OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints)
+    OUT/checkpoints/           Trainer checkpoints for --resume (removed after success unless --keep-checkpoints, which
+                               keeps the checkpoint of every validation point)
 
 The folder's life cycle (refusals, --resume, --overwrite, what a failure leaves) is trainer/run_dir.py.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpack.data import DataSpec, Loaded, is_hub, load_data
+from bertpack.data import DataSpec, Loaded, hold_out, is_hub, load_data
 from bertpack.errors import BertpackError
 from bertpack.files import sha256_file, staging_dir, umask_mode, write_bytes_atomic, write_json_atomic
 from bertpack.locks import writing
@@ -31,8 +33,10 @@ from bertpack.machine import cpu_model, library_versions
 from bertpack.labels import COLA_NAMES, Labels, listed
 from bertpack.metrics import scores
 from bertpack.models import resolve_model
+from bertpack.postprocess import Decision, decide
 from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
+from trainer.decision import decision_scores, fit_decision
 from trainer.run_dir import check_out_dir, checkpoints, is_main_process, one_line, run_folder
 
 
@@ -112,6 +116,10 @@ def _train(cfg: TrainConfig) -> dict:
     dataset, labels = loaded.splits, loaded.labels
     if len(dataset["train"]) == 0:
         raise BertpackError("the training split is empty; check --data and --limit")
+    selection_rows: list[int] | None = None
+    if cfg.select_on == "split":  # the validation split is then scored once, on the chosen checkpoint
+        train_split, selection, selection_rows = hold_out(dataset["train"], cfg.selection_split, cfg.selection_seed)
+        dataset["train"], dataset["selection"] = train_split, selection
     class_weights = balanced_class_weights(dataset["train"]["label"], labels.count, labels.names) \
         if cfg.class_weights == "balanced" else None
     if loaded.summary and is_main_process():
@@ -137,6 +145,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     if cfg.reinit_pooler and getattr(getattr(model, "bert", None), "pooler", None) is not None:
         model.bert.pooler.apply(model._init_weights)
+    reinit_top_layers(model, cfg.reinit_top_layers)
 
     def tokenize(batch):
         return tokenizer(batch["sentence"], truncation=True, max_length=cfg.max_length)
@@ -145,11 +154,14 @@ def _train(cfg: TrainConfig) -> dict:
     val = encoded["validation"]
     # One eval set per CoLA domain besides the whole one (other data has none): the Trainer reorders eval batches by
     # length (group_by_length), so predictions cannot be matched back to rows for a domain split.
-    eval_sets = {"all": val}
+    dev_sets = {"all": val}
     if labels.cola:
-        eval_sets.update({"in": val.filter(lambda d: d == "in", input_columns="domain"),
-                          "out": val.filter(lambda d: d == "out", input_columns="domain")})
-    eval_sets = {k: v for k, v in eval_sets.items() if len(v)}
+        dev_sets.update({"in": val.filter(lambda d: d == "in", input_columns="domain"),
+                         "out": val.filter(lambda d: d == "out", input_columns="domain")})
+    dev_sets = {k: v for k, v in dev_sets.items() if len(v)}
+    # What the Trainer validates during training, and so chooses the checkpoint on.
+    eval_sets = {"selection": encoded["selection"]} if cfg.select_on == "split" else dev_sets
+    chosen_on = "selection" if cfg.select_on == "split" else "all"
 
     def compute_metrics(pred) -> dict[str, float]:  # accuracy, MCC, and macro-F1 for more than two classes
         return scores(pred.label_ids, pred.predictions.argmax(-1), num_labels=labels.count)
@@ -175,9 +187,11 @@ def _train(cfg: TrainConfig) -> dict:
         save_steps=never,
         logging_strategy="steps",
         logging_steps=never,
-        save_total_limit=2,
+        # The best and the latest (for --resume); --keep-checkpoints keeps every validation point's, e.g. to average
+        # the last ones with `bertpack soup RUN/checkpoints/checkpoint-N ...`.
+        save_total_limit=None if cfg.keep_checkpoints else 2,
         load_best_model_at_end=True,
-        metric_for_best_model="all_mcc" if "all" in eval_sets else "mcc",
+        metric_for_best_model=f"{chosen_on}_mcc",
         greater_is_better=True,
         save_safetensors=True,
         group_by_length=cfg.group_by_length,  # with LengthGroupedTrainer's seeded sampler
@@ -210,13 +224,18 @@ def _train(cfg: TrainConfig) -> dict:
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
         wall = time.perf_counter() - started
-        epochs = _per_epoch(trainer.state.log_history)  # before the final evaluate adds a row at the last epoch
-        final = trainer.evaluate()  # the best checkpoint is loaded back at the end
+        epochs = _per_epoch(trainer.state.log_history, chosen_on)
+        # The best checkpoint is loaded back at the end: its decision is fitted on the rows it was chosen on, then the
+        # validation split (and a data set's test file) is scored once with it.
+        chosen_logits, chosen_labels = _predict(trainer, eval_sets[chosen_on])
+        # Chosen on the validation split (--select-on dev), the labels stay the argmax: a threshold fitted there would
+        # flatter the figure reported on the same rows.
+        decision = fit_decision(chosen_logits, chosen_labels, positive=1, threshold=cfg.select_on == "split")
+        chosen = decision_scores(chosen_logits, chosen_labels, decision)
+        held_out = _score_held_out(trainer, dev_sets, decision, labels.count)
         test = None
-        if "test" in encoded:  # a data set's test file: scored once, with the best checkpoint
-            found = trainer.evaluate(encoded["test"], metric_key_prefix="test")
-            test = {"rows": len(encoded["test"]),
-                    **{k: found[f"test_{k}"] for k in ("loss", "accuracy", "mcc", "macro_f1") if f"test_{k}" in found}}
+        if "test" in encoded:
+            test = {"rows": len(encoded["test"]), **_score_held_out(trainer, {"all": encoded["test"]}, decision, labels.count)}
 
         metrics = {
             "model": model_id,
@@ -227,6 +246,11 @@ def _train(cfg: TrainConfig) -> dict:
             "labels": list(labels.names),  # id -> name, as model/config.json's id2label
             "train_rows": len(encoded["train"]),
             "validation_rows": len(val),
+            "selection": {"on": "selection split" if cfg.select_on == "split" else "validation split",
+                          **({"fraction": cfg.selection_split, "seed": cfg.selection_seed, "rows": len(selection_rows),
+                              "label_counts": _label_counts(encoded["selection"]["label"]),
+                              # positions in the training file (after --limit) of the rows held out
+                              "indices": selection_rows} if selection_rows is not None else {"rows": len(val)})},
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
@@ -234,14 +258,16 @@ def _train(cfg: TrainConfig) -> dict:
             "class_weights": class_weights,
             "world_size": args.world_size,
             "gpus_per_process": args.n_gpu,
+            # The chosen checkpoint on the validation split, at its decision (threshold); "argmax": the most probable label.
             "best": {
                 "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-                "accuracy": final.get("eval_all_accuracy"),
-                "mcc": final.get("eval_all_mcc"),
-                **({"macro_f1": final.get("eval_all_macro_f1")} if labels.count > 2 else {}),
-                "mcc_in_domain": final.get("eval_in_mcc"),
-                "mcc_out_domain": final.get("eval_out_mcc"),
+                "selected_on": "selection split" if cfg.select_on == "split" else "validation split",
+                "selection_mcc": chosen["mcc_argmax"],
+                **held_out,
             },
+            "decision": {**decision.record(), "positive_label": labels.names[decision.positive],
+                         "fitted_on": "selection split" if cfg.select_on == "split" else "validation split",
+                         "rows": len(chosen_labels), **{f"fit_{k}": v for k, v in chosen.items()}},
             "test": test,
             "epochs": epochs,
             "train_runtime_s": result.metrics.get("train_runtime"),
@@ -314,20 +340,57 @@ def _head_labels(model_id: str) -> int | None:
     return config.num_labels if has_head else None
 
 
-def _per_epoch(log_history: list[dict]) -> list[dict]:
-    """Fold the Trainer's log lines into one row per evaluation point."""
+def _per_epoch(log_history: list[dict], on: str = "all") -> list[dict]:
+    """Fold the Trainer's log lines into one row per evaluation point (`on`: the eval set that chooses)."""
     rows: dict[float, dict] = {}
     for entry in log_history:
         epoch = round(float(entry.get("epoch", 0.0)), 4)
         row = rows.setdefault(epoch, {"epoch": epoch})
         if "loss" in entry:
             row["train_loss"] = entry["loss"]
-        for key, name in (("eval_all_loss", "eval_loss"), ("eval_all_accuracy", "accuracy"), ("eval_all_mcc", "mcc"),
-                          ("eval_all_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"),
+        for key, name in ((f"eval_{on}_loss", "eval_loss"), (f"eval_{on}_accuracy", "accuracy"), (f"eval_{on}_mcc", "mcc"),
+                          (f"eval_{on}_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"),
                           ("eval_out_mcc", "mcc_out_domain")):
             if key in entry:
                 row[name] = entry[key]
     return [r for r in rows.values() if "mcc" in r]
+
+
+def _predict(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of a dataset, row for row (the Trainer may reorder rows, and keeps the pairs together)."""
+    out = trainer.predict(dataset)
+    return np.asarray(out.predictions, dtype=np.float32), np.asarray(out.label_ids)
+
+
+def _score_held_out(trainer, sets: dict, decision: Decision, num_labels: int) -> dict:
+    """Scores of rows the choice never saw, at the decision ("argmax": at the most probable label), with CoLA's
+    domains where `sets` has them (in, out), and ECE before and after the temperature."""
+    parts = {name: _predict(trainer, sets[name]) for name in ("in", "out") if name in sets} or \
+        {"all": _predict(trainer, sets["all"])}
+    logits = np.concatenate([lg for lg, _ in parts.values()])
+    truth = np.concatenate([lb for _, lb in parts.values()])
+    domains = np.concatenate([[name] * len(lb) for name, (_, lb) in parts.items()])
+    preds, _ = decide(logits, decision)
+    fit = decision_scores(logits, truth, decision)
+    return {**scores(truth, preds, domains, num_labels), "argmax": scores(truth, logits.argmax(-1), domains, num_labels),
+            "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
+
+
+def _label_counts(labels: list[int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+
+
+def reinit_top_layers(model, count: int) -> None:
+    """Draw the top `count` encoder layers afresh (the model's own initialiser): their pretrained weights serve the
+    pretraining objective, and a fine-tuned head may do better on layers learnt for the task."""
+    if count <= 0:
+        return
+    layers = model.bert.encoder.layer
+    if count > len(layers):
+        raise BertpackError(f"--reinit-top-layers {count} is more than the model's {len(layers)} encoder layers; "
+                            f"pass at most {len(layers)}")
+    for layer in layers[len(layers) - count:]:
+        layer.apply(model._init_weights)
 
 
 def plot_curves(epochs: list[dict], path: Path) -> None:
@@ -369,6 +432,9 @@ def summary(metrics: dict) -> str:
     # CoLA's per-domain columns, macro-F1 for more than two classes: the columns a run has figures for
     domains = any(r.get("mcc_in_domain") is not None for r in [best, *metrics["epochs"]])
     f1 = best.get("macro_f1") is not None
+    on = best.get("selected_on", "validation split")
+    lines.append(f"validation points on the {on}" + (f" ({metrics['selection']['rows']} training rows held out)"
+                                                      if on == "selection split" else ""))
     lines.append(" epoch  train loss  val loss  accuracy     MCC" + ("  macro-F1" if f1 else "")
                  + ("  in-domain  out-of-domain" if domains else ""))
     for r in metrics["epochs"]:
@@ -376,14 +442,24 @@ def summary(metrics: dict) -> str:
                      f"{_f(r.get('accuracy'), 8)}  {_f(r.get('mcc'), 6)}"
                      + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
                      + (f"  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}" if domains else ""))
-    split = ""
-    if domains:
-        split = f" (in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)})"
-    lines += ["", f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{split}, accuracy {best['accuracy']:.3f}"
-              + (f", macro-F1 {best['macro_f1']:.3f}" if f1 else "")]
+    per_domain = f"in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)}" if domains else ""
+    f1_best = f", macro-F1 {best['macro_f1']:.3f}" if f1 else ""
+    lines.append("")
+    if decision := metrics.get("decision"):
+        held = "held out: scored once, after the choice" if on == "selection split" else "also the selection set"
+        cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}" if decision.get("threshold") is not None \
+            else "argmax"
+        lines += [f"best ({best['checkpoint']}, chosen on the {on}: MCC {best['selection_mcc']:.3f})",
+                  f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}"
+                  f"{'; ' + per_domain if per_domain else ''}), accuracy {best['accuracy']:.3f}{f1_best}",
+                  f"calibration    temperature {decision['temperature']:.3f} (fitted on the {decision['fitted_on']}); "
+                  f"ECE on the validation split {best['ece_before']:.3f} -> {best['ece_after']:.3f}"]
+    else:  # a run recorded before decisions were
+        lines.append(f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{f' ({per_domain})' if per_domain else ''}, "
+                     f"accuracy {best['accuracy']:.3f}{f1_best}")
     if test := metrics.get("test"):
         f1_test = f", macro-F1 {test['macro_f1']:.3f}" if test.get("macro_f1") is not None else ""
-        lines.append(f"test ({test['rows']} rows, best checkpoint): MCC {test['mcc']:.3f}, accuracy "
+        lines.append(f"test ({test['rows']} rows, the chosen checkpoint): MCC {test['mcc']:.3f}, accuracy "
                      f"{test['accuracy']:.3f}{f1_test}")
     return "\n".join(lines)
 

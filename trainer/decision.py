@@ -1,0 +1,59 @@
+"""Fit a model's decision on held-out logits: the temperature (one scalar, by NLL) and, for 2 labels, the threshold
+on p(positive) with the best MCC. Applied by bertpack.postprocess everywhere the model answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bertpack.metrics import expected_calibration_error, mcc
+from bertpack.postprocess import Decision, decide, probabilities
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the NLL of softmax(logits / T), searched over log T (T in [0.05, 20])."""
+    from scipy.optimize import minimize_scalar
+
+    found = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20.0)),
+                            method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(found.x))
+
+
+def best_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+    """The cut on p(positive) with the highest MCC: midway between two neighbouring distinct probabilities, so a
+    small change in a probability does not move a row across it; among equal MCCs the cut nearest 0.5."""
+    p = np.asarray(p_positive, dtype=np.float64)
+    values = np.unique(p)
+    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+    truth = np.asarray(labels) == positive
+    scores = np.array([mcc(truth, p >= cut) for cut in cuts])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
+
+
+def fit_decision(logits: np.ndarray, labels: np.ndarray, positive: int = 1, threshold: bool = True) -> Decision:
+    """The temperature for any label count; the threshold for 2 labels only (more labels keep the argmax), and only
+    when asked: fitted on the rows that are then also reported, a threshold would flatter the figure."""
+    labels = np.asarray(labels)
+    temperature = fit_temperature(logits, labels)
+    if logits.shape[-1] != 2 or not threshold:
+        return Decision(temperature=temperature)
+    p = probabilities(logits, Decision(temperature=temperature))[:, positive]
+    return Decision(temperature=temperature, threshold=best_threshold(p, labels, positive), positive=positive)
+
+
+def decision_scores(logits: np.ndarray, labels: np.ndarray, decision: Decision) -> dict[str, float]:
+    """MCC and accuracy at the decision and at the argmax, ECE and NLL before and after the temperature."""
+    labels = np.asarray(labels)
+    preds, probs = decide(logits, decision)
+    raw = probabilities(logits, Decision())
+    return {"mcc": mcc(labels, preds), "accuracy": float(np.mean(preds == labels)),
+            "mcc_argmax": mcc(labels, raw.argmax(-1)), "accuracy_argmax": float(np.mean(raw.argmax(-1) == labels)),
+            "ece_before": expected_calibration_error(labels, raw), "ece_after": expected_calibration_error(labels, probs),
+            "nll_before": nll(logits, labels, 1.0), "nll_after": nll(logits, labels, decision.temperature)}

@@ -372,7 +372,8 @@ def _score_held_out(trainer, sets: dict, decision: Decision, num_labels: int) ->
     domains = np.concatenate([[name] * len(lb) for name, (_, lb) in parts.items()])
     preds, _ = decide(logits, decision)
     fit = decision_scores(logits, truth, decision)
-    return {**scores(truth, preds, domains, num_labels), "argmax": scores(truth, logits.argmax(-1), domains, num_labels),
+    return {"mcc_in_domain": None, "mcc_out_domain": None,  # CoLA's: None for data without domains
+            **scores(truth, preds, domains, num_labels), "argmax": scores(truth, logits.argmax(-1), domains, num_labels),
             "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
 
 

@@ -321,6 +321,10 @@ def test_fine_tune_embedded_model_writes_the_run_contract(tmp_path: Path, cola_d
     proc = run_cli("train", "--data", str(cola_dir), "--out", str(out), "--limit", "569", "--max-steps", "32", "--eval-batch-size", "256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "samples/s" in proc.stdout and "best (" in proc.stdout
+    # one readable line per validation point, not the Trainer's raw log dicts
+    points = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert "{'" not in proc.stdout and len(points) == len(json.loads((out / "metrics.json").read_text())["epochs"]) >= 2
+    assert all("epoch " in p and "train loss " in p and "eval loss " in p and "MCC selection " in p for p in points), points
 
     model_dir = out / "model"
     config = json.loads((model_dir / "config.json").read_text())

@@ -1,10 +1,12 @@
-"""Trainer callbacks: when to validate, and how long the optimizer steps take."""
+"""Trainer callbacks: when to validate, how long the optimizer steps take, and what a run prints."""
 
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 
 class EvalSchedule(TrainerCallback):
@@ -48,3 +50,36 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds += time.perf_counter() - self._t0
         self.steps += 1
+
+
+class EvalLines(ProgressCallback):
+    """The Trainer's progress bars, with one readable line per validation point in place of its raw log dicts:
+    step, epoch, the training loss, and the validation loss and MCC of each eval set (CoLA's all / in / out)."""
+
+    def __init__(self, eval_sets: Sequence[str]) -> None:
+        super().__init__()
+        self.eval_sets, self.pending = tuple(eval_sets), {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.pending["train_loss"] = logs["loss"]
+        for name in self.eval_sets:
+            if f"eval_{name}_mcc" in logs:
+                self.pending[name] = logs
+        if all(name in self.pending for name in self.eval_sets):  # the Trainer logs each eval set on its own
+            self.training_bar.write(self.line(state.global_step, state.max_steps, state.epoch or 0.0))
+            self.pending = {}
+
+    def line(self, step: int, steps: int, epoch: float) -> str:
+        first = self.pending[self.eval_sets[0]]
+        loss = first.get(f"eval_{self.eval_sets[0]}_loss")
+        mccs = " / ".join(f"{name} {self.pending[name][f'eval_{name}_mcc']:.3f}" for name in self.eval_sets)
+        f1 = first.get(f"eval_{self.eval_sets[0]}_macro_f1")
+        return (f"step {step:>{len(str(steps))}}/{steps}  epoch {epoch:.2f}  train loss {_num(self.pending.get('train_loss'))}"
+                f"  eval loss {_num(loss)}  MCC {mccs}" + (f"  macro-F1 {f1:.3f}" if f1 is not None else ""))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -130,7 +130,9 @@ def _train(cfg: TrainConfig) -> dict:
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from trainer.batching import LengthGroupedTrainer
-    from trainer.callbacks import EvalSchedule, StepTimer
+    from transformers.trainer_callback import ProgressCallback
+
+    from trainer.callbacks import EvalLines, EvalSchedule, StepTimer
 
     transformers.logging.set_verbosity_error()  # the expected "newly initialized classifier" warning is noise here
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -218,6 +220,8 @@ def _train(cfg: TrainConfig) -> dict:
             optimizers=(build_optimizer(model, cfg), None), callbacks=[EvalSchedule(cfg.evals_per_epoch), timer := StepTimer()],
             compute_loss_func=weighted_loss(class_weights) if class_weights else None,
         )
+        trainer.remove_callback(ProgressCallback)  # its raw log dicts, replaced by one line per validation point
+        trainer.add_callback(EvalLines(list(eval_sets)))
 
         # The checkpoint check_out_dir checked (the Trainer's own choice too: the highest step), named in metrics.json
         resumed_from = checkpoints(cfg.out)[-1] if cfg.resume else None

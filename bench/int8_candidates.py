@@ -39,7 +39,7 @@ def dynamic_int8(model: Path, out: Path, per_channel: bool = True, op_types: tup
 def build_candidates(artifact: Path, manifest: dict, out_dir: Path) -> dict[str, Path]:
     """name -> model file, for `BenchConfig.extra_models`."""
     from bertpack.errors import BertpackError
-    from serving.engine import left_out
+    from bertpack.manifest import left_out
 
     if missing := left_out(manifest, "fp32"):  # int8_unfused starts from it
         raise BertpackError(f"--int8-candidates needs the unfused fp32 graph ({missing[0]}), which the model store's copy "

@@ -12,7 +12,7 @@ from export.cpu import cpu_report
 
 
 def gpu_name() -> str | None:
-    from serving.engine import gpu_present
+    from serving.cuda import gpu_present
 
     if not gpu_present():
         return None
@@ -27,7 +27,7 @@ def gpu_name() -> str | None:
 def machine_info() -> dict:
     import psutil
 
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
 
     cpu = cpu_report()
     return {"cpu_model": cpu["model"], "machine": cpu["machine"], "physical_cores": psutil.cpu_count(logical=False),

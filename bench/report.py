@@ -158,7 +158,7 @@ def build_payload(*, cfg: BenchConfig, artifact: Path, manifest: dict, machine: 
     return {"format": "bertpack-bench/1", "command": cfg.command, "created": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "arch": cfg.arch, "speed_only": speed_only,
             "artifact": str(artifact), "artifact_version": manifest.get("version"), "checkpoint": source.get("checkpoint"),
-            "serving_default": manifest.get("serving_default"), "labels": manifest.get("labels"),
+            "serving_default": manifest.get("serving_default"),
             # every engine's predictions (MCC, agreement) are labels at this decision, as predict and the service give them
             "decision": manifest.get("decision"),
             "int8": {k: manifest["variants"][k].get("settings") for k in manifest["variants"] if k.startswith("int8")},

@@ -30,7 +30,7 @@ def check_config(cfg: BenchConfig) -> dict:
     """Every user error that can be found before the slow work starts; returns the manifest."""
     from bench.report import OUTPUT_FILES
     from bertpack.files import check_writable_parent
-    from serving.engine import read_manifest, verify_files
+    from bertpack.manifest import read_manifest, verify_files
 
     if cfg.arch not in ARCHS:
         raise BertpackError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
@@ -113,7 +113,7 @@ def _cpu_has_bf16() -> bool:
 
 def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, torch_cuda: bool) -> tuple[list[dict], list[dict]]:
     """(engines to run, engines skipped with the reason)."""
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
 
     variants = manifest["variants"]
     alt = next((name for name in variants if name.startswith("int8_")), None)
@@ -182,7 +182,9 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
     from bertpack.files import remove_leftovers, staging_dir, work_dir
     from bench import report as rp
     from bench.machine import machine_info
-    from serving.engine import OnnxClassifier, cuda_available, encoding_variant, physical_cores
+    from serving.engine import OnnxClassifier, physical_cores
+    from serving.cuda import cuda_available
+    from bertpack.manifest import encoding_variant
 
     import datasets
 

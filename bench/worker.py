@@ -117,7 +117,7 @@ class TorchEngine:
 
 
 class OnnxGraphEngine:
-    """The serving engine's CUDA-graph path (serving.engine.CudaGraphs) on the fp16 model: each batch
+    """The serving engine's CUDA-graph path (serving.cuda.CudaGraphs) on the fp16 model: each batch
     padded to its length bucket (graphs need repeating shapes; the other engines pad to the batch's
     longest, so this one does at least as much work) and its rows to a graph batch size.
 
@@ -145,7 +145,7 @@ class OnnxGraphEngine:
                      "length_buckets": list(self.clf.buckets), "graph_batches": list(self.clf.graphs.BATCHES)}
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from serving.engine import bucket_length
+        from serving.cuda import bucket_length
 
         n, length = inputs["input_ids"].shape
         if not self.clf.graphs.fits(n, bucket_length(length, self.clf.buckets)):
@@ -183,7 +183,8 @@ class OnnxEngine:
     def __init__(self, model_path: str, device: str, threads: int, settings: dict | None = None):
         import onnxruntime as ort
 
-        from serving.engine import preload_cuda_libraries, session_options
+        from serving.engine import session_options
+        from serving.cuda import preload_cuda_libraries
 
         providers: list = ["CPUExecutionProvider"]
         cuda_libraries = None

@@ -118,9 +118,9 @@ def verify(
     With --parity the parity report is run again against the source checkpoint; a recorded failure then counts
     only if the re-check fails too."""
     from bertpack.errors import ParityError
-    from export.manifest import verify_artifact
+    from export.verify import verify_artifact
     from export.parity import Tolerance
-    from serving.engine import parity_failure, read_manifest
+    from bertpack.manifest import parity_failure, read_manifest
 
     tol = Tolerance.parse(tolerance)
     for line in verify_artifact(artifact_dir):

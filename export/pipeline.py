@@ -25,7 +25,7 @@ from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
 from bertpack.machine import library_versions
 from bertpack.postprocess import Decision
-from export import manifest as mf
+from bertpack import manifest as mf
 from export import optimize, parity, quantize
 from export.checkpoint import Checkpoint, locate_checkpoint, named_by_artifact
 from export.config import INT8_CHOICES, ExportConfig
@@ -195,7 +195,9 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     """`bertpack verify --parity`: score every variant of an existing artifact against PyTorch on its
     source checkpoint again (after an ONNX Runtime upgrade, or to catch a damaged model whose file
     hashes were rewritten). Raises ParityError when a variant breaks its tolerance."""
-    from serving.engine import OnnxClassifier, cuda_available, encoding_variant, read_manifest, verify_files
+    from serving.engine import OnnxClassifier
+    from serving.cuda import cuda_available
+    from bertpack.manifest import encoding_variant, read_manifest, verify_files
 
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
@@ -312,7 +314,8 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
                      target: str, echo: Callable[[str], None]) -> dict:
     """Score fp32, optimized and (on a GPU) fp16 against PyTorch, then build int8 (_search_int8) and decide what ships
     (_ship_int8). Returns the parity report."""
-    from serving.engine import OnnxClassifier, cuda_available
+    from serving.engine import OnnxClassifier
+    from serving.cuda import cuda_available
 
     data = _load_eval(cola, cfg.limit, ckpt.labels)
     echo(f"parity on {data.split}: {len(data.sentences)} sentences from {cola}")

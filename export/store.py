@@ -104,7 +104,7 @@ def register(artifact_dir: Path, manifest: dict) -> str:
     from bentoml._internal.models.model import ModelStore
 
     from bertpack.files import write_json_atomic
-    from serving.engine import MANIFEST
+    from bertpack.manifest import MANIFEST
 
     name = manifest.get("name") or MODEL_NAME
     tag = f"{name}:{manifest['version']}"

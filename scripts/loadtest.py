@@ -233,7 +233,7 @@ def main() -> int:
     args = parse_args()
     from bertpack.data import validation_sentences
     from bertpack.machine import cpu_model, library_versions
-    from serving.engine import read_manifest
+    from bertpack.manifest import read_manifest
 
     sentences, _, _ = validation_sentences(args.data)
     folder = Path(args.model).resolve()

@@ -30,7 +30,8 @@ def probe_provider(provider: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from serving.engine import gpu_present, preload_cuda_libraries, quiet_ort_logs
+    from serving.engine import quiet_ort_logs
+    from serving.cuda import gpu_present, preload_cuda_libraries
 
     if provider in _NEEDS_GPU and not gpu_present():
         return {"provider": provider, "works": False, "detail": "not tried: no NVIDIA device visible"}
@@ -144,7 +145,8 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
     """(what `bentoml serve` would serve, None) or (None, why it would stop): the same preflight(), then the
     model loaded and run once on the device the service would use."""
     from bertpack.errors import BertpackError
-    from serving.engine import OnnxClassifier, parity_failure
+    from serving.engine import OnnxClassifier
+    from bertpack.manifest import parity_failure
     from serving.source import preflight
 
     try:
@@ -170,7 +172,7 @@ def serve_model(env: dict[str, str]) -> tuple[dict | None, str | None]:
 
 
 def gpu_info() -> dict:
-    from serving.engine import cuda_problem, gpu_present
+    from serving.cuda import cuda_problem, gpu_present
 
     devices = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
     listing = None
@@ -196,7 +198,7 @@ def http_stack() -> dict:
 def report() -> dict:
     import onnxruntime as ort
 
-    from serving.engine import onnxruntime_packages
+    from serving.cuda import onnxruntime_packages
 
     available = ort.get_available_providers()
     return {"versions": library_versions(), "onnxruntime": {"version": ort.__version__, "device": ort.get_device(), "packages": onnxruntime_packages(),

@@ -7,7 +7,6 @@ parity report and the benchmark's "serving path" use it too, so what is measured
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -18,128 +17,17 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from bertpack.errors import BertpackError, first_line
-from bertpack.files import sha256_file
-from bertpack.machine import VNNI_FLAGS, X86_MACHINES, cpu_flags, cpu_model, library_versions
-from bertpack.postprocess import Decision, label_ids, probabilities, softmax  # noqa: F401 - softmax: kept importable here
+from bertpack.manifest import left_out, read_manifest, verify_files
+from bertpack.machine import VNNI_FLAGS, X86_MACHINES, cpu_flags, cpu_model
+from bertpack.postprocess import Decision, label_ids, probabilities
+from serving import cuda
+from serving.cuda import CudaGraphs, bucket_length
 
 log = logging.getLogger("bertpack.engine")
 
-MANIFEST = "manifest.json"
-ARTIFACT_FORMAT = "bertpack-artifact/1"
-# An export's manifest is a few kB (about 7 kB for six variants); one far larger is not a bertpack export, and reading
-# it whole (an artifact folder from elsewhere, a manifest.json linked to a large file) would cost its size in memory.
-MAX_MANIFEST_BYTES = 1 << 20
 # Sequences are padded up to one of these lengths so a few shapes repeat (ORT caches per shape;
 # CUDA graphs need fixed shapes); CoLA sentences are short, so most land in 16 or 32.
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
-
-
-def read_manifest(artifact_dir: Path) -> dict:
-    """The artifact's manifest.json, checked for the shape every reader relies on."""
-    artifact_dir = Path(artifact_dir)
-    path = artifact_dir / MANIFEST
-    if artifact_dir.is_file():
-        raise BertpackError(f"{artifact_dir} is a file, not an artifact folder; pass the folder written by `bertpack export` (holding {MANIFEST})")
-    if not artifact_dir.is_dir():
-        if ":" in str(artifact_dir) and len(artifact_dir.parts) == 1:  # bertpack-cola:latest
-            raise BertpackError(f"{artifact_dir} looks like a BentoML model tag, but this takes an artifact folder: pass the folder "
-                                "written by `bertpack export` (a stored model's files are in $BENTOML_HOME/models/NAME/VERSION)")
-        raise BertpackError(f"artifact folder {artifact_dir} does not exist; create it with `bertpack export RUN_DIR --out {artifact_dir}`")
-    if not path.is_file():
-        what = f"whose {MANIFEST} is a folder, not a file" if path.exists() else f"has no {MANIFEST}"
-        raise BertpackError(f"{artifact_dir} {what}; it is not a bertpack export (run `bertpack export RUN_DIR`)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise BertpackError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} bytes a bertpack manifest may hold (an export "
-                                "writes a few kB): it is not a bertpack export; re-run bertpack export")
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BertpackError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run bertpack export") from None
-    except RecursionError:  # brackets nested deeper than Python's parser goes: not an export's manifest
-        raise BertpackError(f"{path} is not valid JSON (nested too deeply to parse); re-run bertpack export") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BertpackError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}); "
-                            "check its permissions or re-run bertpack export") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BertpackError(f"{path}: unknown artifact format {found!r} (expected {ARTIFACT_FORMAT}); re-run bertpack export")
-    problem = manifest_problem(manifest)
-    if problem:
-        raise BertpackError(f"{path} is damaged: {problem}; re-run bertpack export")
-    return manifest
-
-
-def manifest_problem(manifest: dict) -> str | None:
-    """What is wrong with the fields every reader uses (None when nothing): checked once here so no
-    reader meets a KeyError or TypeError in the middle of its work."""
-    files, variants, default = manifest.get("files"), manifest.get("variants"), manifest.get("serving_default")
-    if not isinstance(manifest.get("version"), str) or not manifest["version"]:
-        return "'version' is missing or not a string"
-    if not isinstance(files, dict) or not files:
-        return "'files' is missing or not a table of file names"
-    for name, meta in files.items():
-        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("bytes")) is int and meta["bytes"] >= 0):
-            return f"files[{name!r}] needs a sha256 string and a byte count"
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            return f"files[{name!r}] points outside the artifact folder"
-    if not isinstance(variants, dict) or not variants:
-        return "'variants' is missing or empty"
-    for name, variant in variants.items():
-        if not isinstance(variant, dict) or not isinstance(variant.get("file"), str):
-            return f"variants[{name!r}] has no 'file'"
-        if variant["file"] not in files:
-            return f"variants[{name!r}] names {variant['file']!r}, which 'files' does not list"
-    if not isinstance(default, dict) or any(default.get(k) not in variants for k in ("cpu", "cuda")):
-        return f"'serving_default' {default!r} must name an existing variant for cpu and for cuda"
-    labels = manifest.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        return "'labels' must be a list of label names"
-    if type(manifest.get("max_length")) is not int or not 2 < manifest["max_length"] <= 8192:
-        return "'max_length' must be a whole number of tokens"
-    if type(manifest.get("pad_token_id", 0)) is not int:
-        return "'pad_token_id' must be an integer"
-    return None
-
-
-def parity_failure(manifest: dict) -> str | None:
-    """What the export's parity check recorded as failing (None when it passed, or for exports that predate the
-    status): such an artifact is written but not registered, so verify, doctor and the service say so."""
-    if manifest.get("status", "ok") == "ok":
-        return None
-    return "; ".join(manifest.get("parity", {}).get("failures", [])) or str(manifest["status"])
-
-
-def left_out(manifest: dict, variant: str) -> tuple[str, str] | None:
-    """(file, export folder) when `variant` was left out of this copy of the artifact (the model store's copy, and so a
-    Bento, carries only the variants a service can be asked for: export/store.py), else None."""
-    copy = manifest.get("store_copy")
-    files = copy.get("left_out") if isinstance(copy, dict) else None
-    if not isinstance(files, dict) or variant not in files:
-        return None
-    return str(files[variant]), str(copy.get("of", "?"))
-
-
-def encoding_variant(manifest: dict) -> str:
-    """The fp32 graph to tokenize and batch with when only the ids matter (bench, verify --parity): fp32, or optimized
-    (the same model fused) in the model store's copy, which leaves fp32 out."""
-    return "fp32" if "fp32" in manifest["variants"] else "optimized"
-
-
-def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None = None) -> None:
-    """Re-hash files against the manifest (all of them, or `names`); raise on any mismatch."""
-    artifact_dir = Path(artifact_dir)
-    for name, meta in manifest["files"].items():
-        if names is not None and name not in names:
-            continue
-        path = artifact_dir / name
-        if not path.is_file():
-            raise BertpackError(f"{path} is missing (listed in the manifest); re-run bertpack export")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            raise BertpackError(f"{path} is {size} bytes, the manifest says {meta['bytes']}: truncated or replaced; re-run bertpack export")
-        if sha256_file(path) != meta["sha256"]:
-            raise BertpackError(f"{path} does not match its sha256 in the manifest: corrupt or modified; re-run bertpack export")
 
 
 # x86 CPUs whose u8s8 int8 products are exact; without these, ONNX Runtime's u8s8 kernels (VPMADDUBSW) sum pairs into
@@ -164,57 +52,6 @@ def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
             f"{exported_on.get('model') or 'another CPU'}); this CPU ({cpu_model(cpuinfo)}) has no VNNI, where ONNX Runtime's "
             f"u8s8 kernels can saturate and predict otherwise: check it here with `bertpack verify --parity {artifact_dir}`, "
             "serve BERTPACK_VARIANT=optimized, or re-export with --quant-target avx2 for CPUs without VNNI")
-
-
-def gpu_present() -> bool:
-    """An NVIDIA device is visible (the driver's device nodes exist)."""
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def uses_cuda(device: str) -> bool:
-    """Whether a device setting (auto, cpu, cuda) runs on the CUDA provider: the engine, the service and doctor agree."""
-    return device == "cuda" or (device == "auto" and cuda_available())
-
-
-def cuda_available() -> bool:
-    """CUDA can be asked for: onnxruntime-gpu lists its CUDA provider even where no GPU exists, and
-    asking for it there logs errors, so require a visible device as well."""
-    import onnxruntime as ort
-
-    return gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def onnxruntime_packages() -> dict[str, str]:
-    """Installed ONNX Runtime distributions; `onnxruntime` beside `onnxruntime-gpu` shadows the GPU build."""
-    found = library_versions(("onnxruntime", "onnxruntime-gpu"))
-    found.pop("python")
-    return found
-
-
-def cuda_problem() -> str | None:
-    """Why CUDA cannot be used here (None when it can be asked for)."""
-    import onnxruntime as ort
-
-    if not gpu_present():
-        return "no NVIDIA device is visible (/dev/nvidia*)"
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        return None  # the imported build has CUDA (an `onnxruntime` distribution beside it, if any, is not the one imported)
-    packages = onnxruntime_packages()
-    if "onnxruntime" in packages and "onnxruntime-gpu" in packages:
-        return ("both `onnxruntime` and `onnxruntime-gpu` are installed and the CPU build shadows the GPU one: "
-                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
-    return f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
-
-
-def preload_cuda_libraries() -> None:
-    """Load CUDA/cuDNN from the nvidia-* wheels or torch when present (ORT >= 1.21); harmless when absent."""
-    import onnxruntime as ort
-
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception as exc:  # noqa: BLE001 - best effort: the session creation below reports the real failure
-            log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
 def physical_cores() -> int:
@@ -283,13 +120,6 @@ def keep_within(ids: list[int], limit: int) -> list[int]:
     return ids if len(ids) <= limit else ids[: limit - 1] + [ids[-1]]
 
 
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return n
-
-
 @dataclass
 class Encoded:
     """Sentences tokenized for the model: `ids` within `limit`, `tokens` the counts before the cut,
@@ -331,12 +161,12 @@ class OnnxClassifier:
         self.manifest = read_manifest(self.artifact_dir)
         if device not in ("auto", "cpu", "cuda"):
             raise BertpackError(f"device must be auto, cpu or cuda, not {device!r}")
-        if device == "cuda" and cuda_problem():
-            raise BertpackError(f"device cuda was asked for, but {cuda_problem()}; use device auto or cpu")
-        want_cuda = uses_cuda(device)
-        if device == "auto" and not want_cuda and gpu_present():
+        if device == "cuda" and cuda.cuda_problem():
+            raise BertpackError(f"device cuda was asked for, but {cuda.cuda_problem()}; use device auto or cpu")
+        want_cuda = cuda.uses_cuda(device)
+        if device == "auto" and not want_cuda and cuda.gpu_present():
             # A GPU is visible, so CUDA was expected: never fall back to the CPU silently.
-            log.error("a GPU is visible but ONNX Runtime cannot use it, serving on the CPU: %s", cuda_problem())
+            log.error("a GPU is visible but ONNX Runtime cannot use it, serving on the CPU: %s", cuda.cuda_problem())
         self.variant = variant or self.manifest["serving_default"]["cuda" if want_cuda else "cpu"]
         variants = self.manifest["variants"]
         if self.variant not in variants:
@@ -359,12 +189,12 @@ class OnnxClassifier:
         self.model_path = self.artifact_dir / model_file
         providers: list = ["CPUExecutionProvider"]
         if want_cuda:
-            preload_cuda_libraries()
+            cuda.preload_cuda_libraries()
             providers = [("CUDAExecutionProvider", {"device_id": 0, **(cuda_options or {})}), "CPUExecutionProvider"]
         self.session = _open_session(self.model_path, session_options(threads, spin), providers)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
-            why = cuda_problem() or "its CUDA provider failed to initialise; see the ONNX Runtime log above"
+            why = cuda.cuda_problem() or "its CUDA provider failed to initialise; see the ONNX Runtime log above"
             if device == "cuda":
                 raise BertpackError(f"device cuda was asked for, but ONNX Runtime could not use CUDA ({why}); check the CUDA and "
                                     "cuDNN libraries with `bertpack doctor`, or use device auto or cpu")
@@ -388,8 +218,9 @@ class OnnxClassifier:
         self.graph_error: str | None = None  # why CUDA graphs were asked for and are not used
         if cuda_graph and self.provider == "CUDAExecutionProvider":
             try:
-                self.graphs = CudaGraphs.create(self.model_path, threads, self.input_names, self.output_name, len(self.labels), self.pad_id,
-                                                cuda_options)
+                session = _open_session(self.model_path, session_options(threads), [(
+                    "CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1", **(cuda_options or {})})])
+                self.graphs = CudaGraphs(session, self.input_names, self.output_name, len(self.labels), self.pad_id)
             except BertpackError as exc:
                 self.graph_error = str(exc)
                 log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
@@ -536,98 +367,3 @@ def _open_session(path: Path, options, providers: list):
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
         raise BertpackError(f"ONNX Runtime cannot load {path}: {first_line(exc, 300)}; "
                             "re-run bertpack export (or check the onnxruntime version with bertpack doctor)") from None
-
-
-@dataclass
-class _GraphSlot:
-    binding: object
-    inputs: dict  # name -> OrtValue on the device, bound once
-    run_options: object
-    on_device: dict = field(default_factory=dict)  # name -> the host array last copied into that OrtValue
-
-
-class CudaGraphs:
-    """CUDA graphs for the fp16 model, one per (batch bucket, length bucket), captured on first use.
-
-    ORT replays a captured graph only when every input and output stays at the same device address
-    and shape, so each shape gets preallocated device tensors bound once and refreshed in place, and
-    its own `gpu_graph_id`. The capture needs a GPU (tests/test_serving_light.py runs this bookkeeping on
-    CPU tensors without one); any failure disables the graphs and the engine goes on with plain IO binding
-    (see OnnxClassifier.run).
-    """
-
-    BATCHES = (1, 2, 4, 8, 16, 32, 64)
-    MAX_GRAPHS = 48
-
-    def __init__(self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int, device: str = "cuda"):
-        self.session, self.input_names, self.output_name = session, input_names, output_name
-        self.n_labels, self.pad_id = n_labels, pad_id
-        self.device = device  # where the bound tensors live; "cpu" only to test this bookkeeping without a GPU
-        self.slots: dict[tuple[int, int], _GraphSlot] = {}
-
-    @classmethod
-    def create(cls, model_path: Path, threads: int | None, input_names: list[str], output_name: str,
-               n_labels: int, pad_id: int, cuda_options: dict[str, str] | None = None) -> "CudaGraphs":
-        """A second session of the model with CUDA graphs on; raises BertpackError when ORT refuses
-        (e.g. a node that runs on the CPU provider)."""
-        session = _open_session(model_path, session_options(threads),
-                                [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1", **(cuda_options or {})})])
-        return cls(session, input_names, output_name, n_labels, pad_id)
-
-    def _slot(self, rows: int, length: int) -> _GraphSlot:
-        import onnxruntime as ort
-
-        key = (rows, length)
-        if key not in self.slots:
-            binding = self.session.io_binding()
-            inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, self.device, 0) for name in self.input_names}
-            for name, value in inputs.items():
-                binding.bind_ortvalue_input(name, value)
-            output = ort.OrtValue.ortvalue_from_shape_and_type((rows, self.n_labels), np.float32, self.device, 0)
-            binding.bind_ortvalue_output(self.output_name, output)
-            run_options = ort.RunOptions()
-            run_options.add_run_config_entry("gpu_graph_id", str(len(self.slots)))
-            self.slots[key] = _GraphSlot(binding, inputs, run_options)
-        return self.slots[key]
-
-    def fits(self, n: int, length: int) -> bool:
-        """A graph exists or may still be captured for this batch shape."""
-        rows = bucket_length(n, self.BATCHES)
-        return rows <= self.BATCHES[-1] and ((rows, length) in self.slots or len(self.slots) < self.MAX_GRAPHS)
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits for one batch: copy it in, replay its shape's graph, copy the logits out."""
-        slot, n = self.stage(inputs)
-        self.replay(slot)
-        return self.fetch(slot, n)
-
-    def stage(self, inputs: dict[str, np.ndarray]) -> tuple[_GraphSlot, int]:
-        """Copy a batch into its shape's bound device tensors (rows padded to a graph batch size);
-        returns the slot to replay and the batch's real row count."""
-        n, length = inputs["input_ids"].shape
-        if not self.fits(n, length):
-            raise RuntimeError(f"no CUDA graph for a batch of {n} x {length} tokens (largest graph batch {self.BATCHES[-1]}, "
-                               f"at most {self.MAX_GRAPHS} shapes)")
-        rows = bucket_length(n, self.BATCHES)
-        slot = self._slot(rows, length)
-        for name in self.input_names:
-            padded = np.full((rows, length), self.pad_id if name == "input_ids" else 0, dtype=np.int64)
-            padded[:n] = inputs[name]
-            if name == "attention_mask":
-                padded[n:, 0] = 1  # filler rows attend to one token so they stay finite; their output is dropped
-            # Each copy is a synchronous host-to-device transfer on the request's path; token_type_ids (all
-            # zeros for single sentences) and a repeated mask are already on the device.
-            if not np.array_equal(slot.on_device.get(name), padded):
-                slot.inputs[name].update_inplace(padded)
-                slot.on_device[name] = padded
-        return slot, n
-
-    def replay(self, slot: _GraphSlot) -> None:
-        """Run the model on what the slot holds (the first runs of a shape capture its graph)."""
-        self.session.run_with_iobinding(slot.binding, slot.run_options)
-
-    @staticmethod
-    def fetch(slot: _GraphSlot, n: int) -> np.ndarray:
-        """The first n rows of the slot's logits, copied to the host."""
-        return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
-

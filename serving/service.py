@@ -21,7 +21,9 @@ from starlette.routing import Route
 
 from bertpack.errors import BertpackError
 from serving import bentoml_compat
-from serving.engine import OnnxClassifier, cuda_problem, parity_failure, read_manifest
+from serving.engine import OnnxClassifier
+from serving.cuda import cuda_problem
+from bertpack.manifest import parity_failure, read_manifest
 from serving.http_guard import KNOWN_PATHS, BodyTooLarge, JsonOnly
 from serving.schema import (MAX_BODY_BYTES, MAX_CHARS, MAX_SENTENCES, ClassifyAnswer, ClassifyInput, ClassifyRequest,
                             Prediction, Tokenized, error_body, token_errors)

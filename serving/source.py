@@ -78,7 +78,8 @@ def default_workers(device: str, cores: int | None = None, gpu: bool | None = No
     second worker's HTTP side takes cores from the model); on a GPU host, one per 4 cores up to 4 sharing the GPU,
     each with its own session and CUDA graphs, since there the per-request Python work, not the GPU, is the limit.
     `cores` and `gpu` (a GPU is visible) are this host's unless given."""
-    from serving.engine import gpu_present, physical_cores
+    from serving.engine import physical_cores
+    from serving.cuda import gpu_present
 
     cores = cores or physical_cores()
     gpu = device != "cpu" and (gpu_present() if gpu is None else gpu)
@@ -122,7 +123,7 @@ def looks_like_path(spec: str) -> bool:
 def resolve_model(spec: str) -> ModelSource:
     """An existing folder is an artifact folder; a spec that looks like a path must be one; anything
     else is a BentoML model tag."""
-    from serving.engine import MANIFEST, read_manifest
+    from bertpack.manifest import MANIFEST, read_manifest
 
     folder = Path(spec).expanduser()
     if folder.is_dir():
@@ -187,7 +188,7 @@ def check_still_served(source: ModelSource, manifests: list[dict], pinned: str |
 
 def device_problem(device: str) -> str | None:
     """Why BERTPACK_DEVICE cannot be honoured on this host (cuda asked for, none usable), or None."""
-    from serving.engine import cuda_problem
+    from serving.cuda import cuda_problem
 
     if device == "cuda" and cuda_problem():
         return f"BERTPACK_DEVICE=cuda, but {cuda_problem()}; set BERTPACK_DEVICE=auto or cpu"
@@ -202,7 +203,8 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None,
     `verified`: the files_fingerprint() taken when the files were last hashed; if it still matches, the
     files are not hashed again (a worker after the serve process's own check: one pass is 0.3 s for the
     demo's 250 MB artifact here, ~1.5 s at that rate for a bert-base artifact)."""
-    from serving.engine import left_out, load_tokenizer, read_manifest, verify_files
+    from serving.engine import load_tokenizer
+    from bertpack.manifest import left_out, read_manifest, verify_files
 
     config = ServeConfig.from_env(env, default_model)
     source = resolve_model(config.model)

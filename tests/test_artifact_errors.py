@@ -96,7 +96,8 @@ def test_padding_is_masked(tiny_artifact):
 def test_predict_pads_as_the_service_does(tiny_artifact):
     """On the CPU the service pads each run to its longest sentence (no buckets); predict must
     compute exactly that, or the two disagree on int8 (dynamic quantization sees the padding)."""
-    from serving.engine import OnnxClassifier, softmax
+    from bertpack.postprocess import softmax
+    from serving.engine import OnnxClassifier
 
     sentences = ["The cat sat on the mat.", "Him went there quickly yesterday the."]
     proc = run_cli("predict", str(tiny_artifact), *sentences, "--json")
@@ -114,7 +115,7 @@ def test_predict_reads_stdin_and_refuses_cuda_without_gpu(tiny_artifact):
     import subprocess
     import sys
 
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
     from tests.conftest import REPO
 
     proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-", "--json"], cwd=REPO,

@@ -71,7 +71,7 @@ def test_bench_writes_table_json_md_png(bench_result):
 
 
 def test_gpu_rows_are_skipped_with_a_reason(bench_result):
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
 
     if cuda_available():
         pytest.skip("a GPU is present: the CUDA rows run instead of being skipped")
@@ -376,7 +376,8 @@ def test_graph_engine_times_the_model_call_and_its_copies_apart(tiny_artifact, s
 
     from bench.worker import OnnxGraphEngine, measure_batch_size
     from bertpack.data import validation_sentences
-    from serving.engine import CudaGraphs, OnnxClassifier
+    from serving.engine import OnnxClassifier
+    from serving.cuda import CudaGraphs
 
     class SlowCopies(OnnxGraphEngine):
         def __init__(self):  # the real engine opens the fp16 model on CUDA; here the same class on a CPU session

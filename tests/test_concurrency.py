@@ -105,7 +105,7 @@ def test_second_bench_to_the_same_out_is_refused(tmp_path, tiny_artifact, synthe
 def test_versions_of_exports_in_the_same_second_differ(tiny_run):
     """Two exports of one checkpoint started in the same second (a script exporting static and dynamic int8 side by
     side) shared a version: the second's registration failed, and two different artifacts carried one version."""
-    from export.manifest import make_version
+    from bertpack.manifest import make_version
 
     a, b = (make_version(tiny_run / "model", datetime(2026, 1, 2, 3, 4, 5, us)) for us in (1000, 2000))
     assert a != b and a.startswith("20260102-030405-") and a.split("-")[-1] == b.split("-")[-1]

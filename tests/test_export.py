@@ -261,7 +261,7 @@ def test_verify_ok_then_corrupted_and_truncated(exported, tmp_path):
 
 def test_verify_rehashed_garbage_model_fails_to_load(exported, tmp_path):
     """A file whose hash was rewritten but which is no ONNX model: verify must load it and fail."""
-    from export.manifest import write_manifest
+    from bertpack.manifest import write_manifest
 
     art = tmp_path / "art"
     shutil.copytree(exported["out"], art)
@@ -287,7 +287,7 @@ def _damage(model_path: Path, initializer_suffix: str, factor: float) -> None:
 def test_damaged_model_fails_parity(exported, synthetic_cola, tmp_path):
     """An optimized model with a broken classifier (hashes rewritten, so only parity can see it)
     must make `verify --parity` exit non-zero with the variant named."""
-    from export.manifest import write_manifest
+    from bertpack.manifest import write_manifest
 
     art = tmp_path / "art"
     shutil.copytree(exported["out"], art)

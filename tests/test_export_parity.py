@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bertpack.errors import BertpackError
 from export import parity, quantize
 from export.cpu import cpu_flags, quantization_target
-from export.manifest import file_table, make_version
+from bertpack.manifest import file_table, make_version
 from bertpack.files import sha256_file
 
 DATA = parity.Eval(sentences=["a", "b", "c", "d"], labels=[1, 0, 1, 0], domains=["in", "in", "out", "out"])

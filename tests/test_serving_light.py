@@ -152,7 +152,7 @@ def test_missing_model_tag_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def cuda_artifact(synthetic_cola, tmp_path_factory):
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
 
     if not cuda_available():
         pytest.skip("no NVIDIA GPU with the CUDA provider on this host: the fp16/CUDA path and CUDA graphs are untested here")
@@ -188,7 +188,7 @@ def test_cuda_fp16_matches_cpu(cuda_artifact, graphs):
 def test_cuda_graph_shapes_are_bounded():
     """Which batch shapes get a CUDA graph (pure bookkeeping; the capture itself needs a GPU): rows up to the
     largest graph batch, and at most MAX_GRAPHS shapes; anything else takes plain IO binding."""
-    from serving.engine import CudaGraphs
+    from serving.cuda import CudaGraphs
 
     graphs = CudaGraphs(session=None, input_names=["input_ids"], output_name="logits", n_labels=2, pad_id=0)
     assert graphs.fits(1, 16) and graphs.fits(64, 128) and not graphs.fits(65, 16)
@@ -203,7 +203,8 @@ def test_cuda_graph_bookkeeping_on_cpu_buffers(tiny_artifact):
     already holds the same values) driven through a CPU session and CPU tensors, as the GPU test cannot run
     here: batch after batch on one shape, the logits must equal the plain session's, so a skipped copy that
     should have happened shows up as a stale input."""
-    from serving.engine import CudaGraphs, OnnxClassifier
+    from serving.engine import OnnxClassifier
+    from serving.cuda import CudaGraphs
 
     clf = OnnxClassifier(tiny_artifact, variant="optimized", device="cpu", buckets=(16, 32))
     graphs = CudaGraphs(clf.session, clf.input_names, clf.output_name, len(clf.labels), clf.pad_id, device="cpu")
@@ -345,7 +346,7 @@ def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola,
     assert "ok  tokenizer.json loads" in verify.stdout
     recheck = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
     assert recheck.returncode == 0 and "this re-check passes" in recheck.stderr, recheck.stderr[-2000:]
-    from serving.engine import cuda_available
+    from serving.cuda import cuda_available
 
     if not cuda_available():  # a failure recorded for fp16 (on a GPU host) cannot be cleared by a re-check without one
         manifest["parity"]["failures"] = ["fp16: agreement 90% < 98%"]
@@ -579,13 +580,14 @@ def test_a_gpu_whose_cuda_does_not_load_gets_the_cpu_model(tiny_artifact, monkey
     default (not the fp16 GPU model on the CPU), padded as the CPU pads; with device cuda asked for, it is an error.
     (Here the GPU is declared visible and CUDA usable, and ONNX Runtime's CUDA provider then fails for real: on a
     host without a GPU for want of one, on a GPU host because it is asked for a device number that does not exist.)"""
-    import serving.engine as engine
+    import serving.cuda as cuda
     from bertpack.errors import BertpackError
-    from serving.engine import OnnxClassifier, read_manifest
+    from bertpack.manifest import read_manifest
+    from serving.engine import OnnxClassifier
 
-    monkeypatch.setattr(engine, "cuda_available", lambda: True)
-    monkeypatch.setattr(engine, "gpu_present", lambda: True)
-    monkeypatch.setattr(engine, "cuda_problem", lambda: None)
+    monkeypatch.setattr(cuda, "cuda_available", lambda: True)
+    monkeypatch.setattr(cuda, "gpu_present", lambda: True)
+    monkeypatch.setattr(cuda, "cuda_problem", lambda: None)
     no_such_gpu = {"device_id": "4095"}
     manifest = read_manifest(tiny_artifact)
     clf = OnnxClassifier(tiny_artifact, device="auto", verify=False, cuda_options=no_such_gpu)

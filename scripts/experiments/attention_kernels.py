@@ -41,7 +41,8 @@ def measure_one(artifact: Path, sdpa_kernel: int | None, data: Path, sentences: 
 
     from bench.worker import OnnxGraphEngine, measure_batch_size
     from bertpack.data import validation_sentences
-    from serving.engine import CudaGraphs, OnnxClassifier, physical_cores
+    from serving.engine import OnnxClassifier, physical_cores
+    from serving.cuda import CudaGraphs
 
     if cpu:
         class Engine(OnnxGraphEngine):  # the same class on a CPU session and CPU buffers

@@ -1,46 +1,12 @@
-"""manifest.json: what the artifact holds, where it came from, and the sha256 of every file."""
+"""`bertpack verify`: an artifact's files against its manifest, and each model loaded and run once."""
 
 from __future__ import annotations
 
-import hashlib
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bertpack.errors import BertpackError, first_line
-from bertpack.files import sha256_file, write_json_atomic
-from serving.engine import ARTIFACT_FORMAT, MANIFEST, load_tokenizer, read_manifest, verify_files
-
-# Tokenizer and config files copied beside the models (tokenizer.json is what the engine reads).
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-
-
-def file_table(folder: Path, hashed: bool = True) -> dict[str, dict]:
-    """sha256 and size of every file under `folder` except the manifest itself (sha256 "" when not hashed)."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p) if hashed else "", "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def make_version(checkpoint: Path, when: datetime) -> str:
-    """A short id, valid as a BentoML model version: export time to the microsecond + the weights' hash prefix. The
-    microseconds keep two exports of one checkpoint started in the same second (a script exporting --int8 static and
-    dynamic side by side) from sharing a version: the second's store registration failed after all its work."""
-    digest = hashlib.sha256()
-    for p in sorted(Path(checkpoint).glob("*.safetensors")):
-        digest.update(sha256_file(p).encode())
-    return f"{when:%Y%m%d-%H%M%S-%f}-{digest.hexdigest()[:8]}"
-
-
-def write_manifest(folder: Path, body: dict, hash_files: bool = True) -> dict:
-    """Hash the folder's files and write manifest.json atomically; returns what was written. hash_files=False
-    writes a provisional manifest (sizes, no hashes) for the export's own loads (verify=False) while it builds:
-    hashing every model after each int8 try cost seconds per try for BERT-base."""
-    manifest = {"format": ARTIFACT_FORMAT, **{k: v for k, v in body.items() if k != "files"}}
-    manifest.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    manifest["files"] = file_table(folder, hashed=hash_files)
-    write_json_atomic(Path(folder) / MANIFEST, manifest)
-    return manifest
-
+from bertpack.manifest import MANIFEST, read_manifest, verify_files
+from serving.engine import load_tokenizer
 
 # BentoML's own record beside the files of a model in its store (bentoml.models.get(tag).path is an artifact folder).
 STORE_RECORD = "model.yaml"

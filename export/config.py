@@ -27,5 +27,5 @@ class ExportConfig:
     flip_check: bool = True
     # Without it, an int8 that meets no tolerance is left out (CPU default: optimized) and the export succeeds.
     require_int8: bool = False
-    limit: int | None = None  # score N validation sentences spread over the split (quick runs; the bar uses all)
+    limit: int | None = None  # score N validation sentences spread over the split (quick runs; the default scores all)
     seed: int = 0

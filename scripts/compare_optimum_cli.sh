@@ -4,7 +4,7 @@
 # CPU has VNNI) against `bertpack export`; prints MCC, agreement with PyTorch, flip rate and size of
 # each int8 model on the full CoLA validation set.
 #   usage: scripts/compare_optimum_cli.sh RUN_DIR [DATA_DIR] [WORK_DIR]
-# Run it under `flock /tmp/bertpack-measure.lock` when the figures go into the README.
+# Run it on an otherwise idle machine: the figures compare sizes and agreement, the timings are its own.
 set -euo pipefail
 RUN=${1:?usage: scripts/compare_optimum_cli.sh RUN_DIR [DATA_DIR] [WORK_DIR]}
 DATA=${2:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/cola}

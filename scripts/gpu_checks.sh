@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 2, 4 and 5 in one run, on a CUDA machine where bertpack's Python
+# Every GPU check in one run, on a CUDA machine where bertpack's Python
 # packages are importable (onnxruntime-gpu, transformers < 4.58, optimum-onnx, datasets):
 #
 #   OUT=results DATA=CoLA_folder SHAPE=model_shape_dir META=artifact_dir bash scripts/gpu_checks.sh
 #
 #   1. bertpack doctor (providers that really load, GPU)
-#   2. bertpack bench --arch bert-base on the GPU engines (issue 4's H100 table), then the batch-1 bar's
+#   2. bertpack bench --arch bert-base on the GPU engines, then the batch-1 speed-up check's
 #      engines alone for ROUNDS rounds (`bench --rounds`: fresh processes, engines interleaved), reusing that
-#      export: PyTorch's batch-1 time changes from one process to the next, so the bar is the median ratio
+#      export: PyTorch's batch-1 time changes from one process to the next, so the check reads the median ratio
 #   2b. (kernels) a probe: the graph path at batch 1 with each ONNX Runtime attention kernel, and without the
 #      embedding fusion, on that export (scripts/experiments/attention_kernels.py)
 #   3. bertpack train, a few hundred steps on the GPU (mixed precision, samples/s) from random weights
 #      of SHAPE's shape (the embedded model's config + tokenizer: throughput does not depend on weights)
 #   4. bertpack export of that run (fp16 parity checked on the CUDA provider), no int8
 #   5. bertpack bench of that artifact: the served model's shape on CUDA, IO binding with and without
-#      CUDA graphs, and the serving path end to end (issue 5's engine check)
+#      CUDA graphs, and the serving path end to end
 #   6. the tests that need a GPU (fp16 on the CUDA provider against the CPU's fp32, with and without CUDA
 #      graphs; needs pytest on the machine)
 # META is any bertpack artifact (its manifest and tokenizer seed step 2). PARTS picks the steps
@@ -47,7 +47,7 @@ pack
 fi
 
 if want bench; then
-step "bench bert-base (issue 4)"
+step "bench bert-base"
 timeout -k 10 330 python3 -m bertpack.cli bench "$META" --arch bert-base --data "$DATA" --engines "$BB_ENGINES" \
   --batch-sizes 1,8,32,128 --min-time 0.5 --min-samples 20 --no-profile --export-dir "$WORK/bert-base" \
   --out "$RES/bench-bert-base" 2>&1 | tee "$RES/bench-bert-base.log"
@@ -72,7 +72,7 @@ pack
 fi
 
 if want train; then
-step "train on the GPU (issue 2)"
+step "train on the GPU"
 python3 scripts/random_model.py "$SHAPE" "$WORK/shape-random" 2>&1 | tail -1
 timeout -k 10 240 python3 -m bertpack.cli train --model "$WORK/shape-random" --data "$DATA" --max-steps "$STEPS" \
   --out "$WORK/run" --overwrite 2>&1 | grep -v "it/s]$" | tee "$RES/train.log"
@@ -89,7 +89,7 @@ pack
 fi
 
 if want served; then
-step "bench the served shape on CUDA (issue 5)"
+step "bench the served shape on CUDA"
 timeout -k 10 240 python3 -m bertpack.cli bench "$WORK/artifact" --data "$DATA" --engines "$MINI_ENGINES" \
   --batch-sizes 1,8,32,64 --sentences 512 --min-time 0.5 --min-samples 20 --no-profile \
   --out "$RES/bench-served-shape" 2>&1 | tee "$RES/bench-served-shape.log"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the embedded model on full CoLA with each recipe below (one run each, seed 42), then print
-# the table that the README's "Recipes tried" section quotes. Each recipe spells out every option that
+# the table of recipes tried (docs/train.md). Each recipe spells out every option that
 # differs from today's defaults, so the table reproduces after the defaults changed. Recipe X (mean-pooling
 # head) is scripts/experiments/meanpool_head.py. Usage: scripts/recipe_search.sh DATA_DIR [OUT_ROOT]
 set -euo pipefail
@@ -20,6 +20,6 @@ declare -A RECIPES=(
 for name in $(printf '%s\n' "${!RECIPES[@]}" | sort); do
   if [ -f "$ROOT/$name/metrics.json" ]; then continue; fi
   echo "=== $name: ${RECIPES[$name]}"
-  flock /tmp/bertpack-measure.lock bertpack train --data "$DATA" --out "$ROOT/$name" --overwrite ${RECIPES[$name]} > "$ROOT.$name.log" 2>&1 || echo "failed: $name"
+  bertpack train --data "$DATA" --out "$ROOT/$name" --overwrite ${RECIPES[$name]} > "$ROOT.$name.log" 2>&1 || echo "failed: $name"
 done
 python scripts/summarize_runs.py "$ROOT"/*/metrics.json

@@ -11,7 +11,7 @@ mkdir -p "$ROOT"
 for seed in ${SEEDS[@]}; do
   [ -f "$ROOT/seed$seed/metrics.json" ] && continue
   echo "=== seed $seed"
-  flock /tmp/bertpack-measure.lock bertpack train --data "$DATA" --out "$ROOT/seed$seed" --overwrite --seed "$seed" > "$ROOT.seed$seed.log" 2>&1 || echo "failed: seed $seed"
+  bertpack train --data "$DATA" --out "$ROOT/seed$seed" --overwrite --seed "$seed" > "$ROOT.seed$seed.log" 2>&1 || echo "failed: seed $seed"
 done
 members=()
 for seed in ${SEEDS[@]}; do [ -f "$ROOT/seed$seed/metrics.json" ] && members+=("$ROOT/seed$seed"); done

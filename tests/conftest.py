@@ -19,7 +19,7 @@ REAL_COLA = REPO.parent / "shared" / "data" / "cola"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The serving settings a developer may have exported in their shell (README, serve) would change what the
+# The serving settings a developer may have exported in their shell (docs/serving.md) would change what the
 # service and `bertpack doctor` do under test; every test that wants one passes it explicitly.
 for _name in [k for k in os.environ if k.startswith("BERTPACK_")]:
     del os.environ[_name]

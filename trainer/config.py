@@ -1,5 +1,5 @@
-"""The training recipe as data. The defaults are the best recipe measured for the embedded model
-(see README, "Recipes tried"); every field is a `bertpack train` option."""
+"""The training recipe as data. The defaults are the recipe that did best for the embedded model (docs/train.md
+lists those tried); every field is a `bertpack train` option."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Experiment behind recipe X in the README (not a product option): `bertpack train` with a masked
+"""Experiment behind recipe X of the recipes tried (docs/train.md; not a product option): `bertpack train` with a masked
 mean-pooling head in place of BERT's [CLS] pooler, to test whether the embedded sentence-embedding
 model (trained with mean pooling) does better on CoLA when the classifier reads what it was trained to
 produce. It swaps the model class the trainer loads; everything else is `bertpack train`. The result

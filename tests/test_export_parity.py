@@ -3,6 +3,8 @@ fusion check on hand-built graphs, CPU flag parsing (no trained model, fast)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +74,13 @@ def test_ladder_starts_at_optimum_defaults_and_gets_safer():
         assert len({t.name for t in tries}) == len(tries)
         assert "ffn_out" in tries[-1].exclude and tries[-1].reduce_range
         smoothed = [t for t in tries if t.smooth_alpha is not None]
-        # dynamic smooths from the fourth rung on (every rung that keeps ffn_out in fp32); static never does
-        assert smoothed == (tries[3:] if method == "dynamic" else [])
-        assert all("ffn_out" in t.exclude and "smoothquant 0.5" in t.name for t in smoothed)
+        # dynamic smooths from the fourth rung on (every rung that keeps ffn_out in fp32); static in one rung, the fifth:
+        # the fourth (ffn_out in fp32, minmax) smoothed at alpha 0.75, before percentile calibration
+        assert smoothed == (tries[3:] if method == "dynamic" else [tries[4]])
+        alpha = "0.5" if method == "dynamic" else "0.75"
+        assert all("ffn_out" in t.exclude and f"smoothquant {alpha}" in t.name for t in smoothed)
+        if method == "static":
+            assert tries[4] == dataclasses.replace(tries[3], smooth_alpha=0.75) and tries[5].calibration == "percentile"
 
 
 def test_sensitive_nodes(tmp_path):

@@ -25,16 +25,51 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
-def best_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
-    """The cut on p(positive) with the highest MCC: midway between two neighbouring distinct probabilities, so a
-    small change in a probability does not move a row across it; among equal MCCs the cut nearest 0.5."""
-    p = np.asarray(p_positive, dtype=np.float64)
+def _cuts(p: np.ndarray) -> np.ndarray:
+    """Candidate cuts: midway between neighbouring distinct probabilities (and beyond both ends), so that a small change
+    in a probability does not move a row across the chosen one."""
     values = np.unique(p)
-    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
-    truth = np.asarray(labels) == positive
-    scores = np.array([mcc(truth, p >= cut) for cut in cuts])
+    return np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+
+
+def mcc_curve(p: np.ndarray, truth: np.ndarray, cuts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """MCC of `p >= cut` against boolean `truth` at every cut, with optional row weights (bootstrap counts)."""
+    order = np.argsort(p, kind="stable")
+    p, truth = p[order], truth[order].astype(np.float64)
+    w = np.ones_like(truth) if weights is None else weights[order].astype(np.float64)
+    below = np.searchsorted(p, cuts, side="left")  # rows under each cut: predicted negative
+    pos_below = np.concatenate([[0.0], np.cumsum(w * truth)])[below]
+    all_below = np.concatenate([[0.0], np.cumsum(w)])[below]
+    positives, total = float(np.sum(w * truth)), float(np.sum(w))
+    tp, fn = positives - pos_below, pos_below
+    fp = (total - all_below) - tp
+    tn = all_below - pos_below
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _nearest_half(cuts: np.ndarray, scores: np.ndarray) -> float:
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
     return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
+
+
+def best_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+    """The cut on p(positive) with the highest MCC on these rows; among equal MCCs the cut nearest 0.5."""
+    p = np.asarray(p_positive, dtype=np.float64)
+    cuts = _cuts(p)
+    return _nearest_half(cuts, mcc_curve(p, np.asarray(labels) == positive, cuts))
+
+
+def bagged_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1, resamples: int = 200, seed: int = 0) -> float:
+    """The cut with the highest MCC averaged over bootstrap resamples of the rows: the maximum of one sample's MCC
+    curve sits on its noise, the averaged curve's on what the rows have in common."""
+    p = np.asarray(p_positive, dtype=np.float64)
+    truth = np.asarray(labels) == positive
+    cuts = _cuts(p)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(p), np.full(len(p), 1.0 / len(p)), size=resamples)
+    mean = np.mean([mcc_curve(p, truth, cuts, w) for w in counts], axis=0)
+    return _nearest_half(cuts, mean)
 
 
 def fit_decision(logits: np.ndarray, labels: np.ndarray, positive: int = 1, threshold: bool = True) -> Decision:

@@ -39,14 +39,24 @@ def padding_stats(batches: Sequence[Batch]) -> dict:
     computed = sum(b.shape[0] * b.shape[1] for b in batches)
     real = sum(b.real_tokens for b in batches)
     lengths = [b.shape[1] for b in batches]
-    return {"batches": len(batches), "real_tokens": real, "computed_tokens": computed,
-            "padding_ratio": (computed - real) / real if real else 0.0,
-            "seq_len_min": min(lengths), "seq_len_median": float(np.median(lengths)), "seq_len_max": max(lengths)}
+    return {
+        "batches": len(batches),
+        "real_tokens": real,
+        "computed_tokens": computed,
+        "padding_ratio": (computed - real) / real if real else 0.0,
+        "seq_len_min": min(lengths),
+        "seq_len_median": float(np.median(lengths)),
+        "seq_len_max": max(lengths),
+    }
 
 
 def fixed_padding_stats(ids: Sequence[Sequence[int]], batch_size: int, length: int) -> dict:
     """Padding of the book's way (every sentence padded to `length`, input order), for the report."""
     real = sum(min(len(s), length) for s in ids)
     computed = len(ids) * length
-    return {"batches": -(-len(ids) // batch_size), "real_tokens": real, "computed_tokens": computed,
-            "padding_ratio": (computed - real) / real if real else 0.0}
+    return {
+        "batches": -(-len(ids) // batch_size),
+        "real_tokens": real,
+        "computed_tokens": computed,
+        "padding_ratio": (computed - real) / real if real else 0.0,
+    }

@@ -18,7 +18,12 @@ log = logging.getLogger("bertpack.bench")
 
 MAX_LENGTH = 128
 PARITY_SENTENCES = 64  # the export's parity run is only a smoke check here
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")  # read from the template artifact
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)  # read from the template artifact
 
 
 def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: list[str] | None = None) -> Path:
@@ -33,8 +38,12 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: 
     torch.manual_seed(seed)
     # bert-base's shape; the vocabulary is the template's (30522 for uncased WordPiece), so every token id has a row
     id2label = dict(enumerate(labels)) if labels else LABELS
-    config = BertConfig(vocab_size=len(tokenizer), num_labels=len(id2label), id2label=id2label,
-                        label2id={v: k for k, v in id2label.items()})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
     model = BertForSequenceClassification(config).eval()
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(run_dir / "model", safe_serialization=True)
@@ -44,8 +53,14 @@ def write_random_run(run_dir: Path, tokenizer_dir: Path, seed: int = 0, labels: 
     return run_dir
 
 
-def export_bert_base(work: Path, tokenizer_dir: Path, data, int8_method: str, echo: Callable[[str], None],
-                     labels: list[str] | None = None) -> Path:
+def export_bert_base(
+    work: Path,
+    tokenizer_dir: Path,
+    data,
+    int8_method: str,
+    echo: Callable[[str], None],
+    labels: list[str] | None = None,
+) -> Path:
     """Export a random BERT-base with the template's `labels` into work/artifact (reused when a previous export is
     there)."""
     from export.parity import Tolerance
@@ -59,9 +74,19 @@ def export_bert_base(work: Path, tokenizer_dir: Path, data, int8_method: str, ec
     echo(f"bert-base: exporting random weights with export.pipeline.export_artifact into {artifact} (a few minutes)")
     wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
     try:
-        export_artifact(run, artifact, data=data, store=False, overwrite=True, tolerance=wide_open, int8=int8_method,
-                        limit=PARITY_SENTENCES, calibration_samples=PARITY_SENTENCES, flip_check=False,
-                        echo=lambda line: log.info(line))
+        export_artifact(
+            run,
+            artifact,
+            data=data,
+            store=False,
+            overwrite=True,
+            tolerance=wide_open,
+            int8=int8_method,
+            limit=PARITY_SENTENCES,
+            calibration_samples=PARITY_SENTENCES,
+            flip_check=False,
+            echo=lambda line: log.info(line),
+        )
     except ParityError as exc:  # cannot happen with the open tolerance; the artifact is written anyway
         echo(f"bert-base: export parity: {exc}")
     return artifact

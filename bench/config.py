@@ -9,8 +9,18 @@ ARCHS = ("finetuned", "bert-base")
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 
 # Engine names, in the order they are measured and shown. `pytorch_fp32` is the reference (the book's way).
-ENGINES = ("pytorch_fp32", "pytorch_fast", "pytorch_bf16", "pytorch_fp16", "onnx_fp32", "onnx_optimized", "onnx_int8",
-           "onnx_int8_alt", "onnx_fp16_cuda", "onnx_fp16_cuda_graph")
+ENGINES = (
+    "pytorch_fp32",
+    "pytorch_fast",
+    "pytorch_bf16",
+    "pytorch_fp16",
+    "onnx_fp32",
+    "onnx_optimized",
+    "onnx_int8",
+    "onnx_int8_alt",
+    "onnx_fp16_cuda",
+    "onnx_fp16_cuda_graph",
+)
 INT8_ENGINES = ("onnx_int8", "onnx_int8_alt")
 REFERENCE = "pytorch_fp32"
 
@@ -36,10 +46,13 @@ class BenchConfig:
     e2e_batch_size: int = 32
     e2e_pad_to: int = 128
     profile: bool = True  # ORT per-operator profile of the ONNX CPU engines at one batch size
-    profile_batch_size: int | None = None  # one of batch_sizes; None = 32, or the largest of them under 32 (check_config)
+    profile_batch_size: int | None = (
+        None  # one of batch_sizes; None = 32, or the largest of them under 32 (check_config)
+    )
     export_dir: Path | None = None  # bert-base: reuse / keep the temporary export here
     worker_timeout_s: float = 1800.0
-    # More ONNX files measured beside the artifact's variants (name -> path), e.g. int8 candidates; engine "file:<name>".
+    # More ONNX files measured beside the artifact's variants (name -> path), e.g. int8 candidates; engine
+    # "file:<name>".
     extra_models: dict[str, Path] = field(default_factory=dict)
     int8_candidates: bool = False  # also build and measure the int8 variants of bench/int8_candidates.py
     command: str | None = None  # the command line that started this bench, recorded in bench.json

@@ -18,8 +18,11 @@ import logging
 from pathlib import Path
 
 
-def dynamic_int8(model: Path, out: Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")) -> Path:
-    """ORT dynamic int8 of `model` (fused or not: a fused graph's Attention becomes QAttention when listed in `op_types`)."""
+def dynamic_int8(
+    model: Path, out: Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")
+) -> Path:
+    """ORT dynamic int8 of `model` (fused or not: a fused graph's Attention becomes QAttention when listed in
+    `op_types`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -28,9 +31,14 @@ def dynamic_int8(model: Path, out: Path, per_channel: bool = True, op_types: tup
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing on every call (through the root logger)
     try:
-        quantize_dynamic(str(model), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(op_types),
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(model),
+            str(out),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(op_types),
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
     return out
@@ -42,11 +50,15 @@ def build_candidates(artifact: Path, manifest: dict, out_dir: Path) -> dict[str,
     from bertpack.manifest import left_out
 
     if missing := left_out(manifest, "fp32"):  # int8_unfused starts from it
-        raise BertpackError(f"--int8-candidates needs the unfused fp32 graph ({missing[0]}), which the model store's copy "
-                            f"{artifact} leaves out; bench the export's folder instead: {missing[1]}")
+        raise BertpackError(
+            f"--int8-candidates needs the unfused fp32 graph ({missing[0]}), which the model store's copy "
+            f"{artifact} leaves out; bench the export's folder instead: {missing[1]}"
+        )
     optimized = artifact / manifest["variants"]["optimized"]["file"]
     return {
         "int8_fused_all": dynamic_int8(optimized, out_dir / "int8_fused_all.onnx"),
-        "int8_fused_fp32_attention": dynamic_int8(optimized, out_dir / "int8_fused_fp32_attention.onnx", op_types=("MatMul", "Gather")),
+        "int8_fused_fp32_attention": dynamic_int8(
+            optimized, out_dir / "int8_fused_fp32_attention.onnx", op_types=("MatMul", "Gather")
+        ),
         "int8_unfused": dynamic_int8(artifact / manifest["variants"]["fp32"]["file"], out_dir / "int8_unfused.onnx"),
     }

@@ -33,12 +33,26 @@ def summarize_trace(trace_path: Path, top: int = 12, skip_runs: int = 0) -> dict
         calls[op] += 1
     total = sum(by_op.values()) or 1.0
     ops = sorted(by_op.items(), key=lambda kv: -kv[1])
-    rows = [{"op": op, "ms_per_run": us / 1000 / max(runs, 1), "share": us / total, "calls_per_run": calls[op] / max(runs, 1)}
-            for op, us in ops[:top]]
+    rows = [
+        {
+            "op": op,
+            "ms_per_run": us / 1000 / max(runs, 1),
+            "share": us / total,
+            "calls_per_run": calls[op] / max(runs, 1),
+        }
+        for op, us in ops[:top]
+    ]
     rest = sum(us for _, us in ops[top:])
     if rest:
-        rows.append({"op": "(other)", "ms_per_run": rest / 1000 / max(runs, 1), "share": rest / total, "calls_per_run": None})
-    return {"runs": runs, "model_run_ms": run_us / 1000 / max(runs, 1), "kernel_ms": total / 1000 / max(runs, 1), "ops": rows}
+        rows.append(
+            {"op": "(other)", "ms_per_run": rest / 1000 / max(runs, 1), "share": rest / total, "calls_per_run": None}
+        )
+    return {
+        "runs": runs,
+        "model_run_ms": run_us / 1000 / max(runs, 1),
+        "kernel_ms": total / 1000 / max(runs, 1),
+        "ops": rows,
+    }
 
 
 def profile_session(model_path: Path, threads: int, feeds: list[dict], output_name: str, out_dir: Path) -> dict:

@@ -53,7 +53,9 @@ def storage_problem(exc: BaseException, where: Path) -> tuple[str, str] | None:
     number, file = None, None
     if isinstance(exc, OSError) and exc.errno is not None:
         number = exc.errno
-        file = exc.filename if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT) else None  # not a hidden temp name
+        file = (
+            exc.filename if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT) else None
+        )  # not a hidden temp name
     else:  # shutil.Error (copytree) lists "[Errno 28] ..." per file; Rust's io::Error ends in "(os error 28)"
         numbers = [int("".join(n)) for n in re.findall(r"\[Errno (\d+)\]|\(os error (\d+)\)", str(exc))]
         number = next((n for n in numbers if n in STORAGE_ERRNOS), None)
@@ -69,17 +71,31 @@ def storage_problem(exc: BaseException, where: Path) -> tuple[str, str] | None:
         return None
     free = stat.f_bavail * stat.f_frsize
     if free < LOW_SPACE and free < stat.f_blocks * stat.f_frsize / 20:  # and under 5%: a small disk is not a full one
-        return (f"{type(exc).__name__}: {first_line(exc, 160)}, with {free / 2**20:.1f} MiB left on the disk of {where}",
-                _fix(errno.ENOSPC, where))
+        return (
+            f"{type(exc).__name__}: {first_line(exc, 160)}, with {free / 2**20:.1f} MiB left on the disk of {where}",
+            _fix(errno.ENOSPC, where),
+        )
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
-        return (f"{type(exc).__name__}: {first_line(exc, 160)}, under a file size limit of {limit} bytes (ulimit -f)",
-                _fix(errno.EFBIG, where))
+        return (
+            f"{type(exc).__name__}: {first_line(exc, 160)}, under a file size limit of {limit} bytes (ulimit -f)",
+            _fix(errno.EFBIG, where),
+        )
     return None
 
 
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
-                  errno.ENOTDIR, errno.EISDIR}
+STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
 LOW_SPACE = 64 * 2**20  # a write cut short leaves less free than one more model file would take
 
 

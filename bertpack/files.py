@@ -124,8 +124,11 @@ def remove_leftovers(final: Path) -> list[str]:
         return done
     # mkdtemp's names exactly (8 characters from [a-z0-9_]): never those of a folder named NAME.something
     ours = re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.(partial|work|old)")
-    found = [p for p in final.parent.glob(f".{glob.escape(final.name)}.*")
-             if ours.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    found = [
+        p
+        for p in final.parent.glob(f".{glob.escape(final.name)}.*")
+        if ours.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+    ]
     olds = sorted((p for p in found if p.name.endswith(".old")), key=lambda p: p.stat().st_mtime)
     if olds and not os.path.lexists(final):
         os.replace(olds.pop(), final)
@@ -151,4 +154,6 @@ def check_writable_parent(out: Path, option: str) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=nearest))
     except OSError as exc:
-        raise BertpackError(f"{option} {out}: cannot write in {nearest} ({exc.strerror or exc}); choose a folder you can write to") from None
+        raise BertpackError(
+            f"{option} {out}: cannot write in {nearest} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None

@@ -55,8 +55,10 @@ def _acquire(path: Path, target: Path, command: str, option: str) -> int:
         except BlockingIOError:
             who = _holder(fd)
             os.close(fd)
-            raise BertpackError(f"{option} {target} is being written by {who}; wait for it to finish (or stop it), "
-                                f"or choose another {option}") from None
+            raise BertpackError(
+                f"{option} {target} is being written by {who}; wait for it to finish (or stop it), "
+                f"or choose another {option}"
+            ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

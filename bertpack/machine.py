@@ -6,8 +6,21 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("bertpack", "torch", "transformers", "datasets", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu",
-            "onnxruntime", "tokenizers", "numpy", "bentoml", "pydantic")
+PACKAGES = (
+    "bertpack",
+    "torch",
+    "transformers",
+    "datasets",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "tokenizers",
+    "numpy",
+    "bentoml",
+    "pydantic",
+)
 
 
 # CPU flags of the int8 dot-product instructions (exact u8s8 products), and platform.machine() names of x86-64.

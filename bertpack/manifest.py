@@ -27,31 +27,47 @@ def read_manifest(artifact_dir: Path) -> dict:
     artifact_dir = Path(artifact_dir)
     path = artifact_dir / MANIFEST
     if artifact_dir.is_file():
-        raise BertpackError(f"{artifact_dir} is a file, not an artifact folder; pass the folder written by `bertpack export` (holding {MANIFEST})")
+        raise BertpackError(
+            f"{artifact_dir} is a file, not an artifact folder; pass the folder written by `bertpack export` (holding "
+            f"{MANIFEST})"
+        )
     if not artifact_dir.is_dir():
         if ":" in str(artifact_dir) and len(artifact_dir.parts) == 1:  # bertpack-cola:latest
-            raise BertpackError(f"{artifact_dir} looks like a BentoML model tag, but this takes an artifact folder: pass the folder "
-                                "written by `bertpack export` (a stored model's files are in $BENTOML_HOME/models/NAME/VERSION)")
-        raise BertpackError(f"artifact folder {artifact_dir} does not exist; create it with `bertpack export RUN_DIR --out {artifact_dir}`")
+            raise BertpackError(
+                f"{artifact_dir} looks like a BentoML model tag, but this takes an artifact folder: pass the folder "
+                "written by `bertpack export` (a stored model's files are in $BENTOML_HOME/models/NAME/VERSION)"
+            )
+        raise BertpackError(
+            f"artifact folder {artifact_dir} does not exist; create it with `bertpack export RUN_DIR --out "
+            f"{artifact_dir}`"
+        )
     if not path.is_file():
         what = f"whose {MANIFEST} is a folder, not a file" if path.exists() else f"has no {MANIFEST}"
         raise BertpackError(f"{artifact_dir} {what}; it is not a bertpack export (run `bertpack export RUN_DIR`)")
     try:
         size = path.stat().st_size
         if size > MAX_MANIFEST_BYTES:
-            raise BertpackError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} bytes a bertpack manifest may hold (an export "
-                                "writes a few kB): it is not a bertpack export; re-run bertpack export")
+            raise BertpackError(
+                f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} bytes a bertpack manifest may hold (an export "
+                "writes a few kB): it is not a bertpack export; re-run bertpack export"
+            )
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise BertpackError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run bertpack export") from None
+        raise BertpackError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run bertpack export"
+        ) from None
     except RecursionError:  # brackets nested deeper than Python's parser goes: not an export's manifest
         raise BertpackError(f"{path} is not valid JSON (nested too deeply to parse); re-run bertpack export") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise BertpackError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}); "
-                            "check its permissions or re-run bertpack export") from None
+        raise BertpackError(
+            f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}); "
+            "check its permissions or re-run bertpack export"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BertpackError(f"{path}: unknown artifact format {found!r} (expected {ARTIFACT_FORMAT}); re-run bertpack export")
+        raise BertpackError(
+            f"{path}: unknown artifact format {found!r} (expected {ARTIFACT_FORMAT}); re-run bertpack export"
+        )
     problem = manifest_problem(manifest)
     if problem:
         raise BertpackError(f"{path} is damaged: {problem}; re-run bertpack export")
@@ -67,7 +83,12 @@ def manifest_problem(manifest: dict) -> str | None:
     if not isinstance(files, dict) or not files:
         return "'files' is missing or not a table of file names"
     for name, meta in files.items():
-        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("bytes")) is int and meta["bytes"] >= 0):
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("sha256"), str)
+            and type(meta.get("bytes")) is int
+            and meta["bytes"] >= 0
+        ):
             return f"files[{name!r}] needs a sha256 string and a byte count"
         if Path(name).is_absolute() or ".." in Path(name).parts:
             return f"files[{name!r}] points outside the artifact folder"
@@ -125,16 +146,24 @@ def verify_files(artifact_dir: Path, manifest: dict, names: Sequence[str] | None
             raise BertpackError(f"{path} is missing (listed in the manifest); re-run bertpack export")
         size = path.stat().st_size
         if size != meta["bytes"]:
-            raise BertpackError(f"{path} is {size} bytes, the manifest says {meta['bytes']}: truncated or replaced; re-run bertpack export")
+            raise BertpackError(
+                f"{path} is {size} bytes, the manifest says {meta['bytes']}: truncated or replaced; re-run bertpack "
+                "export"
+            )
         if sha256_file(path) != meta["sha256"]:
-            raise BertpackError(f"{path} does not match its sha256 in the manifest: corrupt or modified; re-run bertpack export")
+            raise BertpackError(
+                f"{path} does not match its sha256 in the manifest: corrupt or modified; re-run bertpack export"
+            )
 
 
 def file_table(folder: Path, hashed: bool = True) -> dict[str, dict]:
     """sha256 and size of every file under `folder` except the manifest itself (sha256 "" when not hashed)."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p) if hashed else "", "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p) if hashed else "", "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def make_version(checkpoint: Path, when: datetime) -> str:

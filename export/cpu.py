@@ -12,8 +12,20 @@ from bertpack.machine import VNNI_FLAGS, cpu_flags, cpu_model
 
 TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 # What the int8 and bf16 kernels depend on (recorded in the manifest, bench.json and doctor's report).
-REPORTED_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                  "amx_tile", "amx_int8", "amx_bf16")
+REPORTED_FLAGS = (
+    "sse4_2",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def quantization_target(flags: set[str] | None = None) -> str:
@@ -33,5 +45,10 @@ def quantization_target(flags: set[str] | None = None) -> str:
 def cpu_report(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """What the manifest, bench.json and doctor record about this CPU."""
     flags = cpu_flags(cpuinfo)
-    return {"machine": platform.machine(), "model": cpu_model(cpuinfo), "flags": {f: f in flags for f in REPORTED_FLAGS},
-            "vnni": bool(VNNI_FLAGS & flags), "quantization_target": quantization_target(flags)}
+    return {
+        "machine": platform.machine(),
+        "model": cpu_model(cpuinfo),
+        "flags": {f: f in flags for f in REPORTED_FLAGS},
+        "vnni": bool(VNNI_FLAGS & flags),
+        "quantization_target": quantization_target(flags),
+    }

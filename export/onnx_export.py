@@ -25,8 +25,10 @@ def export_fp32(checkpoint: Path, out_dir: Path, opset: int | None = None) -> Pa
         model = load_classifier(checkpoint, attn_implementation="eager").eval()
         tokenizer = load_tokenizer(checkpoint)
     except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types; all mean a damaged checkpoint
-        raise BertpackError(f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {first_line(exc)}); "
-                            "is it damaged? re-run bertpack train") from None
+        raise BertpackError(
+            f"cannot load the checkpoint {checkpoint} ({type(exc).__name__}: {first_line(exc)}); "
+            "is it damaged? re-run bertpack train"
+        ) from None
     # Validation against PyTorch happens in our own parity report, on CoLA, not on random inputs.
     onnx_export_from_model(model, out_dir, opset=opset, task=TASK, preprocessors=[tokenizer], do_validation=False)
     path = Path(out_dir) / "model.onnx"
@@ -42,7 +44,10 @@ def check_dynamic_axes(path: Path) -> None:
     for inp in graph.input:
         dims = inp.type.tensor_type.shape.dim
         if len(dims) != 2 or any(d.dim_value for d in dims):
-            raise BertpackError(f"{path}: input {inp.name} has fixed dimensions {[d.dim_value or d.dim_param for d in dims]}; expected dynamic batch and sequence axes")
+            raise BertpackError(
+                f"{path}: input {inp.name} has fixed dimensions {[d.dim_value or d.dim_param for d in dims]}; "
+                "expected dynamic batch and sequence axes"
+            )
 
 
 def graph_inputs(path: Path) -> list[str]:

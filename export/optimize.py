@@ -38,5 +38,7 @@ def check_attention_fused(fused: dict[str, int], num_layers: int, variant: str) 
     """One fused Attention per encoder layer, or the export used a non-eager attention graph."""
     got = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
     if num_layers and got < num_layers:
-        raise BertpackError(f"{variant}: {got} Attention nodes fused for {num_layers} layers; the fp32 graph must be "
-                            "exported with eager attention (attn_implementation='eager')")
+        raise BertpackError(
+            f"{variant}: {got} Attention nodes fused for {num_layers} layers; the fp32 graph must be "
+            "exported with eager attention (attn_implementation='eager')"
+        )

@@ -30,14 +30,20 @@ def _plain(value):
 
 def store_manifest(artifact_dir: Path, manifest: dict) -> dict:
     """The manifest of the store's copy: the artifact's, less the variants made only as the parity reference (fp32's
-    unfused model.onnx: `optimized` is the same model fused, and the service never loads it unless asked by name). A Bento
+    unfused model.onnx: `optimized` is the same model fused, and the service never loads it unless asked by name). A
+    Bento
     carries its models whole, so each such file would ship in every Bento built on the tag (91 MB of the embedded
     model's 261 MB). `store_copy` names what was left out and the folder that still has it."""
     variants, default = manifest["variants"], set(manifest["serving_default"].values())
-    dropped = {name: meta["file"] for name, meta in variants.items() if meta.get("for") == "reference" and name not in default}
-    return {**manifest, "variants": {name: meta for name, meta in variants.items() if name not in dropped},
-            "files": {name: meta for name, meta in manifest["files"].items() if name not in dropped.values()},
-            "store_copy": {"of": str(Path(artifact_dir).resolve()), "left_out": dropped}}
+    dropped = {
+        name: meta["file"] for name, meta in variants.items() if meta.get("for") == "reference" and name not in default
+    }
+    return {
+        **manifest,
+        "variants": {name: meta for name, meta in variants.items() if name not in dropped},
+        "files": {name: meta for name, meta in manifest["files"].items() if name not in dropped.values()},
+        "store_copy": {"of": str(Path(artifact_dir).resolve()), "left_out": dropped},
+    }
 
 
 def default_name(labels: list[str], data: str | None, run_dir: Path) -> str:
@@ -60,8 +66,10 @@ def default_name(labels: list[str], data: str | None, run_dir: Path) -> str:
 def check_name(name: str) -> str:
     """--name as BentoML takes it for a model's name."""
     if len(name) > 63 or not TAG_NAME.fullmatch(name):
-        raise BertpackError(f"--name {name!r} is not a BentoML model name: use at most 63 lowercase letters, digits, "
-                            "'-', '_' or '.', starting and ending with a letter or digit, e.g. --name bertpack-tickets")
+        raise BertpackError(
+            f"--name {name!r} is not a BentoML model name: use at most 63 lowercase letters, digits, "
+            "'-', '_' or '.', starting and ending with a letter or digit, e.g. --name bertpack-tickets"
+        )
     return name
 
 
@@ -84,8 +92,10 @@ def check_store_writable(name: str = MODEL_NAME) -> None:
         except OSError as exc:
             problem = f"cannot write in {nearest} ({exc.strerror or exc})"
     if problem:
-        raise BertpackError(f"the BentoML model store in {store_home()} cannot take the export: {problem}; set BENTOML_HOME to "
-                            "a folder you can write to, or pass --no-store to skip registering")
+        raise BertpackError(
+            f"the BentoML model store in {store_home()} cannot take the export: {problem}; set BENTOML_HOME to "
+            "a folder you can write to, or pass --no-store to skip registering"
+        )
 
 
 def register(artifact_dir: Path, manifest: dict) -> str:
@@ -110,9 +120,15 @@ def register(artifact_dir: Path, manifest: dict) -> str:
     tag = f"{name}:{manifest['version']}"
     stored = store_manifest(artifact_dir, manifest)
     version = manifest["version"]
-    metadata = _plain({"parity": manifest.get("parity", {}), "serving_default": manifest.get("serving_default", {}),
-                       "source_metrics": manifest.get("source", {}).get("metrics", {}),
-                       "int8_method": manifest["variants"].get("int8", {}).get("method"), "labels": manifest["labels"]})
+    metadata = _plain(
+        {
+            "parity": manifest.get("parity", {}),
+            "serving_default": manifest.get("serving_default", {}),
+            "source_metrics": manifest.get("source", {}).get("metrics", {}),
+            "int8_method": manifest["variants"].get("int8", {}).get("method"),
+            "labels": manifest["labels"],
+        }
+    )
     stage: Path | None = None
     try:
         models = Path(BentoMLContainer.model_store_dir.get()).resolve()
@@ -122,8 +138,9 @@ def register(artifact_dir: Path, manifest: dict) -> str:
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=models.parent))
         task = "cola" if tuple(manifest["labels"]) == COLA_NAMES else "text-classification"
         labels = {"task": task, "format": "bertpack-artifact-1"}
-        with bentoml.models.create(tag, module="bertpack.export", labels=labels, metadata=metadata,
-                                   _model_store=ModelStore(stage)) as model:
+        with bentoml.models.create(
+            tag, module="bertpack.export", labels=labels, metadata=metadata, _model_store=ModelStore(stage)
+        ) as model:
             pass  # only BentoML's model.yaml: the artifact is copied straight into the staged entry below
         staged = stage / name / version
         for name in stored["files"]:
@@ -134,11 +151,15 @@ def register(artifact_dir: Path, manifest: dict) -> str:
         os.rename(staged, entries / version)
         _point_latest(entries, name, version, model.info.creation_time)
     except (bentoml.exceptions.BentoMLException, ValueError) as exc:
-        raise BertpackError(f"could not register {tag} in the BentoML model store ({exc}); pass --no-store to skip") from None
+        raise BertpackError(
+            f"could not register {tag} in the BentoML model store ({exc}); pass --no-store to skip"
+        ) from None
     except OSError as exc:
         problem, fix = storage_problem(exc, store_home()) or (f"{type(exc).__name__}: {exc}", "fix that")
-        raise BertpackError(f"could not register {tag} in the BentoML model store ({problem}); the artifact in {artifact_dir} "
-                            f"is complete: {fix}, then export again (or pass --no-store)") from None
+        raise BertpackError(
+            f"could not register {tag} in the BentoML model store ({problem}); the artifact in {artifact_dir} "
+            f"is complete: {fix}, then export again (or pass --no-store)"
+        ) from None
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
@@ -162,6 +183,6 @@ def _point_latest(entries: Path, name: str, version: str, created) -> None:
 def _remove_dead_stages(home: Path) -> None:
     """Private stores of registrations whose process is gone (killed while copying)."""
     for path in home.glob(f"{STAGING_PREFIX}*"):
-        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not pid_running(int(pid)):
             shutil.rmtree(path, ignore_errors=True)

@@ -23,10 +23,15 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
     lines = []
     verify_files(artifact_dir, manifest)
     listed = set(manifest["files"])
-    extra = [p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*")
-             if p.is_file() and p.relative_to(artifact_dir).as_posix() not in listed | {MANIFEST, STORE_RECORD}]
+    extra = [
+        p.relative_to(artifact_dir).as_posix()
+        for p in artifact_dir.rglob("*")
+        if p.is_file() and p.relative_to(artifact_dir).as_posix() not in listed | {MANIFEST, STORE_RECORD}
+    ]
     if extra:
-        raise BertpackError(f"{artifact_dir} holds files the manifest does not list: {', '.join(sorted(extra))}; re-run bertpack export")
+        raise BertpackError(
+            f"{artifact_dir} holds files the manifest does not list: {', '.join(sorted(extra))}; re-run bertpack export"
+        )
     lines.append(f"{len(manifest['files'])} files match their sha256 and size")
     if not load_models:
         return lines
@@ -41,12 +46,20 @@ def verify_artifact(artifact_dir: Path, load_models: bool = True) -> list[str]:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
             feed = {}
             for inp in session.get_inputs():
-                feed[inp.name] = probe if inp.name == "input_ids" else (
-                    np.ones_like(probe) if inp.name == "attention_mask" else np.zeros_like(probe))
+                feed[inp.name] = (
+                    probe
+                    if inp.name == "input_ids"
+                    else (np.ones_like(probe) if inp.name == "attention_mask" else np.zeros_like(probe))
+                )
             out = session.run(None, feed)[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf types
-            raise BertpackError(f"{path} does not load or run in ONNX Runtime ({first_line(exc)}); re-run bertpack export") from None
+            raise BertpackError(
+                f"{path} does not load or run in ONNX Runtime ({first_line(exc)}); re-run bertpack export"
+            ) from None
         if out.shape != (1, len(manifest["labels"])) or not np.isfinite(out).all():
-            raise BertpackError(f"{path} returns logits of shape {out.shape} (finite: {bool(np.isfinite(out).all())}); expected (1, {len(manifest['labels'])})")
+            raise BertpackError(
+                f"{path} returns logits of shape {out.shape} (finite: {bool(np.isfinite(out).all())}); expected (1, "
+                f"{len(manifest['labels'])})"
+            )
         lines.append(f"{name}: {variant['file']} loads and runs")
     return lines

@@ -29,7 +29,9 @@ class RawModel:
         import onnxruntime as ort
 
         self.like = like
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
         self.names = [i.name for i in self.session.get_inputs()]  # feed exactly what the graph declares
         self.pad_id = like.pad_id
 
@@ -41,8 +43,11 @@ class RawModel:
 
     def run(self, batch) -> np.ndarray:
         ids = batch.inputs["input_ids"]
-        full = {"input_ids": ids, "attention_mask": (np.arange(ids.shape[1])[None, :] < np.array(batch.lengths)[:, None]).astype(np.int64),
-                "token_type_ids": np.zeros_like(ids)}
+        full = {
+            "input_ids": ids,
+            "attention_mask": (np.arange(ids.shape[1])[None, :] < np.array(batch.lengths)[:, None]).astype(np.int64),
+            "token_type_ids": np.zeros_like(ids),
+        }
         return self.session.run(None, {n: full[n] for n in self.names})[0].astype(np.float32)
 
     def logits(self, sentences, batch_size=parity.BATCH_SIZE):
@@ -64,7 +69,10 @@ def main(argv: list[str]) -> None:
     reference = parity.reference_logits(Path(checkpoint), base, sentences)
     ref = parity.score("pytorch fp32", reference, reference, evals)
     print(f"CoLA validation: {len(sentences)} sentences; PyTorch fp32 MCC {ref['mcc']:.4f}\n")
-    print("| int8 model | MCC | MCC drop | agreement % | flip % (alone vs batch of 32) | size MB | within default tolerance |")
+    print(
+        "| int8 model | MCC | MCC drop | agreement % | flip % (alone vs batch of 32) | size MB | within default "
+        "tolerance |"
+    )
     print("|---|---|---|---|---|---|---|")
     for spec in models:
         name, _, path = spec.partition("=")
@@ -72,8 +80,12 @@ def main(argv: list[str]) -> None:
         row = parity.score(name, model.logits(sentences), reference, evals, Path(path).stat().st_size)
         flips = parity.flip_rate(model, sentences)
         ok = not parity.check(row, ref, parity.Tolerance())
-        print(f"| {name} | {row['mcc']:.4f} | {ref['mcc'] - row['mcc']:+.4f} | {row['agreement']:.2f} | {flips['flip_rate']:.2f} | "
-              f"{row['bytes'] / 1e6:.1f} | {'yes' if ok else 'no'} |", flush=True)
+        print(
+            f"| {name} | {row['mcc']:.4f} | {ref['mcc'] - row['mcc']:+.4f} | {row['agreement']:.2f} | "
+            f"{flips['flip_rate']:.2f} | "
+            f"{row['bytes'] / 1e6:.1f} | {'yes' if ok else 'no'} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip", default="", help="servers to leave out: noop, pipeline")
     p.add_argument("--batch-sizes", default="1,8,16,32,64", help="raw engine batch sizes")
     p.add_argument("--engine-seconds", type=float, default=5.0, help="seconds per raw engine batch size")
-    p.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp",
-                   help="load generator for the concurrent loads: Python's aiohttp, or wrk (a C program: less CPU)")
+    p.add_argument(
+        "--client",
+        choices=("aiohttp", "wrk"),
+        default="aiohttp",
+        help="load generator for the concurrent loads: Python's aiohttp, or wrk (a C program: less CPU)",
+    )
     p.add_argument("--json-out", type=Path, help="write the figures as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 unless the product meets the checks above")
     args = p.parse_args()
@@ -82,7 +86,9 @@ def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], secon
     from serving.source import ServeConfig
 
     config = ServeConfig.from_env({"BERTPACK_WORKERS": "1"})
-    engine = OnnxClassifier(folder, device=config.device, threads=config.threads_per_worker(), buckets="served", spin=False)
+    engine = OnnxClassifier(
+        folder, device=config.device, threads=config.threads_per_worker(), buckets="served", spin=False
+    )
     ids = engine.encode(sentences)
     rates = {}
     for size in batch_sizes:
@@ -108,10 +114,17 @@ def raw_engine(folder: Path, sentences: list[str], batch_sizes: list[int], secon
     best = max(rates, key=rates.get)
     one = {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
     print(f"  engine, one sentence at a time: p50 {one['p50_ms']:.2f} ms, p99 {one['p99_ms']:.2f} ms", flush=True)
-    return {"variant": engine.variant, "provider": engine.provider, "threads": config.threads_per_worker(),
-            "engine_batch": config.engine_batch, "sentences_per_s": {str(k): v for k, v in rates.items()},
-            "best_batch": best, "best_sentences_per_s": rates[best], "sorted_pass_sentences_per_s": sorted_rate,
-            "lone": one}
+    return {
+        "variant": engine.variant,
+        "provider": engine.provider,
+        "threads": config.threads_per_worker(),
+        "engine_batch": config.engine_batch,
+        "sentences_per_s": {str(k): v for k, v in rates.items()},
+        "best_batch": best,
+        "best_sentences_per_s": rates[best],
+        "sorted_pass_sentences_per_s": sorted_rate,
+        "lone": one,
+    }
 
 
 async def load(url: str, sentences: list[str], clients: int, per_request: int, warmup: float, duration: float) -> dict:
@@ -148,10 +161,17 @@ async def load(url: str, sentences: list[str], clients: int, per_request: int, w
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
     seconds = min(time.perf_counter(), stop_at) - measure_from
-    return {"clients": clients, "sentences_per_request": per_request, "seconds": round(seconds, 2),
-            "requests": len(latencies), "errors": errors, "requests_per_s": len(latencies) / seconds,
-            "sentences_per_s": len(latencies) * per_request / seconds,
-            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+    return {
+        "clients": clients,
+        "sentences_per_request": per_request,
+        "seconds": round(seconds, 2),
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_s": len(latencies) / seconds,
+        "sentences_per_s": len(latencies) * per_request / seconds,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
 
 
 def wrk_load(url: str, sentences: list[str], clients: int, per_request: int, warmup: float, duration: float) -> dict:
@@ -160,16 +180,23 @@ def wrk_load(url: str, sentences: list[str], clients: int, per_request: int, war
     import subprocess
     import tempfile
 
-    bodies = [json.dumps({"sentences": [sentences[(i + k) % len(sentences)] for k in range(per_request)]})
-              for i in range(0, len(sentences), per_request)]
-    script = ("bodies = {" + ",".join(f"[==[{b}]==]" for b in bodies) + "}\ni = 0\nrequest = function()\n  i = i + 1\n"
-              '  return wrk.format("POST", "/classify", {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + 1])\nend\n')
+    bodies = [
+        json.dumps({"sentences": [sentences[(i + k) % len(sentences)] for k in range(per_request)]})
+        for i in range(0, len(sentences), per_request)
+    ]
+    script = (
+        "bodies = {" + ",".join(f"[==[{b}]==]" for b in bodies) + "}\ni = 0\nrequest = function()\n  i = i + 1\n"
+        '  return wrk.format("POST", "/classify", {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + '
+        "1])\nend\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
     try:
         command = ["wrk", "-t1", f"-c{clients}", "--latency", "-s", fh.name, url]
         subprocess.run([*command, f"-d{max(1, round(warmup))}s"], capture_output=True, check=True)
-        out = subprocess.run([*command, f"-d{max(1, round(duration))}s"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*command, f"-d{max(1, round(duration))}s"], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         os.unlink(fh.name)
 
@@ -182,9 +209,18 @@ def wrk_load(url: str, sentences: list[str], clients: int, per_request: int, war
     socket = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * (requests - bad) / max(requests, 1)
     errors = {k: v for k, v in (("HTTP non-2xx", bad), ("socket", socket)) if v}
-    return {"clients": clients, "sentences_per_request": per_request, "seconds": duration, "requests": requests - bad,
-            "errors": errors, "requests_per_s": rate, "sentences_per_s": rate * per_request,
-            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "client": "wrk"}
+    return {
+        "clients": clients,
+        "sentences_per_request": per_request,
+        "seconds": duration,
+        "requests": requests - bad,
+        "errors": errors,
+        "requests_per_s": rate,
+        "sentences_per_s": rate * per_request,
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "client": "wrk",
+    }
 
 
 def lone_requests(url: str, sentences: list[str], count: int) -> dict:
@@ -198,8 +234,12 @@ def lone_requests(url: str, sentences: list[str], count: int) -> dict:
             client.post("/classify", json={"sentences": [sentences[i % len(sentences)]]}).raise_for_status()
             if i >= 20:  # the first few warm the connection and the batcher
                 latencies.append(time.perf_counter() - start)
-    return {"requests": count, "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
-            "mean_ms": statistics.fmean(latencies) * 1000}
+    return {
+        "requests": count,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+    }
 
 
 def measure_server(name: str, target: str, env: dict[str, str], sentences: list[str], args: argparse.Namespace) -> dict:
@@ -216,11 +256,22 @@ def measure_server(name: str, target: str, env: dict[str, str], sentences: list[
         after = lone_requests(url, sentences, args.lone)
     finally:
         local_server.stop_server(proc)
-    result = {"target": target, "env": env, "single": single, "batched": batched, "lone": lone, "lone_after_load": after}
-    print(f"  {name:<12} {single['requests_per_s']:7.1f} req/s (p50 {single['p50_ms']:6.1f}, p99 {single['p99_ms']:6.1f} ms, "
-          f"errors {sum(single['errors'].values())}) | {args.per_request}/request: {batched['sentences_per_s']:7.1f} "
-          f"sentences/s (errors {sum(batched['errors'].values())}) | lone p50 {lone['p50_ms']:.2f} ms, "
-          f"p99 {lone['p99_ms']:.2f} ms, after the load {after['p50_ms']:.1f} ms", flush=True)
+    result = {
+        "target": target,
+        "env": env,
+        "single": single,
+        "batched": batched,
+        "lone": lone,
+        "lone_after_load": after,
+    }
+    print(
+        f"  {name:<12} {single['requests_per_s']:7.1f} req/s (p50 {single['p50_ms']:6.1f}, p99 "
+        f"{single['p99_ms']:6.1f} ms, "
+        f"errors {sum(single['errors'].values())}) | {args.per_request}/request: {batched['sentences_per_s']:7.1f} "
+        f"sentences/s (errors {sum(batched['errors'].values())}) | lone p50 {lone['p50_ms']:.2f} ms, "
+        f"p99 {lone['p99_ms']:.2f} ms, after the load {after['p50_ms']:.1f} ms",
+        flush=True,
+    )
     return result
 
 
@@ -242,51 +293,83 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     print(f"{folder}: {len(sentences)} dev sentences; {cpu_model()}, {os.cpu_count()} CPUs", flush=True)
     print("1. raw engine, in-process:", flush=True)
-    engine = raw_engine(folder, sentences, [int(b) for b in args.batch_sizes.split(",")], args.engine_seconds, args.lone)
-    print(f"2. servers: {args.clients} clients x 1 sentence, {args.batch_clients} clients x {args.per_request} sentences, "
-          "one client one at a time:", flush=True)
+    engine = raw_engine(
+        folder, sentences, [int(b) for b in args.batch_sizes.split(",")], args.engine_seconds, args.lone
+    )
+    print(
+        f"2. servers: {args.clients} clients x 1 sentence, {args.batch_clients} clients x {args.per_request} "
+        "sentences, "
+        "one client one at a time:",
+        flush=True,
+    )
     servers = {}
     if "noop" not in skip:
         servers["noop"] = measure_server("noop", NOOP, {}, sentences, args)
     if "pipeline" not in skip and checkpoint:
         servers["pipeline"] = measure_server("pipeline", PEER, {"PEER_MODEL": str(checkpoint)}, sentences, args)
     for workers in [int(w) for w in args.workers.split(",")]:
-        servers[f"bertpack-{workers}w"] = measure_server(f"bertpack-{workers}w", PRODUCT, {
-            "BERTPACK_MODEL": str(folder), "BERTPACK_WORKERS": str(workers)}, sentences, args)
+        servers[f"bertpack-{workers}w"] = measure_server(
+            f"bertpack-{workers}w",
+            PRODUCT,
+            {"BERTPACK_MODEL": str(folder), "BERTPACK_WORKERS": str(workers)},
+            sentences,
+            args,
+        )
 
-    result = {"command": shlex.join(["python", "scripts/loadtest.py", *sys.argv[1:]]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()}, "versions": library_versions(),
-              "artifact": folder.name, "variant": engine["variant"], "engine": engine, "servers": servers,
-              "settings": {k: getattr(args, k) for k in ("client", "clients", "batch_clients", "per_request", "duration", "lone")}}
+    result = {
+        "command": shlex.join(["python", "scripts/loadtest.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
+        "versions": library_versions(),
+        "artifact": folder.name,
+        "variant": engine["variant"],
+        "engine": engine,
+        "servers": servers,
+        "settings": {
+            k: getattr(args, k) for k in ("client", "clients", "batch_clients", "per_request", "duration", "lone")
+        },
+    }
     checks = []
     if "noop" in servers:
         e = engine["best_sentences_per_s"]
         limit_1 = bound(servers["noop"]["single"]["requests_per_s"], e)
         limit_16 = bound(servers["noop"]["batched"]["sentences_per_s"], e)
         result["bound"] = {"single": limit_1, "batched": limit_16}
-        print(f"3. bound B = 1/(1/N + 1/E): {limit_1:.1f} requests/s at one sentence each, {limit_16:.1f} sentences/s at "
-              f"{args.per_request} per request (E {e:.1f} sentences/s)")
+        print(
+            f"3. bound B = 1/(1/N + 1/E): {limit_1:.1f} requests/s at one sentence each, {limit_16:.1f} sentences/s at "
+            f"{args.per_request} per request (E {e:.1f} sentences/s)"
+        )
         peer = servers.get("pipeline")
         for name, server in servers.items():
             if not name.startswith("bertpack"):
                 continue
             single, batched, lone = server["single"], server["batched"], server["lone"]
-            ratios = {"of_bound": single["requests_per_s"] / limit_1, "batched_of_bound": batched["sentences_per_s"] / limit_16,
-                      "lone_p50_over_engine_ms": lone["p50_ms"] - engine["lone"]["p50_ms"]}
+            ratios = {
+                "of_bound": single["requests_per_s"] / limit_1,
+                "batched_of_bound": batched["sentences_per_s"] / limit_16,
+                "lone_p50_over_engine_ms": lone["p50_ms"] - engine["lone"]["p50_ms"],
+            }
             if peer:
                 ratios["of_peer"] = single["requests_per_s"] / peer["single"]["requests_per_s"]
                 ratios["lone_p50_of_peer"] = lone["p50_ms"] / peer["lone"]["p50_ms"]
             server["ratios"] = ratios
             errors = sum(single["errors"].values()) + sum(batched["errors"].values())
-            ok = (errors == 0 and ratios["of_bound"] >= 0.75 and ratios["batched_of_bound"] >= 0.75
-                  and ratios["lone_p50_over_engine_ms"] <= 3 and (not peer or (ratios["of_peer"] >= 1.5
-                                                                             and ratios["lone_p50_of_peer"] <= 0.5)))
+            ok = (
+                errors == 0
+                and ratios["of_bound"] >= 0.75
+                and ratios["batched_of_bound"] >= 0.75
+                and ratios["lone_p50_over_engine_ms"] <= 3
+                and (not peer or (ratios["of_peer"] >= 1.5 and ratios["lone_p50_of_peer"] <= 0.5))
+            )
             checks.append(ok)
-            print(f"  {name}: {ratios['of_bound']:.0%} of B at one sentence, {ratios['batched_of_bound']:.0%} at "
-                  f"{args.per_request}" + (f", {ratios['of_peer']:.2f}x the pipeline" if peer else "")
-                  + f"; lone p50 {ratios['lone_p50_over_engine_ms']:+.2f} ms over the engine's"
-                  + (f", {ratios['lone_p50_of_peer']:.0%} of the pipeline's" if peer else "") + f"; errors {errors}")
+            print(
+                f"  {name}: {ratios['of_bound']:.0%} of B at one sentence, {ratios['batched_of_bound']:.0%} at "
+                f"{args.per_request}"
+                + (f", {ratios['of_peer']:.2f}x the pipeline" if peer else "")
+                + f"; lone p50 {ratios['lone_p50_over_engine_ms']:+.2f} ms over the engine's"
+                + (f", {ratios['lone_p50_of_peer']:.0%} of the pipeline's" if peer else "")
+                + f"; errors {errors}"
+            )
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")

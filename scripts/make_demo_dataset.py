@@ -14,8 +14,20 @@ import csv
 import random
 from pathlib import Path
 
-AREAS = ["invoice", "checkout", "dashboard", "login page", "mobile app", "export", "search", "calendar", "report",
-         "subscription", "profile", "notification"]
+AREAS = [
+    "invoice",
+    "checkout",
+    "dashboard",
+    "login page",
+    "mobile app",
+    "export",
+    "search",
+    "calendar",
+    "report",
+    "subscription",
+    "profile",
+    "notification",
+]
 TEMPLATES = {
     "billing": [
         "I was charged twice for my {area} this month",
@@ -65,8 +77,13 @@ HELD_OUT = 2  # the last phrasings of each class: validation and test only
 
 def ticket(rng: random.Random, label: str, held_out: bool) -> str:
     templates = TEMPLATES[label] if held_out else TEMPLATES[label][:-HELD_OUT]
-    text = rng.choice(templates).format(area=rng.choice(AREAS), browser=rng.choice(BROWSERS), code=rng.choice(CODES),
-                                               n=rng.randint(10, 50), m=rng.randint(2, 9))
+    text = rng.choice(templates).format(
+        area=rng.choice(AREAS),
+        browser=rng.choice(BROWSERS),
+        code=rng.choice(CODES),
+        n=rng.randint(10, 50),
+        m=rng.randint(2, 9),
+    )
     opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
     if opener.endswith(", ") or rng.random() < 0.2:
         text = text[0].lower() + text[1:]
@@ -109,8 +126,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", args.train), ("validation", args.validation), ("test", args.test)):
         write(args.out / f"{split}.csv", rows(rng, n, args.noise, held_out=split != "train"))
-    print(f"wrote {args.out}/train.csv ({args.train} rows), validation.csv ({args.validation}), "
-          f"test.csv ({args.test}); labels: {', '.join(sorted(TEMPLATES))}")
+    print(
+        f"wrote {args.out}/train.csv ({args.train} rows), validation.csv ({args.validation}), "
+        f"test.csv ({args.test}); labels: {', '.join(sorted(TEMPLATES))}"
+    )
 
 
 if __name__ == "__main__":

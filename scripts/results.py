@@ -34,8 +34,14 @@ sys.path.insert(0, str(REPO))
 BEGIN = "<!-- results: written by scripts/results.py from docs/results/ -->"
 END = "<!-- /results -->"
 BOOK_ENGINE = "pytorch_fp32"  # every speed-up in bench.json is against PyTorch fp32 eager
-KINDS = {"train": "train-metrics.json", "parity": "parity.json", "bench": "bench.json", "loadtest": "loadtest.json",
-         "gpu": "gpu", "quality": "quality"}
+KINDS = {
+    "train": "train-metrics.json",
+    "parity": "parity.json",
+    "bench": "bench.json",
+    "loadtest": "loadtest.json",
+    "gpu": "gpu",
+    "quality": "quality",
+}
 NOT_YET = "not measured yet"
 INT8_SUMMARY = "int8 agreement with PyTorch (validation set)"
 
@@ -101,8 +107,10 @@ def train_command(metrics: dict) -> str:
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = metrics.get("config", {})
-    pairs: list[tuple[str, object]] = [("--data", config.get("data") or metrics.get("data")),
-                                       ("--out", config.get("out"))]
+    pairs: list[tuple[str, object]] = [
+        ("--data", config.get("data") or metrics.get("data")),
+        ("--out", config.get("out")),
+    ]
     for name, value in config.items():
         if name in ("data", "out") or name in NOT_RECIPE or value is None or value == defaults.get(name):
             continue
@@ -117,26 +125,39 @@ def train_section(folder: Path) -> Section:
     title = "Model quality: `bertpack train`"
     metrics = read_json(folder / KINDS["train"])
     if metrics is None:
-        return Section(title, [missing_line("train", "a run's metrics.json", "runs/NAME/metrics.json")],
-                       [("model quality: validation MCC", NOT_YET, "", "")])
+        return Section(
+            title,
+            [missing_line("train", "a run's metrics.json", "runs/NAME/metrics.json")],
+            [("model quality: validation MCC", NOT_YET, "", "")],
+        )
     best, machine, date = metrics["best"], training_machine(metrics), measured_on(metrics)
     chosen = best.get("selected_on", "validation split")
-    body = [f"Machine: {machine}. Date: {when(date)}. Command (rebuilt from the run's recorded options):", "",
-            *code(train_command(metrics)), "",
-            f"Model `{metrics.get('model')}`, {metrics.get('train_rows')} training rows, "
-            f"{metrics.get('validation_rows')} validation rows; seed {metrics.get('seed')}; checkpoint chosen on the "
-            f"{chosen}.", "",
-            "| validation MCC | in-domain | out-of-domain | accuracy | checkpoint | training time "
-            "| training samples/s |", "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| **{fmt(best.get('mcc'))}** | {fmt(best.get('mcc_in_domain'))} | {fmt(best.get('mcc_out_domain'))} "
-            f"| {fmt(best.get('accuracy'))} | {best.get('checkpoint')} | {minutes(metrics.get('wall_time_s'))} "
-            f"| {fmt(metrics.get('train_samples_per_second'), '.0f')} |"]
+    body = [
+        f"Machine: {machine}. Date: {when(date)}. Command (rebuilt from the run's recorded options):",
+        "",
+        *code(train_command(metrics)),
+        "",
+        f"Model `{metrics.get('model')}`, {metrics.get('train_rows')} training rows, "
+        f"{metrics.get('validation_rows')} validation rows; seed {metrics.get('seed')}; checkpoint chosen on the "
+        f"{chosen}.",
+        "",
+        "| validation MCC | in-domain | out-of-domain | accuracy | checkpoint | training time | training samples/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| **{fmt(best.get('mcc'))}** | {fmt(best.get('mcc_in_domain'))} | {fmt(best.get('mcc_out_domain'))} "
+        f"| {fmt(best.get('accuracy'))} | {best.get('checkpoint')} | {minutes(metrics.get('wall_time_s'))} "
+        f"| {fmt(metrics.get('train_samples_per_second'), '.0f')} |",
+    ]
     decision = metrics.get("decision") or {}
     if decision.get("threshold") is not None:
-        body += ["", f"Decision: p({decision.get('positive_label', 'positive')}) >= {decision['threshold']:.3f}, "
-                     f"fitted on the {decision.get('fitted_on', chosen)}."]
-    figure = (f"{fmt(best.get('mcc'))} (in-domain {fmt(best.get('mcc_in_domain'))}, "
-              f"out-of-domain {fmt(best.get('mcc_out_domain'))})")
+        body += [
+            "",
+            f"Decision: p({decision.get('positive_label', 'positive')}) >= {decision['threshold']:.3f}, "
+            f"fitted on the {decision.get('fitted_on', chosen)}.",
+        ]
+    figure = (
+        f"{fmt(best.get('mcc'))} (in-domain {fmt(best.get('mcc_in_domain'))}, "
+        f"out-of-domain {fmt(best.get('mcc_out_domain'))})"
+    )
     return Section(title, body, [("model quality: validation MCC", figure, machine, day(date))])
 
 
@@ -164,18 +185,32 @@ def quality_sections(folder: Path) -> list[Section]:
         if not rows:
             print(f"warning: {path} holds no runs (rows); left out", file=sys.stderr)
             continue
-        body = [f"Date: {when(measured_on(table))}. Command: "
-                + (f"`{table['command']}`" if table.get("command") else "`python scripts/summarize_runs.py "
-                   "RUN/metrics.json ... --json` (the runs' own metrics.json hold their commands)") + ".", "",
-                "| run | recipe | validation MCC | in-domain | out-of-domain | accuracy |",
-                "| --- | --- | --- | --- | --- | --- |"]
-        body += [f"| {r.get('run')} | {r.get('recipe', '')} | {fmt(r.get('mcc'))} | {fmt(r.get('mcc_in_domain'))} "
-                 f"| {fmt(r.get('mcc_out_domain'))} | {fmt(r.get('accuracy'))} |" for r in rows]
+        body = [
+            f"Date: {when(measured_on(table))}. Command: "
+            + (
+                f"`{table['command']}`"
+                if table.get("command")
+                else "`python scripts/summarize_runs.py "
+                "RUN/metrics.json ... --json` (the runs' own metrics.json hold their commands)"
+            )
+            + ".",
+            "",
+            "| run | recipe | validation MCC | in-domain | out-of-domain | accuracy |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        body += [
+            f"| {r.get('run')} | {r.get('recipe', '')} | {fmt(r.get('mcc'))} | {fmt(r.get('mcc_in_domain'))} "
+            f"| {fmt(r.get('mcc_out_domain'))} | {fmt(r.get('accuracy'))} |"
+            for r in rows
+        ]
         spread = (table.get("single_runs") or {}).get("mcc")
         if spread:
             singles = sum(1 for r in rows if not r.get("soup"))
-            body += ["", f"Validation MCC over the {singles} single runs: mean {spread['mean']:.3f} "
-                         f"± {spread['sd']:.3f} (sd), min {spread['min']:.3f}, max {spread['max']:.3f}."]
+            body += [
+                "",
+                f"Validation MCC over the {singles} single runs: mean {spread['mean']:.3f} "
+                f"± {spread['sd']:.3f} (sd), min {spread['min']:.3f}, max {spread['max']:.3f}.",
+            ]
         sections.append(Section(f"Runs compared: {path.stem}", body, []))
     return sections
 
@@ -209,30 +244,46 @@ def export_section(folder: Path) -> Section:
     title = "Export parity: `bertpack export`"
     report = read_json(folder / KINDS["parity"])
     if report is None:
-        return Section(title, [missing_line("parity", "an export's parity.json", "artifacts/NAME/parity.json")],
-                       [(INT8_SUMMARY, NOT_YET, "", "")])
+        return Section(
+            title,
+            [missing_line("parity", "an export's parity.json", "artifacts/NAME/parity.json")],
+            [(INT8_SUMMARY, NOT_YET, "", "")],
+        )
     manifest = read_json(folder / "export-manifest.json")
     machine = ((manifest or {}).get("cpu_flags") or {}).get("model")
-    body = [f"Machine: {machine or 'not recorded (add the export with its manifest.json)'}. "
-            f"Date: {when(report.get('created'))}. Command (rebuilt from the report's recorded options):", "",
-            *code(export_command(report, manifest)), "",
-            f"{report.get('sentences')} validation sentences from `{report.get('data')}`; ONNX Runtime "
-            f"{report.get('provider')}; the reference is PyTorch fp32 on the same token ids.", "",
-            "| variant | accuracy | MCC | in-domain | out-of-domain | agreement % | max \\|dlogit\\| | flip % | MB "
-            "| status |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    body = [
+        f"Machine: {machine or 'not recorded (add the export with its manifest.json)'}. "
+        f"Date: {when(report.get('created'))}. Command (rebuilt from the report's recorded options):",
+        "",
+        *code(export_command(report, manifest)),
+        "",
+        f"{report.get('sentences')} validation sentences from `{report.get('data')}`; ONNX Runtime "
+        f"{report.get('provider')}; the reference is PyTorch fp32 on the same token ids.",
+        "",
+        "| variant | accuracy | MCC | in-domain | out-of-domain | agreement % | max \\|dlogit\\| | flip % | MB "
+        "| status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in report.get("rows", []):
         name = row["variant"] + (f" ({row['method']})" if row.get("method") and row["variant"] == "int8" else "")
         size = None if row.get("bytes") is None else row["bytes"] / 1e6
-        body.append(f"| {name} | {fmt(row.get('accuracy'), '.4f')} | {fmt(row.get('mcc'), '.4f')} "
-                    f"| {fmt(row.get('mcc_in_domain'), '.4f')} | {fmt(row.get('mcc_out_domain'), '.4f')} "
-                    f"| {fmt(row.get('agreement'), '.2f')} | {fmt(row.get('max_abs_logit_diff'), '.2e')} "
-                    f"| {fmt(row.get('flip_rate'), '.2f')} | {fmt(size, '.1f')} | {row.get('status', '-')} |")
+        body.append(
+            f"| {name} | {fmt(row.get('accuracy'), '.4f')} | {fmt(row.get('mcc'), '.4f')} "
+            f"| {fmt(row.get('mcc_in_domain'), '.4f')} | {fmt(row.get('mcc_out_domain'), '.4f')} "
+            f"| {fmt(row.get('agreement'), '.2f')} | {fmt(row.get('max_abs_logit_diff'), '.2e')} "
+            f"| {fmt(row.get('flip_rate'), '.2f')} | {fmt(size, '.1f')} | {row.get('status', '-')} |"
+        )
     body += ["", f"int8: {report.get('int8_choice') or 'none'}; the CPU serves `{report.get('serving_default_cpu')}`."]
     int8 = next((r for r in report.get("rows", []) if r["variant"] == "int8" and r.get("agreement") is not None), None)
     reference = report["rows"][0].get("mcc") if report.get("rows") else None
-    figure = NOT_YET if int8 is None else (f"{int8['agreement']:.2f}% ({int8.get('status')}), MCC "
-                                           f"{fmt(int8.get('mcc'))} against PyTorch's {fmt(reference)}")
+    figure = (
+        NOT_YET
+        if int8 is None
+        else (
+            f"{int8['agreement']:.2f}% ({int8.get('status')}), MCC "
+            f"{fmt(int8.get('mcc'))} against PyTorch's {fmt(reference)}"
+        )
+    )
     return Section(title, body, [(INT8_SUMMARY, figure, machine or "", day(report.get("created")))])
 
 
@@ -246,9 +297,13 @@ def bench_command(payload: dict) -> str:
     s, d = payload.get("settings", {}), BenchConfig(artifact_dir=Path("."))
     differs = lambda key, default: s.get(key) is not None and s.get(key) != default  # noqa: E731
     pairs: list[tuple[str, object]] = [
-        ("--out", s.get("out")), ("--arch", s["arch"] if differs("arch", d.arch) else None), ("--data", s.get("data")),
-        ("--batch-sizes", ",".join(map(str, s["batch_sizes"])) if differs("batch_sizes", list(d.batch_sizes))
-         else None),
+        ("--out", s.get("out")),
+        ("--arch", s["arch"] if differs("arch", d.arch) else None),
+        ("--data", s.get("data")),
+        (
+            "--batch-sizes",
+            ",".join(map(str, s["batch_sizes"])) if differs("batch_sizes", list(d.batch_sizes)) else None,
+        ),
         ("--engines", ",".join(s["engines"]) if differs("engines", list(ENGINES)) else None),
         ("--sentences", s.get("sentences")),
         ("--min-time", f"{s['min_time_s']:g}" if differs("min_time_s", d.min_time_s) else None),
@@ -257,8 +312,10 @@ def bench_command(payload: dict) -> str:
         ("--rounds", s["rounds"] if differs("rounds", d.rounds) else None),
         ("--no-end-to-end", True if s.get("end_to_end") is False else None),
         ("--e2e-sentences", s.get("e2e_sentences")),
-        ("--no-profile", True if s.get("profile") is False else None), ("--export-dir", s.get("export_dir")),
-        ("--int8-candidates", True if s.get("int8_candidates") else None)]
+        ("--no-profile", True if s.get("profile") is False else None),
+        ("--export-dir", s.get("export_dir")),
+        ("--int8-candidates", True if s.get("int8_candidates") else None),
+    ]
     pairs += [("--extra-model", f"{name}={path}") for name, path in (s.get("extra_models") or {}).items()]
     return shlex.join(["bertpack", "bench", str(s.get("artifact_dir", payload.get("artifact"))), *options(pairs)])
 
@@ -303,39 +360,65 @@ def bench_body(payload: dict) -> list[str]:
     s = payload.get("settings", {})
     weights = "random BERT-base weights (speed only)" if payload.get("speed_only") else "the artifact's model"
     rounds = s.get("rounds", 1)
-    body = [f"Machine: {bench_machine(payload)}, {s.get('threads')} threads. Date: {when(payload.get('created'))}. "
-            f"Command{'' if payload.get('command') else ' (rebuilt from the recorded settings)'}:", "",
-            *code(bench_command(payload)), "",
-            f"{payload.get('sentences')} validation sentences, {weights}, each engine in its own process"
-            + (f"; medians of {rounds} rounds" if rounds > 1 else "")
-            + ". Each cell: p50 per batch (speed-up against PyTorch fp32 eager), sentences/s (speed-up).", "",
-            "| engine | " + " | ".join(f"batch {b}" for b in sizes) + " | MCC | agreement % |",
-            "| --- |" + " --- |" * (len(sizes) + 2)]
+    body = [
+        f"Machine: {bench_machine(payload)}, {s.get('threads')} threads. Date: {when(payload.get('created'))}. "
+        f"Command{'' if payload.get('command') else ' (rebuilt from the recorded settings)'}:",
+        "",
+        *code(bench_command(payload)),
+        "",
+        f"{payload.get('sentences')} validation sentences, {weights}, each engine in its own process"
+        + (f"; medians of {rounds} rounds" if rounds > 1 else "")
+        + ". Each cell: p50 per batch (speed-up against PyTorch fp32 eager), sentences/s (speed-up).",
+        "",
+        "| engine | " + " | ".join(f"batch {b}" for b in sizes) + " | MCC | agreement % |",
+        "| --- |" + " --- |" * (len(sizes) + 2),
+    ]
     for engine in engines:
         mine = [by[(engine, b)] for b in sizes if (engine, b) in by]
         mccs = sorted({round(r["mcc"], 4) for r in mine if r.get("mcc") is not None})
         mcc = "n/a" if not mccs else f"{mccs[0]:.4f}" + (f" to {mccs[-1]:.4f}" if len(mccs) > 1 else "")
         agree = [r["agreement"] for r in mine if r.get("agreement") is not None]
-        body.append(f"| `{engine}` | " + " | ".join(cell(by.get((engine, b))) for b in sizes)
-                    + f" | {mcc} | {fmt(min(agree), '.1f') if agree else '-'} |")
-    spread = [(r["engine"], r["batch_size"], [x["speedup_p50"] for x in r["rounds"] if x.get("speedup_p50")])
-              for r in rows if r.get("rounds") and r["engine"] != BOOK_ENGINE]
+        body.append(
+            f"| `{engine}` | "
+            + " | ".join(cell(by.get((engine, b))) for b in sizes)
+            + f" | {mcc} | {fmt(min(agree), '.1f') if agree else '-'} |"
+        )
+    spread = [
+        (r["engine"], r["batch_size"], [x["speedup_p50"] for x in r["rounds"] if x.get("speedup_p50")])
+        for r in rows
+        if r.get("rounds") and r["engine"] != BOOK_ENGINE
+    ]
     if spread:
-        body += ["", "p50 speed-up in each round: " + "; ".join(
-            f"`{e}` batch {b}: " + ", ".join(f"{v:.2f}x" for v in values) for e, b, values in spread if values) + "."]
+        body += [
+            "",
+            "p50 speed-up in each round: "
+            + "; ".join(
+                f"`{e}` batch {b}: " + ", ".join(f"{v:.2f}x" for v in values) for e, b, values in spread if values
+            )
+            + ".",
+        ]
     e2e = payload.get("end_to_end") or {}
     if e2e.get("speedup"):
-        body += ["", f"End to end ({e2e['sentences']} sentences, batch {e2e['batch_size']}, tokenization included): "
-                     f"the book's way (PyTorch fp32 eager, every sentence padded to {e2e['book'].get('pad_to')}) "
-                     f"{e2e['book']['sentences_per_s']:,.1f} sentences/s, the serving path "
-                     f"({e2e['serving'].get('variant')} on {e2e['serving'].get('provider')}) "
-                     f"{e2e['serving']['sentences_per_s']:,.1f}: **{e2e['speedup']:.1f}x**."]
+        body += [
+            "",
+            f"End to end ({e2e['sentences']} sentences, batch {e2e['batch_size']}, tokenization included): "
+            f"the book's way (PyTorch fp32 eager, every sentence padded to {e2e['book'].get('pad_to')}) "
+            f"{e2e['book']['sentences_per_s']:,.1f} sentences/s, the serving path "
+            f"({e2e['serving'].get('variant')} on {e2e['serving'].get('provider')}) "
+            f"{e2e['serving']['sentences_per_s']:,.1f}: **{e2e['speedup']:.1f}x**.",
+        ]
     measured = [c for c in payload.get("checks", []) if c.get("value") is not None]
     if measured:
         body += ["", "Checks (`bertpack bench --check` fails when one misses):", ""]
-        body += [(f"- {c['check']}: {c['value']:.4f} (at most {c['target']:g})" if c.get("kind") == "at most" else
-                  f"- {c['check']}: {c['value']:.2f}x (at least {c['target']:g}x)")
-                 + (": pass" if c["passed"] else ": miss") for c in measured]
+        body += [
+            (
+                f"- {c['check']}: {c['value']:.4f} (at most {c['target']:g})"
+                if c.get("kind") == "at most"
+                else f"- {c['check']}: {c['value']:.2f}x (at least {c['target']:g}x)"
+            )
+            + (": pass" if c["passed"] else ": miss")
+            for c in measured
+        ]
     return body
 
 
@@ -343,25 +426,33 @@ def cpu_bench_section(folder: Path) -> Section:
     title = "CPU speed: `bertpack bench`"
     payload = read_json(folder / KINDS["bench"])
     if payload is None:
-        return Section(title, [missing_line("bench", "bench.json of `bertpack bench`", "bench-out/NAME/bench.json")],
-                       [("CPU speed-up: int8 against PyTorch fp32 eager", NOT_YET, "", "")])
+        return Section(
+            title,
+            [missing_line("bench", "bench.json of `bertpack bench`", "bench-out/NAME/bench.json")],
+            [("CPU speed-up: int8 against PyTorch fp32 eager", NOT_YET, "", "")],
+        )
     machine, date = bench_machine(payload), day(payload.get("created"))
     b1, b32 = ratio(payload, "onnx_int8", BOOK_ENGINE, 1, "p50"), ratio(payload, "onnx_int8", BOOK_ENGINE, 32, "rate")
     e2e = (payload.get("end_to_end") or {}).get("speedup")
     figure = f"{fmt(b1, '.2f', '-')}x p50 at batch 1, {fmt(b32, '.2f', '-')}x sentences/s at batch 32"
     summary = [("CPU speed-up: int8 against PyTorch fp32 eager", figure, machine, date)]
     if e2e:
-        summary.append(("CPU end to end: serving path against the book's way", f"{e2e:.1f}x sentences/s", machine,
-                        date))
+        summary.append(
+            ("CPU end to end: serving path against the book's way", f"{e2e:.1f}x sentences/s", machine, date)
+        )
     return Section(title, bench_body(payload), summary)
 
 
 def gpu_bench_sections(folder: Path) -> list[Section]:
     paths = sorted((folder / KINDS["gpu"]).glob("*.json"))
     if not paths:
-        return [Section("GPU speed: `bertpack bench`", [missing_line("gpu", "bench.json of `bertpack bench` on a GPU",
-                                                                      "bench-out/NAME/bench.json")],
-                        [("GPU speed-up: ONNX fp16 + CUDA graphs against PyTorch fp32 eager", NOT_YET, "", "")])]
+        return [
+            Section(
+                "GPU speed: `bertpack bench`",
+                [missing_line("gpu", "bench.json of `bertpack bench` on a GPU", "bench-out/NAME/bench.json")],
+                [("GPU speed-up: ONNX fp16 + CUDA graphs against PyTorch fp32 eager", NOT_YET, "", "")],
+            )
+        ]
     sections = []
     for path in paths:
         payload = read_json(path)
@@ -371,12 +462,24 @@ def gpu_bench_sections(folder: Path) -> list[Section]:
         summary = []
         graph = ratio(payload, "onnx_fp16_cuda_graph", BOOK_ENGINE, 1, "p50")
         if graph:
-            summary.append((f"GPU speed-up: ONNX fp16 + CUDA graphs against PyTorch fp32 eager, batch 1 p50 ({arch})",
-                            f"{graph:.2f}x" + (f" (median of {rounds} rounds)" if rounds > 1 else ""), machine, date))
+            summary.append(
+                (
+                    f"GPU speed-up: ONNX fp16 + CUDA graphs against PyTorch fp32 eager, batch 1 p50 ({arch})",
+                    f"{graph:.2f}x" + (f" (median of {rounds} rounds)" if rounds > 1 else ""),
+                    machine,
+                    date,
+                )
+            )
         fp16 = ratio(payload, "onnx_fp16_cuda", "pytorch_fp16", 128, "rate")
         if fp16:
-            summary.append((f"GPU speed-up: ONNX fp16 against PyTorch fp16, batch 128 sentences/s ({arch})",
-                            f"{fp16:.2f}x", machine, date))
+            summary.append(
+                (
+                    f"GPU speed-up: ONNX fp16 against PyTorch fp16, batch 128 sentences/s ({arch})",
+                    f"{fp16:.2f}x",
+                    machine,
+                    date,
+                )
+            )
         sections.append(Section(f"GPU speed: `{path.stem}`", bench_body(payload), summary))
     return sections
 
@@ -386,9 +489,15 @@ def loadtest_command(result: dict) -> str:
     if result.get("command"):
         return result["command"]
     s = result.get("settings", {})
-    pairs = [("--model", f"artifacts/{result.get('artifact')}"), ("--client", s.get("client")),
-             ("--clients", s.get("clients")), ("--batch-clients", s.get("batch_clients")),
-             ("--per-request", s.get("per_request")), ("--duration", s.get("duration")), ("--lone", s.get("lone"))]
+    pairs = [
+        ("--model", f"artifacts/{result.get('artifact')}"),
+        ("--client", s.get("client")),
+        ("--clients", s.get("clients")),
+        ("--batch-clients", s.get("batch_clients")),
+        ("--per-request", s.get("per_request")),
+        ("--duration", s.get("duration")),
+        ("--lone", s.get("lone")),
+    ]
     return shlex.join(["python", "scripts/loadtest.py", *options(pairs)])
 
 
@@ -396,51 +505,74 @@ def loadtest_section(folder: Path) -> Section:
     title = "Served rate: `scripts/loadtest.py`"
     result = read_json(folder / KINDS["loadtest"])
     if result is None:
-        return Section(title, [missing_line("loadtest", "the JSON of `scripts/loadtest.py --json-out`",
-                                            "loadtest.json")],
-                       [("served rate: bertpack, one sentence per request", NOT_YET, "", "")])
+        return Section(
+            title,
+            [missing_line("loadtest", "the JSON of `scripts/loadtest.py --json-out`", "loadtest.json")],
+            [("served rate: bertpack, one sentence per request", NOT_YET, "", "")],
+        )
     m, engine, s = result.get("machine", {}), result.get("engine", {}), result.get("settings", {})
     machine, date = f"{m.get('cpu')} ({m.get('cpus')} CPUs)", result.get("date")
     per = s.get("per_request", 16)
-    body = [f"Machine: {machine}, the load generator ({s.get('client', 'aiohttp')}) on the same CPUs. "
-            f"Date: {when(date)}. Command{'' if result.get('command') else ' (rebuilt from the recorded settings)'}:",
-            "", *code(loadtest_command(result)), "",
-            f"Artifact `{result.get('artifact')}`, variant `{result.get('variant')}` on {engine.get('provider')}. "
-            f"The raw engine: {fmt(engine.get('best_sentences_per_s'), ',.0f')} sentences/s at its best adaptive batch "
-            f"({engine.get('best_batch')}), one sentence {fmt((engine.get('lone') or {}).get('p50_ms'), '.2f')} ms "
-            "(p50).",
-            "", f"| server | requests/s, {s.get('clients')} clients x 1 sentence | p50 / p99 ms | errors "
-                f"| sentences/s, {s.get('batch_clients')} clients x {per} | lone p50 ms, before / after the load |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    names = {"noop": "noop (BentoML with no model: its own ceiling)",
-             "pipeline": "pipeline (the transformers pipeline in PyTorch, served by BentoML)"}
+    body = [
+        f"Machine: {machine}, the load generator ({s.get('client', 'aiohttp')}) on the same CPUs. "
+        f"Date: {when(date)}. Command{'' if result.get('command') else ' (rebuilt from the recorded settings)'}:",
+        "",
+        *code(loadtest_command(result)),
+        "",
+        f"Artifact `{result.get('artifact')}`, variant `{result.get('variant')}` on {engine.get('provider')}. "
+        f"The raw engine: {fmt(engine.get('best_sentences_per_s'), ',.0f')} sentences/s at its best adaptive batch "
+        f"({engine.get('best_batch')}), one sentence {fmt((engine.get('lone') or {}).get('p50_ms'), '.2f')} ms "
+        "(p50).",
+        "",
+        f"| server | requests/s, {s.get('clients')} clients x 1 sentence | p50 / p99 ms | errors "
+        f"| sentences/s, {s.get('batch_clients')} clients x {per} | lone p50 ms, before / after the load |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    names = {
+        "noop": "noop (BentoML with no model: its own ceiling)",
+        "pipeline": "pipeline (the transformers pipeline in PyTorch, served by BentoML)",
+    }
     for name, server in result.get("servers", {}).items():
         single, batched = server["single"], server["batched"]
         errors = sum(single["errors"].values()) + sum(batched["errors"].values())
-        body.append(f"| {names.get(name, name)} | {single['requests_per_s']:,.0f} "
-                    f"| {single['p50_ms']:.0f} / {single['p99_ms']:.0f} | {errors} | {batched['sentences_per_s']:,.0f} "
-                    f"| {server['lone']['p50_ms']:.1f} / {server['lone_after_load']['p50_ms']:.1f} |")
+        body.append(
+            f"| {names.get(name, name)} | {single['requests_per_s']:,.0f} "
+            f"| {single['p50_ms']:.0f} / {single['p99_ms']:.0f} | {errors} | {batched['sentences_per_s']:,.0f} "
+            f"| {server['lone']['p50_ms']:.1f} / {server['lone_after_load']['p50_ms']:.1f} |"
+        )
     bound = result.get("bound")
     if bound:
-        body += ["", "Where HTTP and the model share the cores, a server can carry about B = 1 / (1/N + 1/E) with N "
-                     f"the no-op service's rate and E the engine's: {bound['single']:,.0f} requests/s at one sentence "
-                     f"each, {bound['batched']:,.0f} sentences/s at {per} per request.", ""]
+        body += [
+            "",
+            "Where HTTP and the model share the cores, a server can carry about B = 1 / (1/N + 1/E) with N "
+            f"the no-op service's rate and E the engine's: {bound['single']:,.0f} requests/s at one sentence "
+            f"each, {bound['batched']:,.0f} sentences/s at {per} per request.",
+            "",
+        ]
         for name, server in result.get("servers", {}).items():
             r = server.get("ratios")
             if r:
-                body.append(f"- {name}: {r['of_bound']:.0%} of B at one sentence, {r['batched_of_bound']:.0%} at {per}"
-                            + (f", {r['of_peer']:.2f}x the transformers pipeline" if "of_peer" in r else "") + ".")
+                body.append(
+                    f"- {name}: {r['of_bound']:.0%} of B at one sentence, {r['batched_of_bound']:.0%} at {per}"
+                    + (f", {r['of_peer']:.2f}x the transformers pipeline" if "of_peer" in r else "")
+                    + "."
+                )
     product = next((v for k, v in result.get("servers", {}).items() if k.startswith("bertpack")), None)
     if product is None:
         return Section(title, body, [("served rate: bertpack, one sentence per request", NOT_YET, machine, day(date))])
     single = product["single"]
     peer = result.get("servers", {}).get("pipeline")
-    figure = (f"{single['requests_per_s']:,.0f} requests/s, {sum(single['errors'].values())} errors"
-              + (f" ({single['requests_per_s'] / peer['single']['requests_per_s']:.1f}x the transformers pipeline)"
-                 if peer else ""))
+    figure = f"{single['requests_per_s']:,.0f} requests/s, {sum(single['errors'].values())} errors" + (
+        f" ({single['requests_per_s'] / peer['single']['requests_per_s']:.1f}x the transformers pipeline)"
+        if peer
+        else ""
+    )
     name = next(k for k in result["servers"] if k.startswith("bertpack"))
-    return Section(title, body, [(f"served rate: {name}, {s.get('clients')} clients, one sentence per request", figure,
-                                  machine, day(date))])
+    return Section(
+        title,
+        body,
+        [(f"served rate: {name}, {s.get('clients')} clients, one sentence per request", figure, machine, day(date))],
+    )
 
 
 # -- the page ---------------------------------------------------------------------------------------------------------
@@ -463,29 +595,47 @@ def summary_table(sections: list[Section], link: str) -> list[str]:
 
 
 def build(folder: Path) -> list[Section]:
-    return [train_section(folder), *quality_sections(folder), export_section(folder), cpu_bench_section(folder),
-            *gpu_bench_sections(folder), loadtest_section(folder)]
+    return [
+        train_section(folder),
+        *quality_sections(folder),
+        export_section(folder),
+        cpu_bench_section(folder),
+        *gpu_bench_sections(folder),
+        loadtest_section(folder),
+    ]
 
 
 def page(sections: list[Section]) -> str:
-    out = ["# Results", "",
-           "The current figures, each with its machine, date and command. This page is written by "
-           "`python scripts/results.py` from the runs' own JSON files in [results/](results/): a new measurement "
-           "replaces its file, and the page is written again.", "",
-           *summary_table(sections, ""), ""]
+    out = [
+        "# Results",
+        "",
+        "The current figures, each with its machine, date and command. This page is written by "
+        "`python scripts/results.py` from the runs' own JSON files in [results/](results/): a new measurement "
+        "replaces its file, and the page is written again.",
+        "",
+        *summary_table(sections, ""),
+        "",
+    ]
     for section in sections:
         out += [f"## {section.title}", "", *section.body, ""]
-    out += ["## How this page is made", "",
-            "`python scripts/results.py add KIND FILE` copies a run's file into `docs/results/` (replacing the one "
-            "there) and writes this page and the table in the README again; `python scripts/results.py` only writes "
-            "them. The files:", "", "| kind | file | written by |", "| --- | --- | --- |",
-            "| train | `train-metrics.json` | `bertpack train` (`RUN/metrics.json`) |",
-            "| parity | `parity.json`, `export-manifest.json` | `bertpack export` (`ARTIFACT/parity.json` and its "
-            "`manifest.json`) |",
-            "| bench | `bench.json` | `bertpack bench` on a CPU (`OUT/bench.json`) |",
-            "| gpu | `gpu/NAME.json` | `bertpack bench` on a GPU, one file per run |",
-            "| loadtest | `loadtest.json` | `scripts/loadtest.py --json-out FILE` |",
-            "| quality | `quality/NAME.json` | `scripts/summarize_runs.py ... --json FILE` |", ""]
+    out += [
+        "## How this page is made",
+        "",
+        "`python scripts/results.py add KIND FILE` copies a run's file into `docs/results/` (replacing the one "
+        "there) and writes this page and the table in the README again; `python scripts/results.py` only writes "
+        "them. The files:",
+        "",
+        "| kind | file | written by |",
+        "| --- | --- | --- |",
+        "| train | `train-metrics.json` | `bertpack train` (`RUN/metrics.json`) |",
+        "| parity | `parity.json`, `export-manifest.json` | `bertpack export` (`ARTIFACT/parity.json` and its "
+        "`manifest.json`) |",
+        "| bench | `bench.json` | `bertpack bench` on a CPU (`OUT/bench.json`) |",
+        "| gpu | `gpu/NAME.json` | `bertpack bench` on a GPU, one file per run |",
+        "| loadtest | `loadtest.json` | `scripts/loadtest.py --json-out FILE` |",
+        "| quality | `quality/NAME.json` | `scripts/summarize_runs.py ... --json FILE` |",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -521,8 +671,9 @@ def add(kind: str, source: Path, folder: Path, name: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, default=REPO / "docs" / "results",
-                        help="folder of the runs' JSON files")
+    parser.add_argument(
+        "--results", type=Path, default=REPO / "docs" / "results", help="folder of the runs' JSON files"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md", help="the page to write")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="README holding the results block")
     sub = parser.add_subparsers(dest="action")

@@ -41,9 +41,13 @@ def check_version() -> None:
     import bentoml
 
     if bentoml.__version__ != WRITTEN_FOR:
-        log.warning("BentoML %s is installed; bertpack's service was written for %s (serving/bentoml_compat.py): "
-                    "error bodies, metrics labels or worker supervision may differ; pip install bentoml==%s",
-                    bentoml.__version__, WRITTEN_FOR, WRITTEN_FOR)
+        log.warning(
+            "BentoML %s is installed; bertpack's service was written for %s (serving/bentoml_compat.py): "
+            "error bodies, metrics labels or worker supervision may differ; pip install bentoml==%s",
+            bentoml.__version__,
+            WRITTEN_FOR,
+            WRITTEN_FOR,
+        )
 
 
 def tracing_exporter() -> str | None:
@@ -57,6 +61,7 @@ def tracing_exporter() -> str | None:
 
 
 # -- metrics -----------------------------------------------------------------------------------------------
+
 
 class _KnownEndpoints:
     """A Prometheus metric whose `endpoint` label takes the service's own paths only; any other path is "other"."""
@@ -84,14 +89,21 @@ def bound_metric_labels(known_paths: frozenset[str]) -> None:
 
     def bounded_setup(self, *args, **kwargs) -> None:
         setup(self, *args, **kwargs)
-        for name in ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
-                     "metrics_websocket_connections", "metrics_websocket_data_received", "metrics_websocket_data_sent"):
+        for name in (
+            "metrics_request_duration",
+            "metrics_request_total",
+            "metrics_request_in_progress",
+            "metrics_websocket_connections",
+            "metrics_websocket_data_received",
+            "metrics_websocket_data_sent",
+        ):
             setattr(self, name, _KnownEndpoints(getattr(self, name), known_paths))
 
     metrics._setup, metrics._bertpack_bounded = bounded_setup, True
 
 
 # -- middleware order --------------------------------------------------------------------------------------
+
 
 def json_errors_outside_traffic_limits(json_layer: type) -> None:
     """Move the service's `json_layer` middleware in front of BentoML's timeout and max-concurrency middlewares
@@ -123,12 +135,15 @@ def json_errors_outside_traffic_limits(json_layer: type) -> None:
 
 # -- logging -----------------------------------------------------------------------------------------------
 
+
 class ClientErrorsOnOneLine(logging.Filter):
     """A client's bad input (pydantic ValidationError, 400), a body over the limit (413), a client that hung up and
     a shed request (503) are the client's or the load's doing: one WARNING line each, no traceback. Anything else
     keeps its traceback."""
 
-    def __init__(self, body_too_large: type[Exception], max_body_bytes: int, describe: Callable[[list[dict]], str]) -> None:
+    def __init__(
+        self, body_too_large: type[Exception], max_body_bytes: int, describe: Callable[[list[dict]], str]
+    ) -> None:
         """`describe`: the one line a client gets for a ValidationError's errors (the same text goes to the log)."""
         super().__init__()
         self.body_too_large, self.max_body_bytes, self.describe = body_too_large, max_body_bytes, describe
@@ -146,7 +161,9 @@ class ClientErrorsOnOneLine(logging.Filter):
         elif isinstance(exc, ValidationError):
             summary = f"client error, 400 ({self.describe(exc.errors(include_url=False))[:300]})"
         elif isinstance(exc, BentoMLException) and exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-            summary = f"503 overloaded ({first_line(exc)}): the batching queue could not answer within the latency bound"
+            summary = (
+                f"503 overloaded ({first_line(exc)}): the batching queue could not answer within the latency bound"
+            )
         elif isinstance(exc, BentoMLException) and int(exc.error_code) < 500:
             summary = f"client error, {int(exc.error_code)} ({first_line(exc)[:200]})"
         else:
@@ -167,7 +184,9 @@ def log_to_stderr(one_line_filter: logging.Filter) -> None:
     ours.setLevel(logging.INFO)
     if not ours.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
         ours.addHandler(handler)
     http_log = logging.getLogger(HTTP_APP_LOGGER)
     if not any(type(f) is type(one_line_filter) for f in http_log.filters):
@@ -175,6 +194,7 @@ def log_to_stderr(one_line_filter: logging.Filter) -> None:
 
 
 # -- worker supervision ------------------------------------------------------------------------------------
+
 
 def in_worker() -> bool:
     """True inside a worker started by `bentoml serve` (False in a script or a test that builds the class itself)."""

@@ -19,8 +19,11 @@ def doctor(json_output: bool = typer.Option(False, "--json", help="Print the rep
     typer.echo(json.dumps(rep, indent=2) if json_output else format_report(rep))
     problems = rep["serve_settings"]["problems"]
     if problems:
-        typer.echo(f"doctor: {len(problems)} problem{'s' if len(problems) > 1 else ''} would stop `bentoml serve`: "
-                   + " | ".join(problems), err=True)
+        typer.echo(
+            f"doctor: {len(problems)} problem{'s' if len(problems) > 1 else ''} would stop `bentoml serve`: "
+            + " | ".join(problems),
+            err=True,
+        )
         raise typer.Exit(1)
 
 

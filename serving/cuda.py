@@ -28,7 +28,8 @@ def gpu_present() -> bool:
 
 
 def uses_cuda(device: str) -> bool:
-    """Whether a device setting (auto, cpu, cuda) runs on the CUDA provider: the engine, the service and doctor agree."""
+    """Whether a device setting (auto, cpu, cuda) runs on the CUDA provider: the engine, the service and doctor
+    agree."""
     return device == "cuda" or (device == "auto" and cuda_available())
 
 
@@ -54,12 +55,18 @@ def cuda_problem() -> str | None:
     if not gpu_present():
         return "no NVIDIA device is visible (/dev/nvidia*)"
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        return None  # the imported build has CUDA (an `onnxruntime` distribution beside it, if any, is not the one imported)
+        # the imported build has CUDA (an `onnxruntime` distribution beside it, if any, is not the one imported)
+        return None
     packages = onnxruntime_packages()
     if "onnxruntime" in packages and "onnxruntime-gpu" in packages:
-        return ("both `onnxruntime` and `onnxruntime-gpu` are installed and the CPU build shadows the GPU one: "
-                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
-    return f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
+        return (
+            "both `onnxruntime` and `onnxruntime-gpu` are installed and the CPU build shadows the GPU one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+        )
+    return (
+        f"this ONNX Runtime build ({', '.join(f'{k} {v}' for k, v in packages.items()) or ort.__version__}) has no "
+        "CUDA provider; install onnxruntime-gpu"
+    )
 
 
 def preload_cuda_libraries() -> None:
@@ -86,7 +93,8 @@ class CudaGraphs:
 
     ORT replays a captured graph only when every input and output stays at the same device address
     and shape, so each shape gets preallocated device tensors bound once and refreshed in place, and
-    its own `gpu_graph_id`. `session` is a CUDA session of the model opened with enable_cuda_graph. The capture needs a GPU (tests/test_serving_light.py runs this bookkeeping on
+    its own `gpu_graph_id`. `session` is a CUDA session of the model opened with enable_cuda_graph. The capture needs
+    a GPU (tests/test_serving_light.py runs this bookkeeping on
     CPU tensors without one); any failure disables the graphs and the engine goes on with plain IO binding
     (see OnnxClassifier.run).
     """
@@ -94,7 +102,9 @@ class CudaGraphs:
     BATCHES = (1, 2, 4, 8, 16, 32, 64)
     MAX_GRAPHS = 48
 
-    def __init__(self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int, device: str = "cuda"):
+    def __init__(
+        self, session, input_names: list[str], output_name: str, n_labels: int, pad_id: int, device: str = "cuda"
+    ):
         self.session, self.input_names, self.output_name = session, input_names, output_name
         self.n_labels, self.pad_id = n_labels, pad_id
         self.device = device  # where the bound tensors live; "cpu" only to test this bookkeeping without a GPU
@@ -106,7 +116,10 @@ class CudaGraphs:
         key = (rows, length)
         if key not in self.slots:
             binding = self.session.io_binding()
-            inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, self.device, 0) for name in self.input_names}
+            inputs = {
+                name: ort.OrtValue.ortvalue_from_shape_and_type((rows, length), np.int64, self.device, 0)
+                for name in self.input_names
+            }
             for name, value in inputs.items():
                 binding.bind_ortvalue_input(name, value)
             output = ort.OrtValue.ortvalue_from_shape_and_type((rows, self.n_labels), np.float32, self.device, 0)
@@ -132,8 +145,10 @@ class CudaGraphs:
         returns the slot to replay and the batch's real row count."""
         n, length = inputs["input_ids"].shape
         if not self.fits(n, length):
-            raise RuntimeError(f"no CUDA graph for a batch of {n} x {length} tokens (largest graph batch {self.BATCHES[-1]}, "
-                               f"at most {self.MAX_GRAPHS} shapes)")
+            raise RuntimeError(
+                f"no CUDA graph for a batch of {n} x {length} tokens (largest graph batch {self.BATCHES[-1]}, "
+                f"at most {self.MAX_GRAPHS} shapes)"
+            )
         rows = bucket_length(n, self.BATCHES)
         slot = self._slot(rows, length)
         for name in self.input_names:
@@ -156,4 +171,3 @@ class CudaGraphs:
     def fetch(slot: _GraphSlot, n: int) -> np.ndarray:
         """The first n rows of the slot's logits, copied to the host."""
         return slot.binding.copy_outputs_to_cpu()[0][:n].astype(np.float32)
-

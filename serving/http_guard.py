@@ -17,13 +17,22 @@ CLIENT_GONE = 499
 
 
 def client_error(body: dict, status: int = 400, path: str = "/classify") -> JSONResponse:
-    """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING line."""
+    """A client mistake answered by bertpack itself (not by BentoML's validation): logged like those, one WARNING
+    line."""
     log.warning("POST %s: client error, %d (%s)", path, status, body["error"][:200])
     return JSONResponse(body, status_code=status)
 
 
-ENDPOINTS = ["POST /classify", "GET /info", "GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /docs.json (OpenAPI)",
-             "GET / (Swagger UI)"]
+ENDPOINTS = [
+    "POST /classify",
+    "GET /info",
+    "GET /healthz",
+    "GET /livez",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /docs.json (OpenAPI)",
+    "GET / (Swagger UI)",
+]
 
 
 class BodyTooLarge(Exception):
@@ -63,9 +72,13 @@ class JsonOnly:
             await client_error({"error": self.UNSUPPORTED.format(ctype)}, 415, path)(scope, receive, send)
             return
         if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
-            await client_error({"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path)(scope, receive, send)
+            await client_error(
+                {"error": TOO_LARGE.format(got=f"{int(length)} bytes", limit=MAX_BODY_BYTES)}, 413, path
+            )(scope, receive, send)
             return
-        too_large = {"error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)}  # a body with no length
+        too_large = {
+            "error": TOO_LARGE.format(got=f"over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)
+        }  # a body with no length
         # head: the body's first bytes, to name a BOM or UTF-16; gone: the client hung up before its whole body arrived
         received = {"bytes": 0, "over": False, "gone": False, "head": b""}
 
@@ -86,11 +99,17 @@ class JsonOnly:
 
         async def rewrite(message) -> None:
             if message["type"] == "http.response.start":
-                if received["gone"] and message["status"] >= 500:  # nobody reads it; the metrics and the log should not say 500
+                if (
+                    received["gone"] and message["status"] >= 500
+                ):  # nobody reads it; the metrics and the log should not say 500
                     message = {**message, "status": CLIENT_GONE}
-                if received["over"]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
+                if received[
+                    "over"
+                ]:  # the app failed reading the body (BentoML answers that 500): it is the client's 413
                     message = {**message, "status": 413}
-                if received["over"] or self._rewrites(message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path):
+                if received["over"] or self._rewrites(
+                    message["status"], dict(message.get("headers", ())).get(b"content-type", b""), path
+                ):
                     held["start"], held["body"] = message, b""
                     return
             elif message["type"] == "http.response.body" and "start" in held:
@@ -106,7 +125,11 @@ class JsonOnly:
                 else:
                     body = self._body(start["status"], method, path, raw, start.get("headers", ()), received["head"])
                 data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-                headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type", b"retry-after")]
+                headers = [
+                    (k, v)
+                    for k, v in start.get("headers", ())
+                    if k.lower() not in (b"content-length", b"content-type", b"retry-after")
+                ]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
                 if start["status"] in (429, 503):  # overloaded: the client should back off briefly (BentoML sends none)
                     headers.append((b"retry-after", b"1"))
@@ -133,13 +156,19 @@ class JsonOnly:
 
     def _body(self, status: int, method: str, path: str, raw: bytes, headers, head: bytes = b"") -> dict:
         if status == 404:
-            return {"error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}", "endpoints": ENDPOINTS}
+            return {
+                "error": f"no endpoint {method} {path}; the endpoints are {', '.join(ENDPOINTS)}",
+                "endpoints": ENDPOINTS,
+            }
         if status == 405:
             # Starlette's Allow header comes from a set (order varies between runs) and adds HEAD to every GET route.
             methods = {m.strip() for m in dict(headers).get(b"allow", b"").decode("latin-1").split(",") if m.strip()}
             allowed = ", ".join(sorted(methods - {"HEAD"} if "GET" in methods else methods)) or "another method"
-            return {"error": f"{method} is not allowed on {path}; use {allowed}" + (" with a JSON body" if "POST" in allowed else ""),
-                    "endpoints": ENDPOINTS}
+            return {
+                "error": f"{method} is not allowed on {path}; use {allowed}"
+                + (" with a JSON body" if "POST" in allowed else ""),
+                "endpoints": ENDPOINTS,
+            }
         if status == 429:
             return {"error": TOO_MANY.format(limit=self.max_concurrency)}
         if status == 504:

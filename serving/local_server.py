@@ -19,8 +19,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], log_path: Path, target: str = "serving.service:Bertpack",
-                 timeout: float = 180, tries: int = 3) -> tuple[subprocess.Popen, str]:
+def start_server(
+    env: dict[str, str], log_path: Path, target: str = "serving.service:Bertpack", timeout: float = 180, tries: int = 3
+) -> tuple[subprocess.Popen, str]:
     """`bentoml serve TARGET` in its own process group on a free port; returns once /readyz answers 200.
     Raises RuntimeError with the log's tail when it does not come up within `timeout` seconds.
     free_port() releases the port before the server binds it, so another process may take it in between:
@@ -40,9 +41,14 @@ def _start_once(env: dict[str, str], log_path: Path, target: str, timeout: float
     port = free_port()
     bentoml = str(Path(sys.executable).parent / "bentoml")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)], cwd=REPO,
-                                env={"BENTOML_DO_NOT_TRACK": "True", **env}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env={"BENTOML_DO_NOT_TRACK": "True", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

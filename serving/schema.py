@@ -13,7 +13,16 @@ from typing import Annotated, Any, Protocol
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # CoLA sentences are under 250 characters; 1000 leaves room for real text while bounding the work one request asks for.
@@ -35,8 +44,14 @@ def _readable(text: str) -> str:
 
 
 Sentence = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CHARS), AfterValidator(_readable)]
-Sentences = Annotated[list[Sentence], Field(min_length=1, max_length=MAX_SENTENCES,
-                                            description=f"1 to {MAX_SENTENCES} sentences of at most {MAX_CHARS} characters")]
+Sentences = Annotated[
+    list[Sentence],
+    Field(
+        min_length=1,
+        max_length=MAX_SENTENCES,
+        description=f"1 to {MAX_SENTENCES} sentences of at most {MAX_CHARS} characters",
+    ),
+]
 
 
 class ClassifyRequest(BaseModel):
@@ -44,7 +59,9 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="ClassifyRequest")
     sentences: Sentences
-    truncate: StrictBool = Field(False, description="cut a sentence over the model's token limit instead of refusing it")
+    truncate: StrictBool = Field(
+        False, description="cut a sentence over the model's token limit instead of refusing it"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +123,25 @@ def _envelope(answer: Any) -> Any:
 ClassifyAnswer = Annotated[ClassifyResponse, BeforeValidator(_envelope), ContentType("application/json")]
 
 
-def token_errors(too_long: list[tuple[int, int]], unreadable: list[int], limit: int, truncate: bool) -> ValidationError | None:
+def token_errors(
+    too_long: list[tuple[int, int]], unreadable: list[int], limit: int, truncate: bool
+) -> ValidationError | None:
     """The sentences refused after tokenization, as one ValidationError (None when there is none): with no readable
     text, or over the model's token limit when the request does not ask to truncate."""
     details = [{"type": "no_tokens", "loc": ("sentences", i), "msg": NO_TOKENS} for i in unreadable]
     if not truncate:
-        details += [{"type": "too_many_tokens", "loc": ("sentences", i), "msg": TOO_MANY_TOKENS.format(n=n, limit=limit)}
-                    for i, n in too_long if i not in unreadable]
+        details += [
+            {"type": "too_many_tokens", "loc": ("sentences", i), "msg": TOO_MANY_TOKENS.format(n=n, limit=limit)}
+            for i, n in too_long
+            if i not in unreadable
+        ]
     if not details:
         return None
     details.sort(key=lambda d: d["loc"][1])
-    return ValidationError.from_exception_data("ClassifyRequest", [
-        InitErrorDetails(type=PydanticCustomError(d["type"], d["msg"]), loc=d["loc"], input=None) for d in details])
+    return ValidationError.from_exception_data(
+        "ClassifyRequest",
+        [InitErrorDetails(type=PydanticCustomError(d["type"], d["msg"]), loc=d["loc"], input=None) for d in details],
+    )
 
 
 # -- 400 bodies ------------------------------------------------------------------------------
@@ -128,16 +152,26 @@ def token_errors(too_long: list[tuple[int, int]], unreadable: list[int], limit: 
 FIELDS = {"/classify": ("sentences", "truncate")}
 EXAMPLE = {"/classify": '{"sentences": ["The cat sat on the mat."]}'}
 # BentoML's batcher sheds a request when its queue wait plus the batch's estimated run time reaches the bound.
-OVERLOADED = ("server overloaded: the request could not be answered within {seconds:g} s (batching queue wait plus estimated run time); "
-              "retry later, or add replicas/workers")
+OVERLOADED = (
+    "server overloaded: the request could not be answered within {seconds:g} s (batching queue wait plus estimated "
+    "run time); "
+    "retry later, or add replicas/workers"
+)
 
 
-TOO_LARGE = ("request body of {got} is over the {limit} bytes a request may hold; send at most "
-             f"{MAX_SENTENCES} sentences of at most {MAX_CHARS} characters per request, and split larger jobs into several requests")
-TOO_MANY = ("too many requests in flight at once: retry after a moment, or add replicas/workers "
-            "(the server takes {limit} at a time)")
-TIMED_OUT = ("the request was not answered within {seconds:g} s (the server's request timeout): send the whole body at once "
-             "(a body sent slowly holds a slot), or retry")
+TOO_LARGE = (
+    "request body of {got} is over the {limit} bytes a request may hold; send at most "
+    f"{MAX_SENTENCES} sentences of at most {MAX_CHARS} characters per request, and split larger jobs into several "
+    "requests"
+)
+TOO_MANY = (
+    "too many requests in flight at once: retry after a moment, or add replicas/workers "
+    "(the server takes {limit} at a time)"
+)
+TIMED_OUT = (
+    "the request was not answered within {seconds:g} s (the server's request timeout): send the whole body at once "
+    "(a body sent slowly holds a slot), or retry"
+)
 
 
 def _where(loc) -> str:
@@ -174,7 +208,10 @@ def problem_line(entry: dict, route: str = "/classify") -> str:
         if kind == "too_short":
             return f"sentences: the list is empty; send 1 to {MAX_SENTENCES} sentences"
         if kind == "too_long":
-            return f"sentences: send 1 to {MAX_SENTENCES} sentences per request{_got(msg)}; split the list over several requests"
+            return (
+                f"sentences: send 1 to {MAX_SENTENCES} sentences per request{_got(msg)}; split the list over "
+                "several requests"
+            )
     if top == "sentences":
         if len(loc) > 1:
             if kind == "string_type":
@@ -207,11 +244,16 @@ def error_body(detail: list[dict], route: str = "/classify", head: bytes = b"") 
     detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in detail]
     lines = [problem_line(e, route) for e in detail]
     if (why := not_utf8(head)) and [e.get("type") for e in detail] == ["json_invalid"]:
-        lines = [f"body: not valid JSON ({why}); send the JSON as UTF-8 without a byte order mark, such as {EXAMPLE.get(route, '{}')}"]
+        lines = [
+            f"body: not valid JSON ({why}); send the JSON as UTF-8 without a byte order mark, such as "
+            f"{EXAMPLE.get(route, '{}')}"
+        ]
     error = lines[0] if len(lines) == 1 else f"{len(lines)} problems: " + " | ".join(lines)
     return {"error": error, "errors": lines, "detail": detail}
 
 
-NO_TOKENS = ("sentence has no text the tokenizer can read (only emoji or symbols the vocabulary lacks, invisible characters, "
-             "or words over 100 characters); send words")
-TOO_MANY_TOKENS = "sentence has {n} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"
+NO_TOKENS = (
+    "sentence has no text the tokenizer can read (only emoji or symbols the vocabulary lacks, invisible characters, "
+    "or words over 100 characters); send words"
+)
+TOO_MANY_TOKENS = 'sentence has {n} tokens, over the model\'s limit of {limit}; shorten it or send "truncate": true'

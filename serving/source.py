@@ -13,7 +13,8 @@ from bertpack.errors import BertpackError
 
 DEFAULT_MODEL = "bertpack-cola:latest"
 REQUEST_TIMEOUT_S = 30  # BentoML's request timeout for the service (504 past it)
-# Set by `bentoml serve`'s own process once it has hashed every file; its workers inherit it (circus copies the environment).
+# Set by `bentoml serve`'s own process once it has hashed every file; its workers inherit it (circus copies the
+# environment).
 VERIFIED_FILES = "BERTPACK_VERIFIED_FILES"
 # Set by `bentoml serve`'s own process to the model_identity() it checked: a worker serves that model or none.
 SERVED_MODEL = "BERTPACK_SERVED_MODEL"
@@ -40,22 +41,29 @@ class ServeConfig:
         env = {k: v.strip() for k, v in (os.environ if env is None else env).items() if k.startswith("BERTPACK_")}
         device = env.get("BERTPACK_DEVICE", "").lower() or "auto"
         if device not in ("auto", "cpu", "cuda"):
-            raise BertpackError(f"BERTPACK_DEVICE must be auto, cpu or cuda, not {env['BERTPACK_DEVICE']!r}; set one of those "
-                                "(or unset it for auto: CUDA when usable, else the CPU)")
+            raise BertpackError(
+                f"BERTPACK_DEVICE must be auto, cpu or cuda, not {env['BERTPACK_DEVICE']!r}; set one of those "
+                "(or unset it for auto: CUDA when usable, else the CPU)"
+            )
         max_latency_ms = _positive(env, "BERTPACK_MAX_LATENCY_MS", 10_000) or cls.max_latency_ms
         if max_latency_ms >= REQUEST_TIMEOUT_S * 1000:
-            raise BertpackError(f"BERTPACK_MAX_LATENCY_MS={max_latency_ms} is not below the {REQUEST_TIMEOUT_S} s request timeout: a "
-                                "request would time out (504) before the batching bound could shed it (503); set a value such as 10000")
-        return cls(model=env.get("BERTPACK_MODEL") or default_model, device=device,
-                   workers=_positive(env, "BERTPACK_WORKERS", 2) or default_workers(device),
-                   threads=_positive(env, "BERTPACK_THREADS", 4), engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 16) or cls.engine_batch,
-                   max_batch_size=_positive(env, "BERTPACK_MAX_BATCH_SIZE", 64) or cls.max_batch_size,
-                   cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
-                   variant=env.get("BERTPACK_VARIANT") or None,
-                   max_latency_ms=max_latency_ms,
-                   access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log),
-                   tracing=_switch(env, "BERTPACK_TRACING", cls.tracing))
-
+            raise BertpackError(
+                f"BERTPACK_MAX_LATENCY_MS={max_latency_ms} is not below the {REQUEST_TIMEOUT_S} s request timeout: a "
+                "request would time out (504) before the batching bound could shed it (503); set a value such as 10000"
+            )
+        return cls(
+            model=env.get("BERTPACK_MODEL") or default_model,
+            device=device,
+            workers=_positive(env, "BERTPACK_WORKERS", 2) or default_workers(device),
+            threads=_positive(env, "BERTPACK_THREADS", 4),
+            engine_batch=_positive(env, "BERTPACK_ENGINE_BATCH", 16) or cls.engine_batch,
+            max_batch_size=_positive(env, "BERTPACK_MAX_BATCH_SIZE", 64) or cls.max_batch_size,
+            cuda_graphs=_switch(env, "BERTPACK_CUDA_GRAPHS", cls.cuda_graphs),
+            variant=env.get("BERTPACK_VARIANT") or None,
+            max_latency_ms=max_latency_ms,
+            access_log=_switch(env, "BERTPACK_ACCESS_LOG", cls.access_log),
+            tracing=_switch(env, "BERTPACK_TRACING", cls.tracing),
+        )
 
     @classmethod
     def at_import(cls) -> "ServeConfig":
@@ -67,7 +75,8 @@ class ServeConfig:
             return cls(workers=default_workers("auto"))
 
     def threads_per_worker(self) -> int:
-        """ONNX Runtime intra-op threads of one worker: BERTPACK_THREADS, else the physical cores shared by the workers."""
+        """ONNX Runtime intra-op threads of one worker: BERTPACK_THREADS, else the physical cores shared by the
+        workers."""
         from serving.engine import physical_cores
 
         return self.threads or max(1, physical_cores() // self.workers)
@@ -91,7 +100,10 @@ def _positive(env: dict[str, str], name: str, example: int) -> int | None:
     if not value:
         return None
     if not value.isascii() or not value.isdigit() or int(value) < 1:
-        raise BertpackError(f"{name} must be a positive integer, not {value!r}; set a whole number such as {example} (or unset it for the default)")
+        raise BertpackError(
+            f"{name} must be a positive integer, not {value!r}; set a whole number such as {example} (or unset it for "
+            "the default)"
+        )
     return int(value)
 
 
@@ -103,8 +115,10 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     if not value:
         return default
     if value not in _ON + _OFF:
-        raise BertpackError(f"{name} must be 1 or 0, not {env[name]!r}; set 1 (on) or 0 (off), or unset it for the default "
-                            f"({'on' if default else 'off'})")
+        raise BertpackError(
+            f"{name} must be 1 or 0, not {env[name]!r}; set 1 (on) or 0 (off), or unset it for the default "
+            f"({'on' if default else 'off'})"
+        )
     return value in _ON
 
 
@@ -131,12 +145,16 @@ def resolve_model(spec: str) -> ModelSource:
         name = manifest.get("name") or DEFAULT_MODEL.split(":")[0]  # exports before names were CoLA's
         return ModelSource(folder.resolve(), f"{name}:{manifest['version']}", "folder")
     if folder.exists():
-        raise BertpackError(f"model {spec!r} is a file, not an artifact folder: set BERTPACK_MODEL to the folder written by "
-                            f"`bertpack export` (the one holding {MANIFEST}), or to a model tag such as {DEFAULT_MODEL}")
+        raise BertpackError(
+            f"model {spec!r} is a file, not an artifact folder: set BERTPACK_MODEL to the folder written by "
+            f"`bertpack export` (the one holding {MANIFEST}), or to a model tag such as {DEFAULT_MODEL}"
+        )
     if looks_like_path(spec):
-        raise BertpackError(f"artifact folder {spec!r} does not exist ({folder.absolute()}): check the path in BERTPACK_MODEL, "
-                            f"write the folder with `bertpack export RUN_DIR --out {spec}`, or set BERTPACK_MODEL to a model tag "
-                            f"such as {DEFAULT_MODEL}")
+        raise BertpackError(
+            f"artifact folder {spec!r} does not exist ({folder.absolute()}): check the path in BERTPACK_MODEL, "
+            f"write the folder with `bertpack export RUN_DIR --out {spec}`, or set BERTPACK_MODEL to a model tag "
+            f"such as {DEFAULT_MODEL}"
+        )
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -144,12 +162,19 @@ def resolve_model(spec: str) -> ModelSource:
         model = bentoml.models.get(spec)
     except NotFound:
         # A bare name is a folder when one of that name is here, else a tag: say both, the user may have meant either.
-        folder_too = "" if ":" in spec else f", nor a folder {spec!r} in {Path.cwd()} (write a folder's path as ./{spec})"
-        raise BertpackError(f"model {spec!r} is not in the BentoML model store ({os.environ.get('BENTOML_HOME', '~/bentoml')}){folder_too}: "
-                            "run `bertpack export RUN_DIR`, or set BERTPACK_MODEL to a tag or an artifact folder") from None
+        folder_too = (
+            "" if ":" in spec else f", nor a folder {spec!r} in {Path.cwd()} (write a folder's path as ./{spec})"
+        )
+        raise BertpackError(
+            f"model {spec!r} is not in the BentoML model store "
+            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}){folder_too}: "
+            "run `bertpack export RUN_DIR`, or set BERTPACK_MODEL to a tag or an artifact folder"
+        ) from None
     except (BentoMLException, ValueError) as exc:
-        raise BertpackError(f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc}); "
-                            f"set it to a tag such as {DEFAULT_MODEL} or to an artifact folder's path") from None
+        raise BertpackError(
+            f"BERTPACK_MODEL={spec!r} is neither an artifact folder nor a usable model tag ({exc}); "
+            f"set it to a tag such as {DEFAULT_MODEL} or to an artifact folder's path"
+        ) from None
     return ModelSource(Path(model.path), str(model.tag), "store")
 
 
@@ -181,9 +206,11 @@ def check_still_served(source: ModelSource, manifests: list[dict], pinned: str |
         return
     for manifest in manifests:
         if model_identity(manifest) != pinned:
-            raise BertpackError(f"{source.path} was replaced since `bentoml serve` started (it checked version {pinned.split()[0]}, "
-                                f"the folder now holds {manifest['version']}: an export --overwrite?); a worker does not switch "
-                                "models on its own: restart `bentoml serve` to serve the new export")
+            raise BertpackError(
+                f"{source.path} was replaced since `bentoml serve` started (it checked version {pinned.split()[0]}, "
+                f"the folder now holds {manifest['version']}: an export --overwrite?); a worker does not switch "
+                "models on its own: restart `bentoml serve` to serve the new export"
+            )
 
 
 def device_problem(device: str) -> str | None:
@@ -195,8 +222,9 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def preflight(env: dict[str, str] | None = None, verified: str | None = None,
-              default_model: str = DEFAULT_MODEL) -> tuple[ServeConfig, ModelSource, dict]:
+def preflight(
+    env: dict[str, str] | None = None, verified: str | None = None, default_model: str = DEFAULT_MODEL
+) -> tuple[ServeConfig, ModelSource, dict]:
     """Everything that can make start-up fail on the artifact or the settings, checked without loading
     a model: the BERTPACK_* settings, the model spec, the manifest, every file's hash, the tokenizer, the
     variant, CUDA when asked for. `bentoml serve` runs it before any worker starts; `bertpack doctor` runs it too.
@@ -215,11 +243,16 @@ def preflight(env: dict[str, str] | None = None, verified: str | None = None,
     if config.variant and config.variant not in manifest["variants"]:
         default = manifest["serving_default"]
         if missing := left_out(manifest, config.variant):
-            raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} ({missing[0]}, the export's reference graph) was left out of "
-                                f"{source.tag} in the model store, so a Bento does not carry it; set BERTPACK_VARIANT=optimized "
-                                f"(the same logits from the fused graph), or serve the export's folder, which has every variant: BERTPACK_MODEL={missing[1]}")
-        raise BertpackError(f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
-                            f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)")
+            raise BertpackError(
+                f"BERTPACK_VARIANT={config.variant!r} ({missing[0]}, the export's reference graph) was left out of "
+                f"{source.tag} in the model store, so a Bento does not carry it; set BERTPACK_VARIANT=optimized "
+                "(the same logits from the fused graph), or serve the export's folder, which has every variant: "
+                f"BERTPACK_MODEL={missing[1]}"
+            )
+        raise BertpackError(
+            f"BERTPACK_VARIANT={config.variant!r} is not in {source.tag} (it has {', '.join(manifest['variants'])}); "
+            f"set one of those, or unset it for the default ({default['cpu']} on the CPU, {default['cuda']} on CUDA)"
+        )
     if problem := device_problem(config.device):
         raise BertpackError(problem)
     return config, source, manifest

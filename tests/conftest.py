@@ -24,12 +24,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _name in [k for k in os.environ if k.startswith("BERTPACK_")]:
     del os.environ[_name]
 
-_GOOD = ["The cat sat on the mat.", "John gave Mary a book.", "She voted for herself.", "The book was written by John.",
-         "I saw that gas can explode.", "We walked to the station.", "They like apples.", "He has finished the work.",
-         "The children are playing outside.", "It rained all day."]
-_BAD = ["Books were sent to each other by the students.", "The cat sat mat the on.", "John gave a book Mary to.",
-        "She voted for himself.", "They likes apples.", "He have finished the work.", "Children the outside playing are.",
-        "It rained day all the."]
+_GOOD = [
+    "The cat sat on the mat.",
+    "John gave Mary a book.",
+    "She voted for herself.",
+    "The book was written by John.",
+    "I saw that gas can explode.",
+    "We walked to the station.",
+    "They like apples.",
+    "He has finished the work.",
+    "The children are playing outside.",
+    "It rained all day.",
+]
+_BAD = [
+    "Books were sent to each other by the students.",
+    "The cat sat mat the on.",
+    "John gave a book Mary to.",
+    "She voted for himself.",
+    "They likes apples.",
+    "He have finished the work.",
+    "Children the outside playing are.",
+    "It rained day all the.",
+]
 
 
 def write_synthetic_cola(root: Path, train_rows: int = 64, seed: int = 0) -> Path:
@@ -73,9 +89,17 @@ def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
     from bertpack.models import LABELS, embedded_model_path
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=2,
-                        id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+    )
     model = BertForSequenceClassification(config).eval()
     with torch.no_grad():  # a visible margin between the two logits, so argmax is not a coin toss
         model.classifier.weight.mul_(20.0)
@@ -89,11 +113,24 @@ def make_tiny_run(root: Path, seed: int = 0, distinct: bool = False) -> Path:
     AutoTokenizer.from_pretrained(str(embedded_model_path())).save_pretrained(root / "model")
     cfg = {"model": "tiny-random-bert", "max_length": 64, "seed": seed}
     (root / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "complete", "config": cfg}))
-    (root / "metrics.json").write_text(json.dumps({
-        "model": "tiny-random-bert", "config": cfg, "seed": seed,
-        "best": {"checkpoint": "checkpoint-1", "accuracy": 0.5, "mcc": 0.0, "mcc_in_domain": 0.0, "mcc_out_domain": 0.0},
-        "epochs": [], "data_sha256": {},
-    }))
+    (root / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": "tiny-random-bert",
+                "config": cfg,
+                "seed": seed,
+                "best": {
+                    "checkpoint": "checkpoint-1",
+                    "accuracy": 0.5,
+                    "mcc": 0.0,
+                    "mcc_in_domain": 0.0,
+                    "mcc_out_domain": 0.0,
+                },
+                "epochs": [],
+                "data_sha256": {},
+            }
+        )
+    )
     return root
 
 
@@ -125,12 +162,22 @@ def model_that_fails_when_run() -> bytes:
     (it reshapes the ids to 3 x 7)."""
     from onnx import TensorProto, helper
 
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, 7])
-    nodes = [helper.make_node("Reshape", ["input_ids", "shape"], ["reshaped"]),
-             helper.make_node("Cast", ["reshaped"], ["logits"], to=TensorProto.FLOAT)]
-    graph = helper.make_graph(nodes, "fails-when-run", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-                              initializer=[shape])
+    nodes = [
+        helper.make_node("Reshape", ["input_ids", "shape"], ["reshaped"]),
+        helper.make_node("Cast", ["reshaped"], ["logits"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fails-when-run",
+        inputs,
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=[shape],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
@@ -148,8 +195,16 @@ def tiny_artifact(tiny_run, synthetic_cola, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-artifact") / "artifact"
     wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
-    export_artifact(tiny_run, out, data=synthetic_cola, store=False, tolerance=wide_open, limit=24,
-                    calibration_samples=16, flip_check=False)
+    export_artifact(
+        tiny_run,
+        out,
+        data=synthetic_cola,
+        store=False,
+        tolerance=wide_open,
+        limit=24,
+        calibration_samples=16,
+        flip_check=False,
+    )
     return out
 
 
@@ -160,11 +215,18 @@ def glue_hub(monkeypatch: pytest.MonkeyPatch, cola_root: Path) -> list:
     import datasets
 
     def split(*names: str) -> datasets.Dataset:
-        rows = [line.split("\t") for name in names for line in (cola_root / "raw" / name).read_text().splitlines() if line]
-        features = datasets.Features(sentence=datasets.Value("string"),
-                                     label=datasets.ClassLabel(names=["unacceptable", "acceptable"]), idx=datasets.Value("int32"))
-        return datasets.Dataset.from_dict({"sentence": [r[3] for r in rows], "label": [int(r[1]) for r in rows],
-                                           "idx": list(range(len(rows)))}, features=features)
+        rows = [
+            line.split("\t") for name in names for line in (cola_root / "raw" / name).read_text().splitlines() if line
+        ]
+        features = datasets.Features(
+            sentence=datasets.Value("string"),
+            label=datasets.ClassLabel(names=["unacceptable", "acceptable"]),
+            idx=datasets.Value("int32"),
+        )
+        return datasets.Dataset.from_dict(
+            {"sentence": [r[3] for r in rows], "label": [int(r[1]) for r in rows], "idx": list(range(len(rows)))},
+            features=features,
+        )
 
     real_load, asked = datasets.load_dataset, []
 
@@ -172,7 +234,9 @@ def glue_hub(monkeypatch: pytest.MonkeyPatch, cola_root: Path) -> list:
         if path != "nyu-mll/glue":
             return real_load(path, name, **kwargs)
         asked.append((path, name))
-        return datasets.DatasetDict(train=split("in_domain_train.tsv"), validation=split("in_domain_dev.tsv", "out_of_domain_dev.tsv"))
+        return datasets.DatasetDict(
+            train=split("in_domain_train.tsv"), validation=split("in_domain_dev.tsv", "out_of_domain_dev.tsv")
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return asked
@@ -187,8 +251,9 @@ def sigint_at_default() -> None:
 def run_process_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run CMD from the repo root in its own process group; on timeout kill the whole group (torchrun's
     ranks too, which would otherwise keep both cores busy for the rest of the suite), then fail."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -198,8 +263,16 @@ def run_process_group(cmd: list[str], env: dict, timeout: float) -> subprocess.C
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run `bertpack ARGS` as a user would (a real process), capturing its output."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bertpack.cli", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -32,22 +32,32 @@ def _set(key, value):
         else:
             m[key] = value
         return m
+
     return change
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda m: [1, 2], "unknown artifact format"),
-    (_set("files", KeyError), "'files' is missing"),
-    (_set("variants", KeyError), "'variants' is missing"),
-    (lambda m: {**m, "files": {k: {**v, "bytes": "many"} for k, v in m["files"].items()}}, "byte count"),
-    (lambda m: {**m, "serving_default": {"cpu": "int4", "cuda": "fp16"}}, "'serving_default'"),
-    (lambda m: {**m, "variants": {**m["variants"], "fp32": {"file": "elsewhere.onnx"}}}, "which 'files' does not list"),
-    (_set("max_length", "long"), "'max_length'"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda m: [1, 2], "unknown artifact format"),
+        (_set("files", KeyError), "'files' is missing"),
+        (_set("variants", KeyError), "'variants' is missing"),
+        (lambda m: {**m, "files": {k: {**v, "bytes": "many"} for k, v in m["files"].items()}}, "byte count"),
+        (lambda m: {**m, "serving_default": {"cpu": "int4", "cuda": "fp16"}}, "'serving_default'"),
+        (
+            lambda m: {**m, "variants": {**m["variants"], "fp32": {"file": "elsewhere.onnx"}}},
+            "which 'files' does not list",
+        ),
+        (_set("max_length", "long"), "'max_length'"),
+    ],
+)
 def test_damaged_manifest_is_one_line_everywhere(artifact_copy, tmp_path, change, needle):
     _edit_manifest(artifact_copy, change)
-    for args in (["predict", str(artifact_copy), "The cat sat."], ["verify", str(artifact_copy)],
-                 ["bench", str(artifact_copy), "--out", str(tmp_path / "bench")]):
+    for args in (
+        ["predict", str(artifact_copy), "The cat sat."],
+        ["verify", str(artifact_copy)],
+        ["bench", str(artifact_copy), "--out", str(tmp_path / "bench")],
+    ):
         proc = run_cli(*args)
         err = _one_line_error(proc)
         assert needle in err and "re-run bertpack export" in err, (args, err)
@@ -118,31 +128,63 @@ def test_predict_reads_stdin_and_refuses_cuda_without_gpu(tiny_artifact):
     from serving.cuda import cuda_available
     from tests.conftest import REPO
 
-    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-", "--json"], cwd=REPO,
-                          input="The cat sat on the mat.\n\nIt rained.\n", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-", "--json"],
+        cwd=REPO,
+        input="The cat sat on the mat.\n\nIt rained.\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(line)["sentence"] for line in proc.stdout.splitlines()] == ["The cat sat on the mat.", "It rained."]
-    err = _one_line_error(run_cli("predict", str(tiny_artifact), "The cat sat.", "\U0001F642\U0001F642"))
+    assert [json.loads(line)["sentence"] for line in proc.stdout.splitlines()] == [
+        "The cat sat on the mat.",
+        "It rained.",
+    ]
+    err = _one_line_error(run_cli("predict", str(tiny_artifact), "The cat sat.", "\U0001f642\U0001f642"))
     assert "sentence 2 has no text the tokenizer can read" in err  # all [UNK]: the service's 400 too
     # text that is not UTF-8, on stdin and as an argument (the shell passes bytes; Python sees lone surrogates)
-    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
-                          input=b"The cat sat.\ncaf\xe9 au lait.\n", capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"],
+        cwd=REPO,
+        input=b"The cat sat.\ncaf\xe9 au lait.\n",
+        capture_output=True,
+        timeout=300,
+    )
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
     assert "line 2 on stdin is not UTF-8 text" in _one_line_error(proc)
     # Blank lines are skipped; a sentence on stdin is still named by its line, as the UTF-8 error above names it
     long = " ".join(["word"] * 70)
-    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
-                          input=f"The cat sat.\n\n{long}\n", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"],
+        cwd=REPO,
+        input=f"The cat sat.\n\n{long}\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "note: line 3 on stdin has 72 tokens" in proc.stderr, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"], cwd=REPO,
-                          input="The cat sat.\n\n\U0001F642\U0001F642\n", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "predict", str(tiny_artifact), "-"],
+        cwd=REPO,
+        input="The cat sat.\n\n\U0001f642\U0001f642\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "line 3 on stdin has no text the tokenizer can read" in _one_line_error(proc)
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"bertpack.cli", b"predict", str(tiny_artifact).encode(), b"caf\xe9"],
-                          cwd=REPO, capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"bertpack.cli", b"predict", str(tiny_artifact).encode(), b"caf\xe9"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
     assert "sentence 1 is not UTF-8 text" in _one_line_error(proc)
     err = _one_line_error(run_cli("predict", "bertpack-cola:latest", "The cat sat."))  # a tag, not a folder
-    assert "looks like a BentoML model tag, but this takes an artifact folder" in err and "--out bertpack-cola" not in err
+    assert (
+        "looks like a BentoML model tag, but this takes an artifact folder" in err and "--out bertpack-cola" not in err
+    )
     if cuda_available():
         pytest.skip("a usable GPU is present: --device cuda is valid here")
     proc = run_cli("predict", str(tiny_artifact), "The cat sat.", "--device", "cuda", "--json")
@@ -155,19 +197,38 @@ def test_export_bad_config_unwritable_out_and_glue(tmp_path, tiny_run, synthetic
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "model" / "config.json").write_text("[]")
-    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "not a model config object" in err
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", "/sys/bertpack-test/a", "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(tiny_run), "--out", "/sys/bertpack-test/a", "--data", str(synthetic_cola), "--no-store")
+    )
     assert "cannot write in /sys (" in err
     (tmp_path / "file").write_text("x")
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "file" / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli(
+            "export", str(tiny_run), "--out", str(tmp_path / "file" / "a"), "--data", str(synthetic_cola), "--no-store"
+        )
+    )
     assert "is a file, not a folder" in err
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "b"), "--data", "glue", "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(tiny_run), "--out", str(tmp_path / "b"), "--data", "glue", "--no-store")
+    )
     assert "could not load GLUE CoLA from the hub" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # the checks create nothing: a refused export leaves no parent folders of --out behind
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "new" / "deep" / "art"), "--data", str(tmp_path / "nocola"),
-                                  "--no-store"))
+    err = _one_line_error(
+        run_cli(
+            "export",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "new" / "deep" / "art"),
+            "--data",
+            str(tmp_path / "nocola"),
+            "--no-store",
+        )
+    )
     assert "nocola" in err and not (tmp_path / "new").exists()
 
 
@@ -213,4 +274,7 @@ def test_version_names_bertpack_and_the_libraries_it_runs_on():
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith(f"bertpack {metadata.version('bertpack')} (python ")
-    assert f"onnxruntime-gpu {metadata.version('onnxruntime-gpu')}" in line and f"torch {metadata.version('torch')}" in line
+    assert (
+        f"onnxruntime-gpu {metadata.version('onnxruntime-gpu')}" in line
+        and f"torch {metadata.version('torch')}" in line
+    )

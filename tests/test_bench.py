@@ -13,15 +13,44 @@ import pytest
 from tests.conftest import run_cli
 
 QUICK = ["--min-time", "0", "--min-samples", "1", "--max-passes", "1"]
-REQUIRED_ROW_FIELDS = {"engine", "device", "batch_size", "p50_ms", "p95_ms", "p99_ms", "sentences_per_s", "speedup_p50",
-                       "speedup_throughput", "peak_rss_mib", "model_mb", "mcc", "accuracy", "agreement"}
+REQUIRED_ROW_FIELDS = {
+    "engine",
+    "device",
+    "batch_size",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "sentences_per_s",
+    "speedup_p50",
+    "speedup_throughput",
+    "peak_rss_mib",
+    "model_mb",
+    "mcc",
+    "accuracy",
+    "agreement",
+}
 
 
 @pytest.fixture(scope="session")
 def bench_result(tiny_artifact, synthetic_cola, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("bench") / "out"
-    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "32",
-                   "--batch-sizes", "1,8", "--e2e-sentences", "16", "--profile-batch-size", "8", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "32",
+        "--batch-sizes",
+        "1,8",
+        "--e2e-sentences",
+        "16",
+        "--profile-batch-size",
+        "8",
+        *QUICK,
+    )
     return out, proc
 
 
@@ -43,7 +72,9 @@ def test_bench_writes_table_json_md_png(bench_result):
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["sentences_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["model_mb"] > 0
         # every pass runs all 32 sentences: sentences/s = passes x 32 over the summed call times
-        assert row["sentences_per_s"] == pytest.approx(row["passes"] * 32 / (row["mean_ms"] * row["timed_calls"] / 1000), rel=1e-6)
+        assert row["sentences_per_s"] == pytest.approx(
+            row["passes"] * 32 / (row["mean_ms"] * row["timed_calls"] / 1000), rel=1e-6
+        )
         assert -1.0 <= row["mcc"] <= 1.0
     ref = [r for r in payload["rows"] if r["engine"] == "pytorch_fp32"]
     assert all(r["speedup_p50"] == pytest.approx(1.0) and r["agreement"] == 100.0 for r in ref)
@@ -56,13 +87,17 @@ def test_bench_writes_table_json_md_png(bench_result):
     assert set(payload["padding"]) == {"1", "8"}
     assert payload["padding"]["1"]["padding_ratio"] == 0.0 and payload["padding"]["8"]["padding_ratio"] > 0.0
     machine = payload["machine"]
-    assert machine["cpu_model"] is not None and machine["physical_cores"] >= 1 and "onnxruntime-gpu" in machine["versions"]
+    assert (
+        machine["cpu_model"] is not None and machine["physical_cores"] >= 1 and "onnxruntime-gpu" in machine["versions"]
+    )
     assert payload["settings"]["threads"] >= 1 and payload["sentences"] == 32
     assert payload["command"].startswith("bertpack bench ") and "--sentences 32 --batch-sizes 1,8" in payload["command"]
 
     e2e = payload["end_to_end"]
     assert e2e["book"]["sentences_per_s"] > 0 and e2e["serving"]["sentences_per_s"] > 0
-    assert e2e["speedup"] == pytest.approx(e2e["serving"]["sentences_per_s"] / e2e["book"]["sentences_per_s"])  # > 1 = faster
+    assert e2e["speedup"] == pytest.approx(
+        e2e["serving"]["sentences_per_s"] / e2e["book"]["sentences_per_s"]
+    )  # > 1 = faster
     assert e2e["book"]["pad_to"] == 128 and e2e["padding_book"]["padding_ratio"] > 1.0
     checks = {c["check"]: c for c in payload["checks"]}
     assert any("batch 1" in name and c["value"] is not None for name, c in checks.items() if name.startswith("int8"))
@@ -91,9 +126,29 @@ def test_end_to_end_sides_follow_the_same_repetition_rule(tiny_artifact, synthet
     """Both sides of the end-to-end comparison repeat their pass until --min-time or --max-passes and report the
     median pass: a fast book pass (tens of ms on a GPU) is not timed once."""
     out = tmp_path / "out"
-    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
-                   "--batch-sizes", "8", "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile",
-                   "--min-time", "60", "--min-samples", "1", "--max-passes", "3")
+    proc = run_cli(
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "8",
+        "--engines",
+        "pytorch_fp32",
+        "--e2e-sentences",
+        "8",
+        "--no-profile",
+        "--min-time",
+        "60",
+        "--min-samples",
+        "1",
+        "--max-passes",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     e2e = json.loads((out / "bench.json").read_text())["end_to_end"]
     assert e2e["book"]["passes"] == e2e["serving"]["passes"] == 3
@@ -106,9 +161,27 @@ def test_end_to_end_sentences_cover_both_domains(tiny_artifact, synthetic_cola, 
     """The end-to-end comparison's N sentences are spread over the bench's sentences, so both CoLA domains are in it
     (the first N of the validation order were all in-domain)."""
     out = tmp_path / "out"
-    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--batch-sizes", "8",
-                   "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile", "--min-time", "0",
-                   "--min-samples", "1", "--max-passes", "1")
+    proc = run_cli(
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--batch-sizes",
+        "8",
+        "--engines",
+        "pytorch_fp32",
+        "--e2e-sentences",
+        "8",
+        "--no-profile",
+        "--min-time",
+        "0",
+        "--min-samples",
+        "1",
+        "--max-passes",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     e2e = json.loads((out / "bench.json").read_text())["end_to_end"]
     assert e2e["sentences"] == 8
@@ -122,16 +195,34 @@ def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tm
     import statistics
 
     out = tmp_path / "out"
-    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
-                   "--batch-sizes", "1", "--engines", "pytorch_fp32,onnx_int8", "--rounds", "3", "--no-end-to-end",
-                   "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "1",
+        "--engines",
+        "pytorch_fp32,onnx_int8",
+        "--rounds",
+        "3",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     order = [line.strip().split()[0] for line in proc.stdout.splitlines() if line.strip().endswith("(cpu) ...")]
     assert order == ["pytorch_fp32", "onnx_int8", "onnx_int8", "pytorch_fp32", "pytorch_fp32", "onnx_int8"]  # rotated
     assert "round 3 of 3" in proc.stdout
     payload = json.loads((out / "bench.json").read_text())
     assert payload["settings"]["rounds"] == 3
-    assert sorted((w["engine"], w["round"]) for w in payload["workers"]) == [(e, k) for e in ("onnx_int8", "pytorch_fp32") for k in (1, 2, 3)]
+    assert sorted((w["engine"], w["round"]) for w in payload["workers"]) == [
+        (e, k) for e in ("onnx_int8", "pytorch_fp32") for k in (1, 2, 3)
+    ]
     rows = {r["engine"]: r for r in payload["rows"]}
     assert set(rows) == {"pytorch_fp32", "onnx_int8"}
     int8, ref = rows["onnx_int8"], rows["pytorch_fp32"]
@@ -153,40 +244,86 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     from bench.report import build_payload
 
     def result(engine: str, number: int, p50: dict[int, float]) -> dict:
-        rows = [{"batch_size": b, "p50_ms": ms, "p95_ms": ms, "p99_ms": ms, "mean_ms": ms, "sentences_per_s": 1000 / ms,
-                 "passes": 1, "timed_calls": 1, "batches": 1, "peak_rss_mib": 100.0 + number, "predictions": [0, 1],
-                 "p50_with_copies_ms": ms + (1.0 if engine == "pytorch_fp32" else 0.5)}
-                for b, ms in p50.items()]
+        rows = [
+            {
+                "batch_size": b,
+                "p50_ms": ms,
+                "p95_ms": ms,
+                "p99_ms": ms,
+                "mean_ms": ms,
+                "sentences_per_s": 1000 / ms,
+                "passes": 1,
+                "timed_calls": 1,
+                "batches": 1,
+                "peak_rss_mib": 100.0 + number,
+                "predictions": [0, 1],
+                "p50_with_copies_ms": ms + (1.0 if engine == "pytorch_fp32" else 0.5),
+            }
+            for b, ms in p50.items()
+        ]
         return {"engine": engine, "device": "cpu", "model_bytes": 1e6, "round": number, "rows": rows}
 
-    rounds = [[result("pytorch_fp32", 1, {1: 4.0, 8: 8.0}), result("onnx_int8", 1, {1: 1.0})],
-              [result("pytorch_fp32", 2, {1: 8.0, 8: 8.0})],
-              [result("pytorch_fp32", 3, {1: 6.0, 8: 8.0}), result("onnx_int8", 3, {1: 2.0, 8: 2.0})]]
-    payload = build_payload(cfg=BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False),
-                            artifact=Path("a"), manifest={"variants": {}, "source": {}}, machine={}, threads=1,
-                            started=__import__("datetime").datetime.now(), sentences=2, labels=[0, 1], domains=["in", "in"],
-                            rounds=rounds, skipped=[], padding={}, e2e=None, cola=Path("d"))
+    rounds = [
+        [result("pytorch_fp32", 1, {1: 4.0, 8: 8.0}), result("onnx_int8", 1, {1: 1.0})],
+        [result("pytorch_fp32", 2, {1: 8.0, 8: 8.0})],
+        [result("pytorch_fp32", 3, {1: 6.0, 8: 8.0}), result("onnx_int8", 3, {1: 2.0, 8: 2.0})],
+    ]
+    payload = build_payload(
+        cfg=BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False),
+        artifact=Path("a"),
+        manifest={"variants": {}, "source": {}},
+        machine={},
+        threads=1,
+        started=__import__("datetime").datetime.now(),
+        sentences=2,
+        labels=[0, 1],
+        domains=["in", "in"],
+        rounds=rounds,
+        skipped=[],
+        padding={},
+        e2e=None,
+        cola=Path("d"),
+    )
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert set(rows) == {("pytorch_fp32", 1), ("pytorch_fp32", 8), ("onnx_int8", 1), ("onnx_int8", 8)}
     int8 = rows[("onnx_int8", 1)]
     assert [(x["round"], x["speedup_p50"]) for x in int8["rounds"]] == [(1, 4.0), (3, 3.0)]
-    assert int8["speedup_p50"] == 3.5 and int8["p50_ms"] == 1.5 and int8["peak_rss_mib"] == 103.0 and "round" not in int8
-    assert [x["round"] for x in rows[("onnx_int8", 8)]["rounds"]] == [3] and rows[("onnx_int8", 8)]["speedup_p50"] == 4.0
+    assert (
+        int8["speedup_p50"] == 3.5 and int8["p50_ms"] == 1.5 and int8["peak_rss_mib"] == 103.0 and "round" not in int8
+    )
+    assert [x["round"] for x in rows[("onnx_int8", 8)]["rounds"]] == [3] and rows[("onnx_int8", 8)][
+        "speedup_p50"
+    ] == 4.0
     assert rows[("pytorch_fp32", 1)]["p50_ms"] == 6.0
     assert int8["p50_with_copies_ms"] == 2.0 and rows[("pytorch_fp32", 1)]["p50_with_copies_ms"] == 7.0
     from bench.report import format_markdown
 
-    payload.update(arch="bert-base", artifact="a", artifact_version="v", data="d", finished="f", created="c",
-                   machine={"cpu_model": "cpu", "physical_cores": 1, "cpu_flags": {}, "gpu": None, "versions": {},
-                            "load_average_at_start": 0})
+    payload.update(
+        arch="bert-base",
+        artifact="a",
+        artifact_version="v",
+        data="d",
+        finished="f",
+        created="c",
+        machine={
+            "cpu_model": "cpu",
+            "physical_cores": 1,
+            "cpu_flags": {},
+            "gpu": None,
+            "versions": {},
+            "load_average_at_start": 0,
+        },
+    )
     md = format_markdown(payload)
     assert "p50 with the host copies, per call" in md
     assert "pytorch_fp32 batch 1: 7.000 ms (model call 6.000)" in md
     assert "onnx_int8 batch 1: 2.000 ms (model call 1.500); onnx_int8 batch 8: 2.500 ms (model call 2.000)" in md
     # the check both ways, each ratio within a round: model call against model call (the verdict), and with each side's
     # copies in its time (round 1: 5.0 / 1.5, round 3: 7.0 / 2.5)
-    assert ("3.50x (at least 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with each side's host "
-            "copies in its time: 3.07x") in md
+    assert (
+        "3.50x (at least 4x, median of 2 rounds: 3.00x-4.00x, 1 of 2 at or over 4x) -> MISS; with each side's host "
+        "copies in its time: 3.07x"
+    ) in md
     check = next(c for c in payload["checks"] if c["check"].startswith("int8 CPU p50 latency"))
     assert check["rounds"] == [4.0, 3.0] and check["value"] == 3.5 and check["passed"] is False
 
@@ -198,16 +335,48 @@ def test_throughput_ratios_and_checks_point_the_right_way():
     from bench.report import build_payload
 
     def result(engine: str, device: str, ms: dict[int, float]) -> dict:
-        rows = [{"batch_size": b, "p50_ms": t, "p95_ms": t, "p99_ms": t, "mean_ms": t, "sentences_per_s": b * 1000 / t,
-                 "passes": 1, "timed_calls": 1, "batches": 1, "peak_rss_mib": 1.0, "predictions": [0, 1]} for b, t in ms.items()]
+        rows = [
+            {
+                "batch_size": b,
+                "p50_ms": t,
+                "p95_ms": t,
+                "p99_ms": t,
+                "mean_ms": t,
+                "sentences_per_s": b * 1000 / t,
+                "passes": 1,
+                "timed_calls": 1,
+                "batches": 1,
+                "peak_rss_mib": 1.0,
+                "predictions": [0, 1],
+            }
+            for b, t in ms.items()
+        ]
         return {"engine": engine, "device": device, "model_bytes": 1e6, "round": 1, "rows": rows}
 
-    rounds = [[result("pytorch_fp32", "cpu", {1: 4.0, 32: 4.0}), result("onnx_int8", "cpu", {1: 2.0, 32: 1.0}),
-               result("pytorch_fp16", "cuda", {128: 6.0}), result("onnx_fp16_cuda", "cuda", {128: 2.0})]]
-    payload = build_payload(cfg=BenchConfig(artifact_dir=Path("a"), end_to_end=False), artifact=Path("a"),
-                            manifest={"variants": {}, "source": {}}, machine={}, threads=1,
-                            started=__import__("datetime").datetime.now(), sentences=2, labels=[0, 1], domains=["in", "in"],
-                            rounds=rounds, skipped=[], padding={}, e2e=None, cola=Path("d"))
+    rounds = [
+        [
+            result("pytorch_fp32", "cpu", {1: 4.0, 32: 4.0}),
+            result("onnx_int8", "cpu", {1: 2.0, 32: 1.0}),
+            result("pytorch_fp16", "cuda", {128: 6.0}),
+            result("onnx_fp16_cuda", "cuda", {128: 2.0}),
+        ]
+    ]
+    payload = build_payload(
+        cfg=BenchConfig(artifact_dir=Path("a"), end_to_end=False),
+        artifact=Path("a"),
+        manifest={"variants": {}, "source": {}},
+        machine={},
+        threads=1,
+        started=__import__("datetime").datetime.now(),
+        sentences=2,
+        labels=[0, 1],
+        domains=["in", "in"],
+        rounds=rounds,
+        skipped=[],
+        padding={},
+        e2e=None,
+        cola=Path("d"),
+    )
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert rows[("onnx_int8", 32)]["speedup_throughput"] == 4.0 and rows[("onnx_int8", 1)]["speedup_p50"] == 2.0
     checks = {c["check"]: c for c in payload["checks"]}
@@ -219,8 +388,9 @@ def test_throughput_ratios_and_checks_point_the_right_way():
     from bench.report import missed_checks
 
     # --check fails on exactly the measured misses; the GPU latency checks (no batch 1 on CUDA here) are not misses
-    assert missed_checks(payload) == ["int8 CPU p50 latency vs PyTorch fp32 eager, batch 1: 2.00x (at least 4x) "
-                                      "-> MISS"]
+    assert missed_checks(payload) == [
+        "int8 CPU p50 latency vs PyTorch fp32 eager, batch 1: 2.00x (at least 4x) -> MISS"
+    ]
 
 
 def test_check_flag_exits_3_naming_the_missed_checks(tiny_artifact, synthetic_cola, tmp_path):
@@ -232,15 +402,32 @@ def test_check_flag_exits_3_naming_the_missed_checks(tiny_artifact, synthetic_co
 
     from tests.conftest import REPO
 
-    code = ("import sys; import bench.report as report; report.CHECKS = ["
-            "('int8 out of reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 1e9), "
-            "('int8 within reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 0.0), "
-            "('fp16 on CUDA', 'onnx_fp16_cuda', 'pytorch_fp32', 1, 'speedup_p50', 1e9)]; "
-            "from bertpack.cli import main; sys.argv = ['bertpack', *sys.argv[1:]]; main()")
+    code = (
+        "import sys; import bench.report as report; report.CHECKS = ["
+        "('int8 out of reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 1e9), "
+        "('int8 within reach', 'onnx_int8', 'pytorch_fp32', 1, 'speedup_p50', 0.0), "
+        "('fp16 on CUDA', 'onnx_fp16_cuda', 'pytorch_fp32', 1, 'speedup_p50', 1e9)]; "
+        "from bertpack.cli import main; sys.argv = ['bertpack', *sys.argv[1:]]; main()"
+    )
     out = tmp_path / "out"
-    args = ["bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
-            "--batch-sizes", "1", "--engines", "pytorch_fp32,onnx_int8", "--no-end-to-end", "--no-profile", *QUICK,
-            "--check"]
+    args = [
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "1",
+        "--engines",
+        "pytorch_fp32,onnx_int8",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+        "--check",
+    ]
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 3, proc.stderr[-2000:]
     error = proc.stderr.strip().splitlines()[-1]
@@ -291,8 +478,14 @@ def test_bench_statistics_and_scores_match_an_independent_computation(synthetic_
 
     engine = Clocked(str(folder), "fp32", "cpu", 1)
     ids = [tok(s)["input_ids"] for s in sentences]
-    spec = {"ids": ids, "pad_id": tok.pad_token_id, "input_names": ["input_ids", "attention_mask", "token_type_ids"],
-            "max_passes": 5, "min_time_s": 0, "min_samples": 1}
+    spec = {
+        "ids": ids,
+        "pad_id": tok.pad_token_id,
+        "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+        "max_passes": 5,
+        "min_time_s": 0,
+        "min_samples": 1,
+    }
     rows = []
     for batch_size in (1, 8):
         clock.durations.clear()
@@ -309,16 +502,25 @@ def test_bench_statistics_and_scores_match_an_independent_computation(synthetic_
 
     other = alone.copy()
     other[: len(other) // 3] ^= 1  # a second engine that disagrees on a third of the sentences
-    results = [{"engine": "pytorch_fp32", "device": "cpu", "round": 1, "model_bytes": 1, "rows": rows},
-               {"engine": "onnx_int8", "device": "cpu", "round": 1, "model_bytes": 1,
-                "rows": [dict(r, predictions=other.tolist()) for r in rows]}]
+    results = [
+        {"engine": "pytorch_fp32", "device": "cpu", "round": 1, "model_bytes": 1, "rows": rows},
+        {
+            "engine": "onnx_int8",
+            "device": "cpu",
+            "round": 1,
+            "model_bytes": 1,
+            "rows": [dict(r, predictions=other.tolist()) for r in rows],
+        },
+    ]
     scored = _round_rows(results, labels, domains, speed_only=False)
     for out in scored:
         preds = alone if out["engine"] == "pytorch_fp32" else other
         assert out["mcc"] == pytest.approx(matthews_corrcoef(labels, preds), abs=1e-12)
         assert out["accuracy"] == pytest.approx(accuracy_score(labels, preds), abs=1e-12)
         assert out["agreement"] == pytest.approx(100.0 * np.mean(preds == alone))
-        assert out["mcc_delta"] == pytest.approx(matthews_corrcoef(labels, preds) - matthews_corrcoef(labels, alone), abs=1e-12)
+        assert out["mcc_delta"] == pytest.approx(
+            matthews_corrcoef(labels, preds) - matthews_corrcoef(labels, alone), abs=1e-12
+        )
     assert any(out["mcc_delta"] != 0.0 for out in scored)
 
 
@@ -329,7 +531,9 @@ def test_padding_ratio_counts_padded_tokens_per_real_token():
     assert (stats["real_tokens"], stats["computed_tokens"]) == (6, 8) and stats["padding_ratio"] == pytest.approx(2 / 6)
     # The book's way: every sentence padded (or cut) to 8 tokens; the 10-token one counts 8 real tokens.
     book = fixed_padding_stats([[101, 102], [101, 7, 8, 102], [101, *range(8), 102]], 32, 8)
-    assert (book["real_tokens"], book["computed_tokens"]) == (14, 24) and book["padding_ratio"] == pytest.approx(10 / 14)
+    assert (book["real_tokens"], book["computed_tokens"]) == (14, 24) and book["padding_ratio"] == pytest.approx(
+        10 / 14
+    )
 
 
 def test_torch_engine_stages_each_call_and_refuses_an_unstaged_one(tiny_run, synthetic_cola):
@@ -353,15 +557,22 @@ def test_torch_engine_stages_each_call_and_refuses_an_unstaged_one(tiny_run, syn
     engine.host_copies, engine.answers = True, []
     tok = AutoTokenizer.from_pretrained(str(tiny_run / "model"))
     ids = [tok(s)["input_ids"] for s in validation_sentences(synthetic_cola)[0][:6]]
-    spec = {"ids": ids, "pad_id": tok.pad_token_id, "input_names": ["input_ids", "attention_mask", "token_type_ids"],
-            "max_passes": 1, "min_time_s": 0, "min_samples": 1}
+    spec = {
+        "ids": ids,
+        "pad_id": tok.pad_token_id,
+        "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+        "max_passes": 1,
+        "min_time_s": 0,
+        "min_samples": 1,
+    }
     row = measure_batch_size(engine, spec, 2)
     assert row["timed_calls"] == 3 and row["p50_with_copies_ms"] >= row["p50_ms"]
     assert len(engine.answers) == 6  # 3 warm-up calls, 3 timed
     with torch.no_grad():
         for batch, logits in engine.answers:
             np.testing.assert_allclose(logits, engine.model(**batch).logits.numpy(), atol=1e-6)
-    assert len({tuple(np.round(l[0], 4)) for _, l in engine.answers}) == 3  # three batches, three different answers
+    # three batches, three different answers
+    assert len({tuple(np.round(logits[0], 4)) for _, logits in engine.answers}) == 3
     with pytest.raises(RuntimeError, match="without stage"):
         engine.run({"input_ids": torch.zeros((1, 4), dtype=torch.long)})
 
@@ -382,8 +593,14 @@ def test_graph_engine_times_the_model_call_and_its_copies_apart(tiny_artifact, s
     class SlowCopies(OnnxGraphEngine):
         def __init__(self):  # the real engine opens the fp16 model on CUDA; here the same class on a CPU session
             self.clf = OnnxClassifier(tiny_artifact, variant="optimized", device="cpu", buckets=(16, 32, 64))
-            self.clf.graphs = CudaGraphs(self.clf.session, self.clf.input_names, self.clf.output_name,
-                                         len(self.clf.labels), self.clf.pad_id, device="cpu")
+            self.clf.graphs = CudaGraphs(
+                self.clf.session,
+                self.clf.input_names,
+                self.clf.output_name,
+                len(self.clf.labels),
+                self.clf.pad_id,
+                device="cpu",
+            )
             self.answers = []  # (batch, logits) of every call
 
         def stage(self, prepared):  # copies this slow would dominate the row if they were inside its clock
@@ -398,16 +615,28 @@ def test_graph_engine_times_the_model_call_and_its_copies_apart(tiny_artifact, s
 
     engine = SlowCopies()
     ids = engine.clf.encode(validation_sentences(synthetic_cola)[0][:12])
-    spec = {"ids": ids, "pad_id": engine.clf.pad_id, "input_names": engine.clf.input_names,
-            "max_passes": 1, "min_time_s": 0, "min_samples": 1}
+    spec = {
+        "ids": ids,
+        "pad_id": engine.clf.pad_id,
+        "input_names": engine.clf.input_names,
+        "max_passes": 1,
+        "min_time_s": 0,
+        "min_samples": 1,
+    }
     row = measure_batch_size(engine, spec, 4)
     assert row["timed_calls"] == 3 and row["p50_with_copies_ms"] >= 40.0
     assert row["p50_ms"] < 20.0, "the copies were timed with the model call"
     assert len(engine.answers) == 6  # 3 warm-up calls, 3 timed
     for batch, logits in engine.answers:
-        np.testing.assert_allclose(logits, engine.clf.run(engine.clf.pad([list(r[m == 1]) for r, m in
-                                   zip(batch["input_ids"], batch["attention_mask"])])), atol=1e-5)
-    assert len({tuple(np.round(l[0], 4)) for _, l in engine.answers}) == 3  # three batches, three different answers
+        np.testing.assert_allclose(
+            logits,
+            engine.clf.run(
+                engine.clf.pad([list(r[m == 1]) for r, m in zip(batch["input_ids"], batch["attention_mask"])])
+            ),
+            atol=1e-5,
+        )
+    # three batches, three different answers
+    assert len({tuple(np.round(logits[0], 4)) for _, logits in engine.answers}) == 3
     with pytest.raises(RuntimeError, match="without stage"):
         engine.run({"input_ids": np.zeros((1, 16), dtype=np.int64)})
 
@@ -418,9 +647,27 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     template = tmp_path / "template"  # bert-base reads only the tokenizer and settings: no model files needed
     shutil.copytree(tiny_artifact, template, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
     out = tmp_path / "out"
-    proc = run_cli("bench", str(template), "--arch", "bert-base", "--export-dir", str(export_dir), "--out", str(out),
-                   "--data", str(synthetic_cola), "--sentences", "16", "--batch-sizes", "4", "--engines", "pytorch_fp32,onnx_int8",
-                   "--no-end-to-end", "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(template),
+        "--arch",
+        "bert-base",
+        "--export-dir",
+        str(export_dir),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "16",
+        "--batch-sizes",
+        "4",
+        "--engines",
+        "pytorch_fp32,onnx_int8",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reusing the export" in proc.stdout
     payload = json.loads((out / "bench.json").read_text())
@@ -430,8 +677,18 @@ def test_bert_base_arch_reuses_an_export_and_reports_speed_only(tiny_artifact, s
     assert not any(c["check"].startswith("int8 MCC") for c in payload["checks"])
     # ... but the tokenizer it does read is checked against the manifest
     (template / "tokenizer.json").write_text("{}")
-    proc = run_cli("bench", str(template), "--arch", "bert-base", "--export-dir", str(export_dir), "--out", str(tmp_path / "out2"),
-                   "--data", str(synthetic_cola))
+    proc = run_cli(
+        "bench",
+        str(template),
+        "--arch",
+        "bert-base",
+        "--export-dir",
+        str(export_dir),
+        "--out",
+        str(tmp_path / "out2"),
+        "--data",
+        str(synthetic_cola),
+    )
     assert proc.returncode == 2 and "tokenizer.json is" in proc.stderr and "re-run bertpack export" in proc.stderr
     assert not (tmp_path / "out2").exists()
 
@@ -454,10 +711,27 @@ def test_an_engine_that_fails_is_an_error_after_the_others_are_written(tiny_arti
     engines' results are still written, and the exit status says the bench is incomplete (one line naming it)."""
     art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
     out = tmp_path / "out"
-    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
-                   "--engines", "pytorch_fp32,onnx_fp32,onnx_int8", "--no-end-to-end", "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(art),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "4",
+        "--engines",
+        "pytorch_fp32,onnx_fp32,onnx_int8",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    )
     err = proc.stderr.strip()
-    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, (
+        proc.stderr[-2000:]
+    )
     assert "onnx_int8: failed" in err and "Traceback" not in err
     payload = json.loads((out / "bench.json").read_text())
     assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_fp32"}
@@ -469,10 +743,28 @@ def test_a_failed_end_to_end_side_is_an_error(tiny_artifact, synthetic_cola, tmp
     art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
     assert json.loads((art / "manifest.json").read_text())["serving_default"]["cpu"] == "int8"
     out = tmp_path / "out"
-    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
-                   "--engines", "pytorch_fp32", "--e2e-sentences", "8", "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(art),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "4",
+        "--engines",
+        "pytorch_fp32",
+        "--e2e-sentences",
+        "8",
+        "--no-profile",
+        *QUICK,
+    )
     err = proc.stderr.strip()
-    assert proc.returncode == 2 and "end_to_end:serving: failed" in err and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "end_to_end:serving: failed" in err and len(err.splitlines()) == 1, proc.stderr[
+        -2000:
+    ]
     assert [s["engine"] for s in json.loads((out / "bench.json").read_text())["skipped"]] == ["end_to_end:serving"]
 
 
@@ -480,13 +772,17 @@ def test_failed_engines_are_named_once_each():
     """With --rounds an engine can fail in several rounds (one skipped entry each) and keep its row from the others."""
     from bench.runner import failed_engines
 
-    skipped = [{"engine": "onnx_fp16_cuda", "reason": "no GPU (CUDA provider not usable)"},
-               {"engine": "onnx_int8", "reason": "failed in round 2 (its row holds the other rounds): boom"},
-               {"engine": "onnx_int8", "reason": "failed in round 3 (its row holds the other rounds): boom"},
-               {"engine": "onnx_fp32", "reason": "failed: bad file"}]
+    skipped = [
+        {"engine": "onnx_fp16_cuda", "reason": "no GPU (CUDA provider not usable)"},
+        {"engine": "onnx_int8", "reason": "failed in round 2 (its row holds the other rounds): boom"},
+        {"engine": "onnx_int8", "reason": "failed in round 3 (its row holds the other rounds): boom"},
+        {"engine": "onnx_fp32", "reason": "failed: bad file"},
+    ]
     line = failed_engines(skipped, Path("out"))
-    assert line.startswith("2 engines failed (out holds the rest): onnx_int8: failed in round 2 (its row holds the other rounds): boom "
-                           "(and 1 more rounds) | onnx_fp32: failed: bad file;"), line
+    assert line.startswith(
+        "2 engines failed (out holds the rest): onnx_int8: failed in round 2 (its row holds the other rounds): boom "
+        "(and 1 more rounds) | onnx_fp32: failed: bad file;"
+    ), line
     assert failed_engines(skipped[:1], Path("out")) is None  # skipped for want of a GPU is not a failure
 
 
@@ -500,7 +796,9 @@ def test_worker_peak_memory_is_its_own_not_its_parents():
     ballast = bytearray(600 * 2**20)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page, so it is resident
     code = "from bench.worker import _peak_rss_mib; print(_peak_rss_mib())"
-    peak = float(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    peak = float(
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    )
     del ballast
     assert 5 < peak < 300, peak
 
@@ -534,34 +832,69 @@ def test_bench_of_a_model_store_copy(tiny_artifact, synthetic_cola, tmp_path):
 
     from tests.conftest import REPO
 
-    code = "import json, sys; from export.store import register; print(register(sys.argv[1], json.load(open(sys.argv[2]))))"
-    reg = subprocess.run([sys.executable, "-c", code, str(tiny_artifact), str(tiny_artifact / "manifest.json")], cwd=REPO,
-                         env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys; from export.store import register; print(register(sys.argv[1], "
+        "json.load(open(sys.argv[2]))))"
+    )
+    reg = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_artifact), str(tiny_artifact / "manifest.json")],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert reg.returncode == 0, reg.stderr[-2000:]
     stored = tmp_path / "home" / "models" / "bertpack-cola" / reg.stdout.strip().splitlines()[-1].split(":")[1]
     assert not (stored / "model.onnx").exists()
-    common = ["--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4", "--no-end-to-end", "--no-profile", *QUICK]
-    proc = run_cli("bench", str(stored), "--out", str(tmp_path / "out"), "--engines", "pytorch_fp32,onnx_fp32,onnx_optimized", *common)
+    common = [
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "4",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    ]
+    proc = run_cli(
+        "bench",
+        str(stored),
+        "--out",
+        str(tmp_path / "out"),
+        "--engines",
+        "pytorch_fp32,onnx_fp32,onnx_optimized",
+        *common,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert {r["engine"] for r in payload["rows"]} == {"pytorch_fp32", "onnx_optimized"}
     assert payload["skipped"] == [{"engine": "onnx_fp32", "reason": "the artifact has no fp32 variant"}]
-    proc = run_cli("bench", str(stored), "--out", str(tmp_path / "out2"), "--engines", "pytorch_fp32", "--int8-candidates", *common)
+    proc = run_cli(
+        "bench", str(stored), "--out", str(tmp_path / "out2"), "--engines", "pytorch_fp32", "--int8-candidates", *common
+    )
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, proc.stderr[-2000:]
     assert "--int8-candidates needs the unfused fp32 graph (model.onnx)" in err and str(tiny_artifact.resolve()) in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--engines", "pytorch_fp32,warp_drive"], "unknown engine"),
-    (["--engines", "onnx_int8"], "must include pytorch_fp32"),
-    (["--batch-sizes", "1,x"], "comma-separated integers"),
-    (["--arch", "gpt"], "--arch must be one of"),
-    (["--extra-model", "nothing"], "NAME=PATH"),
-    (["--extra-model", "a/b=model.onnx"], "the name (engine file:NAME, also a file name) may hold only"),
-    (["--rounds", "0"], "--rounds must be >= 1"),
-    (["--batch-sizes", "1,8", "--profile-batch-size", "32"], "--profile-batch-size 32 is not one of --batch-sizes 1,8"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engines", "pytorch_fp32,warp_drive"], "unknown engine"),
+        (["--engines", "onnx_int8"], "must include pytorch_fp32"),
+        (["--batch-sizes", "1,x"], "comma-separated integers"),
+        (["--arch", "gpt"], "--arch must be one of"),
+        (["--extra-model", "nothing"], "NAME=PATH"),
+        (["--extra-model", "a/b=model.onnx"], "the name (engine file:NAME, also a file name) may hold only"),
+        (["--rounds", "0"], "--rounds must be >= 1"),
+        (
+            ["--batch-sizes", "1,8", "--profile-batch-size", "32"],
+            "--profile-batch-size 32 is not one of --batch-sizes 1,8",
+        ),
+    ],
+)
 def test_bad_options_are_one_line_errors(tiny_artifact, tmp_path, args, message):
     proc = run_cli("bench", str(tiny_artifact), "--out", str(tmp_path / "out"), *args)
     assert proc.returncode == 2
@@ -614,7 +947,9 @@ def test_out_of_memory_is_a_limit_and_any_other_error_a_failure():
 
     assert _does_not_fit(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _does_not_fit(MemoryError()) and _does_not_fit(TooLarge("batch 128 is over the largest CUDA-graph batch 64"))
-    assert _does_not_fit(Exception("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"))
+    assert _does_not_fit(
+        Exception("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+    )
     assert not _does_not_fit(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x32 and 64x2)"))
     assert not _does_not_fit(Exception("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input"))
 
@@ -630,14 +965,36 @@ def test_an_engine_that_fails_at_a_larger_batch_keeps_the_sizes_it_measured(tiny
     fixed = tmp_path / "batch1.onnx"
     onnx.save(model, str(fixed))
     out = tmp_path / "out"
-    proc = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8",
-                   "--batch-sizes", "1,4", "--engines", "pytorch_fp32", "--extra-model", f"batch1={fixed}", "--no-end-to-end",
-                   "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(tiny_artifact),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "1,4",
+        "--engines",
+        "pytorch_fp32",
+        "--extra-model",
+        f"batch1={fixed}",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    )
     err = proc.stderr.strip()
-    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2 and err.startswith("error: 1 engine failed") and len(err.splitlines()) == 1, (
+        proc.stderr[-2000:]
+    )
     assert "file:batch1: failed at batch size 4: " in err and "Traceback" not in err
     payload = json.loads((out / "bench.json").read_text())
-    assert {(r["engine"], r["batch_size"]) for r in payload["rows"]} == {("pytorch_fp32", 1), ("pytorch_fp32", 4), ("file:batch1", 1)}
+    assert {(r["engine"], r["batch_size"]) for r in payload["rows"]} == {
+        ("pytorch_fp32", 1),
+        ("pytorch_fp32", 4),
+        ("file:batch1", 1),
+    }
 
 
 def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synthetic_cola, tmp_path):
@@ -645,8 +1002,25 @@ def test_an_engine_that_fails_in_round_one_is_not_run_again(tiny_artifact, synth
     named once in the error (exit 2); the reference still runs both rounds."""
     art = _with_unloadable_int8(tiny_artifact, tmp_path / "art")
     out = tmp_path / "out"
-    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--sentences", "8", "--batch-sizes", "4",
-                   "--engines", "pytorch_fp32,onnx_int8", "--rounds", "2", "--no-end-to-end", "--no-profile", *QUICK)
+    proc = run_cli(
+        "bench",
+        str(art),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--sentences",
+        "8",
+        "--batch-sizes",
+        "4",
+        "--engines",
+        "pytorch_fp32,onnx_int8",
+        "--rounds",
+        "2",
+        "--no-end-to-end",
+        "--no-profile",
+        *QUICK,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     started = [line.strip().split()[0] for line in proc.stdout.splitlines() if line.strip().endswith("(cpu) ...")]
     assert started == ["pytorch_fp32", "onnx_int8", "pytorch_fp32"]
@@ -668,9 +1042,16 @@ def test_rounds_bookkeeping_of_limits_and_failures(tmp_path, monkeypatch):
 
     results = {
         "pytorch_fp32": {"rows": [_row(1), _row(8)], "skipped": []},
-        "onnx_fp32": {"rows": [_row(1)], "skipped": [{"batch_size": 8, "reason": "MemoryError: "}]},  # a limit, both rounds
+        "onnx_fp32": {
+            "rows": [_row(1)],
+            "skipped": [{"batch_size": 8, "reason": "MemoryError: "}],
+        },  # a limit, both rounds
         "onnx_int8": {"rows": [], "skipped": [{"batch_size": 1, "reason": "MemoryError: "}]},  # nothing measured
-        "onnx_optimized": {"rows": [_row(1)], "skipped": [], "failed": {"batch_size": 8, "reason": "RuntimeError: boom"}},
+        "onnx_optimized": {
+            "rows": [_row(1)],
+            "skipped": [],
+            "failed": {"batch_size": 8, "reason": "RuntimeError: boom"},
+        },
     }
     started: list[tuple[str, int]] = []
 
@@ -681,8 +1062,15 @@ def test_rounds_bookkeeping_of_limits_and_failures(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_worker", worker)
     engines = [{"engine": name, "device": "cpu"} for name in results]
     skipped: list[dict] = []
-    rounds = runner.run_rounds(BenchConfig(artifact_dir=tmp_path, rounds=2), engines, {"profile_batch_size": None}, skipped,
-                               tmp_path, 1, lambda line: None)
+    rounds = runner.run_rounds(
+        BenchConfig(artifact_dir=tmp_path, rounds=2),
+        engines,
+        {"profile_batch_size": None},
+        skipped,
+        tmp_path,
+        1,
+        lambda line: None,
+    )
     reasons = {}
     for entry in skipped:
         reasons.setdefault(entry["engine"], []).append(entry["reason"])
@@ -696,5 +1084,12 @@ def test_rounds_bookkeeping_of_limits_and_failures(tmp_path, monkeypatch):
 
     results["pytorch_fp32"] = {"rows": [], "skipped": [{"batch_size": 1, "reason": "MemoryError: "}]}
     with pytest.raises(BertpackError, match="the reference engine pytorch_fp32 measured no batch size"):
-        runner.run_rounds(BenchConfig(artifact_dir=tmp_path, rounds=2), engines, {"profile_batch_size": None}, [], tmp_path, 1,
-                          lambda line: None)
+        runner.run_rounds(
+            BenchConfig(artifact_dir=tmp_path, rounds=2),
+            engines,
+            {"profile_batch_size": None},
+            [],
+            tmp_path,
+            1,
+            lambda line: None,
+        )

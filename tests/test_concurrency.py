@@ -26,12 +26,19 @@ QUICK_EXPORT = ["--limit", "24", "--calibration-samples", "16", "--no-flip-check
 
 
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bertpack.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _hold_when_locked(proc: subprocess.Popen, out: Path, ready: Path | None = None, timeout: float = 180) -> None:
-    """Wait until PROC holds OUT's lock (and READY exists), then stop it there (SIGSTOP) for as long as the test needs."""
+    """Wait until PROC holds OUT's lock (and READY exists), then stop it there (SIGSTOP) for as long as the test
+    needs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -48,7 +55,9 @@ def _hold_when_locked(proc: subprocess.Popen, out: Path, ready: Path | None = No
 def _refused_by(proc: subprocess.CompletedProcess, holder: subprocess.Popen, command: str, out: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"error: --out {out} is being written by bertpack {command} (pid {holder.pid})"), lines[0]
+    assert lines[0].startswith(f"error: --out {out} is being written by bertpack {command} (pid {holder.pid})"), lines[
+        0
+    ]
 
 
 def test_second_train_and_resume_on_a_running_run_are_refused(tmp_path, tiny_run, synthetic_cola):
@@ -75,7 +84,9 @@ def test_second_export_to_the_same_out_is_refused(tmp_path, tiny_run, synthetic_
     try:
         _hold_when_locked(first, out)
         for extra in ([], ["--overwrite"]):
-            second = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), *QUICK_EXPORT, *extra)
+            second = run_cli(
+                "export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), *QUICK_EXPORT, *extra
+            )
             _refused_by(second, first, "export", out)
     finally:
         os.kill(first.pid, signal.SIGCONT)
@@ -88,13 +99,34 @@ def test_second_export_to_the_same_out_is_refused(tmp_path, tiny_run, synthetic_
 
 def test_second_bench_to_the_same_out_is_refused(tmp_path, tiny_artifact, synthetic_cola):
     out = tmp_path / "bench-out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from bertpack.locks import writing\n"
-                               "with writing(Path(sys.argv[1]), 'bertpack bench'):\n    print('held', flush=True); time.sleep(600)",
-                               str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from bertpack.locks import writing\n"
+            "with writing(Path(sys.argv[1]), 'bertpack bench'):\n    print('held', flush=True); time.sleep(600)",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        bench = run_cli("bench", str(tiny_artifact), "--out", str(out), "--data", str(synthetic_cola), "--engines",
-                        "pytorch_fp32,onnx_fp32", "--no-end-to-end", "--no-profile", "--batch-sizes", "1")
+        bench = run_cli(
+            "bench",
+            str(tiny_artifact),
+            "--out",
+            str(out),
+            "--data",
+            str(synthetic_cola),
+            "--engines",
+            "pytorch_fp32,onnx_fp32",
+            "--no-end-to-end",
+            "--no-profile",
+            "--batch-sizes",
+            "1",
+        )
         _refused_by(bench, holder, "bench", out)
     finally:
         holder.kill()
@@ -125,7 +157,9 @@ def test_a_restarted_worker_does_not_switch_to_a_re_exported_folder(tmp_path, ti
     proc, url = local_server.start_server(env, log)
     try:
         other = make_tiny_run(tmp_path / "other-run", seed=1, distinct=True)
-        proc_export = run_cli("export", str(other), "--out", str(art), "--data", str(synthetic_cola), *QUICK_EXPORT, "--overwrite")
+        proc_export = run_cli(
+            "export", str(other), "--out", str(art), "--data", str(synthetic_cola), *QUICK_EXPORT, "--overwrite"
+        )
         assert proc_export.returncode == 0, proc_export.stderr[-2000:]
         new_version = json.loads((art / "manifest.json").read_text())["version"]
         assert new_version != version
@@ -138,5 +172,7 @@ def test_a_restarted_worker_does_not_switch_to_a_re_exported_folder(tmp_path, ti
     finally:
         local_server.stop_server(proc)
     text = log.read_text()
-    assert f"cannot serve: {art} was replaced since `bentoml serve` started (it checked version {version}, " \
-           f"the folder now holds {new_version}" in text, text[-3000:]
+    assert (
+        f"cannot serve: {art} was replaced since `bentoml serve` started (it checked version {version}, "
+        f"the folder now holds {new_version}" in text
+    ), text[-3000:]

@@ -30,7 +30,9 @@ def test_limit_keeps_first_training_rows_only(synthetic_cola: Path) -> None:
 def test_glue_layout(tmp_path: Path, synthetic_cola: Path) -> None:
     raw = synthetic_cola / "raw"
     (tmp_path / "train.tsv").write_text((raw / "in_domain_train.tsv").read_text())
-    (tmp_path / "dev.tsv").write_text((raw / "in_domain_dev.tsv").read_text() + (raw / "out_of_domain_dev.tsv").read_text())
+    (tmp_path / "dev.tsv").write_text(
+        (raw / "in_domain_dev.tsv").read_text() + (raw / "out_of_domain_dev.tsv").read_text()
+    )
     assert locate(tmp_path).layout == "glue"
     ds = load_cola(tmp_path)
     assert ds["validation"]["domain"].count("out") == 24
@@ -53,7 +55,8 @@ def test_real_cola_counts_match_glue() -> None:
 @pytest.mark.skipif(not (REAL_COLA / "raw").is_dir(), reason="the CoLA 1.1 copy is not beside the project")
 def test_glue_from_the_hub_gives_the_release_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """--data glue (the hub's GLUE CoLA, stood in for by the release files in its schema and order) gives the same
-    records as the release folder: GLUE has no source column, so its first 527 validation rows are the in-domain ones."""
+    records as the release folder: GLUE has no source column, so its first 527 validation rows are the in-domain
+    ones."""
     release = load_cola(REAL_COLA)
     glue_hub(monkeypatch, REAL_COLA)
     glue = load_cola("glue")
@@ -63,16 +66,25 @@ def test_glue_from_the_hub_gives_the_release_records(monkeypatch: pytest.MonkeyP
     assert glue["validation"]["domain"][526:528] == ["in", "out"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("gj04\t1\t\tGood.\ngj04\t1\tonly three\n", "expected 4 tab-separated columns"),
-    ("gj04\t2\t\tA sentence.\n", "label must be 0 or 1"),
-    ("gj04\tyes\t\tA sentence.\n", "label must be 0 or 1"),
-    ("gj04\t1\t\t   \n", "sentence column is empty"),
-    ("", "holds no rows"),
-    ("\n\n", "holds no rows"),
-    ("source\tlabel\tstar\tsentence\ngj04\t1\t\tA sentence.\n", r"found 'label' \(a header row\? CoLA TSV files have none\)"),
-    ("gj04\t1\t\t" + "word " * 30000 + "\n", r"bad\.tsv:1: field larger than field limit .*; is this a CoLA TSV file\?"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("gj04\t1\t\tGood.\ngj04\t1\tonly three\n", "expected 4 tab-separated columns"),
+        ("gj04\t2\t\tA sentence.\n", "label must be 0 or 1"),
+        ("gj04\tyes\t\tA sentence.\n", "label must be 0 or 1"),
+        ("gj04\t1\t\t   \n", "sentence column is empty"),
+        ("", "holds no rows"),
+        ("\n\n", "holds no rows"),
+        (
+            "source\tlabel\tstar\tsentence\ngj04\t1\t\tA sentence.\n",
+            r"found 'label' \(a header row\? CoLA TSV files have none\)",
+        ),
+        (
+            "gj04\t1\t\t" + "word " * 30000 + "\n",
+            r"bad\.tsv:1: field larger than field limit .*; is this a CoLA TSV file\?",
+        ),
+    ],
+)
 def test_malformed_tsv_is_refused_with_line_number(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(content)
@@ -104,7 +116,10 @@ def test_missing_folder_and_missing_files(tmp_path: Path) -> None:
     (root / "raw" / "out_of_domain_dev.tsv").unlink()
     (root / "raw" / "in_domain_dev.tsv").unlink()
     (root / "raw" / "in_domain_dev.tsv").symlink_to(tmp_path / "gone.tsv")
-    with pytest.raises(BertpackError, match=r"release is incomplete: .*in_domain_dev\.tsv \(a broken link\), .*out_of_domain_dev\.tsv \(missing\)"):
+    with pytest.raises(
+        BertpackError,
+        match=r"release is incomplete: .*in_domain_dev\.tsv \(a broken link\), .*out_of_domain_dev\.tsv \(missing\)",
+    ):
         locate(root)
 
 

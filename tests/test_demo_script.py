@@ -18,8 +18,10 @@ def test_demo_without_the_default_cola_says_so_before_installing(tmp_path):
     shutil.copy(REPO / "scripts" / "demo.sh", clone / "scripts" / "demo.sh")
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=clone, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == (f"error: no CoLA at {tmp_path}/shared/data/cola (the default); pass the CoLA 1.1 "
-                                   "folder (holding raw/): bash scripts/demo.sh COLA_DIR")
+    assert proc.stderr.strip() == (
+        f"error: no CoLA at {tmp_path}/shared/data/cola (the default); pass the CoLA 1.1 "
+        "folder (holding raw/): bash scripts/demo.sh COLA_DIR"
+    )
     assert not (clone / ".venv").exists()
 
 

@@ -19,7 +19,11 @@ def _one_line_error(proc, code: int = 2) -> str:
 
 
 def test_run_dir_missing(tmp_path, synthetic_cola):
-    err = _one_line_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli(
+            "export", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"
+        )
+    )
     assert "does not exist" in err
     assert not (tmp_path / "a").exists()
 
@@ -28,7 +32,9 @@ def test_run_dir_without_checkpoint(tmp_path, synthetic_cola):
     run = tmp_path / "run"
     run.mkdir()
     (run / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "training"}))
-    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "holds no checkpoint" in err and "status 'training'" in err
 
 
@@ -38,7 +44,9 @@ def test_not_a_sequence_classifier(tmp_path, tiny_run, synthetic_cola):
     config = json.loads((run / "model" / "config.json").read_text())
     config["architectures"] = ["BertForMaskedLM"]
     (run / "model" / "config.json").write_text(json.dumps(config))
-    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "not a BERT sequence classifier" in err
 
 
@@ -46,30 +54,45 @@ def test_output_dir_holding_other_files_or_another_export(tmp_path, tiny_run, sy
     out = tmp_path / "a"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "not empty" in err and "--overwrite" in err
     (out / "notes.txt").unlink()
-    (out / "manifest.json").write_text(json.dumps({"format": "bertpack-artifact/1", "source": {"checkpoint": "/elsewhere/model"}}))
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store"))
+    (out / "manifest.json").write_text(
+        json.dumps({"format": "bertpack-artifact/1", "source": {"checkpoint": "/elsewhere/model"}})
+    )
+    err = _one_line_error(
+        run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "holds a different export" in err and "/elsewhere/model" in err
     assert json.loads((out / "manifest.json").read_text())["source"]["checkpoint"] == "/elsewhere/model"  # untouched
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--int8", "int4"], "--int8 must be one of"),
-    (["--tolerance", "fast"], "--tolerance"),
-    (["--quant-target", "sse"], "--quant-target"),
-    (["--calibration-samples", "0"], "--calibration-samples"),
-    (["--int8", "none", "--require-int8"], "--require-int8 contradicts --int8 none"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--int8", "int4"], "--int8 must be one of"),
+        (["--tolerance", "fast"], "--tolerance"),
+        (["--quant-target", "sse"], "--quant-target"),
+        (["--calibration-samples", "0"], "--calibration-samples"),
+        (["--int8", "none", "--require-int8"], "--require-int8 contradicts --int8 none"),
+    ],
+)
 def test_bad_options(tmp_path, tiny_run, synthetic_cola, args, needle):
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store", *args))
+    err = _one_line_error(
+        run_cli(
+            "export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(synthetic_cola), "--no-store", *args
+        )
+    )
     assert needle in err
     assert not (tmp_path / "a").exists()
 
 
 def test_bad_data_dir(tmp_path, tiny_run):
-    err = _one_line_error(run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(tmp_path), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(tiny_run), "--out", str(tmp_path / "a"), "--data", str(tmp_path), "--no-store")
+    )
     assert "no CoLA files" in err
 
 
@@ -77,7 +100,9 @@ def test_damaged_checkpoint_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
-    err = _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "out" / "a"), "--data", str(synthetic_cola), "--no-store"))
+    err = _one_line_error(
+        run_cli("export", str(run), "--out", str(tmp_path / "out" / "a"), "--data", str(synthetic_cola), "--no-store")
+    )
     assert "cannot load the checkpoint" in err
     # no artifact, no staging, work or lock file left behind, nor the parent folder the command made for them
     assert not (tmp_path / "out").exists(), list((tmp_path / "out").iterdir())
@@ -111,12 +136,15 @@ def test_unreadable_run_records_do_not_stop_the_export(tmp_path, tiny_run, conte
 
 
 def test_out_that_holds_the_checkpoint_is_refused(tmp_path, tiny_run, synthetic_cola):
-    """--out the run folder, or a folder above it, would be replaced whole (with --overwrite): the source would be gone."""
+    """--out the run folder, or a folder above it, would be replaced whole (with --overwrite): the source would be
+    gone."""
     run = tmp_path / "nest" / "run"
     shutil.copytree(tiny_run, run)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for out in (run, run.parent, run / "model"):
-        err = _one_line_error(run_cli("export", str(run), "--out", str(out), "--overwrite", "--data", str(synthetic_cola), "--no-store"))
+        err = _one_line_error(
+            run_cli("export", str(run), "--out", str(out), "--overwrite", "--data", str(synthetic_cola), "--no-store")
+        )
         assert "holds the checkpoint being exported" in err and "choose another --out" in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
@@ -136,8 +164,25 @@ def test_terminated_export_leaves_nothing(tmp_path, tiny_run, synthetic_cola):
     out.mkdir()
     (out / "keep.txt").write_text("the previous artifact")
     (out / "manifest.json").write_text(json.dumps({"source": {"checkpoint": str((tiny_run / "model").resolve())}}))
-    proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", "export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola),
-                             "--no-store"], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bertpack.cli",
+            "export",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--data",
+            str(synthetic_cola),
+            "--no-store",
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".art.*.partial")):
         time.sleep(0.05)
@@ -158,13 +203,19 @@ def test_the_model_folder_of_a_run_exports_as_the_run_does(tiny_run, tmp_path):
 
     from export.checkpoint import run_folder_of
 
-    assert run_folder_of(tiny_run / "model") == tiny_run  # also names the default --out: artifacts/<run>, not artifacts/model
+    assert (
+        run_folder_of(tiny_run / "model") == tiny_run
+    )  # also names the default --out: artifacts/<run>, not artifacts/model
     assert run_folder_of(tiny_run) == tiny_run
     lone = tmp_path / "model"  # a checkpoint folder named model, not inside a run: itself
     shutil.copytree(tiny_run / "model", lone)
     assert run_folder_of(lone) == lone
     whole, model_only = locate_checkpoint(tiny_run), locate_checkpoint(tiny_run / "model")
-    assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (whole.max_length, whole.metrics, whole.run_dir)
+    assert (model_only.max_length, model_only.metrics, model_only.run_dir) == (
+        whole.max_length,
+        whole.metrics,
+        whole.run_dir,
+    )
     assert whole.max_length == 64 and whole.metrics["checkpoint"] == "checkpoint-1"
 
 
@@ -179,6 +230,8 @@ def test_limit_scores_sentences_spread_over_both_domains(cola_dir):
     assert len(quick.sentences) == 8 and set(quick.sentences) <= set(sentences)
     assert quick.sentences[0] == sentences[0] and quick.sentences[-1] != sentences[7]  # not the first 8
     assert set(domains) == {"in", "out"}
-    assert abs(quick.domains.count("in") - 8 * domains.count("in") / len(domains)) <= 1  # both domains, in their proportions
+    assert (
+        abs(quick.domains.count("in") - 8 * domains.count("in") / len(domains)) <= 1
+    )  # both domains, in their proportions
     assert quick.domains == sorted(quick.domains)  # in the split's order: in-domain first
     assert _load_eval(cola_dir, len(sentences) + 5).sentences == sentences  # over the split's size: all of it

@@ -20,12 +20,20 @@ def test_staging_dir_replaces_the_folder_whole(tmp_path: Path) -> None:
     assert [p.name for p in final.iterdir()] == ["new.txt"]
 
 
-@pytest.mark.parametrize("failing, error", [
-    ("second", KeyboardInterrupt()),  # Ctrl-C between the two renames: the old folder goes back
-    ("first", OSError(16, "Device or resource busy")),  # the old folder cannot move aside: it stays, staging is removed
-], ids=["new-in-fails", "old-aside-fails"])
-def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str,
-                                                              error: BaseException) -> None:
+@pytest.mark.parametrize(
+    "failing, error",
+    [
+        ("second", KeyboardInterrupt()),  # Ctrl-C between the two renames: the old folder goes back
+        (
+            "first",
+            OSError(16, "Device or resource busy"),
+        ),  # the old folder cannot move aside: it stays, staging is removed
+    ],
+    ids=["new-in-fails", "old-aside-fails"],
+)
+def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, error: BaseException
+) -> None:
     """The swap is two renames (old folder aside as .NAME.*.old, staging .NAME.*.partial in); whichever fails, the old
     folder is left as it was and no hidden folder stays beside it."""
     final = tmp_path / "artifact"

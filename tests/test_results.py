@@ -19,80 +19,209 @@ README = f"# A project\n\nIntro.\n\n{BEGIN}\nan old table\n{END}\n\nAfter the ta
 
 def metrics(mcc: float = 0.346) -> dict:
     """A run's metrics.json: `bertpack train --data /data/cola --out runs/demo --seed 1 --lr 5e-05`."""
-    config = {"model": "embedded", "data": "/data/cola", "out": "runs/demo", "epochs": 6.0, "learning_rate": 5e-05,
-              "batch_size": 32, "seed": 1, "class_weights": "balanced", "group_by_length": True, "overwrite": True,
-              "resume": False, "limit": None}
-    return {"model": "embedded", "data": "/data/cola", "train_rows": 8551, "validation_rows": 1043, "seed": 1,
-            "config": config, "device": "AMD EPYC 9B14 (2 cores)", "precision": "fp32", "world_size": 1,
-            "best": {"checkpoint": "checkpoint-670", "accuracy": 0.727, "mcc": mcc, "mcc_in_domain": 0.415,
-                     "mcc_out_domain": 0.276},
-            "epochs": [], "wall_time_s": 468.0, "train_samples_per_second": 135.2, "versions": {"torch": "2.13.0"}}
+    config = {
+        "model": "embedded",
+        "data": "/data/cola",
+        "out": "runs/demo",
+        "epochs": 6.0,
+        "learning_rate": 5e-05,
+        "batch_size": 32,
+        "seed": 1,
+        "class_weights": "balanced",
+        "group_by_length": True,
+        "overwrite": True,
+        "resume": False,
+        "limit": None,
+    }
+    return {
+        "model": "embedded",
+        "data": "/data/cola",
+        "train_rows": 8551,
+        "validation_rows": 1043,
+        "seed": 1,
+        "config": config,
+        "device": "AMD EPYC 9B14 (2 cores)",
+        "precision": "fp32",
+        "world_size": 1,
+        "best": {
+            "checkpoint": "checkpoint-670",
+            "accuracy": 0.727,
+            "mcc": mcc,
+            "mcc_in_domain": 0.415,
+            "mcc_out_domain": 0.276,
+        },
+        "epochs": [],
+        "wall_time_s": 468.0,
+        "train_samples_per_second": 135.2,
+        "versions": {"torch": "2.13.0"},
+    }
 
 
 def parity() -> dict:
     """An export's parity.json: dynamic int8 shipped, static failed."""
     tolerance = {"exact_max_logit_diff": 0.001, "exact_agreement": 100.0, "mcc_drop": 0.01, "min_agreement": 98.0}
     scores = {"accuracy": 0.7354, "mcc": 0.3544, "mcc_in_domain": 0.4182, "mcc_out_domain": 0.2879}
-    rows = [{"variant": "pytorch fp32", **scores, "agreement": 100.0, "max_abs_logit_diff": 0.0,
-             "mean_abs_logit_diff": 0.0, "bytes": None, "status": "reference"},
-            {"variant": "optimized", **scores, "agreement": 100.0, "max_abs_logit_diff": 1.02e-05,
-             "mean_abs_logit_diff": 1.4e-06, "bytes": 90_900_000, "status": "pass"},
-            {"variant": "fp16", "bytes": 45_500_000, "status": "not checked (no GPU)"},
-            {"variant": "int8", "method": "dynamic", "accuracy": 0.7383, "mcc": 0.3620, "mcc_in_domain": 0.4328,
-             "mcc_out_domain": 0.2879, "agreement": 98.95, "max_abs_logit_diff": 0.623, "mean_abs_logit_diff": 0.0706,
-             "bytes": 33_600_000, "flip_rate": 0.96, "status": "pass"}]
-    return {"source": "/work/runs/demo/model", "created": "2026-11-26T14:01:16+00:00", "sentences": 1043,
-            "data": "/data/cola", "provider": "CPUExecutionProvider", "tolerance": tolerance, "rows": rows,
-            "quantization_target": "avx512_vnni", "failures": [], "int8_tries": {"dynamic": [{"try": 1}]},
-            "int8_choice": "dynamic (flip rate 0.96%)", "int8_method": "dynamic", "serving_default_cpu": "int8",
-            "warnings": []}
+    rows = [
+        {
+            "variant": "pytorch fp32",
+            **scores,
+            "agreement": 100.0,
+            "max_abs_logit_diff": 0.0,
+            "mean_abs_logit_diff": 0.0,
+            "bytes": None,
+            "status": "reference",
+        },
+        {
+            "variant": "optimized",
+            **scores,
+            "agreement": 100.0,
+            "max_abs_logit_diff": 1.02e-05,
+            "mean_abs_logit_diff": 1.4e-06,
+            "bytes": 90_900_000,
+            "status": "pass",
+        },
+        {"variant": "fp16", "bytes": 45_500_000, "status": "not checked (no GPU)"},
+        {
+            "variant": "int8",
+            "method": "dynamic",
+            "accuracy": 0.7383,
+            "mcc": 0.3620,
+            "mcc_in_domain": 0.4328,
+            "mcc_out_domain": 0.2879,
+            "agreement": 98.95,
+            "max_abs_logit_diff": 0.623,
+            "mean_abs_logit_diff": 0.0706,
+            "bytes": 33_600_000,
+            "flip_rate": 0.96,
+            "status": "pass",
+        },
+    ]
+    return {
+        "source": "/work/runs/demo/model",
+        "created": "2026-11-26T14:01:16+00:00",
+        "sentences": 1043,
+        "data": "/data/cola",
+        "provider": "CPUExecutionProvider",
+        "tolerance": tolerance,
+        "rows": rows,
+        "quantization_target": "avx512_vnni",
+        "failures": [],
+        "int8_tries": {"dynamic": [{"try": 1}]},
+        "int8_choice": "dynamic (flip rate 0.96%)",
+        "int8_method": "dynamic",
+        "serving_default_cpu": "int8",
+        "warnings": [],
+    }
 
 
 def manifest() -> dict:
-    return {"version": "20261126-140116-4ad65fcc",
-            "cpu_flags": {"model": "AMD EPYC 9B14", "quantization_target": "avx512_vnni", "flags": {}}}
+    return {
+        "version": "20261126-140116-4ad65fcc",
+        "cpu_flags": {"model": "AMD EPYC 9B14", "quantization_target": "avx512_vnni", "flags": {}},
+    }
 
 
 def bench(int8_ms: float = 0.92, command: str | None = "bertpack bench artifacts/demo --out bench-out/epyc") -> dict:
     """bench.json of a CPU bench: PyTorch fp32 and int8 at batch 1 and 32, the end-to-end comparison."""
+
     def row(engine: str, batch: int, p50: float, ref: float) -> dict:
         rate = batch * 1000 / p50
-        return {"engine": engine, "device": "cpu", "batch_size": batch, "p50_ms": p50, "sentences_per_s": rate,
-                "speedup_p50": ref / p50, "speedup_throughput": ref / p50, "mcc": 0.3457, "agreement": 100.0}
+        return {
+            "engine": engine,
+            "device": "cpu",
+            "batch_size": batch,
+            "p50_ms": p50,
+            "sentences_per_s": rate,
+            "speedup_p50": ref / p50,
+            "speedup_throughput": ref / p50,
+            "mcc": 0.3457,
+            "agreement": 100.0,
+        }
 
-    rows = [row("pytorch_fp32", 1, 6.0, 6.0), row("pytorch_fp32", 32, 46.0, 46.0),
-            row("onnx_int8", 1, int8_ms, 6.0), row("onnx_int8", 32, 16.0, 46.0)]
-    e2e = {"sentences": 256, "batch_size": 32, "speedup": 25.0,
-           "book": {"sentences_per_s": 56.5, "pad_to": 128},
-           "serving": {"sentences_per_s": 1412.5, "variant": "int8", "provider": "CPUExecutionProvider"}}
-    checks = [{"check": "int8 CPU p50 latency vs PyTorch fp32 eager, batch 1", "target": 4.0, "value": 6.0 / int8_ms,
-               "passed": 6.0 / int8_ms >= 4.0}]
-    return {"format": "bertpack-bench/1", "command": command, "created": "2026-11-27T16:21:00+00:00",
-            "arch": "finetuned", "speed_only": False, "artifact": "artifacts/demo", "sentences": 1043,
-            "settings": {"threads": 2, "rounds": 1, "artifact_dir": "artifacts/demo", "out": "bench-out/epyc",
-                         "batch_sizes": [1, 32], "engines": ["pytorch_fp32", "onnx_int8"], "min_time_s": 2.0},
-            "machine": {"cpu_model": "AMD EPYC 9B14", "physical_cores": 2, "gpu": None},
-            "rows": rows, "end_to_end": e2e, "checks": checks}
+    rows = [
+        row("pytorch_fp32", 1, 6.0, 6.0),
+        row("pytorch_fp32", 32, 46.0, 46.0),
+        row("onnx_int8", 1, int8_ms, 6.0),
+        row("onnx_int8", 32, 16.0, 46.0),
+    ]
+    e2e = {
+        "sentences": 256,
+        "batch_size": 32,
+        "speedup": 25.0,
+        "book": {"sentences_per_s": 56.5, "pad_to": 128},
+        "serving": {"sentences_per_s": 1412.5, "variant": "int8", "provider": "CPUExecutionProvider"},
+    }
+    checks = [
+        {
+            "check": "int8 CPU p50 latency vs PyTorch fp32 eager, batch 1",
+            "target": 4.0,
+            "value": 6.0 / int8_ms,
+            "passed": 6.0 / int8_ms >= 4.0,
+        }
+    ]
+    return {
+        "format": "bertpack-bench/1",
+        "command": command,
+        "created": "2026-11-27T16:21:00+00:00",
+        "arch": "finetuned",
+        "speed_only": False,
+        "artifact": "artifacts/demo",
+        "sentences": 1043,
+        "settings": {
+            "threads": 2,
+            "rounds": 1,
+            "artifact_dir": "artifacts/demo",
+            "out": "bench-out/epyc",
+            "batch_sizes": [1, 32],
+            "engines": ["pytorch_fp32", "onnx_int8"],
+            "min_time_s": 2.0,
+        },
+        "machine": {"cpu_model": "AMD EPYC 9B14", "physical_cores": 2, "gpu": None},
+        "rows": rows,
+        "end_to_end": e2e,
+        "checks": checks,
+    }
 
 
 def loadtest() -> dict:
     """The JSON of scripts/loadtest.py: the no-op service, the pipeline peer and bertpack with one worker."""
-    def server(rate: float, p50: float, batched: float, lone: float) -> dict:
-        return {"single": {"requests_per_s": rate, "p50_ms": p50, "p99_ms": p50 * 2, "errors": {}},
-                "batched": {"sentences_per_s": batched, "errors": {}},
-                "lone": {"p50_ms": lone}, "lone_after_load": {"p50_ms": lone * 3}}
 
-    servers = {"noop": server(980.0, 50.0, 9000.0, 1.0), "pipeline": server(150.0, 400.0, 300.0, 9.0),
-               "bertpack-1w": server(420.0, 140.0, 1100.0, 3.5)}
-    servers["bertpack-1w"]["ratios"] = {"of_bound": 0.72, "batched_of_bound": 0.9, "lone_p50_over_engine_ms": 1.5,
-                                        "of_peer": 2.8, "lone_p50_of_peer": 0.39}
-    return {"command": "python scripts/loadtest.py --model artifacts/demo --json-out docs/results/loadtest.json",
-            "date": "2026-12-08T10:00:00+00:00", "machine": {"cpu": "AMD EPYC 9B14", "cpus": 2}, "artifact": "demo",
-            "variant": "int8", "servers": servers,
-            "engine": {"provider": "CPUExecutionProvider", "best_batch": 32, "best_sentences_per_s": 1700.0,
-                       "lone": {"p50_ms": 2.0}},
-            "settings": {"client": "aiohttp", "clients": 64, "batch_clients": 16, "per_request": 16},
-            "bound": {"single": 620.0, "batched": 1430.0}}
+    def server(rate: float, p50: float, batched: float, lone: float) -> dict:
+        return {
+            "single": {"requests_per_s": rate, "p50_ms": p50, "p99_ms": p50 * 2, "errors": {}},
+            "batched": {"sentences_per_s": batched, "errors": {}},
+            "lone": {"p50_ms": lone},
+            "lone_after_load": {"p50_ms": lone * 3},
+        }
+
+    servers = {
+        "noop": server(980.0, 50.0, 9000.0, 1.0),
+        "pipeline": server(150.0, 400.0, 300.0, 9.0),
+        "bertpack-1w": server(420.0, 140.0, 1100.0, 3.5),
+    }
+    servers["bertpack-1w"]["ratios"] = {
+        "of_bound": 0.72,
+        "batched_of_bound": 0.9,
+        "lone_p50_over_engine_ms": 1.5,
+        "of_peer": 2.8,
+        "lone_p50_of_peer": 0.39,
+    }
+    return {
+        "command": "python scripts/loadtest.py --model artifacts/demo --json-out docs/results/loadtest.json",
+        "date": "2026-12-08T10:00:00+00:00",
+        "machine": {"cpu": "AMD EPYC 9B14", "cpus": 2},
+        "artifact": "demo",
+        "variant": "int8",
+        "servers": servers,
+        "engine": {
+            "provider": "CPUExecutionProvider",
+            "best_batch": 32,
+            "best_sentences_per_s": 1700.0,
+            "lone": {"p50_ms": 2.0},
+        },
+        "settings": {"client": "aiohttp", "clients": 64, "batch_clients": 16, "per_request": 16},
+        "bound": {"single": 620.0, "batched": 1430.0},
+    }
 
 
 def write(path: Path, record: dict) -> Path:
@@ -102,10 +231,17 @@ def write(path: Path, record: dict) -> Path:
 
 
 def run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    paths = ["--results", str(tmp / "results"), "--out", str(tmp / "docs" / "results.md"),
-             "--readme", str(tmp / "README.md")]
-    return subprocess.run([sys.executable, str(SCRIPT), *paths, *args], capture_output=True, text=True, cwd=tmp,
-                          timeout=120)
+    paths = [
+        "--results",
+        str(tmp / "results"),
+        "--out",
+        str(tmp / "docs" / "results.md"),
+        "--readme",
+        str(tmp / "README.md"),
+    ]
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *paths, *args], capture_output=True, text=True, cwd=tmp, timeout=120
+    )
 
 
 def setup(tmp: Path) -> None:
@@ -139,10 +275,21 @@ def test_figures_machines_dates_and_commands_come_from_the_files(tmp_path):
     write(results / "export-manifest.json", manifest())
     write(results / "bench.json", bench())
     write(results / "loadtest.json", loadtest())
-    runs = [{"run": f"seed{k}", "recipe": "the default recipe", "mcc": mcc, "mcc_in_domain": 0.4, "mcc_out_domain": 0.3,
-             "accuracy": 0.73} for k, mcc in ((42, 0.346), (1, 0.308), (2, 0.327))]
-    write(results / "quality" / "seeds.json", {"rows": runs, "single_runs": {"mcc": {"mean": 0.327, "sd": 0.019,
-                                                                                     "min": 0.308, "max": 0.346}}})
+    runs = [
+        {
+            "run": f"seed{k}",
+            "recipe": "the default recipe",
+            "mcc": mcc,
+            "mcc_in_domain": 0.4,
+            "mcc_out_domain": 0.3,
+            "accuracy": 0.73,
+        }
+        for k, mcc in ((42, 0.346), (1, 0.308), (2, 0.327))
+    ]
+    write(
+        results / "quality" / "seeds.json",
+        {"rows": runs, "single_runs": {"mcc": {"mean": 0.327, "sd": 0.019, "min": 0.308, "max": 0.346}}},
+    )
     (results / "gpu").mkdir()
     shutil.copyfile(REPO / "docs" / "results" / "gpu" / "bert-base.json", results / "gpu" / "h100.json")
     proc = run(tmp_path)
@@ -166,8 +313,9 @@ def test_figures_machines_dates_and_commands_come_from_the_files(tmp_path):
 
     cpu = page.split("## CPU speed", 1)[1].split("\n## ", 1)[0]
     assert "bertpack bench artifacts/demo --out bench-out/epyc\n" in cpu and "Command:" in cpu
-    assert "| `onnx_int8` | 0.92 ms (6.52x), 1,087/s (6.52x) | 16.00 ms (2.88x), 2,000/s (2.88x) | 0.3457 | 100.0 |" \
-        in cpu
+    assert (
+        "| `onnx_int8` | 0.92 ms (6.52x), 1,087/s (6.52x) | 16.00 ms (2.88x), 2,000/s (2.88x) | 0.3457 | 100.0 |" in cpu
+    )
     assert "**25.0x**" in cpu
     assert "- int8 CPU p50 latency vs PyTorch fp32 eager, batch 1: 6.52x (at least 4x): pass" in cpu
 
@@ -184,12 +332,15 @@ def test_figures_machines_dates_and_commands_come_from_the_files(tmp_path):
     assert "- bertpack-1w: 72% of B at one sentence, 90% at 16, 2.80x the transformers pipeline." in served
 
     readme = table((tmp_path / "README.md").read_text())
-    assert ("| [model quality: validation MCC](docs/results.md#model-quality-bertpack-train) | 0.346 (in-domain 0.415, "
-            "out-of-domain 0.276) | AMD EPYC 9B14 (2 cores), fp32 | 2026-11-27 |") in readme
+    assert (
+        "| [model quality: validation MCC](docs/results.md#model-quality-bertpack-train) | 0.346 (in-domain 0.415, "
+        "out-of-domain 0.276) | AMD EPYC 9B14 (2 cores), fp32 | 2026-11-27 |"
+    ) in readme
     assert "| 6.52x p50 at batch 1, 2.88x sentences/s at batch 32 | AMD EPYC 9B14 (2 cores) | 2026-11-27 |" in readme
     assert "| 9.89x | NVIDIA H100 80GB HBM3 | 2026-11-27 |" in readme
-    assert "| 420 requests/s, 0 errors (2.8x the transformers pipeline) | AMD EPYC 9B14 (2 CPUs) | 2026-12-08 |" \
-        in readme
+    assert (
+        "| 420 requests/s, 0 errors (2.8x the transformers pipeline) | AMD EPYC 9B14 (2 CPUs) | 2026-12-08 |" in readme
+    )
     assert "not measured yet" not in readme
 
 
@@ -200,8 +351,9 @@ def test_a_replaced_file_replaces_its_figure(tmp_path):
     assert run(tmp_path).returncode == 0
     assert "6.52x p50 at batch 1" in (tmp_path / "README.md").read_text()
 
-    newer = write(tmp_path / "bench-out" / "new" / "bench.json",
-                  bench(int8_ms=1.5, command="bertpack bench artifacts/v2"))
+    newer = write(
+        tmp_path / "bench-out" / "new" / "bench.json", bench(int8_ms=1.5, command="bertpack bench artifacts/v2")
+    )
     proc = run(tmp_path, "add", "bench", str(newer))
     assert proc.returncode == 0, proc.stderr
     page, readme = (tmp_path / "docs" / "results.md").read_text(), (tmp_path / "README.md").read_text()
@@ -242,8 +394,19 @@ def test_the_committed_page_is_the_one_the_committed_files_give(tmp_path):
     a file)."""
     shutil.copyfile(REPO / "README.md", tmp_path / "README.md")
     (tmp_path / "docs").mkdir()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "docs" / "results.md"),
-                           "--readme", str(tmp_path / "README.md")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--out",
+            str(tmp_path / "docs" / "results.md"),
+            "--readme",
+            str(tmp_path / "README.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "docs" / "results.md").read_text() == (REPO / "docs" / "results.md").read_text()
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()

@@ -18,12 +18,22 @@ except ImportError:
     from tests.conftest import REPO, make_tiny_run, run_cli
 
 
-HEAVY = ('torch', 'transformers', 'optimum', 'datasets', 'sklearn', 'accelerate', 'onnx')  # the export's; never the Bento's
+HEAVY = (
+    "torch",
+    "transformers",
+    "optimum",
+    "datasets",
+    "sklearn",
+    "accelerate",
+    "onnx",
+)  # the export's; never the Bento's
 
 
 def test_service_import_loads_neither_torch_nor_transformers():
-    code = ("import sys, json\nimport serving.service, serving.engine, serving.doctor\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
+    code = (
+        "import sys, json\nimport serving.service, serving.engine, serving.doctor\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
@@ -32,12 +42,17 @@ def test_service_import_loads_neither_torch_nor_transformers():
 def test_a_started_service_holds_none_of_the_exports_libraries(tiny_artifact):
     """What a worker runs after the import (the checks before serving, the engine's start, a classification) imports
     inside functions too: none of it may pull in torch, transformers or the export's other libraries."""
-    code = ("import os, sys, json; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
-            "from serving.service import Bertpack\nfrom serving.source import preflight\n"
-            "from serving.schema import ClassifyRequest\n"
-            "preflight(); svc = Bertpack.inner(); svc.info(); svc.classify(svc.tokenize(ClassifyRequest(sentences=['The cat sat.'])))\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
-    proc = subprocess.run([sys.executable, "-c", code, str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code = (
+        "import os, sys, json; os.environ['BERTPACK_MODEL'] = sys.argv[1]\n"
+        "from serving.service import Bertpack\nfrom serving.source import preflight\n"
+        "from serving.schema import ClassifyRequest\n"
+        "preflight(); svc = Bertpack.inner(); svc.info(); svc.classify(svc.tokenize(ClassifyRequest(sentences=['The "
+        "cat sat.'])))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
@@ -53,18 +68,29 @@ def test_doctor_reports_providers_cpu_threads_gpus(tiny_artifact):
     assert rep["cpu"]["flags"]["avx2"] == (" avx2" in flags)
     assert rep["threads"]["logical_cpus"] >= 1 and rep["threads"]["engine_intra_op_threads"] >= 1
     assert isinstance(rep["gpu"]["present"], bool)
-    assert rep["http"] == {"uvloop": True, "httptools": True, "loop": "uvloop", "http": "httptools"}  # project dependencies
+    assert rep["http"] == {
+        "uvloop": True,
+        "httptools": True,
+        "loop": "uvloop",
+        "http": "httptools",
+    }  # project dependencies
     if not rep["gpu"]["present"]:
         assert probes.get("CUDAExecutionProvider", {"works": False})["works"] is False
         assert "no NVIDIA device" in rep["gpu"]["cuda_problem"]
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
     device = "cuda" if rep["gpu"]["cuda_problem"] is None else "cpu"
-    assert rep["serve_settings"]["model"] == {"checked": True, "tag": f"bertpack-cola:{manifest['version']}", "origin": "folder",
-                                              "path": str(tiny_artifact.resolve()), "device": device,
-                                              "variant": manifest["serving_default"][device],
-                                              "provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider",
-                                              "parity_passed": True, "variant_made_for": None,
-                                              "int8_kernels": None}  # exported and checked on one CPU
+    assert rep["serve_settings"]["model"] == {
+        "checked": True,
+        "tag": f"bertpack-cola:{manifest['version']}",
+        "origin": "folder",
+        "path": str(tiny_artifact.resolve()),
+        "device": device,
+        "variant": manifest["serving_default"][device],
+        "provider": "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider",
+        "parity_passed": True,
+        "variant_made_for": None,
+        "int8_kernels": None,
+    }  # exported and checked on one CPU
     text = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact)})
     assert text.returncode == 0 and "CPUExecutionProvider" in text.stdout and "threads:" in text.stdout
     assert f"serve model: bertpack-cola:{manifest['version']} (folder: " in text.stdout
@@ -98,20 +124,40 @@ def test_serve_config_from_env():
     with pytest.raises(BertpackError, match="such as 10000"):
         ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "-1"})
     # values as compose files and shells write them: spaces around, upper case, empty meaning unset
-    cfg = ServeConfig.from_env({"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 2 ", "BERTPACK_MODEL": "bertpack-cola:latest ",
-                                "BERTPACK_ENGINE_BATCH": "", "BERTPACK_VARIANT": " int8 "})
-    assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == ("cpu", 2, "bertpack-cola:latest", 16, "int8")
+    cfg = ServeConfig.from_env(
+        {
+            "BERTPACK_DEVICE": " CPU ",
+            "BERTPACK_THREADS": " 2 ",
+            "BERTPACK_MODEL": "bertpack-cola:latest ",
+            "BERTPACK_ENGINE_BATCH": "",
+            "BERTPACK_VARIANT": " int8 ",
+        }
+    )
+    assert (cfg.device, cfg.threads, cfg.model, cfg.engine_batch, cfg.variant) == (
+        "cpu",
+        2,
+        "bertpack-cola:latest",
+        16,
+        "int8",
+    )
     assert ServeConfig.from_env({"BERTPACK_DEVICE": ""}).device == "auto"
-    assert (ServeConfig.from_env({"BERTPACK_MODEL": " ", "BERTPACK_VARIANT": ""}).model, ServeConfig.from_env({"BERTPACK_VARIANT": ""}).variant) == \
-        ("bertpack-cola:latest", None)
-    assert ServeConfig.from_env({}, default_model="bertpack-cola:v1").model == "bertpack-cola:v1"  # a Bento's own version
+    assert (
+        ServeConfig.from_env({"BERTPACK_MODEL": " ", "BERTPACK_VARIANT": ""}).model,
+        ServeConfig.from_env({"BERTPACK_VARIANT": ""}).variant,
+    ) == ("bertpack-cola:latest", None)
+    assert (
+        ServeConfig.from_env({}, default_model="bertpack-cola:v1").model == "bertpack-cola:v1"
+    )  # a Bento's own version
     with pytest.raises(BertpackError, match="BERTPACK_MAX_LATENCY_MS=30000 is not below the 30 s request timeout"):
-        ServeConfig.from_env({"BERTPACK_MAX_LATENCY_MS": "30000"})  # 504 would always come first: the bound would mean nothing
+        ServeConfig.from_env(
+            {"BERTPACK_MAX_LATENCY_MS": "30000"}
+        )  # 504 would always come first: the bound would mean nothing
 
 
 def test_workers_threads_batching_and_tracing_settings():
     """BERTPACK_WORKERS (default from the cores and the device), threads per worker (the physical cores shared among
-    the workers, unless BERTPACK_THREADS), BERTPACK_MAX_BATCH_SIZE and BERTPACK_TRACING reach the service's decorator."""
+    the workers, unless BERTPACK_THREADS), BERTPACK_MAX_BATCH_SIZE and BERTPACK_TRACING reach the service's
+    decorator."""
     from bertpack.errors import BertpackError
     from serving.engine import physical_cores
     from serving.service import Bertpack, SETTINGS
@@ -135,17 +181,30 @@ def test_workers_threads_batching_and_tracing_settings():
 
 
 def test_missing_model_tag_is_a_clear_error(tmp_path):
-    code = ("import sys\nfrom bertpack.errors import BertpackError\nfrom serving.source import resolve_model\n"
-            "try:\n    resolve_model('bertpack-cola:latest')\nexcept BertpackError as e:\n    print(e); sys.exit(3)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path)})
+    code = (
+        "import sys\nfrom bertpack.errors import BertpackError\nfrom serving.source import resolve_model\n"
+        "try:\n    resolve_model('bertpack-cola:latest')\nexcept BertpackError as e:\n    print(e); sys.exit(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path)},
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "not in the BentoML model store" in proc.stdout and "bertpack export" in proc.stdout
     assert "nor a folder" not in proc.stdout  # a tag with a version is no folder name
     # a bare name may have meant a folder: the message says where it looked and how to write a folder
-    bare = subprocess.run([sys.executable, "-c", code.replace("bertpack-cola:latest", "myart")], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path / "home"),
-                                                       "PYTHONPATH": str(REPO)})
+    bare = subprocess.run(
+        [sys.executable, "-c", code.replace("bertpack-cola:latest", "myart")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "BENTOML_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)},
+    )
     assert bare.returncode == 3, bare.stderr[-2000:]
     assert f"nor a folder 'myart' in {tmp_path} (write a folder's path as ./myart)" in bare.stdout, bare.stdout
 
@@ -155,9 +214,13 @@ def cuda_artifact(synthetic_cola, tmp_path_factory):
     from serving.cuda import cuda_available
 
     if not cuda_available():
-        pytest.skip("no NVIDIA GPU with the CUDA provider on this host: the fp16/CUDA path and CUDA graphs are untested here")
+        pytest.skip(
+            "no NVIDIA GPU with the CUDA provider on this host: the fp16/CUDA path and CUDA graphs are untested here"
+        )
     root = tmp_path_factory.mktemp("cuda")
-    run = make_tiny_run(root / "run", distinct=True)  # a stale answer must differ from the right one by more than the tolerance
+    run = make_tiny_run(
+        root / "run", distinct=True
+    )  # a stale answer must differ from the right one by more than the tolerance
     out = root / "artifact"
     proc = run_cli("export", str(run), "--out", str(out), "--data", str(synthetic_cola), "--no-store", "--int8", "none")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -168,8 +231,15 @@ def cuda_artifact(synthetic_cola, tmp_path_factory):
 def test_cuda_fp16_matches_cpu(cuda_artifact, graphs):
     from serving.engine import OnnxClassifier
 
-    sentences = ["The cat sat on the mat.", "Mat the on sat cat the.", "It rained all day long in the city.",
-                 "John seems that Mary left.", "Who did you see?", "Books were read by the students yesterday.", "She likes."]
+    sentences = [
+        "The cat sat on the mat.",
+        "Mat the on sat cat the.",
+        "It rained all day long in the city.",
+        "John seems that Mary left.",
+        "Who did you see?",
+        "Books were read by the students yesterday.",
+        "She likes.",
+    ]
     cpu = OnnxClassifier(cuda_artifact, variant="optimized", device="cpu").logits(sentences)
     closest = min(abs(cpu[i] - cpu[j]).max() for i in range(len(sentences)) for j in range(i))
     assert closest > 0.1, f"the test model answers two sentences within {closest:.4f}: it cannot tell a stale input"
@@ -208,8 +278,17 @@ def test_cuda_graph_bookkeeping_on_cpu_buffers(tiny_artifact):
 
     clf = OnnxClassifier(tiny_artifact, variant="optimized", device="cpu", buckets=(16, 32))
     graphs = CudaGraphs(clf.session, clf.input_names, clf.output_name, len(clf.labels), clf.pad_id, device="cpu")
-    ids = clf.encode(["The cat sat on the mat.", "Mat the on sat cat the.", "It rained all day long in the city.",
-                      "John seems that Mary left.", "Who did you see?", "Books were read by the students yesterday.", "She likes."])
+    ids = clf.encode(
+        [
+            "The cat sat on the mat.",
+            "Mat the on sat cat the.",
+            "It rained all day long in the city.",
+            "John seems that Mary left.",
+            "Who did you see?",
+            "Books were read by the students yesterday.",
+            "She likes.",
+        ]
+    )
     for chunk in (ids[0:3], ids[3:6], ids[0:3], ids[6:7], ids[1:4]):
         batch = clf.pad(chunk)
         np.testing.assert_allclose(graphs.run(batch.inputs), clf.run(batch), atol=1e-6)
@@ -220,11 +299,14 @@ def test_cuda_graph_bookkeeping_on_cpu_buffers(tiny_artifact):
     assert slot.on_device["token_type_ids"] is zeros  # all zeros every time: copied once for this shape
 
 
-@pytest.mark.parametrize("spec,wanted", [
-    ("/nope/artifact", "artifact folder '/nope/artifact' does not exist"),
-    ("./artifacts/typo", "artifact folder './artifacts/typo' does not exist"),
-    ("~/no-such-bertpack-artifact", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec,wanted",
+    [
+        ("/nope/artifact", "artifact folder '/nope/artifact' does not exist"),
+        ("./artifacts/typo", "artifact folder './artifacts/typo' does not exist"),
+        ("~/no-such-bertpack-artifact", "does not exist"),
+    ],
+)
 def test_model_path_that_does_not_exist_is_named(spec, wanted):
     """A BERTPACK_MODEL that looks like a path is a folder that must exist, not a (bad) BentoML tag."""
     from bertpack.errors import BertpackError
@@ -249,8 +331,11 @@ def test_serve_config_errors_name_the_fix():
     from bertpack.errors import BertpackError
     from serving.source import ServeConfig
 
-    for env, wanted in [({"BERTPACK_THREADS": "two"}, "set a whole number"), ({"BERTPACK_THREADS": "\u0663"}, "positive integer"),
-                        ({"BERTPACK_DEVICE": "gpu"}, "set one of those")]:
+    for env, wanted in [
+        ({"BERTPACK_THREADS": "two"}, "set a whole number"),
+        ({"BERTPACK_THREADS": "\u0663"}, "positive integer"),
+        ({"BERTPACK_DEVICE": "gpu"}, "set one of those"),
+    ]:
         with pytest.raises(BertpackError, match=wanted):
             ServeConfig.from_env(env)
 
@@ -268,7 +353,9 @@ def test_doctor_flags_bad_serve_settings():
     assert text.stderr.strip().count("\n") == 0 and "BERTPACK_THREADS" in text.stderr  # one line
     # doctor reads a setting as the service does (spaces, case), and its serving-device line follows BERTPACK_DEVICE
     cpu = run_cli("doctor", env={"BERTPACK_DEVICE": " CPU ", "BERTPACK_THREADS": " 7 "})
-    assert "serving device: cpu (BERTPACK_DEVICE=cpu)" in cpu.stdout and "engine intra-op 7," in cpu.stdout, cpu.stdout[-2000:]
+    assert "serving device: cpu (BERTPACK_DEVICE=cpu)" in cpu.stdout and "engine intra-op 7," in cpu.stdout, cpu.stdout[
+        -2000:
+    ]
     assert "BERTPACK_DEVICE must be" not in cpu.stdout and "BERTPACK_THREADS must be" not in cpu.stdout
 
 
@@ -279,14 +366,20 @@ def test_doctor_checks_the_model_as_serve_does(tiny_artifact, tmp_path):
     assert empty.returncode == 1 and "Traceback" not in empty.stderr, empty.stderr[-2000:]
     assert "PROBLEM: model 'bertpack-cola:latest' is not in the BentoML model store" in empty.stdout
     assert empty.stderr.startswith("doctor: 1 problem would stop `bentoml serve`: model 'bertpack-cola:latest'")
-    gpu_model = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "fp16", "BERTPACK_DEVICE": "cpu"})
+    gpu_model = run_cli(
+        "doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "fp16", "BERTPACK_DEVICE": "cpu"}
+    )
     assert gpu_model.returncode == 0, gpu_model.stderr[-2000:]  # served, as the service does, with its warning
     assert "WARNING: BERTPACK_VARIANT=fp16 was made for cuda but would run on cpu" in gpu_model.stdout
-    own = run_cli("doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "optimized", "BERTPACK_DEVICE": "cpu"})
+    own = run_cli(
+        "doctor", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "optimized", "BERTPACK_DEVICE": "cpu"}
+    )
     assert own.returncode == 0 and "was made for" not in own.stdout, own.stdout[-2000:]
     variant = run_cli("doctor", "--json", env={"BERTPACK_MODEL": str(tiny_artifact), "BERTPACK_VARIANT": "int4"})
     assert variant.returncode == 1
-    assert any("BERTPACK_VARIANT='int4' is not in" in p for p in json.loads(variant.stdout)["serve_settings"]["problems"])
+    assert any(
+        "BERTPACK_VARIANT='int4' is not in" in p for p in json.loads(variant.stdout)["serve_settings"]["problems"]
+    )
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact, art)
     (art / "vocab.txt").write_text("changed")
@@ -314,16 +407,24 @@ def test_doctor_loads_the_model_and_tokenizer_as_the_worker_would(tiny_artifact,
     model = manifest["variants"][manifest["serving_default"]["cpu"]]["file"]
     from tests.conftest import model_that_fails_when_run
 
-    for case, name, data, wanted in [("load", model, b"not an ONNX model" * 50, "ONNX Runtime cannot load"),
-                                     ("run", model, model_that_fails_when_run(), "loads but fails on its first run on CPUExecutionProvider"),
-                                     ("tokenizer", "tokenizer.json", b"{broken",
-                                      "tokenizer.json is not a tokenizer the `tokenizers` library can load")]:
+    for case, name, data, wanted in [
+        ("load", model, b"not an ONNX model" * 50, "ONNX Runtime cannot load"),
+        ("run", model, model_that_fails_when_run(), "loads but fails on its first run on CPUExecutionProvider"),
+        (
+            "tokenizer",
+            "tokenizer.json",
+            b"{broken",
+            "tokenizer.json is not a tokenizer the `tokenizers` library can load",
+        ),
+    ]:
         art = tmp_path / case
         shutil.copytree(tiny_artifact, art)
         _replace_listed_file(art, name, data)
         proc = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
         assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
-        assert any(line.startswith("  PROBLEM: ") and wanted in line for line in proc.stdout.splitlines()), proc.stdout[-2000:]
+        assert any(line.startswith("  PROBLEM: ") and wanted in line for line in proc.stdout.splitlines()), proc.stdout[
+            -2000:
+        ]
         if name == "tokenizer.json":  # the artifact commands name it too: one line, exit 2
             for args in (["predict", str(art), "The cat sat."], ["verify", str(art)]):
                 assert wanted in _one_line_error(run_cli(*args)), args
@@ -334,8 +435,20 @@ def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola,
     naming the failure unless --parity re-checks it and it passes, and doctor warns (the service serves it,
     with a warning in its log)."""
     art = tmp_path / "failed"
-    proc = run_cli("export", str(tiny_run), "--out", str(art), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
-                   "--tolerance", "logit=1e-12", "--no-flip-check")
+    proc = run_cli(
+        "export",
+        str(tiny_run),
+        "--out",
+        str(art),
+        "--data",
+        str(synthetic_cola),
+        "--int8",
+        "none",
+        "--no-store",
+        "--tolerance",
+        "logit=1e-12",
+        "--no-flip-check",
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["status"] == "failed parity" and manifest["quantization_target"] is None  # --int8 none
@@ -350,10 +463,16 @@ def test_failed_parity_is_flagged_by_verify_and_doctor(tiny_run, synthetic_cola,
 
     if not cuda_available():  # a failure recorded for fp16 (on a GPU host) cannot be cleared by a re-check without one
         manifest["parity"]["failures"] = ["fp16: agreement 90% < 98%"]
-        manifest["parity"]["rows"] = {**manifest["parity"]["rows"], "fp32": {"status": "pass"}, "fp16": {"status": "FAIL"}}
+        manifest["parity"]["rows"] = {
+            **manifest["parity"]["rows"],
+            "fp32": {"status": "pass"},
+            "fp16": {"status": "FAIL"},
+        }
         (art / "manifest.json").write_text(json.dumps(manifest))
         gpu_fail = run_cli("verify", str(art), "--parity", "--data", str(synthetic_cola))
-        assert gpu_fail.returncode == 3 and "this host cannot re-check fp16 (no GPU)" in gpu_fail.stderr, gpu_fail.stderr[-2000:]
+        assert gpu_fail.returncode == 3 and "this host cannot re-check fp16 (no GPU)" in gpu_fail.stderr, (
+            gpu_fail.stderr[-2000:]
+        )
     doctor = run_cli("doctor", env={"BERTPACK_MODEL": str(art), "BERTPACK_DEVICE": "cpu"})
     assert doctor.returncode == 0, doctor.stderr[-2000:]
     assert "WARNING: this export failed its parity check" in doctor.stdout
@@ -363,10 +482,20 @@ def test_error_lines_name_the_fix():
     """How the service words each 400 problem (serving.schema.error_body), from pydantic's error entries."""
     from serving.schema import error_body
 
-    body = error_body([{"type": "too_long", "loc": ("sentences",), "msg": "List should have at most 64 items after validation, not 65"},
-                       {"type": "extra_forbidden", "loc": ("sentense",), "msg": "Extra inputs are not permitted"}])
-    assert body["errors"] == ["sentences: send 1 to 64 sentences per request (got 65); split the list over several requests",
-                              "sentense: unknown field; the valid fields are sentences, truncate (check the spelling)"]
+    body = error_body(
+        [
+            {
+                "type": "too_long",
+                "loc": ("sentences",),
+                "msg": "List should have at most 64 items after validation, not 65",
+            },
+            {"type": "extra_forbidden", "loc": ("sentense",), "msg": "Extra inputs are not permitted"},
+        ]
+    )
+    assert body["errors"] == [
+        "sentences: send 1 to 64 sentences per request (got 65); split the list over several requests",
+        "sentense: unknown field; the valid fields are sentences, truncate (check the spelling)",
+    ]
     assert body["error"] == "2 problems: " + " | ".join(body["errors"])
     odd = error_body([{"type": "something_new", "loc": ["sentences", 0], "msg": "Odd"}])
     assert odd["error"] == "sentences[0]: Odd; see GET /docs.json for the request schema"
@@ -412,15 +541,36 @@ def test_keep_within_cuts_before_the_final_sep():
 # Text that tokenizers normalise, split or refuse: accents composed and combining, compatibility forms, CJK, control,
 # zero-width and bidi characters, exotic spaces, emoji sequences, a BOM, words at and over WordPiece's 100 characters,
 # special tokens typed as text, and lengths around the model's 64 tokens.
-AWKWARD_TEXT = ["Café", "Cafe\u0301", "x\u0301\u0301", "\u0301", "\ufb01ne Ａｂｃ", "日本語の文 中文", "한국어", "a\x00b\x01c\x7f",
-                "a\u200bb\u200e\u200f\u202ec\u2066", "a\u00a0b\u2003c\u3000d\u202fe\u2028f\u0085", "cat \U0001f642 \U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469",
-                "\ufeffThe cat", "a" * 100, "A\u00c9" * 60, "a" * 101 + " cat", " lead", "trail \t\n", "tab\tin\nside\r\nit", "[CLS] x [SEP] [UNK] [PAD]",
-                "İstanbul straße ΣΑΣ", "\ue000 \U000e0001 \ufffd", *(("word " * n).strip() for n in (61, 62, 63, 64, 100))]
+AWKWARD_TEXT = [
+    "Café",
+    "Cafe\u0301",
+    "x\u0301\u0301",
+    "\u0301",
+    "\ufb01ne Ａｂｃ",
+    "日本語の文 中文",
+    "한국어",
+    "a\x00b\x01c\x7f",
+    "a\u200bb\u200e\u200f\u202ec\u2066",
+    "a\u00a0b\u2003c\u3000d\u202fe\u2028f\u0085",
+    "cat \U0001f642 \U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469",
+    "\ufeffThe cat",
+    "a" * 100,
+    "A\u00c9" * 60,
+    "a" * 101 + " cat",
+    " lead",
+    "trail \t\n",
+    "tab\tin\nside\r\nit",
+    "[CLS] x [SEP] [UNK] [PAD]",
+    "İstanbul straße ΣΑΣ",
+    "\ue000 \U000e0001 \ufffd",
+    *(("word " * n).strip() for n in (61, 62, 63, 64, 100)),
+]
 
 
 def test_serving_tokenizes_as_training_does(tiny_run, tiny_artifact):
     """The token ids predict and the service feed the model (tokenizers on the exported tokenizer.json, cut by
-    keep_within) are the ids training and its evaluation fed it (transformers' AutoTokenizer with max_length truncation)."""
+    keep_within) are the ids training and its evaluation fed it (transformers' AutoTokenizer with max_length
+    truncation)."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from transformers import AutoTokenizer
@@ -437,8 +587,14 @@ def test_serving_tokenizes_as_training_does(tiny_run, tiny_artifact):
     same(AWKWARD_TEXT)
     awkward = st.sampled_from(list("ab cé\u0301\u200b\u00a0\t\n日\U0001f642\x00\x1f\u2028\ufeff"))
     settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))(
-        given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=80) | st.text(awkward, max_size=150),
-                       min_size=1, max_size=8))(same))()
+        given(
+            st.lists(
+                st.text(st.characters(blacklist_categories=("Cs",)), max_size=80) | st.text(awkward, max_size=150),
+                min_size=1,
+                max_size=8,
+            )
+        )(same)
+    )()
 
 
 def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tuple[int, dict]:
@@ -450,7 +606,9 @@ def _through_json_only(status: int, body: bytes, path: str = "/classify") -> tup
     from serving.service import MAX_CONCURRENCY, REQUEST_TIMEOUT_S, SETTINGS
 
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+        )
         await send({"type": "http.response.body", "body": body})
 
     sent: list[dict] = []
@@ -475,7 +633,11 @@ def test_bentomls_429_and_504_name_the_fix():
     assert f"takes {MAX_CONCURRENCY} at a time" in body["error"]
     assert _through_json_only.headers[b"retry-after"] == b"1"  # type: ignore[attr-defined]
     status, body = _through_json_only(504, b'{"error":"Not able to process the request in 30 seconds"}')
-    assert status == 504 and f"not answered within {TIMEOUT_S} s" in body["error"] and "send the whole body at once" in body["error"]
+    assert (
+        status == 504
+        and f"not answered within {TIMEOUT_S} s" in body["error"]
+        and "send the whole body at once" in body["error"]
+    )
     assert _through_json_only(200, b'{"ok": 1}') == (200, {"ok": 1})
 
 
@@ -515,8 +677,10 @@ def test_requests_are_tokenized_and_checked_before_they_join_a_batch(service):
     full = service.engine.tokenizer.encode(long).ids
     with pytest.raises(ValidationError) as refused:
         service.tokenize(ClassifyRequest(sentences=["The cat sat.", long, "\U0001f642"]))
-    assert [(e["type"], e["loc"]) for e in refused.value.errors()] == [("too_many_tokens", ("sentences", 1)),
-                                                                         ("no_tokens", ("sentences", 2))]
+    assert [(e["type"], e["loc"]) for e in refused.value.errors()] == [
+        ("too_many_tokens", ("sentences", 1)),
+        ("no_tokens", ("sentences", 2)),
+    ]
     assert f"sentence has {len(full)} tokens, over the model's limit of {limit}" in refused.value.errors()[0]["msg"]
     cut = service.tokenize(ClassifyRequest(sentences=["The cat sat.", long], truncate=True))
     assert cut[1].ids == keep_within(full, limit) and cut[1].truncated and not cut[0].truncated
@@ -547,7 +711,9 @@ def test_server_errors_keep_their_traceback():
         try:
             raise exc
         except Exception:  # noqa: BLE001
-            return logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "%s %s", ("/classify", "POST"), sys.exc_info())
+            return logging.LogRecord(
+                "bentoml", logging.ERROR, __file__, 1, "%s %s", ("/classify", "POST"), sys.exc_info()
+            )
 
     server = record(InternalServerError("engine exploded"))
     assert ONE_LINE_ERRORS.filter(server)
@@ -568,7 +734,8 @@ def test_doctor_counts_avx_vnni_as_vnni(tmp_path):
 
 
 def test_doctor_reports_a_bad_setting_once():
-    """A bad setting is one problem: the model is not checked (and the setting not re-reported) until the settings are fine."""
+    """A bad setting is one problem: the model is not checked (and the setting not re-reported) until the settings are
+    fine."""
     proc = run_cli("doctor", "--json", env={"BERTPACK_THREADS": "0"})
     assert proc.returncode == 1, proc.stderr[-2000:]
     settings = json.loads(proc.stdout)["serve_settings"]
@@ -611,7 +778,9 @@ def test_batches_take_rows_in_the_order_given(tiny_artifact):
 
 
 XEON_AVX2 = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz\nflags\t\t: fpu sse4_2 avx avx2 fma bmi2\n"
-XEON_VNNI = "model name\t: Intel(R) Xeon(R) Platinum 8375C\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw avx512_vnni\n"
+XEON_VNNI = (
+    "model name\t: Intel(R) Xeon(R) Platinum 8375C\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw avx512_vnni\n"
+)
 CORE_AVX_VNNI = "model name\t: 12th Gen Intel(R) Core(TM) i7-12700\nflags\t\t: fpu sse4_2 avx2 fma avx_vnni\n"
 
 
@@ -641,7 +810,11 @@ def test_int8_kernel_warning_names_a_cpu_that_can_saturate_what_the_export_measu
     assert warning("avx2", target="avx2", reduce_range=False) is None  # the avx2 preset's weights are u8
     assert warning("vnni", target="avx512_vnni", reduce_range=False) is None
     assert warning("avx_vnni", target="avx512_vnni", reduce_range=False) is None
-    manifest["cpu_flags"] = {"machine": "x86_64", "model": "Intel Xeon E5", "vnni": False}  # measured on saturating kernels too
+    manifest["cpu_flags"] = {
+        "machine": "x86_64",
+        "model": "Intel Xeon E5",
+        "vnni": False,
+    }  # measured on saturating kernels too
     assert warning("avx2", target="avx512", reduce_range=False) is None
     del manifest["cpu_flags"]  # an export that did not record its CPU
     assert "another CPU" in warning("avx2", target="avx512_vnni", reduce_range=False)

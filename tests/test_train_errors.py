@@ -49,15 +49,30 @@ def _run_cli_unprivileged(*args: str) -> subprocess.CompletedProcess:
         if not caps or subprocess.run([*caps, "true"], capture_output=True).returncode != 0:
             pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE: file permissions are not enforced")
         prefix = caps
-    return subprocess.run([*prefix, sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "bertpack.cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
+def _interrupt_once_training(
+    args: list[str], out: Path, max_steps: int, sig: int = signal.SIGINT
+) -> subprocess.CompletedProcess:
     """Start `bertpack ARGS`, send Ctrl-C (SIGINT, or `sig`) once the run folder records this run (status "training",
     this --max-steps) and the Trainer is going, return the finished process."""
-    proc = subprocess.Popen([sys.executable, "-m", "bertpack.cli", *args], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bertpack.cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_at_default,
+    )
     deadline = time.monotonic() + 240
     marker = out / "bertpack_run.json"
     while time.monotonic() < deadline and proc.poll() is None:
@@ -65,7 +80,11 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: in
             body = json.loads(marker.read_text())
         except (OSError, ValueError):
             body = {}
-        if body.get("status") == "training" and body.get("config", {}).get("max_steps") == max_steps and (out / "checkpoints").is_dir():
+        if (
+            body.get("status") == "training"
+            and body.get("config", {}).get("max_steps") == max_steps
+            and (out / "checkpoints").is_dir()
+        ):
             break
         time.sleep(0.05)
     time.sleep(1.5)  # well into the optimizer steps
@@ -82,10 +101,11 @@ def _interrupt_once_training(args: list[str], out: Path, max_steps: int, sig: in
 
 
 def _interrupted_error(proc: subprocess.CompletedProcess, fragment: str, code: int = 130) -> None:
-    """Exit 130 (143 for SIGTERM) and one `error:` line; tqdm leaves its bar (carriage returns, cursor escapes) before it on the line."""
+    """Exit 130 (143 for SIGTERM) and one `error:` line; tqdm leaves its bar (carriage returns, cursor escapes) before
+    it on the line."""
     assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line[line.index("error:"):] for line in re.split(r"[\r\n]", proc.stderr) if "error:" in line]
+    lines = [line[line.index("error:") :] for line in re.split(r"[\r\n]", proc.stderr) if "error:" in line]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
 
 
@@ -143,27 +163,50 @@ def test_damaged_model_is_one_line_and_leaves_no_folder(tmp_path: Path, syntheti
     with open(damaged / "model.safetensors", "r+b") as fh:
         fh.truncate(1000)
     out = tmp_path / "runs" / "new"
-    _one_line_error(run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out)), "cannot load its weights")
+    _one_line_error(
+        run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out)),
+        "cannot load its weights",
+    )
     assert not (tmp_path / "runs").exists()
     no_tokenizer = tmp_path / "no-tokenizer"
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_run / "model" / name, no_tokenizer / name)
-    _one_line_error(run_cli("train", "--model", str(no_tokenizer), "--data", str(synthetic_cola), "--out", str(out)), "cannot load its tokenizer")
+    _one_line_error(
+        run_cli("train", "--model", str(no_tokenizer), "--data", str(synthetic_cola), "--out", str(out)),
+        "cannot load its tokenizer",
+    )
     assert not (tmp_path / "runs").exists()
     # a run folder where a checkpoint is expected: point at its model
-    _one_line_error(run_cli("train", "--model", str(tiny_run), "--data", str(synthetic_cola), "--out", str(out)),
-                    f"is a bertpack run folder, not a checkpoint; to start from its model pass --model {tiny_run / 'model'}")
+    _one_line_error(
+        run_cli("train", "--model", str(tiny_run), "--data", str(synthetic_cola), "--out", str(out)),
+        f"is a bertpack run folder, not a checkpoint; to start from its model pass --model {tiny_run / 'model'}",
+    )
     assert not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- option ranges
-@pytest.mark.parametrize("option, value", [
-    ("--classifier-dropout", "1.5"), ("--classifier-dropout", "-0.1"), ("--eval-batch-size", "0"),
-    ("--head-lr-multiplier", "-5"), ("--head-lr-multiplier", "0"), ("--weight-decay", "-1"), ("--max-steps", "0"),
-    ("--max-steps", "-2"), ("--seed", "-1"), ("--batch-size", "0"), ("--max-length", "4"), ("--limit", "0"),
-    ("--warmup", "1"), ("--layer-decay", "0"), ("--lr", "nan"), ("--epochs", "inf"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--classifier-dropout", "1.5"),
+        ("--classifier-dropout", "-0.1"),
+        ("--eval-batch-size", "0"),
+        ("--head-lr-multiplier", "-5"),
+        ("--head-lr-multiplier", "0"),
+        ("--weight-decay", "-1"),
+        ("--max-steps", "0"),
+        ("--max-steps", "-2"),
+        ("--seed", "-1"),
+        ("--batch-size", "0"),
+        ("--max-length", "4"),
+        ("--limit", "0"),
+        ("--warmup", "1"),
+        ("--layer-decay", "0"),
+        ("--lr", "nan"),
+        ("--epochs", "inf"),
+    ],
+)
 def test_out_of_range_option(tmp_path: Path, synthetic_cola: Path, tiny_run: Path, option: str, value: str) -> None:
     proc = run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r"), option, value)
     _one_line_error(proc, option)
@@ -172,7 +215,9 @@ def test_out_of_range_option(tmp_path: Path, synthetic_cola: Path, tiny_run: Pat
 
 
 def test_negative_epochs_with_max_steps(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
-    _one_line_error(run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r", "--epochs", "-1", "--max-steps", "3")), "--epochs")
+    _one_line_error(
+        run_cli(*_train(tiny_run, synthetic_cola, tmp_path / "r", "--epochs", "-1", "--max-steps", "3")), "--epochs"
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -187,24 +232,31 @@ def test_python_callers_get_the_same_range_checks(tmp_path: Path, synthetic_cola
 
 
 # ----------------------------------------------------------------------------- --overwrite, failures mid-run
-def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, synthetic_cola: Path, long_cola: Path,
-                                                              tiny_run: Path) -> None:
+def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(
+    tmp_path: Path, synthetic_cola: Path, long_cola: Path, tiny_run: Path
+) -> None:
     out = tmp_path / "run"
     assert _finished_run(tiny_run, synthetic_cola, out)["status"] == "complete"
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     # files get the usual modes (umask), not mkstemp's 0600 / mkdtemp's 0700
     umask = os.umask(0o022)
     os.umask(umask)
-    for path, base in ((out / "model", 0o777), (out / "model" / "model.safetensors", 0o666), (out / "bertpack_run.json", 0o666),
-                       (out / "metrics.json", 0o666)):
+    for path, base in (
+        (out / "model", 0o777),
+        (out / "model" / "model.safetensors", 0o666),
+        (out / "bertpack_run.json", 0o666),
+        (out / "metrics.json", 0o666),
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == base & ~umask, path
 
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_run / "model", damaged)
     with open(damaged / "model.safetensors", "r+b") as fh:
         fh.truncate(1000)
-    _one_line_error(run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out), "--overwrite"),
-                    "cannot load its weights")
+    _one_line_error(
+        run_cli("train", "--model", str(damaged), "--data", str(synthetic_cola), "--out", str(out), "--overwrite"),
+        "cannot load its weights",
+    )
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     # Ctrl-C in the middle of the new run: the old run comes back, nothing of the new one stays
@@ -214,22 +266,33 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_succeeds(tmp_path: Path, 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_run_killed_during_overwrite_is_pointed_out(tmp_path: Path, synthetic_cola: Path, long_cola: Path, tiny_run: Path) -> None:
+def test_run_killed_during_overwrite_is_pointed_out(
+    tmp_path: Path, synthetic_cola: Path, long_cola: Path, tiny_run: Path
+) -> None:
     """SIGKILL leaves no chance to put the old run back: the next train on that --out names where it is."""
     out = tmp_path / "run"
     _finished_run(tiny_run, synthetic_cola, out)
-    killed = _interrupt_once_training(_train(tiny_run, long_cola, out, "--overwrite", *NO_CHECKPOINT_YET), out, 100000, sig=signal.SIGKILL)
+    killed = _interrupt_once_training(
+        _train(tiny_run, long_cola, out, "--overwrite", *NO_CHECKPOINT_YET), out, 100000, sig=signal.SIGKILL
+    )
     assert killed.returncode == -signal.SIGKILL
     left = tmp_path / f".run.replaced-{killed.pid}"
     assert json.loads((left / "bertpack_run.json").read_text())["status"] == "complete"
     # OUT now holds the killed run, so a plain train is refused: the warning comes first, naming the old run
     refused = run_cli(*_train(tiny_run, synthetic_cola, out, *QUICK))
-    assert refused.returncode == 2 and "already holds a bertpack run (training, but its bertpack train was killed)" in refused.stderr, refused.stderr[-2000:]
+    assert (
+        refused.returncode == 2
+        and "already holds a bertpack run (training, but its bertpack train was killed)" in refused.stderr
+    ), refused.stderr[-2000:]
     again = run_cli(*_train(tiny_run, synthetic_cola, out, "--overwrite", *QUICK))
     assert again.returncode == 0, again.stderr[-2000:]
     for proc in (refused, again):
         warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-        assert len(warnings) == 1 and str(left) in warnings[0] and "move it elsewhere to keep it, or delete it" in warnings[0], proc.stderr[-2000:]
+        assert (
+            len(warnings) == 1
+            and str(left) in warnings[0]
+            and "move it elsewhere to keep it, or delete it" in warnings[0]
+        ), proc.stderr[-2000:]
     assert left.is_dir()  # the user's old run is never deleted for them
 
 
@@ -240,15 +303,21 @@ def test_interrupted_new_run_without_checkpoint_leaves_nothing(tmp_path: Path, l
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-                         ids=["ctrl-c", "sigterm"])
-def test_interrupted_resume_is_marked_failed_and_resumable(tmp_path: Path, synthetic_cola: Path, tiny_run: Path, sig: int, code: int,
-                                                           reason: str) -> None:
+@pytest.mark.parametrize(
+    "sig, code, reason",
+    [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_interrupted_resume_is_marked_failed_and_resumable(
+    tmp_path: Path, synthetic_cola: Path, tiny_run: Path, sig: int, code: int, reason: str
+) -> None:
     """SIGTERM (timeout, docker stop, Kubernetes) is handled as Ctrl-C is, with its own exit status and reason."""
     out = tmp_path / "run"
     marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))  # as if it had crashed
-    proc = _interrupt_once_training(["train", "--out", str(out), "--resume", "--max-steps", "100000"], out, 100000, sig=sig)
+    proc = _interrupt_once_training(
+        ["train", "--out", str(out), "--resume", "--max-steps", "100000"], out, 100000, sig=sig
+    )
     _interrupted_error(proc, "--resume --out", code)
     body = json.loads((out / "bertpack_run.json").read_text())
     assert body["status"] == "failed" and body["reason"] == reason
@@ -266,7 +335,9 @@ def test_resume_of_a_complete_run_says_so(tmp_path: Path, synthetic_cola: Path, 
     _one_line_error(run_cli("train", "--out", str(out), "--resume", "--overwrite"), "contradict")
 
 
-def test_resume_from_a_damaged_last_checkpoint_names_it_and_the_fix(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+def test_resume_from_a_damaged_last_checkpoint_names_it_and_the_fix(
+    tmp_path: Path, synthetic_cola: Path, tiny_run: Path
+) -> None:
     """A checkpoint cut off while it was written (a kill, a full disk) made --resume fail with a traceback, and the
     run's message then said to --resume again. Now: one line naming the checkpoint, and a fix that works."""
     out = tmp_path / "run"
@@ -284,7 +355,9 @@ def test_resume_from_a_damaged_last_checkpoint_names_it_and_the_fix(tmp_path: Pa
     assert json.loads((out / "bertpack_run.json").read_text())["status"] == "complete"
 
 
-def test_resume_refuses_a_different_recipe_and_a_run_without_checkpoint(tmp_path: Path, synthetic_cola: Path, tiny_run: Path) -> None:
+def test_resume_refuses_a_different_recipe_and_a_run_without_checkpoint(
+    tmp_path: Path, synthetic_cola: Path, tiny_run: Path
+) -> None:
     out = tmp_path / "run"
     marker = _finished_run(tiny_run, synthetic_cola, out, "--keep-checkpoints")
     (out / "bertpack_run.json").write_text(json.dumps({**marker, "status": "training"}))
@@ -331,12 +404,33 @@ def test_resume_config_keeps_the_recipe_and_takes_what_may_change(tmp_path, synt
     out = tmp_path / "run"
     out.mkdir()
     recorded = TrainConfig(data=str(synthetic_cola.resolve()), out=out, learning_rate=3e-5, epochs=2.0)
-    (out / "bertpack_run.json").write_text(json.dumps({"kind": "bertpack-run", "status": "failed", "config": recorded.to_dict()}))
+    (out / "bertpack_run.json").write_text(
+        json.dumps({"kind": "bertpack-run", "status": "failed", "config": recorded.to_dict()})
+    )
     monkeypatch.chdir(synthetic_cola.parent)
-    cfg = resume_config(out, {"data": f"./{synthetic_cola.name}/", "epochs": 5.0, "max_steps": 40, "eval_batch_size": 16,
-                              "keep_checkpoints": True, "learning_rate": 3e-5})
-    assert (cfg.epochs, cfg.max_steps, cfg.eval_batch_size, cfg.keep_checkpoints, cfg.learning_rate) == (5.0, 40, 16, True, 3e-5)
-    assert Path(cfg.data).resolve() == synthetic_cola.resolve() and (cfg.out, cfg.resume, cfg.overwrite) == (out, True, False)
+    cfg = resume_config(
+        out,
+        {
+            "data": f"./{synthetic_cola.name}/",
+            "epochs": 5.0,
+            "max_steps": 40,
+            "eval_batch_size": 16,
+            "keep_checkpoints": True,
+            "learning_rate": 3e-5,
+        },
+    )
+    assert (cfg.epochs, cfg.max_steps, cfg.eval_batch_size, cfg.keep_checkpoints, cfg.learning_rate) == (
+        5.0,
+        40,
+        16,
+        True,
+        3e-5,
+    )
+    assert Path(cfg.data).resolve() == synthetic_cola.resolve() and (cfg.out, cfg.resume, cfg.overwrite) == (
+        out,
+        True,
+        False,
+    )
     with pytest.raises(BertpackError, match="--lr 0.0001 differs from the run's recorded 3e-05"):
         resume_config(out, {"learning_rate": 1e-4})
     with pytest.raises(BertpackError, match="--data .* differs"):
@@ -353,7 +447,9 @@ def test_overwrite_in_a_read_only_parent_is_refused_before_anything_moves(tmp_pa
     (out / "metrics.json").write_text('{"precious": true}')
     locked.chmod(0o555)
     try:
-        proc = _run_cli_unprivileged(*_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "2", "--batch-size", "8"))
+        proc = _run_cli_unprivileged(
+            *_train(tiny_run, synthetic_cola, out, "--overwrite", "--max-steps", "2", "--batch-size", "8")
+        )
         _one_line_error(proc, f"cannot write in {locked}")
     finally:
         locked.chmod(0o755)

@@ -53,8 +53,24 @@ def test_a_manifest_naming_pickled_weights_is_refused(tiny_artifact, tiny_run, s
     err = _one_line_error(run_cli("verify", str(artifact), "--parity", "--data", str(synthetic_cola)))
     assert "manifest.json cannot be loaded" in err and PICKLE_REFUSED in err
     out = tmp_path / "bench"
-    err = _one_line_error(run_cli("bench", str(artifact), "--out", str(out), "--data", str(synthetic_cola), "--engines",
-                                  "pytorch_fp32,onnx_fp32", "--batch-sizes", "1", "--sentences", "8", "--no-end-to-end", "--no-profile"))
+    err = _one_line_error(
+        run_cli(
+            "bench",
+            str(artifact),
+            "--out",
+            str(out),
+            "--data",
+            str(synthetic_cola),
+            "--engines",
+            "pytorch_fp32,onnx_fp32",
+            "--batch-sizes",
+            "1",
+            "--sentences",
+            "8",
+            "--no-end-to-end",
+            "--no-profile",
+        )
+    )
     assert PICKLE_REFUSED in err
     assert not out.exists()
 
@@ -69,12 +85,20 @@ def test_a_manifest_naming_a_folder_with_its_own_code_never_runs_it(tiny_artifac
     config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForSequenceClassification": "custom.Model"}
     (folder / "config.json").write_text(json.dumps(config))
     ran = tmp_path / "custom-code-ran"
-    (folder / "custom.py").write_text(f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n"
-                                      "from transformers import BertConfig as Config, BertForSequenceClassification as Model\n")
+    (folder / "custom.py").write_text(
+        f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n"
+        "from transformers import BertConfig as Config, BertForSequenceClassification as Model\n"
+    )
     artifact = _pointing_at(tiny_artifact, tmp_path / "artifact", folder)
-    proc = subprocess.run([sys.executable, "-m", "bertpack.cli", "verify", str(artifact), "--parity", "--data", str(synthetic_cola)],
-                          cwd=REPO, env={**os.environ, "HF_HOME": str(tmp_path / "hf")}, input="y\n" * 20,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "verify", str(artifact), "--parity", "--data", str(synthetic_cola)],
+        cwd=REPO,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
+        input="y\n" * 20,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert not ran.exists(), "the checkpoint folder's own code ran"
     err = _one_line_error(proc)
     assert "not a BERT sequence classifier" in err
@@ -84,12 +108,27 @@ def test_export_and_train_refuse_pickled_weights_beside_another_safetensors_file
     """Any *.safetensors file passed the check, and transformers then loaded pytorch_model.bin (a pickle)."""
     pickled = _pickled_checkpoint(tiny_run / "model", tmp_path / "pickled", decoy=True)
     out = tmp_path / "artifact"
-    err = _one_line_error(run_cli("export", str(pickled), "--out", str(out), "--data", str(synthetic_cola), "--no-store",
-                                  "--int8", "none", "--limit", "24"))
+    err = _one_line_error(
+        run_cli(
+            "export",
+            str(pickled),
+            "--out",
+            str(out),
+            "--data",
+            str(synthetic_cola),
+            "--no-store",
+            "--int8",
+            "none",
+            "--limit",
+            "24",
+        )
+    )
     assert PICKLE_REFUSED in err
     assert not out.exists()
-    _one_error_line(run_cli("train", "--model", str(pickled), "--data", str(synthetic_cola), "--out", str(tmp_path / "run")),
-                    "has no model.safetensors weights; bertpack loads only safetensors")
+    _one_error_line(
+        run_cli("train", "--model", str(pickled), "--data", str(synthetic_cola), "--out", str(tmp_path / "run")),
+        "has no model.safetensors weights; bertpack loads only safetensors",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -120,15 +159,23 @@ def test_resume_never_unpickles_a_checkpoints_state(resumable, tmp_path):
             return (os.system, (f"touch {ran}",))
 
     torch.save({"python": Payload()}, last / "rng_state.pth")
-    proc = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--max-steps", "4",
-                   env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    proc = run_cli(
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--resume",
+        "--max-steps",
+        "4",
+        env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+    )
     assert not ran.exists(), "--resume unpickled the checkpoint's rng_state.pth"
     _interrupted_error(proc, "objects other than tensors and plain data, which bertpack never unpickles", code=2)
     assert "note: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is ignored" in proc.stderr
 
 
 def test_resume_refuses_pickled_weights_beside_another_safetensors_file(resumable, tmp_path):
-    """A checkpoint whose weights are pytorch_model.bin (plus an unrelated .safetensors file) was resumed from the pickle."""
+    """A checkpoint whose weights are pytorch_model.bin (plus an unrelated .safetensors file) was resumed from the
+    pickle."""
     last = _interrupted_copy(resumable, tmp_path / "run")
     _pickled_checkpoint(last, tmp_path / "pickled", decoy=True)
     shutil.rmtree(last)
@@ -137,8 +184,9 @@ def test_resume_refuses_pickled_weights_beside_another_safetensors_file(resumabl
     _one_error_line(proc, f"the last checkpoint {last} is damaged (no model.safetensors weights)")
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{}" + " " * (2 << 20)],
-                         ids=["nested too deeply", "over 1 MiB"])
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000 + "]" * 100_000, "{}" + " " * (2 << 20)], ids=["nested too deeply", "over 1 MiB"]
+)
 def test_a_manifest_nested_too_deeply_or_too_large(tiny_artifact, tmp_path, text):
     """A deeply nested manifest.json was a RecursionError traceback; one of any size was read whole into memory."""
     artifact = tmp_path / "artifact"

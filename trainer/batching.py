@@ -46,7 +46,13 @@ class LengthGroupedTrainer(Trainer):
         # "don't know how to restore data location of torch.storage.UntypedStorage (tagged with cpu:0)".
         # Load it as the Trainer does on one process (onto the CPU); GPUs and single processes keep its own code.
         device = self.args.device
-        if checkpoint is None or device.type != "cpu" or device.index is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if (
+            checkpoint is None
+            or device.type != "cpu"
+            or device.index is None
+            or self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+        ):
             return super()._load_optimizer_and_scheduler(checkpoint)
         optimizer, scheduler = os.path.join(checkpoint, OPTIMIZER_NAME), os.path.join(checkpoint, SCHEDULER_NAME)
         if os.path.isfile(optimizer) and os.path.isfile(scheduler):  # the Trainer's own condition
@@ -66,4 +72,6 @@ class LengthGroupedTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset):
         if not self.args.group_by_length or eval_dataset is None:
             return super()._get_eval_sampler(eval_dataset)
-        return SeededLengthSampler(self._lengths(eval_dataset), self.args.eval_batch_size, self.args.data_seed or self.args.seed)
+        return SeededLengthSampler(
+            self._lengths(eval_dataset), self.args.eval_batch_size, self.args.data_seed or self.args.seed
+        )

@@ -20,7 +20,8 @@ class EvalSchedule(TrainerCallback):
         self.per_epoch, self.in_epoch, self.extra, self.last = 1, {1}, set(), 0
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        # The Trainer's own count: batches per process, less any gradient accumulation (world size, DataParallel included).
+        # The Trainer's own count: batches per process, less any gradient accumulation (world size, DataParallel
+        # included).
         self.per_epoch = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
         n = min(self.evals_per_epoch, self.per_epoch)
         self.in_epoch = {round(k * self.per_epoch / n) for k in range(1, n + 1)}
@@ -77,8 +78,11 @@ class EvalLines(ProgressCallback):
         loss = first.get(f"eval_{self.eval_sets[0]}_loss")
         mccs = " / ".join(f"{name} {self.pending[name][f'eval_{name}_mcc']:.3f}" for name in self.eval_sets)
         f1 = first.get(f"eval_{self.eval_sets[0]}_macro_f1")
-        return (f"step {step:>{len(str(steps))}}/{steps}  epoch {epoch:.2f}  train loss {_num(self.pending.get('train_loss'))}"
-                f"  eval loss {_num(loss)}  MCC {mccs}" + (f"  macro-F1 {f1:.3f}" if f1 is not None else ""))
+        return (
+            f"step {step:>{len(str(steps))}}/{steps}  epoch {epoch:.2f}  train loss "
+            f"{_num(self.pending.get('train_loss'))}"
+            f"  eval loss {_num(loss)}  MCC {mccs}" + (f"  macro-F1 {f1:.3f}" if f1 is not None else "")
+        )
 
 
 def _num(value: float | None) -> str:

@@ -31,8 +31,12 @@ def check_out_dir(cfg: TrainConfig) -> None:
     out = cfg.out
     if is_main_process():  # before any refusal below: OUT then holds the killed run, not this one
         for left in killed_overwrite_backups(out):
-            print(f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
-                  f"(it could not put it back); move it elsewhere to keep it, or delete it", file=sys.stderr, flush=True)
+            print(
+                f"warning: {left} holds the run that was in {out} before a `bertpack train --overwrite` was killed "
+                f"(it could not put it back); move it elsewhere to keep it, or delete it",
+                file=sys.stderr,
+                flush=True,
+            )
     check_resume_overwrite(cfg.resume, cfg.overwrite)
     try:
         if out.exists() and not out.is_dir():
@@ -42,14 +46,26 @@ def check_out_dir(cfg: TrainConfig) -> None:
         if cfg.resume:
             status = read_marker(out).get("status")
             if status == "complete":
-                raise BertpackError(f"--resume: the run in {out} is already complete, there is nothing to resume; pass --overwrite to train it again, or choose another --out")
+                raise BertpackError(
+                    f"--resume: the run in {out} is already complete, there is nothing to resume; pass --overwrite to "
+                    "train it again, or choose another --out"
+                )
             if not has_checkpoint(out):
-                raise BertpackError(f"--resume: {out} has no Trainer checkpoint yet (it stopped before its first checkpoint); start again with --overwrite")
+                raise BertpackError(
+                    f"--resume: {out} has no Trainer checkpoint yet (it stopped before its first checkpoint); start "
+                    "again with --overwrite"
+                )
             saved = checkpoints(out)
             if problem := damaged_checkpoint(saved[-1]):  # the one the Trainer resumes from
-                fix = f"delete it (rm -r {saved[-1]}) to resume from {saved[-2].name}" if len(saved) > 1 else "start again with --overwrite"
-                raise BertpackError(f"--resume: the last checkpoint {saved[-1]} is damaged ({problem}), probably cut off "
-                                    f"while it was written; {fix}")
+                fix = (
+                    f"delete it (rm -r {saved[-1]}) to resume from {saved[-2].name}"
+                    if len(saved) > 1
+                    else "start again with --overwrite"
+                )
+                raise BertpackError(
+                    f"--resume: the last checkpoint {saved[-1]} is damaged ({problem}), probably cut off "
+                    f"while it was written; {fix}"
+                )
             return
         if out.exists() and any(out.iterdir()) and not cfg.overwrite:
             if marker.is_file():
@@ -63,9 +79,15 @@ def check_out_dir(cfg: TrainConfig) -> None:
                 # this process holds OUT's lock: a run that still says "training" is one whose process was killed
                 what = "training, but its bertpack train was killed" if status == "training" else status
                 raise BertpackError(f"{out} already holds a bertpack run ({what}); {hint}")
-            raise BertpackError(f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass --overwrite)")
+            raise BertpackError(
+                f"{out} exists and is not a bertpack run; refusing to write into it (choose another --out, or pass "
+                "--overwrite)"
+            )
     except OSError as exc:  # e.g. a parent folder without search permission: even exists() cannot tell
-        raise BertpackError(f"--out {out}: cannot inspect {exc.filename or out} ({exc.strerror or exc}); choose a folder you can write to") from None
+        raise BertpackError(
+            f"--out {out}: cannot inspect {exc.filename or out} ({exc.strerror or exc}); choose a folder you can "
+            "write to"
+        ) from None
 
 
 def is_main_process() -> bool:
@@ -75,7 +97,10 @@ def is_main_process() -> bool:
 
 def check_resume_overwrite(resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
-        raise BertpackError("--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite replaces it); pass one of them")
+        raise BertpackError(
+            "--resume and --overwrite contradict each other (--resume continues the run in --out, --overwrite "
+            "replaces it); pass one of them"
+        )
 
 
 def _check_writable(out: Path, replacing: bool) -> None:
@@ -95,7 +120,10 @@ def _check_writable(out: Path, replacing: bool) -> None:
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".bertpack-probe-", dir=place))
         except OSError as exc:
-            raise BertpackError(f"--out {out}: cannot write in {place} ({exc.strerror or exc}); choose a folder you can write to, or fix its permissions") from None
+            raise BertpackError(
+                f"--out {out}: cannot write in {place} ({exc.strerror or exc}); choose a folder you can write to, or "
+                "fix its permissions"
+            ) from None
 
 
 def read_marker(out: Path) -> dict:
@@ -108,7 +136,9 @@ def read_marker(out: Path) -> dict:
         if not isinstance(body, dict) or body.get("kind") != RUN_KIND:
             raise ValueError("not a bertpack run marker")
     except (OSError, ValueError) as exc:
-        raise BertpackError(f"{marker} is unreadable ({exc}); pass --overwrite to start the run over, or choose another --out") from None
+        raise BertpackError(
+            f"{marker} is unreadable ({exc}); pass --overwrite to start the run over, or choose another --out"
+        ) from None
     return body
 
 
@@ -137,7 +167,11 @@ def damaged_checkpoint(folder: Path) -> str | None:
 
 def checkpoints(out: Path) -> list[Path]:
     """The Trainer checkpoint folders in OUT/checkpoints (its own naming: checkpoint-<step>), oldest step first."""
-    found = [p for p in (Path(out) / "checkpoints").glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    found = [
+        p
+        for p in (Path(out) / "checkpoints").glob("checkpoint-*")
+        if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -154,7 +188,10 @@ def resume_config(out: Path, given: dict) -> TrainConfig:
     """
     recorded = read_marker(out).get("config") or {}
     if not isinstance(recorded, dict) or not recorded.get("data"):
-        raise BertpackError(f"--resume: {out / RUN_MARKER} records no training config (written by an older bertpack?); start again with --overwrite")
+        raise BertpackError(
+            f"--resume: {out / RUN_MARKER} records no training config (written by an older bertpack?); start again "
+            "with --overwrite"
+        )
     cfg = TrainConfig.from_dict(recorded)
     for name, value in given.items():
         if name in NOT_RECIPE:
@@ -162,8 +199,10 @@ def resume_config(out: Path, given: dict) -> TrainConfig:
         before = getattr(cfg, name)
         if name not in RESUME_MAY_CHANGE and not _same_setting(name, before, value):
             raise BertpackError(
-                f"--resume: {option_name(name)} {value} differs from the run's recorded {before}; a resumed run keeps its recipe: "
-                f"drop {option_name(name)} (only --epochs, --max-steps, --eval-batch-size and --keep-checkpoints may change), "
+                f"--resume: {option_name(name)} {value} differs from the run's recorded {before}; a resumed run keeps "
+                "its recipe: "
+                f"drop {option_name(name)} (only --epochs, --max-steps, --eval-batch-size and --keep-checkpoints may "
+                "change), "
                 "or start a new run with --overwrite or another --out"
             )
         setattr(cfg, name, value)
@@ -207,8 +246,13 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
         write_run_marker(out, "training", cfg.to_dict())
         yield
     except BaseException as exc:
-        reason = ("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
-                  else one_line(exc))
+        reason = (
+            "terminated (SIGTERM)"
+            if isinstance(exc, Terminated)
+            else "interrupted (Ctrl-C)"
+            if isinstance(exc, KeyboardInterrupt)
+            else one_line(exc)
+        )
         storage = storage_problem(exc, out)  # now: the free space is read before the cleanup below frees some
         saved = checkpoints(out) if backup is None else []
         if saved and damaged_checkpoint(saved[-1]):  # cut off by this failure (a full disk, Ctrl-C while saving):
@@ -228,10 +272,16 @@ def run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[None]:
         else:
             try:
                 write_run_marker(out, "failed", cfg.to_dict(), reason=reason)
-                kept = f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume --out {out}"
+                kept = (
+                    f"{out} is marked failed and keeps its checkpoints: continue with bertpack train --resume "
+                    f"--out {out}"
+                )
             except OSError as marker_exc:  # the disk that stopped the run may not take the marker either
-                kept = (f"{out} keeps its checkpoints (it could not be marked failed: {marker_exc.strerror or marker_exc}): "
-                        f"continue with bertpack train --resume --out {out}")
+                kept = (
+                    f"{out} keeps its checkpoints (it could not be marked failed: "
+                    f"{marker_exc.strerror or marker_exc}): "
+                    f"continue with bertpack train --resume --out {out}"
+                )
         err = _user_error(exc, kept, storage)
         if err is exc:
             raise
@@ -266,16 +316,23 @@ def _user_error(exc: BaseException, kept: str, storage: tuple[str, str] | None =
         return err
     if isinstance(exc, BertpackError):
         return BertpackError(f"{exc}; {kept}")
-    if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a --resume checkpoint's state file
-        return BertpackError("the checkpoint --resume loads holds a state file (optimizer.pt, scheduler.pt or rng_state.pth) with "
-                             "objects other than tensors and plain data, which bertpack never unpickles: it was not written by "
-                             f"bertpack train; delete that checkpoint to resume from the one before, or retrain with --overwrite; {kept}")
+    if isinstance(
+        exc, pickle.UnpicklingError
+    ):  # torch.load(weights_only=True) refused a --resume checkpoint's state file
+        return BertpackError(
+            "the checkpoint --resume loads holds a state file (optimizer.pt, scheduler.pt or rng_state.pth) with "
+            "objects other than tensors and plain data, which bertpack never unpickles: it was not written by "
+            f"bertpack train; delete that checkpoint to resume from the one before, or retrain with --overwrite; {kept}"
+        )
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
         return BertpackError(f"out of GPU memory; lower --batch-size or --eval-batch-size or --max-length; {kept}")
     if storage is not None:  # a full disk reaches here as OSError, safetensors' or torch's own errors
         problem, fix = storage
         return BertpackError(f"training stopped: {problem}; {fix}; {kept}")
     if isinstance(exc, OSError):
-        return BertpackError(f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or fix permissions; {kept}")
+        return BertpackError(
+            f"training stopped writing {exc.filename or 'the run folder'} ({exc.strerror or exc}): free disk space or "
+            f"fix permissions; {kept}"
+        )
     exc.add_note(kept)
     return exc

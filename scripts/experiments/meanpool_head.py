@@ -8,6 +8,7 @@ architecture, which would also change the exported graph and every loader.
     python scripts/experiments/meanpool_head.py train --data ../shared/data/cola --out runs/recipes/X_meanpool_C_eval2 \
         --lr 1e-4 --epochs 6 --layer-decay 0.85 --head-lr-multiplier 5 --evals-per-epoch 2 --class-weights none
 """
+
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ class MeanPoolBert(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         logits = self.classifier(self.dropout(pooled))
@@ -44,6 +47,7 @@ class Auto:
 
 
 transformers.AutoModelForSequenceClassification = Auto
-from bertpack.cli import main
+from bertpack.cli import main  # noqa: E402 - after the model class is swapped
+
 sys.argv = ["bertpack"] + sys.argv[1:]
 main()

@@ -10,7 +10,8 @@ unchanged up to rounding; the activations the quantizer sees are flatter.
 The transform is export/smoothquant.py's (an explicit Mul in front of each smoothed product, on the
 fused graph `model_optimized.onnx`); each candidate is then quantized exactly as the export does (ORT
 symbolic shape inference, ORTQuantizer dynamic). This script measured which products to smooth and
-which alpha; the export's ladder uses the answer. Every candidate is scored on the CoLA validation set in length-sorted batches
+which alpha; the export's ladder uses the answer. Every candidate is scored on the CoLA validation set in
+length-sorted batches
 of 1, 8, 32 and 128 (as `bertpack bench` builds them) against the fp32 graph:
 
     python scripts/experiments/smoothquant.py artifacts/cola --data ../shared/data/cola --alphas 0.5,0.75
@@ -42,7 +43,9 @@ ALL_GROUPS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 BATCH_SIZES = (1, 8, 32, 128)
 
 
-def predictions(model_path: Path, ids: list[list[int]], pad_id: int, input_names: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def predictions(
+    model_path: Path, ids: list[list[int]], pad_id: int, input_names: list[str]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), session_options(2), providers=["CPUExecutionProvider"])
@@ -61,8 +64,12 @@ def main() -> None:
     p.add_argument("artifact", type=Path)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cola")
     p.add_argument("--alphas", default="0.5,0.75")
-    p.add_argument("--groups", default="qkv,attn_out,ffn_in", help="products whose inputs are smoothed (qkv, attn_out, ffn_in); "
-                   "several sets separated by ';' are tried one after the other")
+    p.add_argument(
+        "--groups",
+        default="qkv,attn_out,ffn_in",
+        help="products whose inputs are smoothed (qkv, attn_out, ffn_in); "
+        "several sets separated by ';' are tried one after the other",
+    )
     p.add_argument("--calibration", type=int, default=256, help="CoLA training sentences for the channel ranges")
     p.add_argument("--with-ffn-out", action="store_true", help="also try quantizing the smoothed FFN down-projections")
     p.add_argument("--json-out", type=Path)
@@ -94,20 +101,40 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     print(f"fp32 reference MCC {ref_mcc:.4f}; int8 target {target}; {len(calib_ids)} calibration sentences", flush=True)
-    score("shipped int8", art / "model_int8.onnx", manifest["variants"].get("int8", {}).get("settings", {}).get("name", ""))
+    score(
+        "shipped int8",
+        art / "model_int8.onnx",
+        manifest["variants"].get("int8", {}).get("settings", {}).get("name", ""),
+    )
     with tempfile.TemporaryDirectory(prefix="smoothquant-") as tmp:
         work = Path(tmp)
         ranges = channel_ranges(art / "model_optimized.onnx", calib_ids, names, groups=ALL_GROUPS)
         for name in sorted(ranges):
             r = ranges[name]
             print(f"  {name}: max {r.max():.1f}, median {np.median(r):.2f}, max/median {r.max() / np.median(r):.1f}")
-        plans = [("no smoothing, exclude head+ffn_out", None, {"qkv", "attn_out", "ffn_in", "ffn_out"}, ("head", "ffn_out"))]
+        plans = [
+            ("no smoothing, exclude head+ffn_out", None, {"qkv", "attn_out", "ffn_in", "ffn_out"}, ("head", "ffn_out"))
+        ]
         for alpha in (float(a) for a in args.alphas.split(",")):
             for groups in args.groups.split(";"):
                 chosen = set(groups.split(","))
-                plans.append((f"alpha {alpha}, smooth {'+'.join(sorted(chosen))}, exclude head+ffn_out", alpha, chosen, ("head", "ffn_out")))
+                plans.append(
+                    (
+                        f"alpha {alpha}, smooth {'+'.join(sorted(chosen))}, exclude head+ffn_out",
+                        alpha,
+                        chosen,
+                        ("head", "ffn_out"),
+                    )
+                )
             if args.with_ffn_out:
-                plans.append((f"alpha {alpha}, exclude head (ffn_out int8 too)", alpha, {"qkv", "attn_out", "ffn_in", "ffn_out"}, ("head",)))
+                plans.append(
+                    (
+                        f"alpha {alpha}, exclude head (ffn_out int8 too)",
+                        alpha,
+                        {"qkv", "attn_out", "ffn_in", "ffn_out"},
+                        ("head",),
+                    )
+                )
         for k, (name, alpha, groups, exclude) in enumerate(plans):
             src = work / f"smooth{k}.onnx"
             if alpha is None:

@@ -555,6 +555,8 @@ def loadtest_section(folder: Path) -> Section:
                 body.append(
                     f"- {name}: {r['of_bound']:.0%} of B at one sentence, {r['batched_of_bound']:.0%} at {per}"
                     + (f", {r['of_peer']:.2f}x the transformers pipeline" if "of_peer" in r else "")
+                    + f"; a lone request's p50 {r['lone_p50_over_engine_ms']:+.2f} ms over the engine's"
+                    + (f", {r['lone_p50_of_peer']:.0%} of the pipeline's" if "lone_p50_of_peer" in r else "")
                     + "."
                 )
     product = next((v for k, v in result.get("servers", {}).items() if k.startswith("bertpack")), None)

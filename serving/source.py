@@ -83,9 +83,10 @@ class ServeConfig:
 
 
 def default_workers(device: str, cores: int | None = None, gpu: bool | None = None) -> int:
-    """Server processes when BERTPACK_WORKERS is unset. On the CPU one worker per 4 cores (so 1 up to 4 cores: there a
-    second worker's HTTP side takes cores from the model); on a GPU host, one per 4 cores up to 4 sharing the GPU,
-    each with its own session and CUDA graphs, since there the per-request Python work, not the GPU, is the limit.
+    """Server processes when BERTPACK_WORKERS is unset. On the CPU one worker per 4 cores, so one up to 4 cores: two
+    workers on 2 cores serve more single-sentence requests, but the rate of a few busy connections then depends on how
+    they fall on the workers, and one worker's does not. On a GPU host one per 4 cores, at most 4, sharing the GPU
+    (each with its own session and CUDA graphs): there the per-request Python work, not the GPU, is the limit.
     `cores` and `gpu` (a GPU is visible) are this host's unless given."""
     from serving.engine import physical_cores
     from serving.cuda import gpu_present

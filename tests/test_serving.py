@@ -933,3 +933,20 @@ def test_two_workers_each_serve_with_their_share_of_the_cores(server, tmp_path):
         assert len(answers) == 1  # same model, same answer
     finally:
         stop_server(proc)
+
+
+def test_requests_larger_than_a_batch_remainder_keep_their_order(server):
+    """Requests of 40 sentences with 64 sentences per adaptive batch: BentoML splits a request across two batches
+    when it does not fit the one being filled, and joins its answers again; each request gets its own, in order."""
+    url = server["url"]
+    requests = [[_sentence((r * 7 + i) % 40 + 1) for i in range(40)] for r in range(6)]
+    with (
+        httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=6)) as client,
+        concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool,
+    ):
+        replies = list(pool.map(lambda s: client.post("/classify", json={"sentences": s}), requests))
+    for sentences, r in zip(requests, replies):
+        assert r.status_code == 200, r.text[:300]
+        assert [p["tokens"] for p in r.json()["predictions"]] == [len(s.split()) + 3 for s in sentences]
+    batching = httpx.get(f"{url}/info", timeout=10).json()["batching"]
+    assert batching["largest"] <= 64 and batching["sizes"].get("64", 0) >= 1  # a full batch: some request was split

@@ -55,17 +55,26 @@ def check_config(cfg: BenchConfig) -> dict:
     if cfg.rounds < 1:
         raise BertpackError(f"--rounds must be >= 1 (default 1), not {cfg.rounds}")
     if cfg.e2e_sentences is not None and cfg.e2e_sentences < 1:
-        raise BertpackError(f"--e2e-sentences must be >= 1 (default 256), not {cfg.e2e_sentences}; to skip the comparison pass --no-end-to-end")
+        raise BertpackError(
+            f"--e2e-sentences must be >= 1 (default 256), not {cfg.e2e_sentences}; to skip the comparison pass "
+            "--no-end-to-end"
+        )
     if cfg.profile_batch_size is not None and cfg.profile_batch_size < 1:
-        raise BertpackError(f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass --no-profile")
+        raise BertpackError(
+            f"--profile-batch-size must be >= 1 (default 32), not {cfg.profile_batch_size}; to skip profiling pass "
+            "--no-profile"
+        )
     artifact = Path(cfg.artifact_dir)
     manifest = read_manifest(artifact)  # the argument's error before the options' (--out defaults)
     # A damaged model would otherwise show up only as a "failed" row. bert-base takes only the tokenizer (and settings)
     # from the artifact, so a folder holding just those will do (the GPU host gets no more).
     verify_files(artifact, manifest, None if cfg.arch == "finetuned" else TOKENIZER_FILES)
     if not Path(manifest.get("source", {}).get("checkpoint", ""), "config.json").is_file() and cfg.arch == "finetuned":
-        raise BertpackError(f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in {artifact}/manifest.json "
-                            "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now")
+        raise BertpackError(
+            f"the PyTorch checkpoint {manifest.get('source', {}).get('checkpoint')!r} named in "
+            f"{artifact}/manifest.json "
+            "is gone; the PyTorch engines load it: keep the run folder, or re-export from where it is now"
+        )
     if cfg.arch == "finetuned":
         named_by_artifact(Path(manifest["source"]["checkpoint"]), artifact)
     out = Path(cfg.out)
@@ -73,17 +82,23 @@ def check_config(cfg: BenchConfig) -> dict:
         raise BertpackError(f"--out {out} exists and is not a previous bench output; pick another folder")
     if out.is_dir() and (others := sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)):
         # a previous bench is replaced whole: never with someone's other files in it
-        raise BertpackError(f"--out {out} holds a previous bench but also {', '.join(others[:5])}, which replacing it would delete; "
-                            "pick another folder, or move those out")
+        raise BertpackError(
+            f"--out {out} holds a previous bench but also {', '.join(others[:5])}, which replacing it would delete; "
+            "pick another folder, or move those out"
+        )
     if cfg.profile_batch_size is None:
         cfg.profile_batch_size = max([b for b in cfg.batch_sizes if b <= 32] or [min(cfg.batch_sizes)])
     elif cfg.profile and cfg.profile_batch_size not in cfg.batch_sizes:
-        raise BertpackError(f"--profile-batch-size {cfg.profile_batch_size} is not one of --batch-sizes "
-                            f"{','.join(map(str, cfg.batch_sizes))}; pick one of those, or pass --no-profile")
+        raise BertpackError(
+            f"--profile-batch-size {cfg.profile_batch_size} is not one of --batch-sizes "
+            f"{','.join(map(str, cfg.batch_sizes))}; pick one of those, or pass --no-profile"
+        )
     check_writable_parent(out, "--out")
     if cfg.export_dir is not None:
         if Path(cfg.export_dir).is_file():
-            raise BertpackError(f"--export-dir {cfg.export_dir} is a file; pass a folder to keep the bert-base export in")
+            raise BertpackError(
+                f"--export-dir {cfg.export_dir} is a file; pass a folder to keep the bert-base export in"
+            )
         check_writable_parent(Path(cfg.export_dir) / "artifact", "--export-dir")
     return manifest
 
@@ -93,8 +108,10 @@ def _check_onnx_file(name: str, path: Path) -> None:
     import onnx
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
-        raise BertpackError(f"--extra-model {name}={path}: the name (engine file:NAME, also a file name) may hold only letters, "
-                            "digits, '_', '-' and '.'; e.g. --extra-model int8_mine=PATH")
+        raise BertpackError(
+            f"--extra-model {name}={path}: the name (engine file:NAME, also a file name) may hold only letters, "
+            "digits, '_', '-' and '.'; e.g. --extra-model int8_mine=PATH"
+        )
     if not path.is_file():
         raise BertpackError(f"--extra-model {name}={path}: no such ONNX file")
     try:
@@ -102,7 +119,10 @@ def _check_onnx_file(name: str, path: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
         raise BertpackError(f"--extra-model {name}={path} is not an ONNX model ({first_line(exc, 120)})") from None
     if not model.graph.node or not model.graph.input:
-        raise BertpackError(f"--extra-model {name}={path} is not an ONNX model (no graph nodes or inputs); pass a .onnx file written by an exporter")
+        raise BertpackError(
+            f"--extra-model {name}={path} is not an ONNX model (no graph nodes or inputs); pass a .onnx file written "
+            "by an exporter"
+        )
 
 
 def _cpu_has_bf16() -> bool:
@@ -111,7 +131,9 @@ def _cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, torch_cuda: bool) -> tuple[list[dict], list[dict]]:
+def plan_engines(
+    cfg: BenchConfig, manifest: dict, artifact: Path, device: str, torch_cuda: bool
+) -> tuple[list[dict], list[dict]]:
     """(engines to run, engines skipped with the reason)."""
     from serving.cuda import cuda_available
 
@@ -129,18 +151,24 @@ def plan_engines(cfg: BenchConfig, manifest: dict, artifact: Path, device: str, 
             if name == "pytorch_fp16" and torch_device == "cpu":
                 reason = "fp16 weights are for CUDA (no GPU here; PyTorch CPU fp16 matmuls are not a fast path)"
         elif name in ("onnx_fp16_cuda", "onnx_fp16_cuda_graph"):
-            spec.update(device="cuda", variant="fp16", model_file=str(artifact / variants.get("fp16", {}).get("file", "-")))
+            spec.update(
+                device="cuda", variant="fp16", model_file=str(artifact / variants.get("fp16", {}).get("file", "-"))
+            )
             if not cuda_available():
                 reason = "no GPU: the CUDA execution provider needs an NVIDIA device (none visible here)"
             elif "fp16" not in variants:
                 reason = "the artifact has no fp16 variant"
         else:
-            variant = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8", "onnx_int8_alt": alt}[name]
+            variant = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8", "onnx_int8_alt": alt}[
+                name
+            ]
             spec["variant"] = variant
             if variant is None or variant not in variants:
                 reason = f"the artifact has no {variant or 'second int8'} variant"
             else:
-                spec.update(model_file=str(artifact / variants[variant]["file"]), settings=variants[variant].get("settings"))
+                spec.update(
+                    model_file=str(artifact / variants[variant]["file"]), settings=variants[variant].get("settings")
+                )
         if reason:
             skipped.append({"engine": name, "reason": reason})
         else:
@@ -155,12 +183,24 @@ def run_worker(spec: dict, work: Path, threads: int, timeout: float) -> dict:
     tag = spec.get("engine", spec.get("mode"))
     spec_path, result_path = work / f"{tag}.spec.json", work / f"{tag}.result.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.worker", str(spec_path), str(result_path)], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.worker", str(spec_path), str(result_path)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"engine": tag, "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0 or not result_path.is_file():
@@ -218,8 +258,10 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             manifest = json.loads((artifact / "manifest.json").read_text())
         checkpoint = manifest.get("source", {}).get("checkpoint", "")
         if not Path(checkpoint, "config.json").is_file():
-            raise BertpackError(f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
-                                "the PyTorch engines load it: keep the run folder, or re-export from where it is now")
+            raise BertpackError(
+                f"the PyTorch checkpoint {checkpoint} named in {artifact}/manifest.json is gone; "
+                "the PyTorch engines load it: keep the run folder, or re-export from where it is now"
+            )
         checkpoint = str(named_by_artifact(Path(checkpoint), artifact))
 
         if cfg.int8_candidates:
@@ -229,7 +271,9 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
             cfg.extra_models = {**build_candidates(artifact, manifest, work / "int8-candidates"), **cfg.extra_models}
         validation = validation_sentences(cola, manifest["labels"])  # label ids as the model's
         sentences, labels, domains = _select_sentences(*validation, cfg.sentence_count())
-        encoder = OnnxClassifier(artifact, variant=encoding_variant(manifest), device="cpu", threads=1, verify=True)  # the serving tokenizer
+        encoder = OnnxClassifier(
+            artifact, variant=encoding_variant(manifest), device="cpu", threads=1, verify=True
+        )  # the serving tokenizer
         ids, pad_id, input_names = encoder.encode(sentences), encoder.pad_id, encoder.input_names
         del encoder
         padding = {str(b): padding_stats(make_batches(ids, b, pad_id, input_names)) for b in cfg.batch_sizes}
@@ -242,24 +286,63 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None]) -> dict:
         device = "cuda" if torch_cuda or cuda_available() else "cpu"
         engines, skipped = plan_engines(cfg, manifest, artifact, device, torch_cuda)
         split = "CoLA validation" if tuple(manifest["labels"]) == COLA_NAMES else "validation"
-        echo(f"bench: {len(sentences)} {split} sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
-             f"engines {', '.join(e['engine'] for e in engines)}" + (f" (skipped: {', '.join(s['engine'] for s in skipped)})" if skipped else ""))
-        base = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "ids": ids, "pad_id": pad_id,
-                "input_names": input_names, "batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
-                "min_samples": cfg.min_samples, "max_passes": cfg.max_passes,
-                "profile_batch_size": cfg.profile_batch_size if cfg.profile else None, "profile_dir": str(work / "profiles"),
-                "decision": manifest.get("decision")}  # every engine's labels at the artifact's threshold
+        echo(
+            f"bench: {len(sentences)} {split} sentences, batch sizes {list(cfg.batch_sizes)}, {threads} threads, "
+            f"engines {', '.join(e['engine'] for e in engines)}"
+            + (f" (skipped: {', '.join(s['engine'] for s in skipped)})" if skipped else "")
+        )
+        base = {
+            "artifact_dir": str(artifact),
+            "checkpoint": checkpoint,
+            "threads": threads,
+            "ids": ids,
+            "pad_id": pad_id,
+            "input_names": input_names,
+            "batch_sizes": list(cfg.batch_sizes),
+            "min_time_s": cfg.min_time_s,
+            "min_samples": cfg.min_samples,
+            "max_passes": cfg.max_passes,
+            "profile_batch_size": cfg.profile_batch_size if cfg.profile else None,
+            "profile_dir": str(work / "profiles"),
+            "decision": manifest.get("decision"),
+        }  # every engine's labels at the artifact's threshold
         rounds = run_rounds(cfg, engines, base, skipped, work, threads, echo)
 
         e2e = None
         if cfg.end_to_end:
-            e2e = run_end_to_end(cfg, artifact, checkpoint, sentences, labels, domains, threads, device, torch_cuda,
-                                 work, skipped, echo, len(manifest["labels"]))
+            e2e = run_end_to_end(
+                cfg,
+                artifact,
+                checkpoint,
+                sentences,
+                labels,
+                domains,
+                threads,
+                device,
+                torch_cuda,
+                work,
+                skipped,
+                echo,
+                len(manifest["labels"]),
+            )
             e2e["padding_book"] = fixed_padding_stats(ids[: e2e["sentences"]], cfg.e2e_batch_size, cfg.e2e_pad_to)
 
-        payload = rp.build_payload(cfg=cfg, artifact=artifact, manifest=manifest, machine=machine_info(), threads=threads,
-                                   started=started, sentences=len(sentences), labels=labels, domains=domains,
-                                   rounds=rounds, skipped=skipped, padding=padding, e2e=e2e, cola=cola)
+        payload = rp.build_payload(
+            cfg=cfg,
+            artifact=artifact,
+            manifest=manifest,
+            machine=machine_info(),
+            threads=threads,
+            started=started,
+            sentences=len(sentences),
+            labels=labels,
+            domains=domains,
+            rounds=rounds,
+            skipped=skipped,
+            padding=padding,
+            e2e=e2e,
+            cola=cola,
+        )
         with staging_dir(out) as stage:
             rp.write_outputs(payload, stage)
     echo("")
@@ -279,14 +362,25 @@ def failed_engines(skipped: list[dict], out: Path) -> str | None:
             failed.setdefault(entry["engine"], []).append(entry["reason"])
     if not failed:
         return None
-    return (f"{len(failed)} engine{'s' if len(failed) > 1 else ''} failed ({out} holds the rest): "
-            + " | ".join(f"{engine}: {reasons[0][:200]}" + (f" (and {len(reasons) - 1} more rounds)" if len(reasons) > 1 else "")
-                         for engine, reasons in failed.items())
-            + "; check the model with `bertpack verify`, or leave the engine out of --engines")
+    return (
+        f"{len(failed)} engine{'s' if len(failed) > 1 else ''} failed ({out} holds the rest): "
+        + " | ".join(
+            f"{engine}: {reasons[0][:200]}" + (f" (and {len(reasons) - 1} more rounds)" if len(reasons) > 1 else "")
+            for engine, reasons in failed.items()
+        )
+        + "; check the model with `bertpack verify`, or leave the engine out of --engines"
+    )
 
 
-def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[dict], work: Path, threads: int,
-               echo: Callable[[str], None]) -> list[list[dict]]:
+def run_rounds(
+    cfg: BenchConfig,
+    engines: list[dict],
+    base: dict,
+    skipped: list[dict],
+    work: Path,
+    threads: int,
+    echo: Callable[[str], None],
+) -> list[list[dict]]:
     """Every engine in its own worker process, `cfg.rounds` times; each round starts one engine further down the list
     so that no engine always runs first. Returns each round's results; failures go to `skipped`."""
     rounds: list[list[dict]] = []
@@ -303,8 +397,12 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
             echo(f"  {spec['engine']} ({spec['device']}) ...")
             # The per-operator profile once, in the first round: it is not part of the timing.
             profile_batch = base["profile_batch_size"] if number == 1 else None
-            res = run_worker({**base, **spec, "mode": "batches", "profile_batch_size": profile_batch}, work, threads,
-                             cfg.worker_timeout_s)
+            res = run_worker(
+                {**base, **spec, "mode": "batches", "profile_batch_size": profile_batch},
+                work,
+                threads,
+                cfg.worker_timeout_s,
+            )
             if "error" in res:
                 echo(f"    failed: {res['error']}")
                 if number == 1:
@@ -313,23 +411,40 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
                     failed_first.add(spec["engine"])
                     skipped.append({"engine": spec["engine"], "reason": f"failed: {res['error']}"})
                 elif spec["engine"] == REFERENCE:  # no ratios without it: this round is dropped, the finished ones kept
-                    skipped.append({"engine": spec["engine"], "reason": f"failed in round {number}, so the results hold rounds "
-                                                                      f"1-{number - 1}: {res['error']}"})
+                    skipped.append(
+                        {
+                            "engine": spec["engine"],
+                            "reason": f"failed in round {number}, so the results hold rounds "
+                            f"1-{number - 1}: {res['error']}",
+                        }
+                    )
                     return rounds
                 else:
-                    skipped.append({"engine": spec["engine"], "reason": f"failed in round {number} (its row holds the other rounds): {res['error']}"})
+                    skipped.append(
+                        {
+                            "engine": spec["engine"],
+                            "reason": f"failed in round {number} (its row holds the other rounds): {res['error']}",
+                        }
+                    )
                 continue
             res["round"] = number
             in_round = f" in round {number}" if number > 1 else ""
             if res["rows"]:
                 results.append(res)
-                echo("    " + ", ".join(f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]))
+                echo(
+                    "    "
+                    + ", ".join(
+                        f"b{r['batch_size']} p50 {r['p50_ms']:.2f} ms {r['sentences_per_s']:.0f}/s" for r in res["rows"]
+                    )
+                )
             for gave_up in res.get("skipped", []):  # e.g. CUDA out of memory: the worker stops at that size
                 reason = f"batch size {gave_up['batch_size']} and larger not run{in_round}: {gave_up['reason']}"
                 if not res["rows"]:  # not even the smallest size: nothing measured is a failure, not a limit
                     reason = f"failed{in_round}: {reason}"
                 echo(f"    {reason}")
-                if not res["rows"] or (spec["engine"], gave_up["batch_size"]) not in limits_noted:  # a limit once, not per round
+                if (
+                    not res["rows"] or (spec["engine"], gave_up["batch_size"]) not in limits_noted
+                ):  # a limit once, not per round
                     skipped.append({"engine": spec["engine"], "reason": reason})
                     limits_noted.add((spec["engine"], gave_up["batch_size"]))
             if failed := res.get("failed"):  # an error that is not a size limit: the sizes before it are kept
@@ -340,15 +455,29 @@ def run_rounds(cfg: BenchConfig, engines: list[dict], base: dict, skipped: list[
                     failed_first.add(spec["engine"])
             if spec["engine"] == REFERENCE and not res["rows"]:
                 if number == 1:
-                    raise BertpackError(f"the reference engine {REFERENCE} measured no batch size: {skipped[-1]['reason']}")
+                    raise BertpackError(
+                        f"the reference engine {REFERENCE} measured no batch size: {skipped[-1]['reason']}"
+                    )
                 return rounds  # no ratios without it: this round is dropped, the finished ones kept
         rounds.append(results)
     return rounds
 
 
-def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences: list, labels: list, domains: list, threads: int,
-                   device: str, torch_cuda: bool, work: Path, skipped: list[dict], echo: Callable[[str], None],
-                   num_labels: int = 2) -> dict:
+def run_end_to_end(
+    cfg: BenchConfig,
+    artifact: Path,
+    checkpoint: str,
+    sentences: list,
+    labels: list,
+    domains: list,
+    threads: int,
+    device: str,
+    torch_cuda: bool,
+    work: Path,
+    skipped: list[dict],
+    echo: Callable[[str], None],
+    num_labels: int = 2,
+) -> dict:
     """The book's way (pad to 128, input order, PyTorch fp32 eager) against the serving path, same sentences.
     A side that fails goes to `skipped` as a failure."""
     from bertpack.metrics import scores
@@ -356,11 +485,21 @@ def run_end_to_end(cfg: BenchConfig, artifact: Path, checkpoint: str, sentences:
     n = min(cfg.e2e_count(), len(sentences))
     rows = [i * len(sentences) // n for i in range(n)]  # spread over the list, which holds both domains in order
     chosen = [sentences[i] for i in rows]
-    spec = {"artifact_dir": str(artifact), "checkpoint": checkpoint, "threads": threads, "sentences": chosen,
-            "e2e_batch_size": cfg.e2e_batch_size, "e2e_pad_to": cfg.e2e_pad_to, "min_time_s": cfg.min_time_s,
-            "max_passes": cfg.max_passes, "decision": json.loads((artifact / "manifest.json").read_text()).get("decision")}
+    spec = {
+        "artifact_dir": str(artifact),
+        "checkpoint": checkpoint,
+        "threads": threads,
+        "sentences": chosen,
+        "e2e_batch_size": cfg.e2e_batch_size,
+        "e2e_pad_to": cfg.e2e_pad_to,
+        "min_time_s": cfg.min_time_s,
+        "max_passes": cfg.max_passes,
+        "decision": json.loads((artifact / "manifest.json").read_text()).get("decision"),
+    }
     echo(f"  end to end on {n} sentences: the book's way ...")
-    book = run_worker({**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s)
+    book = run_worker(
+        {**spec, "mode": "book", "device": "cuda" if torch_cuda else "cpu"}, work, threads, cfg.worker_timeout_s
+    )
     echo("  end to end: bertpack serving path ...")
     serving = run_worker({**spec, "mode": "serving", "device": device}, work, threads, cfg.worker_timeout_s)
     out = {"sentences": n, "batch_size": cfg.e2e_batch_size, "book": book, "serving": serving}

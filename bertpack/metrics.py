@@ -22,8 +22,9 @@ def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
     return float(f1_score(np.asarray(labels), np.asarray(preds), average="macro", zero_division=0))
 
 
-def scores(labels: Sequence[int], preds: Sequence[int], domains: Sequence[str] | None = None,
-           num_labels: int = 2) -> dict[str, float]:
+def scores(
+    labels: Sequence[int], preds: Sequence[int], domains: Sequence[str] | None = None, num_labels: int = 2
+) -> dict[str, float]:
     """Accuracy and MCC overall, macro-F1 when there are more than two classes, and (CoLA) MCC on the in-domain and
     out-of-domain rows."""
     labels, preds = np.asarray(labels), np.asarray(preds)
@@ -51,6 +52,9 @@ def expected_calibration_error(labels: Sequence[int], probs: np.ndarray, bins: i
         return 0.0
     confidence, correct = probs.max(axis=-1), probs.argmax(axis=-1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * np.sum(which == b)
-              for b in range(bins) if np.any(which == b))
+    gap = sum(
+        abs(correct[which == b].mean() - confidence[which == b].mean()) * np.sum(which == b)
+        for b in range(bins)
+        if np.any(which == b)
+    )
     return float(gap / len(labels))

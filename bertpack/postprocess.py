@@ -36,7 +36,9 @@ class Decision:
             temperature = 1.0
         if num_labels != 2 or not _number(threshold) or not 0 < threshold < 1 or positive not in (0, 1):
             threshold, positive = None, 1
-        return cls(temperature=float(temperature), threshold=None if threshold is None else float(threshold), positive=positive)
+        return cls(
+            temperature=float(temperature), threshold=None if threshold is None else float(threshold), positive=positive
+        )
 
     def record(self) -> dict:
         return asdict(self)

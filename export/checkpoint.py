@@ -42,27 +42,43 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     """RUN/model (as `bertpack train` writes it), or RUN itself when it is a checkpoint folder."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise BertpackError(f"run folder {run_dir} does not exist; pass the folder written by `bertpack train --out DIR`")
+        raise BertpackError(
+            f"run folder {run_dir} does not exist; pass the folder written by `bertpack train --out DIR`"
+        )
     if not run_dir.is_dir():
         raise BertpackError(f"{run_dir} is a file; pass the run folder written by `bertpack train` (holding model/)")
     run_dir = run_folder_of(run_dir)
     path = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     if not (path / "config.json").is_file() or not has_safe_weights(path):
         status = _run_status(run_dir)
-        trainer = held_by(run_dir) if status == "training" else None  # a "training" run that no process holds was killed
+        trainer = (
+            held_by(run_dir) if status == "training" else None
+        )  # a "training" run that no process holds was killed
         if status == "failed" or (status == "training" and trainer is None):
             killed = ", but no bertpack train is running on it: it was killed" if status == "training" else ""
-            fix = (f"continue it with `bertpack train --resume --out {run_dir}` or retrain with --overwrite"
-                   if any((run_dir / "checkpoints").glob("checkpoint-*")) else
-                   f"it has no checkpoint to resume from: retrain with `bertpack train --overwrite --out {run_dir}`")
+            fix = (
+                f"continue it with `bertpack train --resume --out {run_dir}` or retrain with --overwrite"
+                if any((run_dir / "checkpoints").glob("checkpoint-*"))
+                else f"it has no checkpoint to resume from: retrain with `bertpack train --overwrite --out {run_dir}`"
+            )
             hint = f" (its bertpack_run.json says status {status!r}{killed}: {fix})"
         elif status == "training":
             hint = f" (its bertpack_run.json says status 'training': wait for {trainer} to finish)"
         else:
-            hint = f" (its bertpack_run.json says status {status!r}: wait for training to finish)" if status and status != "complete" else ""
-        pickle = " (bertpack loads only safetensors weights, never a pickle such as pytorch_model.bin)" \
-            if (path / "config.json").is_file() and any(path.glob("*.bin")) else ""
-        raise BertpackError(f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and model.safetensors{pickle}{hint}")
+            hint = (
+                f" (its bertpack_run.json says status {status!r}: wait for training to finish)"
+                if status and status != "complete"
+                else ""
+            )
+        pickle = (
+            " (bertpack loads only safetensors weights, never a pickle such as pytorch_model.bin)"
+            if (path / "config.json").is_file() and any(path.glob("*.bin"))
+            else ""
+        )
+        raise BertpackError(
+            f"{run_dir} holds no checkpoint: expected {run_dir}/model/ with config.json and "
+            f"model.safetensors{pickle}{hint}"
+        )
     if not (path / "tokenizer.json").is_file():
         raise BertpackError(f"{path} has no tokenizer.json (fast tokenizer); re-save the checkpoint with its tokenizer")
     try:
@@ -70,30 +86,47 @@ def locate_checkpoint(run_dir: Path) -> Checkpoint:
     except json.JSONDecodeError as exc:
         raise BertpackError(f"{path}/config.json is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise BertpackError(f"{path}/config.json cannot be read ({getattr(exc, 'strerror', None) or 'not UTF-8 text'}); check its permissions") from None
+        raise BertpackError(
+            f"{path}/config.json cannot be read ({getattr(exc, 'strerror', None) or 'not UTF-8 text'}); check its "
+            "permissions"
+        ) from None
     if not isinstance(config, dict):
-        raise BertpackError(f"{path}/config.json holds a JSON {type(config).__name__}, not a model config object; the checkpoint is damaged")
+        raise BertpackError(
+            f"{path}/config.json holds a JSON {type(config).__name__}, not a model config object; the checkpoint is "
+            "damaged"
+        )
     archs = config.get("architectures") or []
     if config.get("model_type") != "bert" or not any(a.endswith("ForSequenceClassification") for a in archs):
         raise BertpackError(
             f"{path} is a {config.get('model_type')!r} checkpoint with architectures {archs}, not a BERT sequence "
-            "classifier; export the run folder written by `bertpack train` (BertForSequenceClassification)")
+            "classifier; export the run folder written by `bertpack train` (BertForSequenceClassification)"
+        )
     id2label = config.get("id2label") or {}
     if not isinstance(id2label, dict):
-        raise BertpackError(f"{path}/config.json: id2label must map label ids to names, not {type(id2label).__name__}; the checkpoint is damaged")
+        raise BertpackError(
+            f"{path}/config.json: id2label must map label ids to names, not {type(id2label).__name__}; the checkpoint "
+            "is damaged"
+        )
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label) or 2)]
     if not 2 <= len(labels) <= MAX_CLASSES or len(set(labels)) != len(labels):
-        raise BertpackError(f"{path}/config.json: id2label holds {len(labels)} labels ({len(set(labels))} distinct "
-                            f"names); a classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is "
-                            "damaged")
+        raise BertpackError(
+            f"{path}/config.json: id2label holds {len(labels)} labels ({len(set(labels))} distinct "
+            f"names); a classifier has 2 to {MAX_CLASSES}, each with its own name: the checkpoint is "
+            "damaged"
+        )
     recorded = _json_object(run_dir / "metrics.json")
     best, decision, selection = (recorded.get(k) for k in ("best", "decision", "selection"))
-    return Checkpoint(run_dir=run_dir.resolve(), path=path.resolve(), max_length=_max_length(run_dir, config),
-                      metrics=best if isinstance(best, dict) else {}, labels=labels,
-                      num_layers=int(config.get("num_hidden_layers", 0)),
-                      data=recorded_data(recorded, _json_object(run_dir / RUN_MARKER)),
-                      decision=decision if isinstance(decision, dict) else {},
-                      selection=selection if isinstance(selection, dict) else {})
+    return Checkpoint(
+        run_dir=run_dir.resolve(),
+        path=path.resolve(),
+        max_length=_max_length(run_dir, config),
+        metrics=best if isinstance(best, dict) else {},
+        labels=labels,
+        num_layers=int(config.get("num_hidden_layers", 0)),
+        data=recorded_data(recorded, _json_object(run_dir / RUN_MARKER)),
+        decision=decision if isinstance(decision, dict) else {},
+        selection=selection if isinstance(selection, dict) else {},
+    )
 
 
 def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:
@@ -104,7 +137,9 @@ def named_by_artifact(checkpoint: Path, artifact_dir: Path) -> Path:
     try:
         return locate_checkpoint(checkpoint).path
     except BertpackError as exc:
-        raise BertpackError(f"the PyTorch checkpoint named in {artifact_dir}/manifest.json cannot be loaded: {exc}") from None
+        raise BertpackError(
+            f"the PyTorch checkpoint named in {artifact_dir}/manifest.json cannot be loaded: {exc}"
+        ) from None
 
 
 def _json_object(path: Path) -> dict:

@@ -35,8 +35,14 @@ class Tolerance:
         `mcc_drop=0.02,agreement=97,logit=1e-3`."""
         if not text:
             return cls()
-        keys = {"mcc_drop": "mcc_drop", "mcc": "mcc_drop", "agreement": "min_agreement", "min_agreement": "min_agreement",
-                "logit": "exact_max_logit_diff", "max_logit_diff": "exact_max_logit_diff"}
+        keys = {
+            "mcc_drop": "mcc_drop",
+            "mcc": "mcc_drop",
+            "agreement": "min_agreement",
+            "min_agreement": "min_agreement",
+            "logit": "exact_max_logit_diff",
+            "max_logit_diff": "exact_max_logit_diff",
+        }
         values: dict[str, float] = {}
         try:
             if "=" not in text:
@@ -46,10 +52,14 @@ class Tolerance:
                     key, _, raw = part.partition("=")
                     key = key.strip()
                     if key not in keys:
-                        raise BertpackError(f"--tolerance: unknown key {key!r}; use mcc_drop=, agreement= (percent) or logit=")
+                        raise BertpackError(
+                            f"--tolerance: unknown key {key!r}; use mcc_drop=, agreement= (percent) or logit="
+                        )
                     values[keys[key]] = float(raw)
         except ValueError:
-            raise BertpackError(f"--tolerance {text!r} is not understood; use e.g. 0.01 or mcc_drop=0.01,agreement=98,logit=1e-3") from None
+            raise BertpackError(
+                f"--tolerance {text!r} is not understood; use e.g. 0.01 or mcc_drop=0.01,agreement=98,logit=1e-3"
+            ) from None
         tol = cls(**values)
         if tol.mcc_drop < 0 or not 0 <= tol.min_agreement <= 100 or tol.exact_max_logit_diff <= 0:
             raise BertpackError("--tolerance: mcc_drop must be >= 0, agreement a percentage in [0, 100], logit > 0")
@@ -68,7 +78,9 @@ class Eval:
     split: str = "CoLA validation"  # what the report calls it
 
 
-def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+def reference_logits(
+    checkpoint: Path, classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
+) -> np.ndarray:
     """PyTorch fp32 logits for the same batches the ONNX classifier runs (see OnnxClassifier.logits)."""
     import torch
 
@@ -82,12 +94,22 @@ def reference_logits(checkpoint: Path, classifier, sentences: Sequence[str], bat
             input_ids = torch.from_numpy(batch.inputs["input_ids"])
             # The mask from the sentence lengths, not the engine's own: a padding bug there would otherwise be in both
             mask = (torch.arange(input_ids.shape[1])[None, :] < torch.tensor(batch.lengths)[:, None]).long()
-            out[rows] = model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).logits.float().numpy()
+            out[rows] = (
+                model(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids))
+                .logits.float()
+                .numpy()
+            )
     return out
 
 
-def score(name: str, logits: np.ndarray, reference: np.ndarray, data: Eval, file_bytes: int | None = None,
-          decision: Decision = Decision()) -> dict:
+def score(
+    name: str,
+    logits: np.ndarray,
+    reference: np.ndarray,
+    data: Eval,
+    file_bytes: int | None = None,
+    decision: Decision = Decision(),
+) -> dict:
     """One report row: scores (CoLA: per domain too) and agreement with PyTorch, both at the model's decision (a
     binary model's threshold), logit differences."""
     preds, _ = decide(logits, decision)
@@ -119,9 +141,11 @@ def check(row: dict, reference_row: dict, tol: Tolerance) -> list[str]:
 
 def calibration(logits: np.ndarray, data: Eval, decision: Decision) -> dict:
     """ECE of the reference logits on the evaluation rows, before and after the decision's temperature."""
-    return {"temperature": decision.temperature,
-            "ece_before": expected_calibration_error(data.labels, probabilities(logits, Decision())),
-            "ece_after": expected_calibration_error(data.labels, probabilities(logits, decision))}
+    return {
+        "temperature": decision.temperature,
+        "ece_before": expected_calibration_error(data.labels, probabilities(logits, Decision())),
+        "ece_after": expected_calibration_error(data.labels, probabilities(logits, decision)),
+    }
 
 
 def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE, seed: int = 0) -> dict:
@@ -137,15 +161,30 @@ def flip_rate(classifier, sentences: Sequence[str], batch_size: int = BATCH_SIZE
         batched[rows] = classifier.run(batch)
     decision = getattr(classifier, "decision", Decision())  # the engine's threshold: flips of the served label
     flips = int(np.sum(decide(alone, decision)[0] != decide(batched, decision)[0]))
-    return {"flips": flips, "sentences": len(ids), "flip_rate": 100.0 * flips / max(len(ids), 1),
-            "max_abs_logit_change": float(np.abs(alone - batched).max()) if len(ids) else 0.0, "batch_size": batch_size}
+    return {
+        "flips": flips,
+        "sentences": len(ids),
+        "flip_rate": 100.0 * flips / max(len(ids), 1),
+        "max_abs_logit_change": float(np.abs(alone - batched).max()) if len(ids) else 0.0,
+        "batch_size": batch_size,
+    }
 
 
 # -- presentation --------------------------------------------------------------------------------
-COLUMNS = [("variant", "variant"), ("accuracy", "acc"), ("mcc", "MCC"), ("macro_f1", "macro-F1"),
-           ("mcc_in_domain", "MCC in"), ("mcc_out_domain", "MCC out"), ("agreement", "agree %"),
-           ("max_abs_logit_diff", "max |dlogit|"), ("mean_abs_logit_diff", "mean |dlogit|"), ("flip_rate", "flip %"),
-           ("mb", "MB"), ("status", "status")]
+COLUMNS = [
+    ("variant", "variant"),
+    ("accuracy", "acc"),
+    ("mcc", "MCC"),
+    ("macro_f1", "macro-F1"),
+    ("mcc_in_domain", "MCC in"),
+    ("mcc_out_domain", "MCC out"),
+    ("agreement", "agree %"),
+    ("max_abs_logit_diff", "max |dlogit|"),
+    ("mean_abs_logit_diff", "mean |dlogit|"),
+    ("flip_rate", "flip %"),
+    ("mb", "MB"),
+    ("status", "status"),
+]
 OPTIONAL = ("macro_f1", "mcc_in_domain", "mcc_out_domain")  # shown when a row has them (more than 2 classes; CoLA)
 
 
@@ -186,29 +225,45 @@ def format_text(report: dict) -> str:
 
 def format_markdown(report: dict) -> str:
     header = [h.replace("|", "\\|") for _, h in columns(report)]
-    out = [f"# Parity report: {report['source']}", "",
-           f"{report.get('split', 'CoLA validation')}, {report['rows'][0].get('sentences', report['sentences'])} "
-           f"sentences; ONNX Runtime {report['provider']}; "
-           f"reference = PyTorch fp32. Created {report['created']}.", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out = [
+        f"# Parity report: {report['source']}",
+        "",
+        f"{report.get('split', 'CoLA validation')}, {report['rows'][0].get('sentences', report['sentences'])} "
+        f"sentences; ONNX Runtime {report['provider']}; "
+        f"reference = PyTorch fp32. Created {report['created']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
-    out += [""] + [f"- {line.strip()}" if line.startswith("  ") else f"\n{line}\n" for line in _footer(report).splitlines()]
+    out += [""] + [
+        f"- {line.strip()}" if line.startswith("  ") else f"\n{line}\n" for line in _footer(report).splitlines()
+    ]
     return "\n".join(out) + "\n"
 
 
 def _footer(report: dict) -> str:
     tol = report["tolerance"]
-    lines = [*decision_lines(report), f"tolerance: fp32/optimized max |dlogit| <= {tol['exact_max_logit_diff']:g} and {tol['exact_agreement']:g}% agreement; "
-             f"fp16/int8 MCC drop <= {tol['mcc_drop']:g} and agreement >= {tol['min_agreement']:g}%"]
+    lines = [
+        *decision_lines(report),
+        f"tolerance: fp32/optimized max |dlogit| <= {tol['exact_max_logit_diff']:g} and {tol['exact_agreement']:g}% "
+        "agreement; "
+        f"fp16/int8 MCC drop <= {tol['mcc_drop']:g} and agreement >= {tol['min_agreement']:g}%",
+    ]
     for method, tries in report.get("int8_tries", {}).items():
         lines.append(f"int8 {method} tries:")
         for t in tries:
             verdict = "pass" if t["passed"] else "fail: " + "; ".join(t["problems"])
-            lines.append(f"  {t['settings']['name']}: MCC {t['mcc']:.4f}, agreement {t['agreement']:.2f}%, "
-                         f"max |dlogit| {t['max_abs_logit_diff']:.3f} -> {verdict}")
+            lines.append(
+                f"  {t['settings']['name']}: MCC {t['mcc']:.4f}, agreement {t['agreement']:.2f}%, "
+                f"max |dlogit| {t['max_abs_logit_diff']:.3f} -> {verdict}"
+            )
     if report.get("int8_choice"):
-        lines.append(f"int8 default: {report['int8_choice']}" if report.get("int8_method") else
-                     f"int8: no method within tolerance (best: {report['int8_choice']})")
+        lines.append(
+            f"int8 default: {report['int8_choice']}"
+            if report.get("int8_method")
+            else f"int8: no method within tolerance (best: {report['int8_choice']})"
+        )
     lines.append(f"CPU serving default: {report.get('serving_default_cpu')}")
     if report.get("failures"):
         lines.append("FAILED: " + "; ".join(report["failures"]))
@@ -220,16 +275,27 @@ def decision_lines(report: dict) -> list[str]:
     lines = []
     decision = report.get("decision") or {}
     if decision.get("threshold") is not None:
-        lines.append(f"labels at p({decision.get('positive_label', decision.get('positive'))}) >= {decision['threshold']:.4f} "
-                     f"(temperature {decision['temperature']:.3f}), fitted on the {decision.get('fitted_on', 'selection set')}")
+        lines.append(
+            f"labels at p({decision.get('positive_label', decision.get('positive'))}) >= {decision['threshold']:.4f} "
+            f"(temperature {decision['temperature']:.3f}), fitted on the {decision.get('fitted_on', 'selection set')}"
+        )
     elif decision:
         lines.append(f"labels: the most probable (temperature {decision.get('temperature', 1.0):.3f})")
     if selected := report.get("selected_on"):
-        lines.append(f"checkpoint chosen on the {selected}: " + ("these validation rows are held out" if selected == "selection split"
-                                                                  else "these validation rows also chose it (not held out)"))
+        lines.append(
+            f"checkpoint chosen on the {selected}: "
+            + (
+                "these validation rows are held out"
+                if selected == "selection split"
+                else "these validation rows also chose it (not held out)"
+            )
+        )
     if cal := report.get("calibration"):
-        lines.append(f"calibration on these rows (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
-                     f"temperature {cal['temperature']:.3f}")
+        lines.append(
+            f"calibration on these rows (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} "
+            "after "
+            f"temperature {cal['temperature']:.3f}"
+        )
     return lines
 
 

@@ -19,8 +19,15 @@ import numpy as np
 
 from bertpack.data import DataRef, DataSpec, as_spec
 from bertpack.errors import BertpackError, ParityError, storage_errors
-from bertpack.files import (check_writable_parent, remove_leftovers, staging_dir, umask_mode, work_dir, write_json_atomic,
-                            write_text_atomic)
+from bertpack.files import (
+    check_writable_parent,
+    remove_leftovers,
+    staging_dir,
+    umask_mode,
+    work_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bertpack.labels import COLA_NAMES
 from bertpack.locks import writing
 from bertpack.machine import library_versions
@@ -36,7 +43,12 @@ from serving.engine import served_buckets
 
 log = logging.getLogger("bertpack.export")
 
-MODEL_FILES = {"fp32": "model.onnx", "optimized": "model_optimized.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+MODEL_FILES = {
+    "fp32": "model.onnx",
+    "optimized": "model_optimized.onnx",
+    "fp16": "model_fp16.onnx",
+    "int8": "model_int8.onnx",
+}
 
 
 @dataclass
@@ -76,31 +88,57 @@ def check_output_dir(out: Path, ckpt: Checkpoint, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BertpackError(f"--out {out} is a file; pass a folder for the artifact")
     if out.resolve() == ckpt.path or out.resolve() in ckpt.path.parents:
-        raise BertpackError(f"--out {out} holds the checkpoint being exported ({ckpt.path}), which writing the artifact there "
-                            "would delete; choose another --out (e.g. artifacts/NAME)")
+        raise BertpackError(
+            f"--out {out} holds the checkpoint being exported ({ckpt.path}), which writing the artifact there "
+            "would delete; choose another --out (e.g. artifacts/NAME)"
+        )
     check_writable_parent(out, "--out")
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return
     manifest_path = out / mf.MANIFEST
     if not manifest_path.is_file():
-        raise BertpackError(f"--out {out} is not empty and holds no bertpack export; pick another folder or pass --overwrite")
+        raise BertpackError(
+            f"--out {out} is not empty and holds no bertpack export; pick another folder or pass --overwrite"
+        )
     try:
         previous = json.loads(manifest_path.read_text())
         previous = previous.get("source", {}).get("checkpoint") if isinstance(previous, dict) else None
     except (OSError, UnicodeDecodeError, AttributeError, json.JSONDecodeError):
         previous = None
     if previous != str(ckpt.path):
-        raise BertpackError(f"--out {out} holds a different export (of {previous}); pick another folder or pass --overwrite to replace it")
+        raise BertpackError(
+            f"--out {out} holds a different export (of {previous}); pick another folder or pass --overwrite to replace "
+            "it"
+        )
 
 
-def export_artifact(run_dir: Path | str, out: Path | str, *, data: Path | str | None = None, store: bool = True,
-                    overwrite: bool = False, tolerance: parity.Tolerance | str | None = None, int8: str = "auto",
-                    quant_target: str = "auto", echo: Callable[[str], None] | None = None, **options) -> ExportResult:
+def export_artifact(
+    run_dir: Path | str,
+    out: Path | str,
+    *,
+    data: Path | str | None = None,
+    store: bool = True,
+    overwrite: bool = False,
+    tolerance: parity.Tolerance | str | None = None,
+    int8: str = "auto",
+    quant_target: str = "auto",
+    echo: Callable[[str], None] | None = None,
+    **options,
+) -> ExportResult:
     """Export RUN_DIR's checkpoint into OUT (see ExportConfig for the options). Raises BertpackError
     on bad input and ParityError (after writing the artifact) when a variant breaks its tolerance."""
     tol = tolerance if isinstance(tolerance, parity.Tolerance) else parity.Tolerance.parse(tolerance)
-    cfg = ExportConfig(run_dir=Path(run_dir), out=Path(out), data=data or None, store=store, overwrite=overwrite,
-                       tolerance=tol, int8=int8, quant_target=quant_target, **options)
+    cfg = ExportConfig(
+        run_dir=Path(run_dir),
+        out=Path(out),
+        data=data or None,
+        store=store,
+        overwrite=overwrite,
+        tolerance=tol,
+        int8=int8,
+        quant_target=quant_target,
+        **options,
+    )
     return run_export(cfg, echo or (lambda line: log.info(line)))
 
 
@@ -133,7 +171,9 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
         opt_path, opt_fused = optimize.optimize(work / "fp32", work, optimize.CPU_LEVEL)
         optimize.check_attention_fused(opt_fused, ckpt.num_layers, "model_optimized.onnx")
         fp16_path, fp16_fused = optimize.optimize(work / "fp32", work, optimize.GPU_LEVEL)
-        optimize.check_attention_fused(fp16_fused, ckpt.num_layers, "model_fp16.onnx")  # the GPU's graph, never run without one
+        optimize.check_attention_fused(
+            fp16_fused, ckpt.num_layers, "model_fp16.onnx"
+        )  # the GPU's graph, never run without one
         echo(f"fused operators: optimized {opt_fused}; fp16 {fp16_fused}")
         for src, name in ((fp32_path, "fp32"), (opt_path, "optimized"), (fp16_path, "fp16")):
             shutil.copyfile(src, stage / MODEL_FILES[name])
@@ -143,24 +183,49 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
 
         variants = {
             "fp32": {"file": MODEL_FILES["fp32"], "precision": "fp32", "graph": "as exported", "for": "reference"},
-            "optimized": {"file": MODEL_FILES["optimized"], "precision": "fp32", "graph": f"ORTOptimizer {optimize.CPU_LEVEL}",
-                          "fused_operators": opt_fused, "for": "cpu"},
-            "fp16": {"file": MODEL_FILES["fp16"], "precision": "fp16 (fp32 inputs/outputs)", "graph": f"ORTOptimizer {optimize.GPU_LEVEL} + EmbedLayerNormalization",
-                     "fused_operators": fp16_fused, "for": "cuda"},
+            "optimized": {
+                "file": MODEL_FILES["optimized"],
+                "precision": "fp32",
+                "graph": f"ORTOptimizer {optimize.CPU_LEVEL}",
+                "fused_operators": opt_fused,
+                "for": "cpu",
+            },
+            "fp16": {
+                "file": MODEL_FILES["fp16"],
+                "precision": "fp16 (fp32 inputs/outputs)",
+                "graph": f"ORTOptimizer {optimize.GPU_LEVEL} + EmbedLayerNormalization",
+                "fused_operators": fp16_fused,
+                "for": "cuda",
+            },
         }
-        body = {"created": created.isoformat(timespec="seconds"), "version": version, "name": cfg.name,
-                "labels": ckpt.labels,
-                # the parity report's data, which verify --parity and bench read again for a model that is not CoLA's
-                "data_source": as_spec(cola).record(),
-                "max_length": ckpt.max_length, "pad_token_id": _pad_token_id(stage), "inputs": graph_inputs(fp32_path),
-                "variants": variants, "serving_default": {"cpu": "optimized", "cuda": "fp16"},
-                "source": {"run_dir": str(ckpt.run_dir), "checkpoint": str(ckpt.path), "metrics": ckpt.metrics,
-                           "selected_on": ckpt.metrics.get("selected_on", "validation split")},
-                "decision": decision_record(ckpt),
-                "versions": library_versions(), "cpu_flags": cpu,
-                # the preset int8 used: detected from this CPU (cpu_flags), or --quant-target
-                "quantization_target": None if cfg.int8 == "none" else target, "status": "in progress"}
-        mf.write_manifest(stage, body, hash_files=False)  # provisional: lets the engine load variants for the parity run
+        body = {
+            "created": created.isoformat(timespec="seconds"),
+            "version": version,
+            "name": cfg.name,
+            "labels": ckpt.labels,
+            # the parity report's data, which verify --parity and bench read again for a model that is not CoLA's
+            "data_source": as_spec(cola).record(),
+            "max_length": ckpt.max_length,
+            "pad_token_id": _pad_token_id(stage),
+            "inputs": graph_inputs(fp32_path),
+            "variants": variants,
+            "serving_default": {"cpu": "optimized", "cuda": "fp16"},
+            "source": {
+                "run_dir": str(ckpt.run_dir),
+                "checkpoint": str(ckpt.path),
+                "metrics": ckpt.metrics,
+                "selected_on": ckpt.metrics.get("selected_on", "validation split"),
+            },
+            "decision": decision_record(ckpt),
+            "versions": library_versions(),
+            "cpu_flags": cpu,
+            # the preset int8 used: detected from this CPU (cpu_flags), or --quant-target
+            "quantization_target": None if cfg.int8 == "none" else target,
+            "status": "in progress",
+        }
+        mf.write_manifest(
+            stage, body, hash_files=False
+        )  # provisional: lets the engine load variants for the parity run
 
         report = _parity_and_int8(cfg, ckpt, cola, stage, work, body, target, echo)
         body["parity"] = _summary(report)
@@ -176,22 +241,33 @@ def _export(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, echo: Callable[[
     for warning in report.get("warnings", []):
         echo(f"warning: {warning}")
     if result.failures:
-        raise ParityError(f"{cfg.out}: {'; '.join(result.failures)} (artifact written with status 'failed parity', not registered; see {cfg.out}/parity.md)")
+        raise ParityError(
+            f"{cfg.out}: {'; '.join(result.failures)} (artifact written with status 'failed parity', not registered; "
+            f"see {cfg.out}/parity.md)"
+        )
     if cfg.store:
         from export.store import register, store_manifest
 
         result.tag = register(result.out, manifest)
         left = store_manifest(result.out, manifest)["store_copy"]["left_out"]
-        echo(f"registered in the BentoML model store as {result.tag}" + (
-            f" (without the parity reference {', '.join(left.values())}: a Bento need not carry it; {cfg.out} keeps it)" if left else ""))
+        echo(
+            f"registered in the BentoML model store as {result.tag}"
+            + (
+                f" (without the parity reference {', '.join(left.values())}: a Bento need not carry it; {cfg.out} "
+                "keeps it)"
+                if left
+                else ""
+            )
+        )
         if cfg.name != MODEL_NAME:  # the service serves bertpack-cola:latest unless told otherwise
             echo(f"serve it with: BERTPACK_MODEL={cfg.name}:latest bentoml serve")
-    echo(f"artifact written to {cfg.out}  (next: bertpack predict {cfg.out} \"Some sentence.\")")
+    echo(f'artifact written to {cfg.out}  (next: bertpack predict {cfg.out} "Some sentence.")')
     return result
 
 
-def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: parity.Tolerance,
-                     echo: Callable[[str], None]) -> dict:
+def recheck_artifact(
+    artifact_dir: Path, data: str | Path | None, tolerance: parity.Tolerance, echo: Callable[[str], None]
+) -> dict:
     """`bertpack verify --parity`: score every variant of an existing artifact against PyTorch on its
     source checkpoint again (after an ONNX Runtime upgrade, or to catch a damaged model whose file
     hashes were rewritten). Raises ParityError when a variant breaks its tolerance."""
@@ -204,21 +280,34 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
     verify_files(artifact_dir, manifest)
     checkpoint = Path(manifest.get("source", {}).get("checkpoint", ""))
     if not (checkpoint / "config.json").is_file():
-        raise BertpackError(f"the source checkpoint {checkpoint} of {artifact_dir} is gone; parity needs it (PyTorch is the reference)")
+        raise BertpackError(
+            f"the source checkpoint {checkpoint} of {artifact_dir} is gone; parity needs it (PyTorch is the reference)"
+        )
     checkpoint = named_by_artifact(checkpoint, artifact_dir)
     from bertpack.data import data_source
 
     recorded = DataSpec.from_record(manifest.get("data_source"))
     evals = _load_eval(data_source(data, "verify --parity", manifest["labels"], recorded), None, manifest["labels"])
-    encoder = OnnxClassifier(artifact_dir, variant=encoding_variant(manifest), device="cpu", verify=False,  # tokenizes for PyTorch
-                             buckets=served_buckets("cpu"))
+    encoder = OnnxClassifier(
+        artifact_dir,
+        variant=encoding_variant(manifest),
+        device="cpu",
+        verify=False,  # tokenizes for PyTorch
+        buckets=served_buckets("cpu"),
+    )
     scoring = _Scoring.against(checkpoint, encoder, evals, tolerance, encoder.decision)
     rows, failures = [scoring.ref_row], []
     for name, variant in manifest["variants"].items():
         device = "cpu"
         if variant.get("for") == "cuda":
             if not cuda_available():
-                rows.append({"variant": name, "status": "not checked (no GPU)", "bytes": (artifact_dir / variant["file"]).stat().st_size})
+                rows.append(
+                    {
+                        "variant": name,
+                        "status": "not checked (no GPU)",
+                        "bytes": (artifact_dir / variant["file"]).stat().st_size,
+                    }
+                )
                 continue
             device = "cuda"
         clf = OnnxClassifier(artifact_dir, variant=name, device=device, verify=False, buckets=served_buckets(device))
@@ -227,11 +316,19 @@ def recheck_artifact(artifact_dir: Path, data: str | Path | None, tolerance: par
             row["method"] = variant["method"]
         failures += [f"{name}: {p}" for p in problems]
         rows.append(row)
-    report = {"source": str(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "sentences": len(evals.sentences), "data": str(data), "split": evals.split,
-              "provider": "CPUExecutionProvider",
-              "tolerance": parity.tolerance_dict(tolerance), "rows": rows, "failures": failures,
-              "serving_default_cpu": manifest.get("serving_default", {}).get("cpu"), **scoring.decision_report(manifest)}
+    report = {
+        "source": str(checkpoint),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sentences": len(evals.sentences),
+        "data": str(data),
+        "split": evals.split,
+        "provider": "CPUExecutionProvider",
+        "tolerance": parity.tolerance_dict(tolerance),
+        "rows": rows,
+        "failures": failures,
+        "serving_default_cpu": manifest.get("serving_default", {}).get("cpu"),
+        **scoring.decision_report(manifest),
+    }
     echo(parity.format_text(report))
     if failures:
         raise ParityError(f"{artifact_dir}: {'; '.join(failures)}")
@@ -242,8 +339,12 @@ def decision_record(ckpt: Checkpoint) -> dict:
     """The manifest's decision: the run's temperature and, for 2 labels, its threshold on p(positive), with where
     they were fitted (plain softmax and argmax for a checkpoint without them)."""
     decision = Decision.from_record(ckpt.decision, len(ckpt.labels))
-    return {**decision.record(), "positive_label": ckpt.labels[decision.positive],
-            "fitted_on": ckpt.decision.get("fitted_on") if ckpt.decision else None, "rows": ckpt.decision.get("rows")}
+    return {
+        **decision.record(),
+        "positive_label": ckpt.labels[decision.positive],
+        "fitted_on": ckpt.decision.get("fitted_on") if ckpt.decision else None,
+        "rows": ckpt.decision.get("rows"),
+    }
 
 
 def _make_readable(folder: Path) -> None:
@@ -288,30 +389,47 @@ class _Scoring:
     decision: Decision  # every variant is scored at the model's threshold, as it serves
 
     @classmethod
-    def against(cls, checkpoint: Path, fp32_engine, data: parity.Eval, tolerance: parity.Tolerance,
-                decision: Decision) -> "_Scoring":
+    def against(
+        cls, checkpoint: Path, fp32_engine, data: parity.Eval, tolerance: parity.Tolerance, decision: Decision
+    ) -> "_Scoring":
         reference = parity.reference_logits(checkpoint, fp32_engine, data.sentences)
         ref_row = dict(parity.score("pytorch fp32", reference, reference, data, decision=decision), status="reference")
         return cls(data=data, reference=reference, ref_row=ref_row, tolerance=tolerance, decision=decision)
 
     def decision_report(self, manifest: dict) -> dict:
         """The report's record of the decision, what the rows are to the model, and ECE before/after calibration."""
-        return {"decision": manifest.get("decision") or self.decision.record(),
-                "selected_on": manifest.get("source", {}).get("selected_on"),
-                "calibration": parity.calibration(self.reference, self.data, self.decision)}
+        return {
+            "decision": manifest.get("decision") or self.decision.record(),
+            "selected_on": manifest.get("source", {}).get("selected_on"),
+            "calibration": parity.calibration(self.reference, self.data, self.decision),
+        }
 
     def check(self, name: str, engine, file: Path) -> tuple[dict, list[str]]:
         """The variant's report row (status pass/FAIL) and the ways it breaks its tolerance."""
-        row = parity.score(name, engine.logits(self.data.sentences), self.reference, self.data, file.stat().st_size,
-                           decision=self.decision)
+        row = parity.score(
+            name,
+            engine.logits(self.data.sentences),
+            self.reference,
+            self.data,
+            file.stat().st_size,
+            decision=self.decision,
+        )
         row["provider"] = engine.provider
         problems = parity.check(row, self.ref_row, self.tolerance)
         row["status"] = "FAIL" if problems else "pass"
         return row, problems
 
 
-def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: Path, work: Path, body: dict,
-                     target: str, echo: Callable[[str], None]) -> dict:
+def _parity_and_int8(
+    cfg: ExportConfig,
+    ckpt: Checkpoint,
+    cola: DataRef,
+    stage: Path,
+    work: Path,
+    body: dict,
+    target: str,
+    echo: Callable[[str], None],
+) -> dict:
     """Score fp32, optimized and (on a GPU) fp16 against PyTorch, then build int8 (_search_int8) and decide what ships
     (_ship_int8). Returns the parity report."""
     from serving.engine import OnnxClassifier
@@ -327,8 +445,11 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
     scoring = _Scoring.against(ckpt.path, fp32, data, cfg.tolerance, fp32.decision)
     decided = scoring.decision_report(body)
     cal = decided["calibration"]
-    echo(f"calibration on CoLA validation (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
-         f"temperature {cal['temperature']:.3f}")
+    echo(
+        f"calibration on CoLA validation (PyTorch fp32): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} "
+        "after "
+        f"temperature {cal['temperature']:.3f}"
+    )
     rows, failures = [scoring.ref_row], []
     for variant, engine in (("fp32", fp32), ("optimized", load("optimized"))):
         row, problems = scoring.check(variant, engine, stage / MODEL_FILES[variant])
@@ -342,28 +463,66 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
         row, problems = scoring.check("fp16", load("fp16", device="cuda"), stage / MODEL_FILES["fp16"])
         failures += [f"fp16: {p}" for p in problems]
     else:
-        row = {"variant": "fp16", "bytes": (stage / MODEL_FILES["fp16"]).stat().st_size, "status": "not checked (no GPU)"}
+        row = {
+            "variant": "fp16",
+            "bytes": (stage / MODEL_FILES["fp16"]).stat().st_size,
+            "status": "not checked (no GPU)",
+        }
     rows.append(row)
 
     cpu_ok = "optimized" if not any(f.startswith("optimized") for f in failures) else "fp32"
-    providers = "CPUExecutionProvider" + (" (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else "")
-    report = {"source": str(ckpt.path), "created": body["created"], "sentences": len(data.sentences), "data": str(cola),
-              "split": data.split,
-              "provider": providers, "tolerance": parity.tolerance_dict(cfg.tolerance), "rows": rows, "flip_rate": flips,
-              "quantization_target": target, "failures": failures, **decided}
+    providers = "CPUExecutionProvider" + (
+        " (fp16: CUDAExecutionProvider)" if row.get("provider") == "CUDAExecutionProvider" else ""
+    )
+    report = {
+        "source": str(ckpt.path),
+        "created": body["created"],
+        "sentences": len(data.sentences),
+        "data": str(cola),
+        "split": data.split,
+        "provider": providers,
+        "tolerance": parity.tolerance_dict(cfg.tolerance),
+        "rows": rows,
+        "flip_rate": flips,
+        "quantization_target": target,
+        "failures": failures,
+        **decided,
+    }
     if cfg.int8 == "none":  # e.g. a GPU-only deployment: the CPU serves the fp32 `optimized` graph
         rows.append({"variant": "int8", "status": "not built (--int8 none)"})
-        return {**report, "int8_tries": {}, "int8_choice": None, "int8_method": None, "serving_default_cpu": cpu_ok, "warnings": []}
+        return {
+            **report,
+            "int8_tries": {},
+            "int8_choice": None,
+            "int8_method": None,
+            "serving_default_cpu": cpu_ok,
+            "warnings": [],
+        }
 
     methods = list(quantize.METHODS) if cfg.int8 == "auto" else [cfg.int8]
     # Training sentences: static int8's activation ranges, and dynamic int8's SmoothQuant channel ranges.
     calibration = _calibration(cola, fp32, cfg, ckpt)
-    fused = quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused") if "dynamic" in methods else None
+    fused = (
+        quantize.fused_source(stage / MODEL_FILES["optimized"], work / "fp32", work / "fused")
+        if "dynamic" in methods
+        else None
+    )
     tries: dict[str, list[dict]] = {}
     winners: dict[str, dict] = {}
     for method in methods:
-        tries[method], winners[method] = _search_int8(method, quantize.source_dir(method, work / "fp32", fused), target, ckpt, calibration,
-                                                      stage, work, body, scoring, load, echo)
+        tries[method], winners[method] = _search_int8(
+            method,
+            quantize.source_dir(method, work / "fp32", fused),
+            target,
+            ckpt,
+            calibration,
+            stage,
+            work,
+            body,
+            scoring,
+            load,
+            echo,
+        )
     mf.write_manifest(stage, body, hash_files=False)
     if cfg.flip_check:
         for method, best in winners.items():
@@ -372,8 +531,19 @@ def _parity_and_int8(cfg: ExportConfig, ckpt: Checkpoint, cola: DataRef, stage: 
     return {**report, **_ship_int8(winners, tries, flips, stage, body, rows, failures, cpu_ok, cfg.require_int8)}
 
 
-def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calibration: quantize.Calibration, stage: Path,
-                 work: Path, body: dict, scoring: _Scoring, load: Callable, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
+def _search_int8(
+    method: str,
+    source: Path,
+    target: str,
+    ckpt: Checkpoint,
+    calibration: quantize.Calibration,
+    stage: Path,
+    work: Path,
+    body: dict,
+    scoring: _Scoring,
+    load: Callable,
+    echo: Callable[[str], None],
+) -> tuple[list[dict], dict]:
     """Climb one method's ladder until a try is within tolerance; every try is recorded. Leaves the best try (the
     passing one, else the closest) as stage/model_int8_<method>.onnx and its manifest entry; returns (tries, best)."""
     tries: list[dict] = []
@@ -382,18 +552,45 @@ def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calib
     name = f"int8_{method}"
     n_calib = len(calibration.ids)
     for k, settings in enumerate(quantize.ladder(method, target)):
-        path = quantize.quantize(source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache)
+        path = quantize.quantize(
+            source, work / f"int8-{method}-{k}", settings, ckpt.num_layers, calibration, ranges_cache
+        )
         shutil.copyfile(path, stage / f"model_{name}.onnx")
-        body["variants"][name] = {"file": f"model_{name}.onnx", "method": method, "for": "cpu",
-                                  "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib)}
+        body["variants"][name] = {
+            "file": f"model_{name}.onnx",
+            "method": method,
+            "for": "cpu",
+            "settings": quantize.settings_record(settings, ckpt.num_layers, source / "model.onnx", n_calib),
+        }
         mf.write_manifest(stage, body, hash_files=False)  # provisional (every try): only load() reads it
         row, problems = scoring.check(name, load(name), stage / f"model_{name}.onnx")
-        tries.append({"try": k + 1, "settings": body["variants"][name]["settings"], "passed": not problems, "problems": problems,
-                      **{key: row[key] for key in ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain",
-                                                   "agreement", "max_abs_logit_diff", "mean_abs_logit_diff", "bytes")
-                         if key in row}})
-        echo(f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
-             f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}")
+        tries.append(
+            {
+                "try": k + 1,
+                "settings": body["variants"][name]["settings"],
+                "passed": not problems,
+                "problems": problems,
+                **{
+                    key: row[key]
+                    for key in (
+                        "accuracy",
+                        "mcc",
+                        "macro_f1",
+                        "mcc_in_domain",
+                        "mcc_out_domain",
+                        "agreement",
+                        "max_abs_logit_diff",
+                        "mean_abs_logit_diff",
+                        "bytes",
+                    )
+                    if key in row
+                },
+            }
+        )
+        echo(
+            f"int8 {method} try {k + 1}: {settings.name}: MCC {row['mcc']:.4f}, agreement {row['agreement']:.2f}% "
+            f"-> {'pass' if not problems else 'fail (' + '; '.join(problems) + ')'}"
+        )
         if best is None or _try_rank(not problems, row) > _try_rank(best["passed"], best["row"]):
             best = {"k": k, "path": path, "row": row, "problems": problems, "passed": not problems}
         if not problems:
@@ -404,8 +601,17 @@ def _search_int8(method: str, source: Path, target: str, ckpt: Checkpoint, calib
     return tries, best
 
 
-def _ship_int8(winners: dict[str, dict], tries: dict[str, list[dict]], flips: dict[str, dict], stage: Path, body: dict,
-               rows: list[dict], failures: list[str], cpu_ok: str, require_int8: bool) -> dict:
+def _ship_int8(
+    winners: dict[str, dict],
+    tries: dict[str, list[dict]],
+    flips: dict[str, dict],
+    stage: Path,
+    body: dict,
+    rows: list[dict],
+    failures: list[str],
+    cpu_ok: str,
+    require_int8: bool,
+) -> dict:
     """The chosen method becomes `int8` (model_int8.onnx); the other stays beside it as int8_<method> if it passed.
     Every variant that ships passes its tolerance: an int8 method that failed every try is reported and not shipped,
     and when none passed the CPU serves the fp32 `optimized` graph instead (exact, deterministic), unless
@@ -433,9 +639,13 @@ def _ship_int8(winners: dict[str, dict], tries: dict[str, list[dict]], flips: di
         body["variants"]["int8"]["parity_passed"] = chosen["passed"]
     if not chosen["passed"] and not require_int8:
         warnings.append("no int8 method within tolerance: int8 not shipped; the CPU serves the fp32 `optimized` graph")
-    return {"int8_tries": tries, "int8_choice": _choice_text(choice, winners, flips),
-            "int8_method": choice if chosen["passed"] else None, "serving_default_cpu": "int8" if chosen["passed"] else cpu_ok,
-            "warnings": warnings}
+    return {
+        "int8_tries": tries,
+        "int8_choice": _choice_text(choice, winners, flips),
+        "int8_method": choice if chosen["passed"] else None,
+        "serving_default_cpu": "int8" if chosen["passed"] else cpu_ok,
+        "warnings": warnings,
+    }
 
 
 def _calibration(cola: DataRef, clf, cfg: ExportConfig, ckpt: Checkpoint) -> quantize.Calibration:
@@ -460,6 +670,7 @@ def _try_rank(passed: bool, row: dict) -> tuple:
 def _choose_int8(winners: dict[str, dict], flips: dict[str, dict]) -> str:
     """A served prediction should not depend on its neighbours: among the methods within tolerance,
     take the fewest batch-dependent flips, then the higher MCC, then the higher agreement."""
+
     def key(method: str):
         w = winners[method]
         flip = flips.get(f"int8_{method}", {}).get("flip_rate", 0.0)
@@ -473,17 +684,33 @@ def _choice_text(choice: str, winners: dict[str, dict], flips: dict[str, dict]) 
     parts = []
     for method, w in winners.items():
         flip = flips.get(f"int8_{method}", {}).get("flip_rate")
-        parts.append(f"{method}: {'pass' if w['passed'] else 'FAIL'}, MCC {w['row']['mcc']:.4f}, agreement {w['row']['agreement']:.2f}%"
-                     + (f", flip rate {flip:.2f}%" if flip is not None else ""))
+        parts.append(
+            f"{method}: {'pass' if w['passed'] else 'FAIL'}, MCC {w['row']['mcc']:.4f}, agreement "
+            f"{w['row']['agreement']:.2f}%" + (f", flip rate {flip:.2f}%" if flip is not None else "")
+        )
     return f"{choice} ({'; '.join(parts)})"
 
 
 def _summary(report: dict) -> dict:
     """Per-variant figures for the manifest and the BentoML metadata."""
-    keep = ("accuracy", "mcc", "macro_f1", "mcc_in_domain", "mcc_out_domain", "agreement", "max_abs_logit_diff",
-            "flip_rate", "status")
-    return {"sentences": report["sentences"], "passed": not report["failures"], "failures": report["failures"],
-            "selected_on": report.get("selected_on"), "calibration": report.get("calibration"),
-            "warnings": report.get("warnings", []),
-            "int8_method": report["int8_method"],
-            "rows": {row["variant"]: {k: row[k] for k in keep if k in row} for row in report["rows"]}}
+    keep = (
+        "accuracy",
+        "mcc",
+        "macro_f1",
+        "mcc_in_domain",
+        "mcc_out_domain",
+        "agreement",
+        "max_abs_logit_diff",
+        "flip_rate",
+        "status",
+    )
+    return {
+        "sentences": report["sentences"],
+        "passed": not report["failures"],
+        "failures": report["failures"],
+        "selected_on": report.get("selected_on"),
+        "calibration": report.get("calibration"),
+        "warnings": report.get("warnings", []),
+        "int8_method": report["int8_method"],
+        "rows": {row["variant"]: {k: row[k] for k in keep if k in row} for row in report["rows"]},
+    }

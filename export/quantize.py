@@ -3,7 +3,7 @@ sentences), and the ladder of safer settings the accuracy-aware export climbs wh
 
 Dynamic int8 quantizes the fused graph (ORTOptimizer O2), so each layer's fused Attention becomes
 one QAttention: about 150 nodes instead of about 640 for the unfused graph, which is what decides
-latency at batch 1 (README, bench). Static QDQ quantizes the unfused graph (its QDQ pairs around
+latency at batch 1 (docs/bench.md). Static QDQ quantizes the unfused graph (its QDQ pairs around
 fused contrib ops are not folded on the CPU)."""
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ METHODS = ("dynamic", "static")
 STATIC_OPERATORS = ["MatMul", "Gemm", "Gather"]
 
 
-SMOOTH_ALPHA = 0.5  # SmoothQuant's default; 0.75 was no better on the embedded model (README, export)
-# Static int8 smooths with a stronger migration: its activation ranges are fixed for every batch, and at 0.5 the smoothed
-# static rung stayed under 98% agreement where 0.75 passed (docs/quality.md, int8).
+SMOOTH_ALPHA = 0.5  # SmoothQuant's default, for dynamic int8 (docs/export.md)
+# Static int8 smooths with a stronger migration: its activation ranges are fixed for every batch (docs/export.md).
 STATIC_SMOOTH_ALPHA = 0.75
 
 
@@ -63,8 +62,8 @@ class Int8Settings:
 
 def ladder(method: str, target: str) -> list[Int8Settings]:
     """The tries in order: optimum-cli's defaults first, then safer and safer settings. Dynamic int8
-    smooths its inputs from the fourth rung on: on the two models measured, SmoothQuant raised int8
-    agreement to about 99% and halved the batch-dependent flips, for 12 elementwise Muls. Static int8
+    smooths its inputs from the fourth rung on: SmoothQuant raises int8 agreement and makes answers depend less
+    on the batch, for 12 elementwise Muls (docs/export.md). Static int8
     tries SmoothQuant (QKV and FFN-up inputs) right after keeping the FFN down-projections in fp32, before
     percentile calibration: a static int8 that passes answers independently of the batch."""
     base = Int8Settings(method=method, target=target)
@@ -72,15 +71,21 @@ def ladder(method: str, target: str) -> list[Int8Settings]:
     safer = [base, pc, dataclasses.replace(pc, exclude=("head",))]
     if method == "static":
         pct = dataclasses.replace(pc, exclude=("head", "ffn_out"), calibration="percentile")
-        safer += [dataclasses.replace(pc, exclude=("head", "ffn_out")),
-                  dataclasses.replace(pc, exclude=("head", "ffn_out"), smooth_alpha=STATIC_SMOOTH_ALPHA), pct,
-                  dataclasses.replace(pct, exclude=("head", "ffn_out", "last1")),
-                  dataclasses.replace(pct, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
+        safer += [
+            dataclasses.replace(pc, exclude=("head", "ffn_out")),
+            dataclasses.replace(pc, exclude=("head", "ffn_out"), smooth_alpha=STATIC_SMOOTH_ALPHA),
+            pct,
+            dataclasses.replace(pct, exclude=("head", "ffn_out", "last1")),
+            dataclasses.replace(pct, exclude=("head", "ffn_out", "last2"), reduce_range=True),
+        ]
     else:
         smooth = dataclasses.replace(pc, exclude=("head", "ffn_out"), smooth_alpha=SMOOTH_ALPHA)
-        safer += [smooth, dataclasses.replace(smooth, reduce_range=True),
-                  dataclasses.replace(smooth, exclude=("head", "ffn_out", "last1"), reduce_range=True),
-                  dataclasses.replace(smooth, exclude=("head", "ffn_out", "last2"), reduce_range=True)]
+        safer += [
+            smooth,
+            dataclasses.replace(smooth, reduce_range=True),
+            dataclasses.replace(smooth, exclude=("head", "ffn_out", "last1"), reduce_range=True),
+            dataclasses.replace(smooth, exclude=("head", "ffn_out", "last2"), reduce_range=True),
+        ]
     return safer
 
 
@@ -106,7 +111,7 @@ def sensitive_nodes(model: Path | onnx.GraphProto, exclude: Sequence[str], num_l
         elif match := re.fullmatch(r"last(\d+)", group):
             for layer in range(max(num_layers - int(match.group(1)), 0), num_layers):
                 chosen += [n for n in products if f"/layer.{layer}/" in n]
-                chosen += attention[layer: layer + 1] if len(attention) == num_layers else []
+                chosen += attention[layer : layer + 1] if len(attention) == num_layers else []
         else:
             raise ValueError(f"unknown exclusion group {group!r}")
     return list(dict.fromkeys(chosen))
@@ -118,8 +123,12 @@ def quantization_config(settings: Int8Settings, nodes_to_exclude: list[str]):
 
     is_static = settings.method == "static"
     preset = getattr(AutoQuantizationConfig, settings.target)
-    kwargs = dict(is_static=is_static, per_channel=settings.per_channel, nodes_to_exclude=nodes_to_exclude,
-                  operators_to_quantize=STATIC_OPERATORS if is_static else None)
+    kwargs = dict(
+        is_static=is_static,
+        per_channel=settings.per_channel,
+        nodes_to_exclude=nodes_to_exclude,
+        operators_to_quantize=STATIC_OPERATORS if is_static else None,
+    )
     config = preset(**kwargs)
     # The VNNI and ARM presets take no reduce_range argument (they never need it); set it on the dataclass.
     return dataclasses.replace(config, reduce_range=settings.reduce_range)
@@ -137,7 +146,11 @@ class Calibration:
         import datasets
 
         ids = [list(s) for s in (self.ids if ids is None else ids)]
-        cols = {"input_ids": ids, "attention_mask": [[1] * len(s) for s in ids], "token_type_ids": [[0] * len(s) for s in ids]}
+        cols = {
+            "input_ids": ids,
+            "attention_mask": [[1] * len(s) for s in ids],
+            "token_type_ids": [[0] * len(s) for s in ids],
+        }
         return datasets.Dataset.from_dict({k: v for k, v in cols.items() if k in self.input_names})
 
     def datasets_by_length(self) -> list:
@@ -164,8 +177,14 @@ def fused_source(optimized_model: Path, fp32_dir: Path, out_dir: Path) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    quant_pre_process(str(optimized_model), str(out_dir / "model.onnx"), skip_optimization=True, skip_onnx_shape=True,
-                      skip_symbolic_shape=False, auto_merge=True)
+    quant_pre_process(
+        str(optimized_model),
+        str(out_dir / "model.onnx"),
+        skip_optimization=True,
+        skip_onnx_shape=True,
+        skip_symbolic_shape=False,
+        auto_merge=True,
+    )
     shutil.copyfile(Path(fp32_dir) / "config.json", out_dir / "config.json")
     return out_dir
 
@@ -175,17 +194,27 @@ def source_dir(method: str, fp32_dir: Path, fused_dir: Path | None) -> Path:
     return fused_dir if method == "dynamic" and fused_dir is not None else fp32_dir
 
 
-def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers: int,
-             calibration: Calibration | None = None, ranges_cache: dict | None = None) -> Path:
+def quantize(
+    model_dir: Path,
+    work_dir: Path,
+    settings: Int8Settings,
+    num_layers: int,
+    calibration: Calibration | None = None,
+    ranges_cache: dict | None = None,
+) -> Path:
     """Quantize model_dir/model.onnx (see `source_dir`). Static ranges and SmoothQuant's channel ranges
     are computed once and kept in `ranges_cache`."""
     from optimum.onnxruntime import AutoCalibrationConfig, ORTQuantizer
 
-    config = quantization_config(settings, sensitive_nodes(Path(model_dir) / "model.onnx", settings.exclude, num_layers))
+    config = quantization_config(
+        settings, sensitive_nodes(Path(model_dir) / "model.onnx", settings.exclude, num_layers)
+    )
     save_dir = Path(work_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     if settings.smooth_alpha is not None:
-        model_dir = _smoothed_source(Path(model_dir), save_dir / "smoothed", settings.smooth_alpha, calibration, ranges_cache)
+        model_dir = _smoothed_source(
+            Path(model_dir), save_dir / "smoothed", settings.smooth_alpha, calibration, ranges_cache
+        )
     quantizer = ORTQuantizer.from_pretrained(str(model_dir), file_name="model.onnx")
     ranges = None
     if settings.method == "static":
@@ -196,23 +225,34 @@ def quantize(model_dir: Path, work_dir: Path, settings: Int8Settings, num_layers
         key = settings.calibration if settings.smooth_alpha is None else (settings.calibration, settings.smooth_alpha)
         if key not in cache:
             groups = [calibration.dataset()] if settings.calibration == "minmax" else calibration.datasets_by_length()
-            calib = (AutoCalibrationConfig.minmax(groups[0]) if settings.calibration == "minmax"
-                     else AutoCalibrationConfig.percentiles(groups[0], percentile=99.999))
-            for i, ds in enumerate(groups):  # method None: Optimum keeps the calibrator (and its histograms) of the first call
-                quantizer.partial_fit(dataset=ds, calibration_config=calib if i == 0 else dataclasses.replace(calib, method=None),
-                                      onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
-                                      operators_to_quantize=STATIC_OPERATORS)
+            calib = (
+                AutoCalibrationConfig.minmax(groups[0])
+                if settings.calibration == "minmax"
+                else AutoCalibrationConfig.percentiles(groups[0], percentile=99.999)
+            )
+            for i, ds in enumerate(
+                groups
+            ):  # method None: Optimum keeps the calibrator (and its histograms) of the first call
+                quantizer.partial_fit(
+                    dataset=ds,
+                    calibration_config=calib if i == 0 else dataclasses.replace(calib, method=None),
+                    onnx_augmented_model_name=str(save_dir / "augmented_model.onnx"),
+                    operators_to_quantize=STATIC_OPERATORS,
+                )
             cache[key] = quantizer.compute_ranges()
         ranges = cache[key]
-    quantizer.quantize(quantization_config=config, save_dir=save_dir, file_suffix="int8", calibration_tensors_range=ranges)
+    quantizer.quantize(
+        quantization_config=config, save_dir=save_dir, file_suffix="int8", calibration_tensors_range=ranges
+    )
     path = save_dir / "model_int8.onnx"
     if not path.is_file():
         raise BertpackError(f"ORTQuantizer wrote no {path}")
     return path
 
 
-def _smoothed_source(model_dir: Path, out_dir: Path, alpha: float, calibration: Calibration | None,
-                     ranges_cache: dict | None) -> Path:
+def _smoothed_source(
+    model_dir: Path, out_dir: Path, alpha: float, calibration: Calibration | None, ranges_cache: dict | None
+) -> Path:
     """model_dir's graph with SmoothQuant applied, in a folder ORTQuantizer can load. The channel ranges
     and the smoothed graph are made once per alpha and reused by every rung that smooths (in `ranges_cache`)."""
     from export import smoothquant
@@ -223,7 +263,9 @@ def _smoothed_source(model_dir: Path, out_dir: Path, alpha: float, calibration: 
     if ("smoothed", alpha) in cache:
         return cache[("smoothed", alpha)]
     if "smoothquant" not in cache:
-        cache["smoothquant"] = smoothquant.channel_ranges(model_dir / "model.onnx", calibration.ids, calibration.input_names)
+        cache["smoothquant"] = smoothquant.channel_ranges(
+            model_dir / "model.onnx", calibration.ids, calibration.input_names
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     smoothquant.smooth(model_dir / "model.onnx", out_dir / "model.onnx", cache["smoothquant"], alpha)
     shutil.copyfile(model_dir / "config.json", out_dir / "config.json")
@@ -231,7 +273,9 @@ def _smoothed_source(model_dir: Path, out_dir: Path, alpha: float, calibration: 
     return out_dir
 
 
-def settings_record(settings: Int8Settings, num_layers: int, model_path: Path, calibration_sentences: int | None = None) -> dict:
+def settings_record(
+    settings: Int8Settings, num_layers: int, model_path: Path, calibration_sentences: int | None = None
+) -> dict:
     """The manifest's record of one try: the settings, the graph it quantized, the nodes kept in fp32."""
     graph = _load_graph(model_path)
     record = dataclasses.asdict(settings)
@@ -246,6 +290,9 @@ def settings_record(settings: Int8Settings, num_layers: int, model_path: Path, c
     if settings.smooth_alpha is not None:
         from export.smoothquant import SMOOTHED
 
-        record["smoothquant"] = {"alpha": settings.smooth_alpha, "inputs_of": list(SMOOTHED),
-                                 "calibration_sentences": calibration_sentences}
+        record["smoothquant"] = {
+            "alpha": settings.smooth_alpha,
+            "inputs_of": list(SMOOTHED),
+            "calibration_sentences": calibration_sentences,
+        }
     return record

@@ -12,27 +12,40 @@ from pathlib import Path
 
 
 def recipe(c: dict) -> str:
-    return (f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
-            f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
-            + (", pooler re-init" if c.get("reinit_pooler") else "")
-            + (f", top {c['reinit_top_layers']} layer(s) re-init" if c.get("reinit_top_layers") else "")
-            + (", balanced class weights" if c.get("class_weights") == "balanced" else "")
-            + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else ", 1 eval/ep"))
+    return (
+        f"lr {c['learning_rate']:g}, {c['epochs']:g} ep, bs {c['batch_size']}, warmup {c['warmup_ratio']:g}, "
+        f"llrd {c['layer_decay']:g}, head x{c['head_lr_multiplier']:g}"
+        + (", pooler re-init" if c.get("reinit_pooler") else "")
+        + (f", top {c['reinit_top_layers']} layer(s) re-init" if c.get("reinit_top_layers") else "")
+        + (", balanced class weights" if c.get("class_weights") == "balanced" else "")
+        + (f", {c['evals_per_epoch']} evals/ep" if c.get("evals_per_epoch", 1) > 1 else ", 1 eval/ep")
+    )
 
 
 def row(path: Path) -> dict:
     m = json.loads(path.read_text())
     b, d = m["best"], m.get("decision") or {}
     soup = m.get("kind") == "soup"
-    return {"run": path.parent.name, "soup": soup,
-            "recipe": f"{m['method']} soup of " + ", ".join(x["name"] for x in m["members"] if x["in_soup"]) if soup
-            else recipe(m["config"]) + f", seed {m['config']['seed']}",
-            "chosen": b.get("checkpoint"), "selected_on": b.get("selected_on", "validation split"),
-            "selection_mcc": b.get("selection_mcc"), "threshold": d.get("threshold"), "temperature": d.get("temperature"),
-            "mcc": b["mcc"], "mcc_argmax": (b.get("argmax") or {}).get("mcc", b["mcc"]),
-            "mcc_in_domain": b.get("mcc_in_domain"), "mcc_out_domain": b.get("mcc_out_domain"), "accuracy": b["accuracy"],
-            "ece_before": b.get("ece_before"), "ece_after": b.get("ece_after"),
-            "minutes": m["wall_time_s"] / 60 if m.get("wall_time_s") is not None else None}
+    return {
+        "run": path.parent.name,
+        "soup": soup,
+        "recipe": f"{m['method']} soup of " + ", ".join(x["name"] for x in m["members"] if x["in_soup"])
+        if soup
+        else recipe(m["config"]) + f", seed {m['config']['seed']}",
+        "chosen": b.get("checkpoint"),
+        "selected_on": b.get("selected_on", "validation split"),
+        "selection_mcc": b.get("selection_mcc"),
+        "threshold": d.get("threshold"),
+        "temperature": d.get("temperature"),
+        "mcc": b["mcc"],
+        "mcc_argmax": (b.get("argmax") or {}).get("mcc", b["mcc"]),
+        "mcc_in_domain": b.get("mcc_in_domain"),
+        "mcc_out_domain": b.get("mcc_out_domain"),
+        "accuracy": b["accuracy"],
+        "ece_before": b.get("ece_before"),
+        "ece_after": b.get("ece_after"),
+        "minutes": m["wall_time_s"] / 60 if m.get("wall_time_s") is not None else None,
+    }
 
 
 def _f(value, fmt: str = ".3f") -> str:
@@ -43,24 +56,40 @@ def main(argv: list[str]) -> None:
     json_out = None
     if "--json" in argv:
         i = argv.index("--json")
-        json_out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+        json_out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
     rows = [row(Path(p)) for p in argv]
-    print("| run | recipe | chosen | on | selection MCC | threshold | T | **validation MCC** | (argmax) | in-domain | out-of-domain "
-          "| accuracy | ECE before -> after | minutes |")
+    print(
+        "| run | recipe | chosen | on | selection MCC | threshold | T | **validation MCC** | (argmax) | in-domain | "
+        "out-of-domain "
+        "| accuracy | ECE before -> after | minutes |"
+    )
     print("|" + " --- |" * 14)
     for r in rows:
-        print(f"| {r['run']} | {r['recipe']} | {r['chosen']} | {r['selected_on']} | {_f(r['selection_mcc'])} | {_f(r['threshold'])} "
-              f"| {_f(r['temperature'], '.2f')} | **{_f(r['mcc'])}** | {_f(r['mcc_argmax'])} | {_f(r['mcc_in_domain'])} "
-              f"| {_f(r['mcc_out_domain'])} | {_f(r['accuracy'])} | {_f(r['ece_before'])} -> {_f(r['ece_after'])} | {_f(r['minutes'], '.1f')} |")
+        print(
+            f"| {r['run']} | {r['recipe']} | {r['chosen']} | {r['selected_on']} | {_f(r['selection_mcc'])} | "
+            f"{_f(r['threshold'])} "
+            f"| {_f(r['temperature'], '.2f')} | **{_f(r['mcc'])}** | {_f(r['mcc_argmax'])} | {_f(r['mcc_in_domain'])} "
+            f"| {_f(r['mcc_out_domain'])} | {_f(r['accuracy'])} | {_f(r['ece_before'])} -> {_f(r['ece_after'])} | "
+            f"{_f(r['minutes'], '.1f')} |"
+        )
     singles = [r for r in rows if not r["soup"]]
     summary = {}
     if len(singles) > 1:
         for key in ("mcc", "mcc_argmax", "selection_mcc"):
             values = [r[key] for r in singles]
-            summary[key] = {"mean": statistics.mean(values), "sd": statistics.stdev(values), "min": min(values), "max": max(values)}
+            summary[key] = {
+                "mean": statistics.mean(values),
+                "sd": statistics.stdev(values),
+                "min": min(values),
+                "max": max(values),
+            }
         s = summary["mcc"]
-        print(f"\nvalidation MCC of the {len(singles)} single runs: mean {s['mean']:.3f} ± {s['sd']:.3f} (sd; min {s['min']:.3f}, "
-              f"max {s['max']:.3f}); at the argmax {summary['mcc_argmax']['mean']:.3f} ± {summary['mcc_argmax']['sd']:.3f}")
+        print(
+            f"\nvalidation MCC of the {len(singles)} single runs: mean {s['mean']:.3f} ± {s['sd']:.3f} (sd; min "
+            f"{s['min']:.3f}, "
+            f"max {s['max']:.3f}); at the argmax {summary['mcc_argmax']['mean']:.3f} ± "
+            f"{summary['mcc_argmax']['sd']:.3f}"
+        )
     if json_out:
         json_out.write_text(json.dumps({"rows": rows, "single_runs": summary}, indent=2) + "\n")
 

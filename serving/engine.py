@@ -35,8 +35,9 @@ DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 EXACT_U8S8_FLAGS = VNNI_FLAGS | {"amx_int8"}
 
 
-def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
-                        cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+def int8_kernel_warning(
+    manifest: dict, variant: str, artifact_dir: Path | str, cpuinfo: Path = Path("/proc/cpuinfo")
+) -> str | None:
     """Why this CPU may not reproduce the export's int8 parity figures (None when it does, or `variant` is not int8):
     u8s8 weights quantized without reduce_range, measured on a CPU with exact int8 products (VNNI, or ARM), now on an
     x86 CPU without VNNI, where the same model can saturate and predict otherwise."""
@@ -48,10 +49,15 @@ def int8_kernel_warning(manifest: dict, variant: str, artifact_dir: Path | str,
     exported_on = manifest.get("cpu_flags") or {}
     if exported_on.get("machine", "").lower() in X86_MACHINES and exported_on.get("vnni") is False:
         return None  # measured on the same kind of kernels as this CPU's
-    return (f"{variant} holds u8s8 int8 weights quantized without reduce_range ({settings['target']} preset, parity measured on "
-            f"{exported_on.get('model') or 'another CPU'}); this CPU ({cpu_model(cpuinfo)}) has no VNNI, where ONNX Runtime's "
-            f"u8s8 kernels can saturate and predict otherwise: check it here with `bertpack verify --parity {artifact_dir}`, "
-            "serve BERTPACK_VARIANT=optimized, or re-export with --quant-target avx2 for CPUs without VNNI")
+    return (
+        f"{variant} holds u8s8 int8 weights quantized without reduce_range ({settings['target']} preset, parity "
+        "measured on "
+        f"{exported_on.get('model') or 'another CPU'}); this CPU ({cpu_model(cpuinfo)}) has no VNNI, where ONNX "
+        "Runtime's "
+        "u8s8 kernels can saturate and predict otherwise: check it here with `bertpack verify --parity "
+        f"{artifact_dir}`, "
+        "serve BERTPACK_VARIANT=optimized, or re-export with --quant-target avx2 for CPUs without VNNI"
+    )
 
 
 def physical_cores() -> int:
@@ -103,7 +109,9 @@ def length_order(ids: Sequence[Sequence[int]]) -> list[int]:
     return sorted(range(len(ids)), key=lambda i: len(ids[i]))
 
 
-def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, input_names: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
+def pad_ids(
+    ids: Sequence[Sequence[int]], pad_id: int, input_names: Sequence[str], length: int | None = None
+) -> dict[str, np.ndarray]:
     """The model's inputs for token-id sequences padded to `length` (default: the longest), one row each."""
     target = length or max(len(s) for s in ids)
     input_ids = np.full((len(ids), target), pad_id, dtype=np.int64)
@@ -151,9 +159,18 @@ class Batch:
 class OnnxClassifier:
     """One exported variant in one ONNX Runtime session, with its tokenizer."""
 
-    def __init__(self, artifact_dir: Path | str, variant: str | None = None, device: str = "auto",
-                 threads: int | None = None, verify: bool = True, buckets: Sequence[int] | None | str = "served",
-                 cuda_graph: bool = False, spin: bool = True, cuda_options: dict[str, str] | None = None):
+    def __init__(
+        self,
+        artifact_dir: Path | str,
+        variant: str | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        verify: bool = True,
+        buckets: Sequence[int] | None | str = "served",
+        cuda_graph: bool = False,
+        spin: bool = True,
+        cuda_options: dict[str, str] | None = None,
+    ):
         """`buckets="served"` pads as the service does on the provider in use (served_buckets), so
         predict, parity and the service compute the same thing for the same sentences. `cuda_options`:
         extra CUDA provider options for its CUDA sessions (e.g. {"sdpa_kernel": "2"}); ORT refuses unknown ones."""
@@ -171,8 +188,11 @@ class OnnxClassifier:
         variants = self.manifest["variants"]
         if self.variant not in variants:
             if missing := left_out(self.manifest, self.variant):
-                raise BertpackError(f"variant {self.variant!r} ({missing[0]}) was left out of {self.artifact_dir}, the model store's copy "
-                                    f"of the export; use the export's folder, which has every variant: {missing[1]}")
+                raise BertpackError(
+                    f"variant {self.variant!r} ({missing[0]}) was left out of {self.artifact_dir}, the model store's "
+                    "copy "
+                    f"of the export; use the export's folder, which has every variant: {missing[1]}"
+                )
             raise BertpackError(f"variant {self.variant!r} is not in {self.artifact_dir} (has: {', '.join(variants)})")
         model_file = variants[self.variant]["file"]
         if verify:
@@ -196,10 +216,17 @@ class OnnxClassifier:
         if want_cuda and self.provider != "CUDAExecutionProvider":
             why = cuda.cuda_problem() or "its CUDA provider failed to initialise; see the ONNX Runtime log above"
             if device == "cuda":
-                raise BertpackError(f"device cuda was asked for, but ONNX Runtime could not use CUDA ({why}); check the CUDA and "
-                                    "cuDNN libraries with `bertpack doctor`, or use device auto or cpu")
-            log.error("CUDA was expected but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN libraries "
-                      "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`", self.provider, why)
+                raise BertpackError(
+                    f"device cuda was asked for, but ONNX Runtime could not use CUDA ({why}); check the CUDA and "
+                    "cuDNN libraries with `bertpack doctor`, or use device auto or cpu"
+                )
+            log.error(
+                "CUDA was expected but ONNX Runtime fell back to %s (%s): check that the CUDA 12/13 and cuDNN "
+                "libraries "
+                "are on the library path and that `onnxruntime` is not installed beside `onnxruntime-gpu`",
+                self.provider,
+                why,
+            )
             if variant is None and self.variant != self.manifest["serving_default"]["cpu"]:
                 # The CUDA default (fp16) is the GPU's model: on the CPU serve the CPU default instead.
                 self.variant = self.manifest["serving_default"]["cpu"]
@@ -211,20 +238,31 @@ class OnnxClassifier:
                 self.provider = self.session.get_providers()[0]
         if buckets == "served":
             buckets = served_buckets(self.runs_on)
-        self.buckets = tuple(sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set())))
+        self.buckets = tuple(
+            sorted({b for b in (buckets or ()) if b <= self.max_length} | ({self.max_length} if buckets else set()))
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.graphs: CudaGraphs | None = None
         self.graph_error: str | None = None  # why CUDA graphs were asked for and are not used
         if cuda_graph and self.provider == "CUDAExecutionProvider":
             try:
-                session = _open_session(self.model_path, session_options(threads), [(
-                    "CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1", **(cuda_options or {})})])
+                session = _open_session(
+                    self.model_path,
+                    session_options(threads),
+                    [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1", **(cuda_options or {})})],
+                )
                 self.graphs = CudaGraphs(session, self.input_names, self.output_name, len(self.labels), self.pad_id)
             except BertpackError as exc:
                 self.graph_error = str(exc)
                 log.error("CUDA graphs unavailable (%s); using IO binding without graphs", exc)
-        log.info("loaded %s (%s) on %s%s", model_file, self.variant, self.provider, " with CUDA graphs" if self.graphs else "")
+        log.info(
+            "loaded %s (%s) on %s%s",
+            model_file,
+            self.variant,
+            self.provider,
+            " with CUDA graphs" if self.graphs else "",
+        )
 
     @property
     def runs_on(self) -> str:
@@ -249,8 +287,12 @@ class OnnxClassifier:
         """The sentences as predict and the service run them: ids cut to max_length, with what was cut and
         which sentences the tokenizer cannot read (each caller decides whether to refuse or to go on)."""
         full = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
-        return Encoded(ids=[keep_within(seq, self.max_length) for seq in full], tokens=[len(seq) for seq in full],
-                       limit=self.max_length, unreadable=self.unreadable(full))
+        return Encoded(
+            ids=[keep_within(seq, self.max_length) for seq in full],
+            tokens=[len(seq) for seq in full],
+            limit=self.max_length,
+            unreadable=self.unreadable(full),
+        )
 
     def encode(self, sentences: Sequence[str]) -> list[list[int]]:
         """Token ids per sentence ([CLS] ... [SEP]), too-long ones cut to max_length."""
@@ -295,10 +337,14 @@ class OnnxClassifier:
             for length in lengths:
                 self.run(self.pad([empty], length=length))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
-            raise BertpackError(f"{self.model_path} loads but fails on its first run on {self.provider} "
-                                f"({type(exc).__name__}: {first_line(exc)}); re-run bertpack export") from None
+            raise BertpackError(
+                f"{self.model_path} loads but fails on its first run on {self.provider} "
+                f"({type(exc).__name__}: {first_line(exc)}); re-run bertpack export"
+            ) from None
 
-    def batches(self, ids: Sequence[Sequence[int]], batch_size: int = 32, order: Sequence[int] | None = None) -> Iterator[tuple[list[int], Batch]]:
+    def batches(
+        self, ids: Sequence[Sequence[int]], batch_size: int = 32, order: Sequence[int] | None = None
+    ) -> Iterator[tuple[list[int], Batch]]:
         """The runs a list of sentences is cut into: each run's row positions and its padded batch, taking the
         rows in `order` (default: by length, so a run pads little). Predict, parity and the service all cut this way."""
         order = length_order(ids) if order is None else list(order)
@@ -306,7 +352,9 @@ class OnnxClassifier:
             rows = order[start : start + batch_size]
             yield rows, self.pad([ids[i] for i in rows])
 
-    def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
+    def logits_from_ids(
+        self, ids: Sequence[Sequence[int]], batch_size: int = 32, sort_by_length: bool = True
+    ) -> np.ndarray:
         """Logits for already-encoded sentences (each within max_length), in input order."""
         out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         for rows, batch in self.batches(ids, batch_size, None if sort_by_length else range(len(ids))):
@@ -326,8 +374,10 @@ class OnnxClassifier:
     def classify_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[dict]:
         """The same for already-encoded sentences (each within max_length)."""
         labels, probs = self.postprocess(self.logits_from_ids(ids, batch_size=batch_size))
-        return [{"label": label, "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
-                for label, p in zip(labels, probs)]
+        return [
+            {"label": label, "probabilities": {lab: float(p[j]) for j, lab in enumerate(self.labels)}}
+            for label, p in zip(labels, probs)
+        ]
 
     # -- decision ----------------------------------------------------------------------------
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -352,8 +402,9 @@ def load_tokenizer(artifact_dir: Path):
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
-        raise BertpackError(f"{path} is not a tokenizer the `tokenizers` library can load ({first_line(exc)}); "
-                            "re-run bertpack export") from None
+        raise BertpackError(
+            f"{path} is not a tokenizer the `tokenizers` library can load ({first_line(exc)}); re-run bertpack export"
+        ) from None
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
@@ -365,5 +416,7 @@ def _open_session(path: Path, options, providers: list):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-        raise BertpackError(f"ONNX Runtime cannot load {path}: {first_line(exc, 300)}; "
-                            "re-run bertpack export (or check the onnxruntime version with bertpack doctor)") from None
+        raise BertpackError(
+            f"ONNX Runtime cannot load {path}: {first_line(exc, 300)}; "
+            "re-run bertpack export (or check the onnxruntime version with bertpack doctor)"
+        ) from None

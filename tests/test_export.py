@@ -25,7 +25,9 @@ def exported(tiny_run, synthetic_cola, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     home = root / "bentoml"
     out = root / "artifact"
-    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), env={"BENTOML_HOME": str(home)})
+    proc = run_cli(
+        "export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), env={"BENTOML_HOME": str(home)}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"out": out, "home": home, "proc": proc, "root": root}
 
@@ -127,7 +129,9 @@ def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_pat
     run = make_balanced_tiny_run(tmp_path / "run", sentences)
     out = tmp_path / "artifact"
     wide_open = Tolerance(exact_max_logit_diff=1e9, exact_agreement=0.0, mcc_drop=1e9, min_agreement=0.0)
-    export_artifact(run, out, data=synthetic_cola, store=False, tolerance=wide_open, calibration_samples=16, int8="dynamic")
+    export_artifact(
+        run, out, data=synthetic_cola, store=False, tolerance=wide_open, calibration_samples=16, int8="dynamic"
+    )
     report = json.loads((out / "parity.json").read_text())
     rows = {r["variant"]: r for r in report["rows"]}
 
@@ -147,7 +151,11 @@ def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_pat
             input_ids = np.zeros((len(rows_), width), dtype=np.int64)
             for k, i in enumerate(rows_):
                 input_ids[k, : len(ids[i])] = ids[i]
-            feed = {"input_ids": input_ids, "attention_mask": (input_ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(input_ids)}
+            feed = {
+                "input_ids": input_ids,
+                "attention_mask": (input_ids != 0).astype(np.int64),
+                "token_type_ids": np.zeros_like(input_ids),
+            }
             wanted = {i.name for i in session.get_inputs()}
             logits[rows_] = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0]
         return logits
@@ -165,7 +173,9 @@ def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_pat
         assert row["mcc"] == pytest.approx(matthews_corrcoef(y, preds), abs=1e-12), variant
         for name in ("in", "out"):
             mask = dom == name
-            assert row[f"mcc_{name}_domain"] == pytest.approx(matthews_corrcoef(y[mask], preds[mask]), abs=1e-12), variant
+            assert row[f"mcc_{name}_domain"] == pytest.approx(matthews_corrcoef(y[mask], preds[mask]), abs=1e-12), (
+                variant
+            )
         assert row["agreement"] == pytest.approx(100.0 * np.mean(preds == reference.argmax(-1))), variant
         # PyTorch batched (the report's reference) and PyTorch alone (this one) differ by float rounding only
         assert row["max_abs_logit_diff"] == pytest.approx(diff.max(), abs=1e-4), variant
@@ -177,7 +187,9 @@ def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_pat
             flips = int(np.sum(alone.argmax(-1) != in_batches.argmax(-1)))
             flip = report["flip_rate"]["optimized" if variant == "optimized" else "int8_dynamic"]
             assert (flip["flips"], flip["sentences"]) == (flips, len(ids)), variant
-            assert flip["flip_rate"] == pytest.approx(100.0 * flips / len(ids)) and row["flip_rate"] == flip["flip_rate"]
+            assert (
+                flip["flip_rate"] == pytest.approx(100.0 * flips / len(ids)) and row["flip_rate"] == flip["flip_rate"]
+            )
             assert flip["max_abs_logit_change"] == pytest.approx(np.abs(alone - in_batches).max(), abs=1e-6), variant
     assert report["flip_rate"]["int8_dynamic"]["max_abs_logit_change"] > 1e-3  # dynamic int8's scales follow the batch
     reference_row = rows["pytorch fp32"]
@@ -187,7 +199,15 @@ def test_parity_figures_match_an_independent_computation(synthetic_cola, tmp_pat
 
 
 def test_predict_cli(exported):
-    proc = run_cli("predict", str(exported["out"]), "The cat sat on the mat.", "Mat the on sat cat.", "--variant", "optimized", "--json")
+    proc = run_cli(
+        "predict",
+        str(exported["out"]),
+        "The cat sat on the mat.",
+        "Mat the on sat cat.",
+        "--variant",
+        "optimized",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["sentence"] for r in lines] == ["The cat sat on the mat.", "Mat the on sat cat."]
@@ -211,10 +231,16 @@ def test_store_registration(exported, synthetic_cola):
     manifest = json.loads((exported["out"] / "manifest.json").read_text())
     tag = f"bertpack-cola:{manifest['version']}"
     assert f"registered in the BentoML model store as {tag}" in exported["proc"].stdout
-    script = ("import bentoml, json; m = bentoml.models.get(%r); "
-              "print(json.dumps({'path': m.path, 'meta': m.info.metadata}))") % tag
-    proc = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, "BENTOML_HOME": str(exported["home"])},
-                          capture_output=True, text=True, timeout=120)
+    script = (
+        "import bentoml, json; m = bentoml.models.get(%r); print(json.dumps({'path': m.path, 'meta': m.info.metadata}))"
+    ) % tag
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**__import__("os").environ, "BENTOML_HOME": str(exported["home"])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["meta"]["parity"]["passed"] is True
@@ -225,13 +251,18 @@ def test_store_registration(exported, synthetic_cola):
     folder = json.loads((exported["out"] / "manifest.json").read_text())
     copy = json.loads((stored / "manifest.json").read_text())
     assert copy.pop("store_copy") == {"of": str(exported["out"].resolve()), "left_out": {"fp32": "model.onnx"}}
-    assert copy == {**folder, "variants": {k: v for k, v in folder["variants"].items() if k != "fp32"},
-                    "files": {k: v for k, v in folder["files"].items() if k != "model.onnx"}}
+    assert copy == {
+        **folder,
+        "variants": {k: v for k, v in folder["variants"].items() if k != "fp32"},
+        "files": {k: v for k, v in folder["files"].items() if k != "model.onnx"},
+    }
     assert sorted(p.name for p in stored.iterdir()) == sorted([*copy["files"], "manifest.json", "model.yaml"])
     assert "(without the parity reference model.onnx" in exported["proc"].stdout
     for extra in ([], ["--parity", "--data", str(synthetic_cola)]):  # the parity re-check runs without fp32 too
         checked = run_cli("verify", str(stored), *extra)
-        assert checked.returncode == 0 and checked.stdout.strip().endswith(f"{stored}: verified"), checked.stdout + checked.stderr
+        assert checked.returncode == 0 and checked.stdout.strip().endswith(f"{stored}: verified"), (
+            checked.stdout + checked.stderr
+        )
     # the engine loads the stored copy (hashes checked) as the service would
     from serving.engine import OnnxClassifier
 
@@ -327,8 +358,20 @@ def test_failed_optimized_graph_leaves_the_cpu_on_fp32(tiny_run, synthetic_cola,
 def test_tolerance_failure_exits_3_and_keeps_report(tiny_run, synthetic_cola, tmp_path):
     """A tolerance nothing can meet: the artifact is written and marked failed, not registered, exit 3."""
     out = tmp_path / "art"
-    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "dynamic",
-                   "--no-flip-check", "--tolerance", "logit=1e-12", env={"BENTOML_HOME": str(tmp_path / "bentoml")})
+    proc = run_cli(
+        "export",
+        str(tiny_run),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--int8",
+        "dynamic",
+        "--no-flip-check",
+        "--tolerance",
+        "logit=1e-12",
+        env={"BENTOML_HOME": str(tmp_path / "bentoml")},
+    )
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "error: " in proc.stderr and "fp32: max |logit diff|" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -344,7 +387,9 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
     from export.pipeline import export_artifact
 
     lines: list[str] = []
-    common = dict(data=synthetic_cola, store=False, int8="dynamic", flip_check=False, tolerance=Tolerance(min_agreement=100.5))
+    common = dict(
+        data=synthetic_cola, store=False, int8="dynamic", flip_check=False, tolerance=Tolerance(min_agreement=100.5)
+    )
     result = export_artifact(tiny_run, tmp_path / "art", echo=lines.append, **common)
     out = tmp_path / "art"
     assert not result.failures
@@ -359,9 +404,19 @@ def test_int8_outside_tolerance_is_not_shipped(tiny_run, synthetic_cola, tmp_pat
 
     assert OnnxClassifier(out, device="cpu").variant == "optimized"  # what the service will load
     # the store takes it (its metadata has no int8 method: BentoML refuses None values)
-    code = f"import json; from export.store import register; print(register({str(out)!r}, json.load(open({str(out / 'manifest.json')!r}))))"
-    stored = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")})
+    manifest_path = out / "manifest.json"
+    code = (
+        "import json; from export.store import register; "
+        f"print(register({str(out)!r}, json.load(open({str(manifest_path)!r}))))"
+    )
+    stored = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")},
+    )
     assert stored.returncode == 0 and stored.stdout.startswith("bertpack-cola:"), stored.stderr[-2000:]
     # the store's copy is an artifact folder that verifies (BentoML's own model.yaml beside the listed files)
     entry = tmp_path / "bentoml" / "models" / "bertpack-cola" / stored.stdout.strip().split(":", 1)[1]
@@ -381,13 +436,25 @@ def test_int8_none_ships_no_int8(tiny_run, synthetic_cola, tmp_path):
     out = tmp_path / "art"
     umask = os.umask(0o027)
     try:
-        proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none", "--no-store",
-                       "--no-flip-check")
+        proc = run_cli(
+            "export",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--data",
+            str(synthetic_cola),
+            "--int8",
+            "none",
+            "--no-store",
+            "--no-flip-check",
+        )
     finally:
         os.umask(umask)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert stat.S_IMODE(out.stat().st_mode) == 0o750
-    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {p.name: "0o640" for p in out.iterdir()}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {
+        p.name: "0o640" for p in out.iterdir()
+    }
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and manifest["serving_default"]["cpu"] == "optimized"
     assert not any(name.startswith("int8") for name in manifest["variants"]) and not list(out.glob("model_int8*.onnx"))
@@ -405,8 +472,14 @@ def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
 
     art = exported["out"]
     source = art / "model_optimized.onnx"
-    feeds = [{"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-              "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64)} for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])]
+    feeds = [
+        {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64),
+        }
+        for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])
+    ]
     names = ["input_ids", "attention_mask", "token_type_ids"]
     ranges = smoothquant.channel_ranges(source, [f["input_ids"][0].tolist() for f in feeds], names)
     smoothed = smoothquant.smooth(source, tmp_path / "smoothed.onnx", ranges, alpha=0.5)
@@ -419,13 +492,17 @@ def test_smoothquant_keeps_the_fp32_model(exported, tmp_path):
     after = ort.InferenceSession(str(tmp_path / "smoothed.onnx"), providers=["CPUExecutionProvider"])
     for feed in feeds:
         np.testing.assert_allclose(after.run(None, feed)[0], before.run(None, feed)[0], atol=1e-4)
-    # what the quantizer sees is x / s with s_j = sqrt(max|x_j| / max|W_j|): its channel maxima are sqrt(max|x_j| max|W_j|)
+    # what the quantizer sees is x / s with s_j = sqrt(max|x_j| / max|W_j|): its channel maxima are sqrt(max|x_j|
+    # max|W_j|)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     nodes = {n.name: n for n in graph.node}
     for name in smoothed:
         mul = nodes[f"{name}_smooth"]
         inv_s = inits[mul.input[1]]
-        x_max, w_max = ranges[mul.input[0]], np.abs(inits[nodes[name].input[1]]).max(axis=1) * inv_s  # the weight before scaling
+        x_max, w_max = (
+            ranges[mul.input[0]],
+            np.abs(inits[nodes[name].input[1]]).max(axis=1) * inv_s,
+        )  # the weight before scaling
         expected = np.clip(np.sqrt(np.maximum(x_max, 1e-5) / np.maximum(w_max, 1e-5)), 1e-2, 1e2)
         np.testing.assert_allclose(1.0 / inv_s, expected, rtol=1e-3)
 
@@ -439,16 +516,31 @@ def test_smoothquant_on_the_unfused_graph_shares_one_scale_per_tensor(exported, 
     from export import smoothquant
 
     source = exported["out"] / "model.onnx"
-    feeds = [{"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-              "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64)} for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])]
-    ranges = smoothquant.channel_ranges(source, [f["input_ids"][0].tolist() for f in feeds], ["input_ids", "attention_mask", "token_type_ids"])
+    feeds = [
+        {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64),
+        }
+        for ids in ([101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102])
+    ]
+    ranges = smoothquant.channel_ranges(
+        source, [f["input_ids"][0].tolist() for f in feeds], ["input_ids", "attention_mask", "token_type_ids"]
+    )
     smoothed = smoothquant.smooth(source, tmp_path / "smoothed.onnx", ranges, alpha=0.5)
     graph = onnx.load(str(tmp_path / "smoothed.onnx")).graph
-    assert sum("/attention/self/" in name for name in smoothed) == 3 * 2 and sum("/intermediate/" in name for name in smoothed) == 2
+    assert (
+        sum("/attention/self/" in name for name in smoothed) == 3 * 2
+        and sum("/intermediate/" in name for name in smoothed) == 2
+    )
     muls = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
     assert len(muls) == 2 * 2  # per layer: one for Q, K and V, one for the FFN up-projection
     weights = {i.name for i in graph.initializer}
-    readers = {n.input[0] for n in graph.node if n.op_type == "MatMul" and "/attention/self/" in n.name and n.input[1] in weights}
+    readers = {
+        n.input[0]
+        for n in graph.node
+        if n.op_type == "MatMul" and "/attention/self/" in n.name and n.input[1] in weights
+    }
     assert readers <= {m.output[0] for m in muls}
     before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     after = ort.InferenceSession(str(tmp_path / "smoothed.onnx"), providers=["CPUExecutionProvider"])
@@ -476,14 +568,31 @@ def test_export_without_int8_registers_in_the_store(tiny_run, synthetic_cola, tm
     """--int8 none (a GPU-only deployment) has no int8 method: BentoML metadata refuses None values, so the
     store registration must leave the absent figure out instead of failing the export."""
     home, out = tmp_path / "bentoml", tmp_path / "art"
-    proc = run_cli("export", str(tiny_run), "--out", str(out), "--data", str(synthetic_cola), "--int8", "none",
-                   "--no-flip-check", "--limit", "24", env={"BENTOML_HOME": str(home)})
+    proc = run_cli(
+        "export",
+        str(tiny_run),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--int8",
+        "none",
+        "--no-flip-check",
+        "--limit",
+        "24",
+        env={"BENTOML_HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     tag = f"bertpack-cola:{manifest['version']}"
     assert f"registered in the BentoML model store as {tag}" in proc.stdout
     script = f"import bentoml, json; print(json.dumps(bentoml.models.get({tag!r}).info.metadata))"
-    got = subprocess.run([sys.executable, "-c", script], env={**os.environ, "BENTOML_HOME": str(home)},
-                         capture_output=True, text=True, timeout=120)
+    got = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert got.returncode == 0, got.stderr[-2000:]
     assert "int8_method" not in json.loads(got.stdout.strip().splitlines()[-1])

@@ -24,7 +24,12 @@ REF = np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=np.float3
 
 def test_score_on_known_logits():
     same = parity.score("fp32", REF.copy(), REF, DATA, 10)
-    assert same["agreement"] == 100.0 and same["max_abs_logit_diff"] == 0.0 and same["accuracy"] == 1.0 and same["mcc"] == 1.0
+    assert (
+        same["agreement"] == 100.0
+        and same["max_abs_logit_diff"] == 0.0
+        and same["accuracy"] == 1.0
+        and same["mcc"] == 1.0
+    )
     # flip the last sentence's decision and move one logit by 0.5
     other = REF.copy()
     other[3] = [0.0, 1.5]
@@ -51,11 +56,17 @@ def test_tolerance_rules():
     assert parity.check(dict(int8, mcc=ref_row["mcc"] + 0.1, agreement=99.0), ref_row, tol) == []
 
 
-@pytest.mark.parametrize("text,expected", [
-    (None, parity.Tolerance()),
-    ("0.02", parity.Tolerance(mcc_drop=0.02)),
-    ("mcc_drop=0.05,agreement=95,logit=1e-2", parity.Tolerance(mcc_drop=0.05, min_agreement=95.0, exact_max_logit_diff=1e-2)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (None, parity.Tolerance()),
+        ("0.02", parity.Tolerance(mcc_drop=0.02)),
+        (
+            "mcc_drop=0.05,agreement=95,logit=1e-2",
+            parity.Tolerance(mcc_drop=0.05, min_agreement=95.0, exact_max_logit_diff=1e-2),
+        ),
+    ],
+)
 def test_tolerance_parse(text, expected):
     assert parity.Tolerance.parse(text) == expected
 
@@ -74,7 +85,8 @@ def test_ladder_starts_at_optimum_defaults_and_gets_safer():
         assert len({t.name for t in tries}) == len(tries)
         assert "ffn_out" in tries[-1].exclude and tries[-1].reduce_range
         smoothed = [t for t in tries if t.smooth_alpha is not None]
-        # dynamic smooths from the fourth rung on (every rung that keeps ffn_out in fp32); static in one rung, the fifth:
+        # dynamic smooths from the fourth rung on (every rung that keeps ffn_out in fp32); static in one rung, the
+        # fifth:
         # the fourth (ffn_out in fp32, minmax) smoothed at alpha 0.75, before percentile calibration
         assert smoothed == (tries[3:] if method == "dynamic" else [tries[4]])
         alpha = "0.5" if method == "dynamic" else "0.75"
@@ -87,13 +99,26 @@ def test_sensitive_nodes(tmp_path):
     import onnx
     from onnx import helper
 
-    names = ["/bert/encoder/layer.0/attention/self/query/MatMul", "/bert/encoder/layer.0/output/dense/MatMul",
-             "/bert/encoder/layer.1/attention/self/query/MatMul", "/bert/encoder/layer.1/intermediate/dense/MatMul",
-             "/bert/encoder/layer.1/output/dense/MatMul", "/bert/pooler/dense/Gemm", "/classifier/Gemm"]
-    nodes = [helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n) for i, n in enumerate(names)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("y0", onnx.TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])])
+    names = [
+        "/bert/encoder/layer.0/attention/self/query/MatMul",
+        "/bert/encoder/layer.0/output/dense/MatMul",
+        "/bert/encoder/layer.1/attention/self/query/MatMul",
+        "/bert/encoder/layer.1/intermediate/dense/MatMul",
+        "/bert/encoder/layer.1/output/dense/MatMul",
+        "/bert/pooler/dense/Gemm",
+        "/classifier/Gemm",
+    ]
+    nodes = [
+        helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n)
+        for i, n in enumerate(names)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y0", onnx.TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), str(path))
     assert quantize.sensitive_nodes(path, (), 2) == []
@@ -107,18 +132,29 @@ def test_sensitive_nodes_fused_graph(tmp_path):
     import onnx
     from onnx import helper
 
-    nodes = [helper.make_node("Attention", ["x"], ["a0"], name="Attention_0", domain="com.microsoft"),
-             helper.make_node("MatMul", ["a0", "w"], ["m0"], name="/bert/encoder/layer.0/output/dense/MatMul"),
-             helper.make_node("Attention", ["m0"], ["a1"], name="Attention_1", domain="com.microsoft"),
-             helper.make_node("MatMul", ["a1", "w"], ["y"], name="/bert/encoder/layer.1/output/dense/MatMul")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])])
+    nodes = [
+        helper.make_node("Attention", ["x"], ["a0"], name="Attention_0", domain="com.microsoft"),
+        helper.make_node("MatMul", ["a0", "w"], ["m0"], name="/bert/encoder/layer.0/output/dense/MatMul"),
+        helper.make_node("Attention", ["m0"], ["a1"], name="Attention_1", domain="com.microsoft"),
+        helper.make_node("MatMul", ["a1", "w"], ["y"], name="/bert/encoder/layer.1/output/dense/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1], [1.0])],
+    )
     path = tmp_path / "fused.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), str(path))
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
+        str(path),
+    )
     assert quantize.sensitive_nodes(path, ("last1",), 2) == ["/bert/encoder/layer.1/output/dense/MatMul", "Attention_1"]
-    assert quantize.sensitive_nodes(path, ("ffn_out",), 2) == ["/bert/encoder/layer.0/output/dense/MatMul",
-                                                               "/bert/encoder/layer.1/output/dense/MatMul"]
+    assert quantize.sensitive_nodes(path, ("ffn_out",), 2) == [
+        "/bert/encoder/layer.0/output/dense/MatMul",
+        "/bert/encoder/layer.1/output/dense/MatMul",
+    ]
     assert quantize.settings_record(quantize.Int8Settings("dynamic", "avx2"), 2, path)["graph"].startswith("fused")
 
 
@@ -150,11 +186,28 @@ def test_manifest_file_table_hashes(tmp_path):
 def test_report_tables_render_every_row():
     ref_row = dict(parity.score("pytorch fp32", REF, REF, DATA), status="reference")
     int8 = dict(parity.score("int8", REF, REF, DATA, 2_000_000), status="pass", method="static", flip_rate=0.0)
-    report = {"source": "/x/model", "created": "now", "sentences": 4, "provider": "CPUExecutionProvider",
-              "tolerance": parity.tolerance_dict(parity.Tolerance()), "rows": [ref_row, int8, {"variant": "fp16", "status": "not checked (no GPU)"}],
-              "int8_tries": {"static": [{"settings": {"name": "static avx2 per-tensor minmax"}, "passed": True, "problems": [],
-                                         "mcc": 1.0, "agreement": 100.0, "max_abs_logit_diff": 0.0}]},
-              "serving_default_cpu": "int8", "failures": []}
+    report = {
+        "source": "/x/model",
+        "created": "now",
+        "sentences": 4,
+        "provider": "CPUExecutionProvider",
+        "tolerance": parity.tolerance_dict(parity.Tolerance()),
+        "rows": [ref_row, int8, {"variant": "fp16", "status": "not checked (no GPU)"}],
+        "int8_tries": {
+            "static": [
+                {
+                    "settings": {"name": "static avx2 per-tensor minmax"},
+                    "passed": True,
+                    "problems": [],
+                    "mcc": 1.0,
+                    "agreement": 100.0,
+                    "max_abs_logit_diff": 0.0,
+                }
+            ]
+        },
+        "serving_default_cpu": "int8",
+        "failures": [],
+    }
     text = parity.format_text(report)
     assert "int8 (static)" in text and "not checked (no GPU)" in text and "static avx2 per-tensor minmax" in text
     md = parity.format_markdown(report)
@@ -169,25 +222,39 @@ def test_report_footer_names_an_int8_default_only_when_one_ships():
 
     tol = {"exact_max_logit_diff": 1e-3, "exact_agreement": 100.0, "mcc_drop": 0.01, "min_agreement": 98.0}
     base = {"tolerance": tol, "int8_tries": {}}
-    shipped = _footer({**base, "int8_choice": "dynamic (dynamic: pass, MCC 0.3, agreement 98.90%)", "int8_method": "dynamic",
-                       "serving_default_cpu": "int8"})
+    shipped = _footer(
+        {
+            **base,
+            "int8_choice": "dynamic (dynamic: pass, MCC 0.3, agreement 98.90%)",
+            "int8_method": "dynamic",
+            "serving_default_cpu": "int8",
+        }
+    )
     assert "int8 default: dynamic (dynamic: pass" in shipped
-    none = _footer({**base, "int8_choice": "static (static: FAIL, MCC 0.1, agreement 97.50%)", "int8_method": None,
-                    "serving_default_cpu": "optimized"})
+    none = _footer(
+        {
+            **base,
+            "int8_choice": "static (static: FAIL, MCC 0.1, agreement 97.50%)",
+            "int8_method": None,
+            "serving_default_cpu": "optimized",
+        }
+    )
     assert "int8 default" not in none and "int8: no method within tolerance (best: static (static: FAIL" in none
     assert "CPU serving default: optimized" in none
 
 
 def test_tolerance_boundaries_are_inclusive():
     """At the tolerance is within it: an MCC drop of exactly mcc_drop and agreement of exactly min_agreement pass
-    (float noise in the drop included); a hair beyond fails. An exact variant needs both the logit and agreement rule."""
+    (float noise in the drop included); a hair beyond fails. An exact variant needs both the logit and agreement
+    rule."""
     ref_row = {"variant": "pytorch fp32", "mcc": 0.5, "agreement": 100.0}
     tol = parity.Tolerance()
     assert parity.check({"variant": "int8", "mcc": 0.49, "agreement": 98.0}, ref_row, tol) == []
     assert len(parity.check({"variant": "int8", "mcc": 0.4899, "agreement": 97.99}, ref_row, tol)) == 2
     loose_logits = parity.Tolerance.parse("logit=1")
-    assert parity.check({"variant": "optimized", "max_abs_logit_diff": 0.5, "agreement": 99.0}, ref_row, loose_logits) == \
-        ["agreement 99.00% < 100%"]
+    assert parity.check(
+        {"variant": "optimized", "max_abs_logit_diff": 0.5, "agreement": 99.0}, ref_row, loose_logits
+    ) == ["agreement 99.00% < 100%"]
 
 
 def _winner(passed: bool, mcc: float, agreement: float = 99.0) -> dict:
@@ -232,10 +299,17 @@ def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path, monkey
     from export.quantize import Calibration, Int8Settings, quantize as run_quantize
 
     export_fp32(tiny_run / "model", tmp_path / "fp32")
-    ids = [[101, 2023, 102], [101, 2023, 2003, 102], [101, 1037, 102], [101, 2023, 2003, 1037, 4937, 2006, 1996, 13523, 1012, 102]]
+    ids = [
+        [101, 2023, 102],
+        [101, 2023, 2003, 102],
+        [101, 1037, 102],
+        [101, 2023, 2003, 1037, 4937, 2006, 1996, 13523, 1012, 102],
+    ]
     calib = Calibration(ids=ids, input_names=["input_ids", "attention_mask", "token_type_ids"])
     cache: dict = {}
-    run_quantize(tmp_path / "fp32", tmp_path / "minmax", Int8Settings("static", "avx2", calibration="minmax"), 2, calib, cache)
+    run_quantize(
+        tmp_path / "fp32", tmp_path / "minmax", Int8Settings("static", "avx2", calibration="minmax"), 2, calib, cache
+    )
     from optimum.onnxruntime import ORTQuantizer
 
     calls, partial_fit = [], ORTQuantizer.partial_fit
@@ -245,18 +319,29 @@ def test_percentile_ranges_come_from_real_tokens_only(tiny_run, tmp_path, monkey
         return partial_fit(self, dataset, calibration_config, *args, **kwargs)
 
     monkeypatch.setattr(ORTQuantizer, "partial_fit", recorded)
-    path = run_quantize(tmp_path / "fp32", tmp_path / "pct", Int8Settings("static", "avx2", calibration="percentile"), 2, calib, cache)
-    # one collection per length (3, 4, 10 tokens), every sentence once; the first creates the calibrator, the rest add to it
+    path = run_quantize(
+        tmp_path / "fp32", tmp_path / "pct", Int8Settings("static", "avx2", calibration="percentile"), 2, calib, cache
+    )
+    # one collection per length (3, 4, 10 tokens), every sentence once; the first creates the calibrator, the rest add
+    # to it
     assert [rows for rows, _ in calls] == [[ids[0], ids[2]], [ids[1]], [ids[3]]]
     assert calls[0][1] is not None and [method for _, method in calls[1:]] == [None, None]
     real, pct = cache["minmax"], cache["percentile"]
     shared = [name for name in pct.data if name in real.data]
     assert len(shared) > 20
-    outside = [name for name in shared if pct[name].range_value[0] < real[name].range_value[0] - 1e-6
-               or pct[name].range_value[1] > real[name].range_value[1] + 1e-6]
+    outside = [
+        name
+        for name in shared
+        if pct[name].range_value[0] < real[name].range_value[0] - 1e-6
+        or pct[name].range_value[1] > real[name].range_value[1] + 1e-6
+    ]
     assert outside == []
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": np.array([ids[1]]), "attention_mask": np.ones((1, 4), dtype=np.int64), "token_type_ids": np.zeros((1, 4), dtype=np.int64)}
+    feed = {
+        "input_ids": np.array([ids[1]]),
+        "attention_mask": np.ones((1, 4), dtype=np.int64),
+        "token_type_ids": np.zeros((1, 4), dtype=np.int64),
+    }
     assert session.run(None, feed)[0].shape == (1, 2)
 
 
@@ -268,21 +353,39 @@ def test_quantization_config_carries_the_try_settings(method, target):
     from export.quantize import STATIC_OPERATORS, Int8Settings, quantization_config
 
     for per_channel, reduce_range in ((False, False), (True, True), (True, False)):
-        config = quantization_config(Int8Settings(method, target, per_channel=per_channel, reduce_range=reduce_range), ["n1"])
-        assert (config.per_channel, config.reduce_range, list(config.nodes_to_exclude)) == (per_channel, reduce_range, ["n1"])
+        config = quantization_config(
+            Int8Settings(method, target, per_channel=per_channel, reduce_range=reduce_range), ["n1"]
+        )
+        assert (config.per_channel, config.reduce_range, list(config.nodes_to_exclude)) == (
+            per_channel,
+            reduce_range,
+            ["n1"],
+        )
         assert config.is_static == (method == "static")
         if method == "static":
             assert list(config.operators_to_quantize) == STATIC_OPERATORS
 
 
 def _products_graph(path: Path) -> list[str]:
-    names = ["/bert/encoder/layer.0/attention/self/query/MatMul", "/bert/encoder/layer.0/output/dense/MatMul",
-             "/bert/encoder/layer.1/attention/self/query/MatMul", "/bert/encoder/layer.1/output/dense/MatMul",
-             "/bert/pooler/dense/Gemm", "/classifier/Gemm"]
-    nodes = [helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n) for i, n in enumerate(names)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor("w", TensorProto.FLOAT, [1, 1], [1.0])])
+    names = [
+        "/bert/encoder/layer.0/attention/self/query/MatMul",
+        "/bert/encoder/layer.0/output/dense/MatMul",
+        "/bert/encoder/layer.1/attention/self/query/MatMul",
+        "/bert/encoder/layer.1/output/dense/MatMul",
+        "/bert/pooler/dense/Gemm",
+        "/classifier/Gemm",
+    ]
+    nodes = [
+        helper.make_node("MatMul" if n.endswith("MatMul") else "Gemm", ["x", "w"], [f"y{i}"], name=n)
+        for i, n in enumerate(names)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [1, 1], [1.0])],
+    )
     onnx.save(helper.make_model(graph), str(path))
     return names
 
@@ -303,16 +406,26 @@ def test_settings_record_lists_the_nodes_kept_in_fp32(tmp_path):
 
 
 def _ffn_in_graph(path: Path) -> None:
-    """input_ids -> x[:, :, 0] = id, x[:, :, 1] = -2 id -> MatMul named as an FFN up-projection (smoothed group ffn_in)."""
-    nodes = [helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["ids_f", "axis"], ["ids_3d"]),
-             helper.make_node("Mul", ["ids_3d", "spread"], ["x"]),
-             helper.make_node("MatMul", ["x", "w"], ["logits"], name="/bert/encoder/layer.0/intermediate/dense/MatMul")]
-    inits = [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
-             numpy_helper.from_array(np.array([1.0, -2.0], dtype=np.float32), "spread"),
-             numpy_helper.from_array(np.array([[0.5, -1.0, 0.25], [4.0, 0.5, -0.5]], dtype=np.float32), "w")]
-    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seq", 3])], inits)
+    """input_ids -> x[:, :, 0] = id, x[:, :, 1] = -2 id -> MatMul named as an FFN up-projection (smoothed group
+    ffn_in)."""
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ids_f", "axis"], ["ids_3d"]),
+        helper.make_node("Mul", ["ids_3d", "spread"], ["x"]),
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="/bert/encoder/layer.0/intermediate/dense/MatMul"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
+        numpy_helper.from_array(np.array([1.0, -2.0], dtype=np.float32), "spread"),
+        numpy_helper.from_array(np.array([[0.5, -1.0, 0.25], [4.0, 0.5, -0.5]], dtype=np.float32), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seq", 3])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
 
 
@@ -327,10 +440,14 @@ def test_smoothquant_channel_ranges_are_max_abs_and_the_graph_stays_valid(tmp_pa
     _ffn_in_graph(source)
     ranges = smoothquant.channel_ranges(source, [[1, 5, 2], [3]], ["input_ids"])
     np.testing.assert_allclose(ranges["x"], [5.0, 10.0])
-    assert smoothquant.smooth(source, smoothed, ranges, alpha=0.5) == ["/bert/encoder/layer.0/intermediate/dense/MatMul"]
+    assert smoothquant.smooth(source, smoothed, ranges, alpha=0.5) == [
+        "/bert/encoder/layer.0/intermediate/dense/MatMul"
+    ]
     onnx.checker.check_model(onnx.load(str(smoothed)), full_check=True)
     order = [n.name for n in onnx.load(str(smoothed)).graph.node]
-    assert order.index("/bert/encoder/layer.0/intermediate/dense/MatMul_smooth") < order.index("/bert/encoder/layer.0/intermediate/dense/MatMul")
+    assert order.index("/bert/encoder/layer.0/intermediate/dense/MatMul_smooth") < order.index(
+        "/bert/encoder/layer.0/intermediate/dense/MatMul"
+    )
     feed = {"input_ids": np.array([[1, 5, 2]], dtype=np.int64)}
     before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     after = ort.InferenceSession(str(smoothed), providers=["CPUExecutionProvider"]).run(None, feed)[0]

@@ -22,8 +22,9 @@ from tests.conftest import REPO, make_balanced_tiny_run, make_tiny_run, run_cli
 def _rows(labels: list[int]):
     import datasets
 
-    return datasets.Dataset.from_dict({"sentence": [f"s{i}" for i in range(len(labels))], "label": labels,
-                                       "domain": ["in"] * len(labels)})
+    return datasets.Dataset.from_dict(
+        {"sentence": [f"s{i}" for i in range(len(labels))], "label": labels, "domain": ["in"] * len(labels)}
+    )
 
 
 def test_hold_out_is_seeded_stratified_and_disjoint():
@@ -64,7 +65,11 @@ def _flip_dev(cola: Path, into: Path) -> Path:
     for name in ("in_domain_dev.tsv", "out_of_domain_dev.tsv"):
         path = into / "raw" / name
         rows = [line.split("\t") for line in path.read_text().splitlines()]
-        path.write_text("".join(f"{s}\t{1 - int(y)}\t{star}\tAnother sentence number {i}.\n" for i, (s, y, star, _) in enumerate(rows)))
+        path.write_text(
+            "".join(
+                f"{s}\t{1 - int(y)}\t{star}\tAnother sentence number {i}.\n" for i, (s, y, star, _) in enumerate(rows)
+            )
+        )
     return into
 
 
@@ -82,7 +87,10 @@ def test_validation_rows_never_reach_training_or_selection(tmp_path, synthetic_c
     recipe = dict(model=str(run / "model"), max_steps=8, batch_size=8, evals_per_epoch=8, learning_rate=1e-3, seed=0)
     a = train(TrainConfig(data=str(synthetic_cola), out=tmp_path / "a", **recipe))
     b = train(TrainConfig(data=str(flipped), out=tmp_path / "b", **recipe))
-    wa, wb = load_file(str(tmp_path / "a" / "model" / "model.safetensors")), load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "a" / "model" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model" / "model.safetensors")),
+    )
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert a["best"]["checkpoint"] == b["best"]["checkpoint"] and a["decision"] == b["decision"]
     assert a["epochs"] == b["epochs"]  # the validation points score the held-out training rows only
@@ -103,18 +111,37 @@ def test_validation_rows_never_reach_training_or_selection(tmp_path, synthetic_c
 def test_summary_names_the_selection_split_and_the_decision(tmp_path, synthetic_cola):
     out = tmp_path / "run"
     run = make_tiny_run(tmp_path / "tiny", distinct=True)
-    proc = run_cli("train", "--model", str(run / "model"), "--data", str(synthetic_cola), "--out", str(out),
-                   "--max-steps", "4", "--batch-size", "8", "--selection-split", "0.25", "--selection-seed", "3")
+    proc = run_cli(
+        "train",
+        "--model",
+        str(run / "model"),
+        "--data",
+        str(synthetic_cola),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--selection-split",
+        "0.25",
+        "--selection-seed",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation points on the selection split (16 training rows held out)" in proc.stdout
     assert "validation split (held out: scored once, after the choice): MCC" in proc.stdout
     assert "at p(acceptable) >= " in proc.stdout and "ECE on the validation split" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection"]["seed"] == 3 and metrics["selection"]["fraction"] == 0.25
-    for bad, message in ((["--selection-split", "0.9"], "--selection-split 0.9 is out of range"),
-                         (["--select-on", "test"], "--select-on must be 'split' or 'dev'"),
-                         (["--reinit-top-layers", "-1"], "--reinit-top-layers -1 is out of range")):
-        proc = run_cli("train", "--model", str(run / "model"), "--data", str(synthetic_cola), "--out", str(tmp_path / "x"), *bad)
+    for bad, message in (
+        (["--selection-split", "0.9"], "--selection-split 0.9 is out of range"),
+        (["--select-on", "test"], "--select-on must be 'split' or 'dev'"),
+        (["--reinit-top-layers", "-1"], "--reinit-top-layers -1 is out of range"),
+    ):
+        proc = run_cli(
+            "train", "--model", str(run / "model"), "--data", str(synthetic_cola), "--out", str(tmp_path / "x"), *bad
+        )
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -125,14 +152,30 @@ def test_reinit_top_layers_draws_only_the_top_layers_afresh(tmp_path, synthetic_
     from trainer.train import train
 
     run = make_tiny_run(tmp_path / "tiny")
-    train(TrainConfig(model=str(run / "model"), data=str(synthetic_cola), out=tmp_path / "r", max_steps=1, batch_size=8,
-                      learning_rate=1e-12, reinit_top_layers=1))
-    before, after = load_file(str(run / "model" / "model.safetensors")), load_file(str(tmp_path / "r" / "model" / "model.safetensors"))
+    train(
+        TrainConfig(
+            model=str(run / "model"),
+            data=str(synthetic_cola),
+            out=tmp_path / "r",
+            max_steps=1,
+            batch_size=8,
+            learning_rate=1e-12,
+            reinit_top_layers=1,
+        )
+    )
+    before, after = (
+        load_file(str(run / "model" / "model.safetensors")),
+        load_file(str(tmp_path / "r" / "model" / "model.safetensors")),
+    )
     key = "bert.encoder.layer.{}.attention.self.query.weight"
     assert np.abs(before[key.format(0)] - after[key.format(0)]).max() < 1e-6
     assert np.abs(before[key.format(1)] - after[key.format(1)]).max() > 1e-3
     with pytest.raises(BertpackError, match="more than the model's 2 encoder layers"):
-        train(TrainConfig(model=str(run / "model"), data=str(synthetic_cola), out=tmp_path / "s", max_steps=1, reinit_top_layers=3))
+        train(
+            TrainConfig(
+                model=str(run / "model"), data=str(synthetic_cola), out=tmp_path / "s", max_steps=1, reinit_top_layers=3
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -150,7 +193,9 @@ def test_temperature_minimises_nll_and_threshold_maximises_mcc():
     p = 1 / (1 + np.exp(-(logits[:, 1] - logits[:, 0]) / decision.temperature))
     every_cut = max(mcc(labels, p >= c) for c in np.unique(p))
     assert mcc(labels, p >= decision.threshold) == pytest.approx(every_cut)
-    assert decision.threshold != pytest.approx(0.5, abs=0.02) and mcc(labels, p >= decision.threshold) > mcc(labels, p >= 0.5)
+    assert decision.threshold != pytest.approx(0.5, abs=0.02) and mcc(labels, p >= decision.threshold) > mcc(
+        labels, p >= 0.5
+    )
     assert best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == pytest.approx(0.5)
 
 
@@ -164,10 +209,14 @@ def test_decision_rule_and_its_fallbacks():
     assert probs[0, 1] == pytest.approx(1 / (1 + np.exp(-0.5)))
     assert decide(logits, Decision())[0].tolist() == [1, 1, 0]
     assert Decision.from_record({"temperature": 2.0, "threshold": 0.6}, 2) == Decision(2.0, 0.6, 1)
-    assert Decision.from_record({"temperature": 2.0, "threshold": 0.6}, 3) == Decision(2.0, None, 1)  # argmax for 3 labels
+    assert Decision.from_record({"temperature": 2.0, "threshold": 0.6}, 3) == Decision(
+        2.0, None, 1
+    )  # argmax for 3 labels
     for broken in (None, [], {"temperature": -1, "threshold": 7}, {"temperature": "hot", "threshold": True}):
         assert Decision.from_record(broken, 2) == Decision()
-    assert expected_calibration_error([1, 0], np.array([[0.2, 0.8], [0.6, 0.4]])) == pytest.approx(0.5 * 0.2 + 0.5 * 0.4)
+    assert expected_calibration_error([1, 0], np.array([[0.2, 0.8], [0.6, 0.4]])) == pytest.approx(
+        0.5 * 0.2 + 0.5 * 0.4
+    )
 
 
 # ----------------------------------------------------------------------------- weight averaging
@@ -183,10 +232,14 @@ def test_soup_averages_members_chosen_on_their_shared_selection_rows(tmp_path, s
     recipe = dict(model=str(run / "model"), data=str(synthetic_cola), max_steps=4, batch_size=8, learning_rate=1e-3)
     for seed in (1, 2):
         train(TrainConfig(out=tmp_path / f"seed{seed}", seed=seed, keep_checkpoints=True, **recipe))
-    metrics = soup(SoupConfig(members=[tmp_path / "seed1", tmp_path / "seed2"], out=tmp_path / "soup", method="uniform"))
+    metrics = soup(
+        SoupConfig(members=[tmp_path / "seed1", tmp_path / "seed2"], out=tmp_path / "soup", method="uniform")
+    )
     w = [load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("seed1", "seed2", "soup")]
     assert all(np.allclose(w[2][k], (w[0][k] + w[1][k]) / 2, atol=1e-7) for k in w[2])
-    assert [m["seed"] for m in metrics["members"]] == [1, 2] and all(m["best"]["mcc"] is not None for m in metrics["members"])
+    assert [m["seed"] for m in metrics["members"]] == [1, 2] and all(
+        m["best"]["mcc"] is not None for m in metrics["members"]
+    )
     assert set(metrics["candidates"]) == {"uniform", "greedy"} and metrics["method"] == "uniform"
     assert metrics["best"]["selected_on"] == "selection split" and metrics["decision"]["rows"] == 6
     ckpt = locate_checkpoint(tmp_path / "soup")  # the export takes it as any run
@@ -216,8 +269,23 @@ def test_train_seeds_writes_its_members_and_their_soup(tmp_path, synthetic_cola)
 
     run = make_tiny_run(tmp_path / "tiny", distinct=True)
     out = tmp_path / "soup"
-    args = ["train", "--model", str(run / "model"), "--data", str(synthetic_cola), "--out", str(out), "--max-steps", "2",
-            "--batch-size", "8", "--seed", "5", "--seeds", "2"]
+    args = [
+        "train",
+        "--model",
+        str(run / "model"),
+        "--data",
+        str(synthetic_cola),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--seed",
+        "5",
+        "--seeds",
+        "2",
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -252,7 +320,12 @@ def _thresholded_run(root: Path, cola: Path) -> tuple[Path, list[str], list[str]
     threshold = float((above[k] + above[k + 1]) / 2)
     assert 0 < np.sum((p > 0.5) & (p < threshold)) < np.sum(p > 0.5)  # some argmax-acceptable sentences change label
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["decision"] = {"temperature": temperature, "threshold": threshold, "positive": 1, "fitted_on": "selection split"}
+    metrics["decision"] = {
+        "temperature": temperature,
+        "threshold": threshold,
+        "positive": 1,
+        "fitted_on": "selection split",
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run, sentences, ["acceptable" if x >= threshold else "unacceptable" for x in p]
 
@@ -268,15 +341,36 @@ def test_predict_service_and_bench_label_alike_at_the_threshold(tmp_path, synthe
 
     run, sentences, expected = _thresholded_run(tmp_path / "run", synthetic_cola)
     art, home = tmp_path / "artifact", tmp_path / "bentoml"
-    proc = run_cli("export", str(run), "--out", str(art), "--data", str(synthetic_cola), "--int8", "none", "--no-flip-check",
-                   env={"BENTOML_HOME": str(home)})
+    proc = run_cli(
+        "export",
+        str(run),
+        "--out",
+        str(art),
+        "--data",
+        str(synthetic_cola),
+        "--int8",
+        "none",
+        "--no-flip-check",
+        env={"BENTOML_HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "calibration on CoLA validation (PyTorch fp32): ECE " in proc.stdout and "labels at p(acceptable) >= " in proc.stdout
+    assert (
+        "calibration on CoLA validation (PyTorch fp32): ECE " in proc.stdout
+        and "labels at p(acceptable) >= " in proc.stdout
+    )
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["decision"]["threshold"] == pytest.approx(json.loads((run / "metrics.json").read_text())["decision"]["threshold"])
+    assert manifest["decision"]["threshold"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["decision"]["threshold"]
+    )
 
-    predicted = subprocess.run([sys.executable, "-m", "bertpack.cli", "predict", str(art), "-", "--json"], cwd=REPO,
-                               input="\n".join(sentences) + "\n", capture_output=True, text=True, timeout=300)
+    predicted = subprocess.run(
+        [sys.executable, "-m", "bertpack.cli", "predict", str(art), "-", "--json"],
+        cwd=REPO,
+        input="\n".join(sentences) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     by_predict = [json.loads(line)["label"] for line in predicted.stdout.splitlines()]
     assert by_predict == expected
@@ -293,15 +387,36 @@ def test_predict_service_and_bench_label_alike_at_the_threshold(tmp_path, synthe
     assert all(set(p["probabilities"]) == {"acceptable", "unacceptable"} for p in answer["predictions"])
 
     out = tmp_path / "bench"
-    proc = run_cli("bench", str(art), "--out", str(out), "--data", str(synthetic_cola), "--batch-sizes", "8",
-                   "--engines", "pytorch_fp32,onnx_optimized", "--e2e-sentences", str(len(sentences)), "--no-profile",
-                   "--min-time", "0", "--min-samples", "1", "--max-passes", "1")
+    proc = run_cli(
+        "bench",
+        str(art),
+        "--out",
+        str(out),
+        "--data",
+        str(synthetic_cola),
+        "--batch-sizes",
+        "8",
+        "--engines",
+        "pytorch_fp32,onnx_optimized",
+        "--e2e-sentences",
+        str(len(sentences)),
+        "--no-profile",
+        "--min-time",
+        "0",
+        "--min-samples",
+        "1",
+        "--max-passes",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads((out / "bench.json").read_text())
     by_bench = [payload["labels"][i] for i in payload["end_to_end"]["serving"]["predictions"]]
     assert by_bench == expected
     labels = [1 if x == "acceptable" else 0 for x in expected]
-    truth = [int(line.split("\t")[1]) for name in ("in_domain_dev.tsv", "out_of_domain_dev.tsv")
-             for line in (synthetic_cola / "raw" / name).read_text().splitlines()]
+    truth = [
+        int(line.split("\t")[1])
+        for name in ("in_domain_dev.tsv", "out_of_domain_dev.tsv")
+        for line in (synthetic_cola / "raw" / name).read_text().splitlines()
+    ]
     for row in payload["rows"]:  # every engine's MCC is of its labels at the threshold
         assert row["mcc"] == pytest.approx(mcc(truth, labels)), row["engine"]

@@ -57,53 +57,99 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Range-check the recipe before anything loads: each message names the option and a value that works."""
-        examples = {"epochs": "3", "learning_rate": "5e-5", "warmup_ratio": "0.1", "weight_decay": "0.01", "layer_decay": "0.85",
-                    "head_lr_multiplier": "5", "classifier_dropout": "0.1"}
+        examples = {
+            "epochs": "3",
+            "learning_rate": "5e-5",
+            "warmup_ratio": "0.1",
+            "weight_decay": "0.01",
+            "layer_decay": "0.85",
+            "head_lr_multiplier": "5",
+            "classifier_dropout": "0.1",
+        }
         for name, example in examples.items():
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # click accepts "nan" and "inf" as floats
-                raise BertpackError(f"{option_name(name)} must be a finite number, not {value}; e.g. {option_name(name)} {example}")
+                raise BertpackError(
+                    f"{option_name(name)} must be a finite number, not {value}; e.g. {option_name(name)} {example}"
+                )
         if self.padding not in ("dynamic", "max"):
             raise BertpackError(f"--padding must be 'dynamic' or 'max', not {self.padding!r}")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise BertpackError(f"--max-steps {self.max_steps} is not a step count; pass a positive number, e.g. --max-steps 30, or -1 (the default) to train for --epochs")
+            raise BertpackError(
+                f"--max-steps {self.max_steps} is not a step count; pass a positive number, e.g. --max-steps 30, or -1 "
+                "(the default) to train for --epochs"
+            )
         if self.epochs < 0 or (self.epochs == 0 and self.max_steps == -1):
-            raise BertpackError(f"--epochs {self.epochs} is out of range; pass a positive number, e.g. --epochs 3 (or set --max-steps)")
+            raise BertpackError(
+                f"--epochs {self.epochs} is out of range; pass a positive number, e.g. --epochs 3 (or set --max-steps)"
+            )
         if self.learning_rate <= 0 or self.learning_rate > 1:
             raise BertpackError(f"--lr {self.learning_rate} is out of range; use a small positive rate, e.g. --lr 5e-5")
         if self.batch_size < 1:
-            raise BertpackError(f"--batch-size {self.batch_size} is out of range; pass at least 1, e.g. --batch-size 32")
+            raise BertpackError(
+                f"--batch-size {self.batch_size} is out of range; pass at least 1, e.g. --batch-size 32"
+            )
         if self.eval_batch_size < 1:
-            raise BertpackError(f"--eval-batch-size {self.eval_batch_size} is out of range; pass at least 1, e.g. --eval-batch-size 128")
+            raise BertpackError(
+                f"--eval-batch-size {self.eval_batch_size} is out of range; pass at least 1, e.g. --eval-batch-size 128"
+            )
         if not 8 <= self.max_length <= 512:
-            raise BertpackError(f"--max-length {self.max_length} is out of range; BERT takes 8 to 512 tokens, e.g. --max-length 64")
+            raise BertpackError(
+                f"--max-length {self.max_length} is out of range; BERT takes 8 to 512 tokens, e.g. --max-length 64"
+            )
         if not 0 <= self.warmup_ratio < 1:
-            raise BertpackError(f"--warmup {self.warmup_ratio} is out of range; it is a fraction of the training steps in [0, 1), e.g. --warmup 0.1")
+            raise BertpackError(
+                f"--warmup {self.warmup_ratio} is out of range; it is a fraction of the training steps in [0, 1), e.g. "
+                "--warmup 0.1"
+            )
         if self.weight_decay < 0:
-            raise BertpackError(f"--weight-decay {self.weight_decay} is out of range; pass 0 or more, e.g. --weight-decay 0.01")
+            raise BertpackError(
+                f"--weight-decay {self.weight_decay} is out of range; pass 0 or more, e.g. --weight-decay 0.01"
+            )
         if not 0 < self.layer_decay <= 1:
-            raise BertpackError(f"--layer-decay {self.layer_decay} is out of range; it is in (0, 1], e.g. --layer-decay 0.85 (1 = off)")
+            raise BertpackError(
+                f"--layer-decay {self.layer_decay} is out of range; it is in (0, 1], e.g. --layer-decay 0.85 (1 = off)"
+            )
         if self.head_lr_multiplier <= 0:
-            raise BertpackError(f"--head-lr-multiplier {self.head_lr_multiplier} is out of range; pass a positive factor, e.g. --head-lr-multiplier 5 (1 = the encoder's lr)")
+            raise BertpackError(
+                f"--head-lr-multiplier {self.head_lr_multiplier} is out of range; pass a positive factor, e.g. "
+                "--head-lr-multiplier 5 (1 = the encoder's lr)"
+            )
         if self.classifier_dropout is not None and not 0 <= self.classifier_dropout < 1:
-            raise BertpackError(f"--classifier-dropout {self.classifier_dropout} is out of range; it is a probability in [0, 1), e.g. --classifier-dropout 0.1")
+            raise BertpackError(
+                f"--classifier-dropout {self.classifier_dropout} is out of range; it is a probability in [0, 1), e.g. "
+                "--classifier-dropout 0.1"
+            )
         if self.limit is not None and self.limit < 1:
-            raise BertpackError(f"--limit {self.limit} is out of range; pass a positive number of rows, e.g. --limit 512")
+            raise BertpackError(
+                f"--limit {self.limit} is out of range; pass a positive number of rows, e.g. --limit 512"
+            )
         if self.class_weights not in ("balanced", "none"):
             raise BertpackError(f"--class-weights must be 'balanced' or 'none', not {self.class_weights!r}")
         if self.evals_per_epoch < 1:
-            raise BertpackError(f"--evals-per-epoch {self.evals_per_epoch} is out of range; pass at least 1, e.g. --evals-per-epoch 2")
+            raise BertpackError(
+                f"--evals-per-epoch {self.evals_per_epoch} is out of range; pass at least 1, e.g. --evals-per-epoch 2"
+            )
         if self.reinit_top_layers < 0:
-            raise BertpackError(f"--reinit-top-layers {self.reinit_top_layers} is out of range; pass 0 (off) or a number of layers, e.g. 1")
+            raise BertpackError(
+                f"--reinit-top-layers {self.reinit_top_layers} is out of range; pass 0 (off) or a number of layers, "
+                "e.g. 1"
+            )
         if self.select_on not in ("split", "dev"):
             raise BertpackError(f"--select-on must be 'split' or 'dev', not {self.select_on!r}")
         if not (math.isfinite(self.selection_split) and 0 < self.selection_split <= 0.5):
-            raise BertpackError(f"--selection-split {self.selection_split} is out of range; it is a fraction of the training rows in "
-                                "(0, 0.5], e.g. --selection-split 0.1 (or --select-on dev to choose on the validation split)")
+            raise BertpackError(
+                f"--selection-split {self.selection_split} is out of range; it is a fraction of the training rows in "
+                "(0, 0.5], e.g. --selection-split 0.1 (or --select-on dev to choose on the validation split)"
+            )
         if not 0 <= self.selection_seed < 2**32:
-            raise BertpackError(f"--selection-seed {self.selection_seed} is out of range; pass a number from 0 to 4294967295, e.g. 0")
+            raise BertpackError(
+                f"--selection-seed {self.selection_seed} is out of range; pass a number from 0 to 4294967295, e.g. 0"
+            )
         if not 0 <= self.seed < 2**32:  # numpy's seed range
-            raise BertpackError(f"--seed {self.seed} is out of range; pass a number from 0 to 4294967295, e.g. --seed 42")
+            raise BertpackError(
+                f"--seed {self.seed} is out of range; pass a number from 0 to 4294967295, e.g. --seed 42"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)

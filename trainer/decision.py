@@ -20,8 +20,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the NLL of softmax(logits / T), searched over log T (T in [0.05, 20])."""
     from scipy.optimize import minimize_scalar
 
-    found = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20.0)),
-                            method="bounded", options={"xatol": 1e-6})
+    found = minimize_scalar(
+        lambda log_t: nll(logits, labels, float(np.exp(log_t))),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(found.x))
 
 
@@ -60,7 +64,9 @@ def best_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1
     return _nearest_half(cuts, mcc_curve(p, np.asarray(labels) == positive, cuts))
 
 
-def bagged_threshold(p_positive: np.ndarray, labels: np.ndarray, positive: int = 1, resamples: int = 200, seed: int = 0) -> float:
+def bagged_threshold(
+    p_positive: np.ndarray, labels: np.ndarray, positive: int = 1, resamples: int = 200, seed: int = 0
+) -> float:
     """The cut with the highest MCC averaged over bootstrap resamples of the rows: the maximum of one sample's MCC
     curve sits on its noise, the averaged curve's on what the rows have in common."""
     p = np.asarray(p_positive, dtype=np.float64)
@@ -88,7 +94,13 @@ def decision_scores(logits: np.ndarray, labels: np.ndarray, decision: Decision) 
     labels = np.asarray(labels)
     preds, probs = decide(logits, decision)
     raw = probabilities(logits, Decision())
-    return {"mcc": mcc(labels, preds), "accuracy": float(np.mean(preds == labels)),
-            "mcc_argmax": mcc(labels, raw.argmax(-1)), "accuracy_argmax": float(np.mean(raw.argmax(-1) == labels)),
-            "ece_before": expected_calibration_error(labels, raw), "ece_after": expected_calibration_error(labels, probs),
-            "nll_before": nll(logits, labels, 1.0), "nll_after": nll(logits, labels, decision.temperature)}
+    return {
+        "mcc": mcc(labels, preds),
+        "accuracy": float(np.mean(preds == labels)),
+        "mcc_argmax": mcc(labels, raw.argmax(-1)),
+        "accuracy_argmax": float(np.mean(raw.argmax(-1) == labels)),
+        "ece_before": expected_calibration_error(labels, raw),
+        "ece_after": expected_calibration_error(labels, probs),
+        "nll_before": nll(logits, labels, 1.0),
+        "nll_after": nll(logits, labels, decision.temperature),
+    }

@@ -40,7 +40,9 @@ METHODS = ("auto", "uniform", "greedy")
 class SoupConfig:
     members: list[Path]
     out: Path
-    method: Literal["auto", "uniform", "greedy"] = "auto"  # auto: whichever of the two scores higher on the selection rows
+    method: Literal["auto", "uniform", "greedy"] = (
+        "auto"  # auto: whichever of the two scores higher on the selection rows
+    )
     data: str | None = None  # default: the data the members were trained on (metrics.json "data")
     overwrite: bool = False
     batch_size: int = 64
@@ -66,8 +68,10 @@ def locate_member(path: Path) -> Member:
     """RUN (its model/), RUN/model, or RUN/checkpoints/checkpoint-N; the run must have its metrics.json."""
     path = Path(path)
     if not path.is_dir():
-        raise BertpackError(f"soup member {path} is not a folder; pass run folders written by `bertpack train` "
-                            "(or their checkpoints/checkpoint-N kept with --keep-checkpoints)")
+        raise BertpackError(
+            f"soup member {path} is not a folder; pass run folders written by `bertpack train` "
+            "(or their checkpoints/checkpoint-N kept with --keep-checkpoints)"
+        )
     if (path / "model").is_dir():
         path = path / "model"
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -75,8 +79,10 @@ def locate_member(path: Path) -> Member:
         raise BertpackError(f"soup member {path} holds no checkpoint (config.json and model.safetensors)")
     metrics, marker = _json(run_dir / "metrics.json"), _json(run_dir / RUN_MARKER)
     if not metrics or not isinstance(marker.get("config"), dict):
-        raise BertpackError(f"soup member {path}: its run {run_dir} has no metrics.json or {RUN_MARKER} (the records of "
-                            "`bertpack train`), which say what it was trained and selected on")
+        raise BertpackError(
+            f"soup member {path}: its run {run_dir} has no metrics.json or {RUN_MARKER} (the records of "
+            "`bertpack train`), which say what it was trained and selected on"
+        )
     return Member(path=path.resolve(), run_dir=run_dir.resolve(), metrics=metrics, config=marker["config"])
 
 
@@ -100,15 +106,21 @@ def check_members(members: list[Member]) -> None:
     for m in members[1:]:
         for key, what in (("model", "pretrained model"), ("max_length", "--max-length"), ("limit", "--limit")):
             if m.config.get(key) != first.config.get(key):
-                raise BertpackError(f"soup members {first.name} and {m.name} differ in {what} ({first.config.get(key)} vs "
-                                    f"{m.config.get(key)}); average runs fine-tuned from one starting point on the same data")
+                raise BertpackError(
+                    f"soup members {first.name} and {m.name} differ in {what} ({first.config.get(key)} vs "
+                    f"{m.config.get(key)}); average runs fine-tuned from one starting point on the same data"
+                )
         if sorted(m.metrics.get("data_sha256", {}).values()) != sorted(first.metrics.get("data_sha256", {}).values()):
-            raise BertpackError(f"soup members {first.name} and {m.name} were trained on different data files; "
-                                "average runs of the same data")
+            raise BertpackError(
+                f"soup members {first.name} and {m.name} were trained on different data files; "
+                "average runs of the same data"
+            )
         if _selection_key(m) != _selection_key(first):
-            raise BertpackError(f"soup members {first.name} and {m.name} held out different selection rows (another "
-                                "--selection-split, --selection-seed or --select-on); the soup is chosen on rows no member "
-                                "trained on: average runs that share them")
+            raise BertpackError(
+                f"soup members {first.name} and {m.name} held out different selection rows (another "
+                "--selection-split, --selection-seed or --select-on); the soup is chosen on rows no member "
+                "trained on: average runs that share them"
+            )
 
 
 def _selection_key(member: Member) -> tuple:
@@ -125,8 +137,10 @@ def average_weights(paths: list[Path]) -> dict:
     for path in paths:
         weights = load_file(str(path / "model.safetensors"))
         if total and (weights.keys() != total.keys() or any(weights[k].shape != total[k].shape for k in total)):
-            raise BertpackError(f"{path} does not have the tensors of the other soup members (another architecture); "
-                                "average runs of one pretrained model")
+            raise BertpackError(
+                f"{path} does not have the tensors of the other soup members (another architecture); "
+                "average runs of one pretrained model"
+            )
         for name, tensor in weights.items():
             dtypes.setdefault(name, tensor.dtype)
             total[name] = tensor.double() if name not in total else total[name] + tensor.double()
@@ -151,9 +165,14 @@ class Scorer:
         out = np.empty((len(sentences), self.model.config.num_labels), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                rows = order[start: start + self.batch_size]
-                batch = self.tokenizer([sentences[i] for i in rows], truncation=True, max_length=self.max_length,
-                                       padding=True, return_tensors="pt")
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [sentences[i] for i in rows],
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 out[rows] = self.model(**batch).logits.float().numpy()
         return out
 
@@ -177,8 +196,10 @@ def _check_out(out: Path, members: list[Member], overwrite: bool) -> None:
     resolved = out.resolve()
     for m in members:
         if resolved == m.run_dir or resolved in m.run_dir.parents:
-            raise BertpackError(f"--out {out} holds the soup member {m.name}, which writing the soup there would delete; "
-                                "choose another --out")
+            raise BertpackError(
+                f"--out {out} holds the soup member {m.name}, which writing the soup there would delete; "
+                "choose another --out"
+            )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         what = "a bertpack run" if (out / RUN_MARKER).is_file() else "other files"
         raise BertpackError(f"--out {out} already holds {what}; pass --overwrite to replace it or choose another --out")
@@ -196,10 +217,14 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
     elif recorded:
         data = recorded
     else:
-        raise BertpackError(f"{first.run_dir}/metrics.json names no data; pass --data with the data the members trained on")
+        raise BertpackError(
+            f"{first.run_dir}/metrics.json names no data; pass --data with the data the members trained on"
+        )
     if sorted(file_hashes(data).values()) != sorted(first.metrics.get("data_sha256", {}).values()):
-        raise BertpackError(f"--data {data} is not the data the soup members were trained on (its files' sha256 differ); "
-                            "pass --data with that data")
+        raise BertpackError(
+            f"--data {data} is not the data the soup members were trained on (its files' sha256 differ); "
+            "pass --data with that data"
+        )
     import datasets
 
     datasets.disable_progress_bars()
@@ -209,14 +234,20 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
     if sel_record.get("on") == "selection split":
         _, selection, indices = hold_out(dataset["train"], sel_record["fraction"], sel_record["seed"])
         if indices != sel_record.get("indices"):
-            raise BertpackError(f"the selection rows drawn from {data} are not the ones the members recorded; "
-                                "pass --data with the data they trained on")
+            raise BertpackError(
+                f"the selection rows drawn from {data} are not the ones the members recorded; "
+                "pass --data with the data they trained on"
+            )
     else:
         selection = dataset["validation"]
     dev = dataset["validation"]
     sel_sentences, sel_labels = list(selection["sentence"]), np.asarray(selection["label"])
-    scorer = Scorer(model=load_classifier(first.path).eval(), tokenizer=load_tokenizer(first.path),
-                    max_length=int(first.config.get("max_length", 64)), batch_size=cfg.batch_size)
+    scorer = Scorer(
+        model=load_classifier(first.path).eval(),
+        tokenizer=load_tokenizer(first.path),
+        max_length=int(first.config.get("max_length", 64)),
+        batch_size=cfg.batch_size,
+    )
 
     def selection_mcc(paths: list[Path]) -> float:
         return mcc(sel_labels, scorer.logits(average_weights(paths), sel_sentences).argmax(-1))
@@ -231,36 +262,72 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
     candidates["greedy"] = {"members": greedy, "selection_mcc": selection_mcc(greedy)}
     for name, c in candidates.items():
         echo(f"  {name} soup ({len(c['members'])} members): selection MCC {c['selection_mcc']:.4f}")
-    method = cfg.method if cfg.method != "auto" else max(("uniform", "greedy"), key=lambda k: candidates[k]["selection_mcc"])
+    method = (
+        cfg.method if cfg.method != "auto" else max(("uniform", "greedy"), key=lambda k: candidates[k]["selection_mcc"])
+    )
     chosen = candidates[method]["members"]
     state = average_weights(chosen)
 
     sel_logits = scorer.logits(state, sel_sentences)
     decision = fit_decision(sel_logits, sel_labels, positive=1, threshold=sel_record.get("on") == "selection split")
     fitted = decision_scores(sel_logits, sel_labels, decision)
-    dev_logits, dev_labels, domains = scorer.logits(state, list(dev["sentence"])), np.asarray(dev["label"]), list(dev["domain"])
+    dev_logits, dev_labels, domains = (
+        scorer.logits(state, list(dev["sentence"])),
+        np.asarray(dev["label"]),
+        list(dev["domain"]),
+    )
     preds, _ = decide(dev_logits, decision)
     dev_scores = decision_scores(dev_logits, dev_labels, decision)
-    best = {"checkpoint": f"{method} soup of {len(chosen)}", "selected_on": sel_record["on"],
-            "selection_mcc": fitted["mcc_argmax"], **scores(dev_labels, preds, domains, labels.count),
-            "argmax": scores(dev_labels, dev_logits.argmax(-1), domains, labels.count),
-            "ece_before": dev_scores["ece_before"], "ece_after": dev_scores["ece_after"]}
+    best = {
+        "checkpoint": f"{method} soup of {len(chosen)}",
+        "selected_on": sel_record["on"],
+        "selection_mcc": fitted["mcc_argmax"],
+        **scores(dev_labels, preds, domains, labels.count),
+        "argmax": scores(dev_labels, dev_logits.argmax(-1), domains, labels.count),
+        "ece_before": dev_scores["ece_before"],
+        "ece_after": dev_scores["ece_after"],
+    }
     metrics = {
-        "kind": "soup", "method": method, "method_asked": cfg.method,
-        "model": first.metrics.get("model"), "data": str(data), "data_source": data.record(),
-        "data_sha256": file_hashes(data), "labels": list(labels.names),
-        "train_rows": first.metrics.get("train_rows"), "validation_rows": len(dev_labels), "selection": sel_record,
-        "seed": None, "config": first.config,
-        "members": [{"name": m.name, "path": str(m.path), "seed": m.config.get("seed"), "in_soup": m.path in chosen,
-                     "selection_mcc": alone[m.path],
-                     # a run's own held-out figures (at its own threshold); a checkpoint of a run has none
-                     "best": m.metrics.get("best") if m.path.name == "model" else None} for m in members],
-        "candidates": {k: {"members": [str(p) for p in c["members"]], "selection_mcc": c["selection_mcc"]}
-                       for k, c in candidates.items()},
+        "kind": "soup",
+        "method": method,
+        "method_asked": cfg.method,
+        "model": first.metrics.get("model"),
+        "data": str(data),
+        "data_source": data.record(),
+        "data_sha256": file_hashes(data),
+        "labels": list(labels.names),
+        "train_rows": first.metrics.get("train_rows"),
+        "validation_rows": len(dev_labels),
+        "selection": sel_record,
+        "seed": None,
+        "config": first.config,
+        "members": [
+            {
+                "name": m.name,
+                "path": str(m.path),
+                "seed": m.config.get("seed"),
+                "in_soup": m.path in chosen,
+                "selection_mcc": alone[m.path],
+                # a run's own held-out figures (at its own threshold); a checkpoint of a run has none
+                "best": m.metrics.get("best") if m.path.name == "model" else None,
+            }
+            for m in members
+        ],
+        "candidates": {
+            k: {"members": [str(p) for p in c["members"]], "selection_mcc": c["selection_mcc"]}
+            for k, c in candidates.items()
+        },
         "best": best,
-        "decision": {**decision.record(), "positive_label": labels.names[decision.positive], "fitted_on": sel_record["on"],
-                     "rows": len(sel_labels), **{f"fit_{k}": v for k, v in fitted.items()}},
-        "epochs": [], "wall_time_s": time.perf_counter() - started, "versions": library_versions(),
+        "decision": {
+            **decision.record(),
+            "positive_label": labels.names[decision.positive],
+            "fitted_on": sel_record["on"],
+            "rows": len(sel_labels),
+            **{f"fit_{k}": v for k, v in fitted.items()},
+        },
+        "epochs": [],
+        "wall_time_s": time.perf_counter() - started,
+        "versions": library_versions(),
     }
     scorer.model.load_state_dict(state)
     config = {**first.config, "out": str(out), "soup": [str(m.path) for m in members]}
@@ -290,12 +357,25 @@ def train_members(cfg, seeds: int, method: str = "auto", echo: Callable[[str], N
     from trainer.train import summary as run_summary, train
 
     if seeds < 2:
-        raise BertpackError(f"--seeds {seeds}: a weight average needs at least 2 runs; pass e.g. --seeds 3 (or leave it out for one run)")
+        raise BertpackError(
+            f"--seeds {seeds}: a weight average needs at least 2 runs; pass e.g. --seeds 3 (or leave it out for one "
+            "run)"
+        )
     if cfg.resume:
-        raise BertpackError("--seeds and --resume cannot be combined; run the same --seeds command again: members already complete are kept")
+        raise BertpackError(
+            "--seeds and --resume cannot be combined; run the same --seeds command again: members already complete are "
+            "kept"
+        )
     out = Path(cfg.out)
-    if out.is_dir() and any(p.name != "members" for p in out.iterdir()) and not cfg.overwrite and not (out / "members").is_dir():
-        raise BertpackError(f"--out {out} already holds other files; pass --overwrite to replace them or choose another --out")
+    if (
+        out.is_dir()
+        and any(p.name != "members" for p in out.iterdir())
+        and not cfg.overwrite
+        and not (out / "members").is_dir()
+    ):
+        raise BertpackError(
+            f"--out {out} already holds other files; pass --overwrite to replace them or choose another --out"
+        )
     members = []
     for seed in range(cfg.seed, cfg.seed + seeds):
         folder = out / "members" / f"seed{seed}"
@@ -321,15 +401,22 @@ def _greedy(ranked: list[Path], alone: dict, score: Callable[[list[Path]], float
 
 def summary(metrics: dict) -> str:
     best, decision = metrics["best"], metrics["decision"]
-    cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}" if decision.get("threshold") is not None else "argmax"
+    cut = (
+        f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
+        if decision.get("threshold") is not None
+        else "argmax"
+    )
     held = "held out: scored once" if best["selected_on"] == "selection split" else "also the selection set"
     lines = [f"\n{best['checkpoint']} (chosen on the {best['selected_on']}: MCC {best['selection_mcc']:.3f})"]
     for m in metrics["members"]:
         own = f", validation MCC {m['best']['mcc']:.3f} alone" if m.get("best") else ""
         lines.append(f"  {'+' if m['in_soup'] else '-'} {m['name']}: selection MCC {m['selection_mcc']:.3f}{own}")
-    lines += [f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}; in-domain "
-              f"{best.get('mcc_in_domain', float('nan')):.3f}, out-of-domain {best.get('mcc_out_domain', float('nan')):.3f}), "
-              f"accuracy {best['accuracy']:.3f}",
-              f"calibration: temperature {decision['temperature']:.3f}; ECE on the validation split "
-              f"{best['ece_before']:.3f} -> {best['ece_after']:.3f}"]
+    lines += [
+        f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}; in-domain "
+        f"{best.get('mcc_in_domain', float('nan')):.3f}, out-of-domain "
+        f"{best.get('mcc_out_domain', float('nan')):.3f}), "
+        f"accuracy {best['accuracy']:.3f}",
+        f"calibration: temperature {decision['temperature']:.3f}; ECE on the validation split "
+        f"{best['ece_before']:.3f} -> {best['ece_after']:.3f}",
+    ]
     return "\n".join(lines)

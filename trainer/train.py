@@ -59,7 +59,9 @@ def build_optimizer(model, cfg: TrainConfig):
             lr = cfg.learning_rate * cfg.layer_decay ** (n_layers + 1)
         wd = 0.0 if (name.endswith("bias") or "LayerNorm" in name) else cfg.weight_decay
         groups.setdefault((lr, wd), []).append(param)
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=cfg.learning_rate)
+    return torch.optim.AdamW(
+        [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=cfg.learning_rate
+    )
 
 
 # --------------------------------------------------------------------------- loss
@@ -70,8 +72,10 @@ def balanced_class_weights(labels: list[int], num_labels: int = 2, names: tuple[
     missing = sorted(set(range(num_labels)) - set(labels))
     if missing:
         which = f"{names[missing[0]]!r} (id {missing[0]})" if names else str(missing[0])
-        raise BertpackError(f"--class-weights balanced needs every label in the training rows, and label {which} has "
-                            "none; raise --limit or pass --class-weights none")
+        raise BertpackError(
+            f"--class-weights balanced needs every label in the training rows, and label {which} has "
+            "none; raise --limit or pass --class-weights none"
+        )
     return [float(w) for w in compute_class_weight("balanced", classes=np.arange(num_labels), y=np.asarray(labels))]
 
 
@@ -101,8 +105,11 @@ def train(cfg: TrainConfig) -> dict:
     """Train, write the run folder, return the metrics dict (also in OUT/metrics.json)."""
     cfg.validate()
     if os.environ.pop(UNSAFE_TORCH_LOAD, None) is not None and is_main_process():
-        print(f"note: {UNSAFE_TORCH_LOAD} is ignored: bertpack loads checkpoint state with torch.load(weights_only=True) only",
-              file=sys.stderr)
+        print(
+            f"note: {UNSAFE_TORCH_LOAD} is ignored: bertpack loads checkpoint state with torch.load(weights_only=True) "
+            "only",
+            file=sys.stderr,
+        )
     # The main process holds OUT's lock from the checks to the end: a second run, or a --resume, on the same --out
     # while this one trains is refused instead of writing checkpoints into the same folder.
     with writing(cfg.out, "bertpack train") if is_main_process() else contextlib.nullcontext():
@@ -120,8 +127,11 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.select_on == "split":  # the validation split is then scored once, on the chosen checkpoint
         train_split, selection, selection_rows = hold_out(dataset["train"], cfg.selection_split, cfg.selection_seed)
         dataset["train"], dataset["selection"] = train_split, selection
-    class_weights = balanced_class_weights(dataset["train"]["label"], labels.count, labels.names) \
-        if cfg.class_weights == "balanced" else None
+    class_weights = (
+        balanced_class_weights(dataset["train"]["label"], labels.count, labels.names)
+        if cfg.class_weights == "balanced"
+        else None
+    )
     if loaded.summary and is_main_process():
         print(loaded.summary, flush=True)
 
@@ -158,8 +168,12 @@ def _train(cfg: TrainConfig) -> dict:
     # length (group_by_length), so predictions cannot be matched back to rows for a domain split.
     dev_sets = {"all": val}
     if labels.cola:
-        dev_sets.update({"in": val.filter(lambda d: d == "in", input_columns="domain"),
-                         "out": val.filter(lambda d: d == "out", input_columns="domain")})
+        dev_sets.update(
+            {
+                "in": val.filter(lambda d: d == "in", input_columns="domain"),
+                "out": val.filter(lambda d: d == "out", input_columns="domain"),
+            }
+        )
     dev_sets = {k: v for k, v in dev_sets.items() if len(v)}
     # What the Trainer validates during training, and so chooses the checkpoint on.
     eval_sets = {"selection": encoded["selection"]} if cfg.select_on == "split" else dev_sets
@@ -169,7 +183,9 @@ def _train(cfg: TrainConfig) -> dict:
         return scores(pred.label_ids, pred.predictions.argmax(-1), num_labels=labels.count)
 
     on_gpu = torch.cuda.is_available()
-    use_bf16 = on_gpu and torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (T4, V100) is slow: fp16
+    use_bf16 = on_gpu and torch.cuda.is_bf16_supported(
+        including_emulation=False
+    )  # emulated bf16 (T4, V100) is slow: fp16
     never = 2**31 - 1  # validation, checkpoints and logs are scheduled by EvalSchedule, not by a fixed interval
     args = TrainingArguments(
         output_dir=str(cfg.out / "checkpoints"),
@@ -210,14 +226,21 @@ def _train(cfg: TrainConfig) -> dict:
         use_cpu=not on_gpu,
     )
     collator = DataCollatorWithPadding(
-        tokenizer, padding="max_length" if cfg.padding == "max" else "longest",
+        tokenizer,
+        padding="max_length" if cfg.padding == "max" else "longest",
         max_length=cfg.max_length if cfg.padding == "max" else None,
     )
     with run_folder(cfg, is_main):
         trainer = LengthGroupedTrainer(
-            model=model, args=args, train_dataset=encoded["train"], eval_dataset=eval_sets,
-            processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
-            optimizers=(build_optimizer(model, cfg), None), callbacks=[EvalSchedule(cfg.evals_per_epoch), timer := StepTimer()],
+            model=model,
+            args=args,
+            train_dataset=encoded["train"],
+            eval_dataset=eval_sets,
+            processing_class=tokenizer,
+            data_collator=collator,
+            compute_metrics=compute_metrics,
+            optimizers=(build_optimizer(model, cfg), None),
+            callbacks=[EvalSchedule(cfg.evals_per_epoch), timer := StepTimer()],
             compute_loss_func=weighted_loss(class_weights) if class_weights else None,
         )
         trainer.remove_callback(ProgressCallback)  # its raw log dicts, replaced by one line per validation point
@@ -239,7 +262,10 @@ def _train(cfg: TrainConfig) -> dict:
         held_out = _score_held_out(trainer, dev_sets, decision, labels.count)
         test = None
         if "test" in encoded:
-            test = {"rows": len(encoded["test"]), **_score_held_out(trainer, {"all": encoded["test"]}, decision, labels.count)}
+            test = {
+                "rows": len(encoded["test"]),
+                **_score_held_out(trainer, {"all": encoded["test"]}, decision, labels.count),
+            }
 
         metrics = {
             "model": model_id,
@@ -250,11 +276,21 @@ def _train(cfg: TrainConfig) -> dict:
             "labels": list(labels.names),  # id -> name, as model/config.json's id2label
             "train_rows": len(encoded["train"]),
             "validation_rows": len(val),
-            "selection": {"on": "selection split" if cfg.select_on == "split" else "validation split",
-                          **({"fraction": cfg.selection_split, "seed": cfg.selection_seed, "rows": len(selection_rows),
-                              "label_counts": _label_counts(encoded["selection"]["label"]),
-                              # positions in the training file (after --limit) of the rows held out
-                              "indices": selection_rows} if selection_rows is not None else {"rows": len(val)})},
+            "selection": {
+                "on": "selection split" if cfg.select_on == "split" else "validation split",
+                **(
+                    {
+                        "fraction": cfg.selection_split,
+                        "seed": cfg.selection_seed,
+                        "rows": len(selection_rows),
+                        "label_counts": _label_counts(encoded["selection"]["label"]),
+                        # positions in the training file (after --limit) of the rows held out
+                        "indices": selection_rows,
+                    }
+                    if selection_rows is not None
+                    else {"rows": len(val)}
+                ),
+            },
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "device": torch.cuda.get_device_name(0) if on_gpu else f"{cpu_model()} ({os.cpu_count()} cores)",
@@ -262,26 +298,37 @@ def _train(cfg: TrainConfig) -> dict:
             "class_weights": class_weights,
             "world_size": args.world_size,
             "gpus_per_process": args.n_gpu,
-            # The chosen checkpoint on the validation split, at its decision (threshold); "argmax": the most probable label.
+            # The chosen checkpoint on the validation split, at its decision (threshold); "argmax": the most probable
+            # label.
             "best": {
                 "checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                 "selected_on": "selection split" if cfg.select_on == "split" else "validation split",
                 "selection_mcc": chosen["mcc_argmax"],
                 **held_out,
             },
-            "decision": {**decision.record(), "positive_label": labels.names[decision.positive],
-                         "fitted_on": "selection split" if cfg.select_on == "split" else "validation split",
-                         "rows": len(chosen_labels), **{f"fit_{k}": v for k, v in chosen.items()}},
+            "decision": {
+                **decision.record(),
+                "positive_label": labels.names[decision.positive],
+                "fitted_on": "selection split" if cfg.select_on == "split" else "validation split",
+                "rows": len(chosen_labels),
+                **{f"fit_{k}": v for k, v in chosen.items()},
+            },
             "test": test,
             "epochs": epochs,
             "train_runtime_s": result.metrics.get("train_runtime"),
-            # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps only.
+            # The Trainer's own figure includes evaluation and checkpoint saving; this one times the optimizer steps
+            # only.
             # Approximate: the last batch of an epoch may be short.
-            "train_samples_per_second": timer.steps * args.world_size * args.train_batch_size / timer.seconds if timer.seconds else None,
+            "train_samples_per_second": timer.steps * args.world_size * args.train_batch_size / timer.seconds
+            if timer.seconds
+            else None,
             # after --resume the Trainer divides the whole run's samples by the resumed part's time: no figure then
-            "trainer_samples_per_second_incl_eval": None if resumed_from else result.metrics.get("train_samples_per_second"),
+            "trainer_samples_per_second_incl_eval": None
+            if resumed_from
+            else result.metrics.get("train_samples_per_second"),
             "wall_time_s": wall,
-            # wall_time_s, train_runtime_s and the samples/s figures time this process only: after --resume, the steps since
+            # wall_time_s, train_runtime_s and the samples/s figures time this process only: after --resume, the steps
+            # since
             # this checkpoint (the interrupted part's time is not known once it was killed)
             "resumed_from": resumed_from and resumed_from.name,
             "versions": library_versions(),
@@ -316,22 +363,32 @@ def load_model(model_id: str, cfg: TrainConfig, labels: Labels):
     try:
         tokenizer = load_tokenizer(model_id, use_fast=True)
     except Exception as exc:  # noqa: BLE001 - missing files, a damaged tokenizer.json, the hub: all "cannot load"
-        raise BertpackError(f"--model {cfg.model}: cannot load its tokenizer ({one_line(exc)}); the checkpoint needs its tokenizer files "
-                            "(tokenizer.json or vocab.txt) beside config.json") from None
+        raise BertpackError(
+            f"--model {cfg.model}: cannot load its tokenizer ({one_line(exc)}); the checkpoint needs its tokenizer "
+            "files "
+            "(tokenizer.json or vocab.txt) beside config.json"
+        ) from None
     extra = {"classifier_dropout": cfg.classifier_dropout} if cfg.classifier_dropout is not None else {}
     head = _head_labels(model_id)
     if head not in (None, labels.count):  # e.g. an MNLI model: its 3-label head cannot hold CoLA's 2 labels
         if is_main_process():
             what = "CoLA" if labels.cola else "the data's labels"
-            print(f"note: --model {cfg.model} is a sequence classifier with {head} labels; its head is replaced by a "
-                  f"new {labels.count}-label head for {what} (the encoder's weights are kept)", file=sys.stderr)
+            print(
+                f"note: --model {cfg.model} is a sequence classifier with {head} labels; its head is replaced by a "
+                f"new {labels.count}-label head for {what} (the encoder's weights are kept)",
+                file=sys.stderr,
+            )
         extra["ignore_mismatched_sizes"] = True
     try:
-        model = load_classifier(model_id, num_labels=labels.count, id2label=labels.id2label(),
-                                label2id=labels.label2id(), **extra)
+        model = load_classifier(
+            model_id, num_labels=labels.count, id2label=labels.id2label(), label2id=labels.label2id(), **extra
+        )
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors file, shapes that do not match config.json, ...
-        raise BertpackError(f"--model {cfg.model}: cannot load its weights ({one_line(exc)}); the checkpoint looks damaged or incomplete: "
-                            "copy or download it again, or pass another --model") from None
+        raise BertpackError(
+            f"--model {cfg.model}: cannot load its weights ({one_line(exc)}); the checkpoint looks damaged or "
+            "incomplete: "
+            "copy or download it again, or pass another --model"
+        ) from None
     return tokenizer, model
 
 
@@ -339,7 +396,9 @@ def _head_labels(model_id: str) -> int | None:
     """The label count of the checkpoint's classification head, or None when it has none (a bare encoder)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)  # resolve_model has fetched and checked it: cached
+    config = AutoConfig.from_pretrained(
+        model_id, trust_remote_code=False
+    )  # resolve_model has fetched and checked it: cached
     has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     return config.num_labels if has_head else None
 
@@ -352,9 +411,14 @@ def _per_epoch(log_history: list[dict], on: str = "all") -> list[dict]:
         row = rows.setdefault(epoch, {"epoch": epoch})
         if "loss" in entry:
             row["train_loss"] = entry["loss"]
-        for key, name in ((f"eval_{on}_loss", "eval_loss"), (f"eval_{on}_accuracy", "accuracy"), (f"eval_{on}_mcc", "mcc"),
-                          (f"eval_{on}_macro_f1", "macro_f1"), ("eval_in_mcc", "mcc_in_domain"),
-                          ("eval_out_mcc", "mcc_out_domain")):
+        for key, name in (
+            (f"eval_{on}_loss", "eval_loss"),
+            (f"eval_{on}_accuracy", "accuracy"),
+            (f"eval_{on}_mcc", "mcc"),
+            (f"eval_{on}_macro_f1", "macro_f1"),
+            ("eval_in_mcc", "mcc_in_domain"),
+            ("eval_out_mcc", "mcc_out_domain"),
+        ):
             if key in entry:
                 row[name] = entry[key]
     return [r for r in rows.values() if "mcc" in r]
@@ -369,16 +433,22 @@ def _predict(trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
 def _score_held_out(trainer, sets: dict, decision: Decision, num_labels: int) -> dict:
     """Scores of rows the choice never saw, at the decision ("argmax": at the most probable label), with CoLA's
     domains where `sets` has them (in, out), and ECE before and after the temperature."""
-    parts = {name: _predict(trainer, sets[name]) for name in ("in", "out") if name in sets} or \
-        {"all": _predict(trainer, sets["all"])}
+    parts = {name: _predict(trainer, sets[name]) for name in ("in", "out") if name in sets} or {
+        "all": _predict(trainer, sets["all"])
+    }
     logits = np.concatenate([lg for lg, _ in parts.values()])
     truth = np.concatenate([lb for _, lb in parts.values()])
     domains = np.concatenate([[name] * len(lb) for name, (_, lb) in parts.items()])
     preds, _ = decide(logits, decision)
     fit = decision_scores(logits, truth, decision)
-    return {"mcc_in_domain": None, "mcc_out_domain": None,  # CoLA's: None for data without domains
-            **scores(truth, preds, domains, num_labels), "argmax": scores(truth, logits.argmax(-1), domains, num_labels),
-            "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
+    return {
+        "mcc_in_domain": None,
+        "mcc_out_domain": None,  # CoLA's: None for data without domains
+        **scores(truth, preds, domains, num_labels),
+        "argmax": scores(truth, logits.argmax(-1), domains, num_labels),
+        "ece_before": fit["ece_before"],
+        "ece_after": fit["ece_after"],
+    }
 
 
 def _label_counts(labels: list[int]) -> dict[str, int]:
@@ -392,9 +462,11 @@ def reinit_top_layers(model, count: int) -> None:
         return
     layers = model.bert.encoder.layer
     if count > len(layers):
-        raise BertpackError(f"--reinit-top-layers {count} is more than the model's {len(layers)} encoder layers; "
-                            f"pass at most {len(layers)}")
-    for layer in layers[len(layers) - count:]:
+        raise BertpackError(
+            f"--reinit-top-layers {count} is more than the model's {len(layers)} encoder layers; "
+            f"pass at most {len(layers)}"
+        )
+    for layer in layers[len(layers) - count :]:
         layer.apply(model._init_weights)
 
 
@@ -410,8 +482,12 @@ def plot_curves(epochs: list[dict], path: Path) -> None:
     ax_loss.plot(x, [r.get("eval_loss") for r in epochs], marker="o", label="validation")
     ax_loss.set(title="loss", xlabel="epoch")
     ax_loss.legend()
-    for key, label in (("mcc", "all"), ("mcc_in_domain", "in-domain"), ("mcc_out_domain", "out-of-domain"),
-                       ("macro_f1", "macro-F1")):
+    for key, label in (
+        ("mcc", "all"),
+        ("mcc_in_domain", "in-domain"),
+        ("mcc_out_domain", "out-of-domain"),
+        ("macro_f1", "macro-F1"),
+    ):
         if any(r.get(key) is not None for r in epochs):
             ax_mcc.plot(x, [r.get(key) for r in epochs], marker="o", label=label)
     ax_mcc.set(title="validation MCC", xlabel="epoch")
@@ -431,41 +507,60 @@ def summary(metrics: dict) -> str:
         f"data           {metrics['data']} ({metrics['train_rows']} train / {metrics['validation_rows']} validation "
         f"rows{_labels(metrics.get('labels'))})",
         f"device         {metrics['device']} x{metrics['world_size']} ({metrics['precision']})",
-        f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, {_rate(metrics['train_samples_per_second'])}",
+        f"time           {metrics['wall_time_s']:.0f} s{_since(metrics.get('resumed_from'))}, "
+        f"{_rate(metrics['train_samples_per_second'])}",
         "",
     ]
     # CoLA's per-domain columns, macro-F1 for more than two classes: the columns a run has figures for
     domains = any(r.get("mcc_in_domain") is not None for r in [best, *metrics["epochs"]])
     f1 = best.get("macro_f1") is not None
     on = best.get("selected_on", "validation split")
-    lines.append(f"validation points on the {on}" + (f" ({metrics['selection']['rows']} training rows held out)"
-                                                      if on == "selection split" else ""))
-    lines.append(" epoch  train loss  val loss  accuracy     MCC" + ("  macro-F1" if f1 else "")
-                 + ("  in-domain  out-of-domain" if domains else ""))
+    lines.append(
+        f"validation points on the {on}"
+        + (f" ({metrics['selection']['rows']} training rows held out)" if on == "selection split" else "")
+    )
+    lines.append(
+        " epoch  train loss  val loss  accuracy     MCC"
+        + ("  macro-F1" if f1 else "")
+        + ("  in-domain  out-of-domain" if domains else "")
+    )
     for r in metrics["epochs"]:
-        lines.append(f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  "
-                     f"{_f(r.get('accuracy'), 8)}  {_f(r.get('mcc'), 6)}"
-                     + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
-                     + (f"  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}" if domains else ""))
-    per_domain = f"in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)}" if domains else ""
+        lines.append(
+            f"{r['epoch']:6.2f}  {_f(r.get('train_loss'))}  {_f(r.get('eval_loss'), 8)}  "
+            f"{_f(r.get('accuracy'), 8)}  {_f(r.get('mcc'), 6)}"
+            + (f"  {_f(r.get('macro_f1'), 8)}" if f1 else "")
+            + (f"  {_f(r.get('mcc_in_domain'), 9)}  {_f(r.get('mcc_out_domain'), 13)}" if domains else "")
+        )
+    per_domain = (
+        f"in-domain {_f(best['mcc_in_domain'], 0)}, out-of-domain {_f(best['mcc_out_domain'], 0)}" if domains else ""
+    )
     f1_best = f", macro-F1 {best['macro_f1']:.3f}" if f1 else ""
     lines.append("")
     if decision := metrics.get("decision"):
         held = "held out: scored once, after the choice" if on == "selection split" else "also the selection set"
-        cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}" if decision.get("threshold") is not None \
+        cut = (
+            f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
+            if decision.get("threshold") is not None
             else "argmax"
-        lines += [f"best ({best['checkpoint']}, chosen on the {on}: MCC {best['selection_mcc']:.3f})",
-                  f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}"
-                  f"{'; ' + per_domain if per_domain else ''}), accuracy {best['accuracy']:.3f}{f1_best}",
-                  f"calibration    temperature {decision['temperature']:.3f} (fitted on the {decision['fitted_on']}); "
-                  f"ECE on the validation split {best['ece_before']:.3f} -> {best['ece_after']:.3f}"]
+        )
+        lines += [
+            f"best ({best['checkpoint']}, chosen on the {on}: MCC {best['selection_mcc']:.3f})",
+            f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}"
+            f"{'; ' + per_domain if per_domain else ''}), accuracy {best['accuracy']:.3f}{f1_best}",
+            f"calibration    temperature {decision['temperature']:.3f} (fitted on the {decision['fitted_on']}); "
+            f"ECE on the validation split {best['ece_before']:.3f} -> {best['ece_after']:.3f}",
+        ]
     else:  # a run recorded before decisions were
-        lines.append(f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{f' ({per_domain})' if per_domain else ''}, "
-                     f"accuracy {best['accuracy']:.3f}{f1_best}")
+        lines.append(
+            f"best ({best['checkpoint']}): MCC {best['mcc']:.3f}{f' ({per_domain})' if per_domain else ''}, "
+            f"accuracy {best['accuracy']:.3f}{f1_best}"
+        )
     if test := metrics.get("test"):
         f1_test = f", macro-F1 {test['macro_f1']:.3f}" if test.get("macro_f1") is not None else ""
-        lines.append(f"test ({test['rows']} rows, the chosen checkpoint): MCC {test['mcc']:.3f}, accuracy "
-                     f"{test['accuracy']:.3f}{f1_test}")
+        lines.append(
+            f"test ({test['rows']} rows, the chosen checkpoint): MCC {test['mcc']:.3f}, accuracy "
+            f"{test['accuracy']:.3f}{f1_test}"
+        )
     return "\n".join(lines)
 
 

@@ -54,11 +54,22 @@ def main() -> None:
         dev = data["validation"]
         dev_logits = scorer.logits(state, list(dev["sentence"]))
         preds, _ = decide(dev_logits, decision)
-        row = {"run": run.name, "chosen": ckpt.name, "epoch": best["epoch"], "selection_mcc": best["mcc"],
-               "two_per_epoch_chose": m["best"]["checkpoint"], "two_per_epoch_mcc": m["best"]["mcc"],
-               **cola_scores(dev["label"], preds, dev["domain"]), "decision": decision.record(),
-               "argmax_mcc": cola_scores(dev["label"], dev_logits.argmax(-1), dev["domain"])["mcc"],
-               "ece": {k: v for k, v in decision_scores(dev_logits, np.asarray(dev["label"]), decision).items() if k.startswith("ece")}}
+        row = {
+            "run": run.name,
+            "chosen": ckpt.name,
+            "epoch": best["epoch"],
+            "selection_mcc": best["mcc"],
+            "two_per_epoch_chose": m["best"]["checkpoint"],
+            "two_per_epoch_mcc": m["best"]["mcc"],
+            **cola_scores(dev["label"], preds, dev["domain"]),
+            "decision": decision.record(),
+            "argmax_mcc": cola_scores(dev["label"], dev_logits.argmax(-1), dev["domain"])["mcc"],
+            "ece": {
+                k: v
+                for k, v in decision_scores(dev_logits, np.asarray(dev["label"]), decision).items()
+                if k.startswith("ece")
+            },
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json_out:

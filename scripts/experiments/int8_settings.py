@@ -37,10 +37,22 @@ def candidates(target: str) -> list[tuple[str, q.Int8Settings]]:
     for alpha in (None, 0.5, 0.75):
         for exclude in (("head",), ("head", "ffn_out")):
             out.append(("static", dataclasses.replace(static, exclude=exclude, smooth_alpha=alpha)))
-        out.append(("static", dataclasses.replace(static, exclude=("head", "ffn_out"), smooth_alpha=alpha, calibration="percentile")))
+        out.append(
+            (
+                "static",
+                dataclasses.replace(static, exclude=("head", "ffn_out"), smooth_alpha=alpha, calibration="percentile"),
+            )
+        )
     for alpha in (0.5, 0.75):
         out.append(("dynamic", dataclasses.replace(dynamic, exclude=("head", "ffn_out"), smooth_alpha=alpha)))
-        out.append(("dynamic", dataclasses.replace(dynamic, exclude=("head", "ffn_out", "last1"), smooth_alpha=alpha, reduce_range=True)))
+        out.append(
+            (
+                "dynamic",
+                dataclasses.replace(
+                    dynamic, exclude=("head", "ffn_out", "last1"), smooth_alpha=alpha, reduce_range=True
+                ),
+            )
+        )
     return out
 
 
@@ -49,8 +61,13 @@ def main() -> None:
     p.add_argument("artifact", type=Path)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cola")
     p.add_argument("--calibration", type=int, default=256)
-    p.add_argument("--from", dest="source", choices=("selection", "train"), default="selection",
-                   help="calibration sentences: the run's held-out selection rows, or the whole training split")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=("selection", "train"),
+        default="selection",
+        help="calibration sentences: the run's held-out selection rows, or the whole training split",
+    )
     p.add_argument("--only", default="", help="comma-separated candidate numbers to run (default: all)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
@@ -65,12 +82,24 @@ def main() -> None:
     train = load_cola(args.data)["train"]["sentence"]
     rows = ckpt.selection.get("indices") if args.source == "selection" else None
     pool = [train[i] for i in rows] if rows else list(train)
-    calibration = q.Calibration(ids=fp32.encode(q.calibration_sample(pool, args.calibration, 0)), input_names=fp32.input_names)
-    target = (manifest.get("quantization_target") or "avx512_vnni")
-    print(f"reference MCC {ref['mcc']:.4f} at {fp32.decision}; {len(calibration.ids)} calibration sentences from {args.source}; "
-          f"target {target}", flush=True)
-    results = {"artifact": str(art), "decision": fp32.decision.record(), "reference_mcc": ref["mcc"], "calibration_from": args.source,
-               "calibration_sentences": len(calibration.ids), "rows": []}
+    calibration = q.Calibration(
+        ids=fp32.encode(q.calibration_sample(pool, args.calibration, 0)), input_names=fp32.input_names
+    )
+    target = manifest.get("quantization_target") or "avx512_vnni"
+    print(
+        f"reference MCC {ref['mcc']:.4f} at {fp32.decision}; {len(calibration.ids)} calibration sentences from "
+        f"{args.source}; "
+        f"target {target}",
+        flush=True,
+    )
+    results = {
+        "artifact": str(art),
+        "decision": fp32.decision.record(),
+        "reference_mcc": ref["mcc"],
+        "calibration_from": args.source,
+        "calibration_sentences": len(calibration.ids),
+        "rows": [],
+    }
     only = {int(x) for x in args.only.split(",") if x}
     with tempfile.TemporaryDirectory(prefix="int8-settings-") as tmp:
         work = Path(tmp)
@@ -84,17 +113,30 @@ def main() -> None:
             path = q.quantize(source, work / f"c{k}", settings, ckpt.num_layers, calibration, caches[method])
             import onnxruntime as ort
 
-            engine = OnnxClassifier(art, variant="fp32", device="cpu", verify=False, buckets=None)  # its tokenizer and padding
+            engine = OnnxClassifier(
+                art, variant="fp32", device="cpu", verify=False, buckets=None
+            )  # its tokenizer and padding
             engine.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-            row = parity.score(settings.name, engine.logits(data.sentences), reference, data, path.stat().st_size, decision=fp32.decision)
+            row = parity.score(
+                settings.name,
+                engine.logits(data.sentences),
+                reference,
+                data,
+                path.stat().st_size,
+                decision=fp32.decision,
+            )
             row["flip_rate"] = parity.flip_rate(engine, data.sentences)["flip_rate"]
             row["passes"] = not parity.check(row, ref, parity.Tolerance())
             row["mcc_drop"] = ref["mcc"] - row["mcc"]
             row["seconds"] = round(time.perf_counter() - t0, 1)
             row["candidate"] = k
             results["rows"].append(row)
-            print(f"#{k} {settings.name}: MCC {row['mcc']:.4f} (drop {row['mcc_drop']:+.4f}), agreement {row['agreement']:.2f}%, "
-                  f"flip {row['flip_rate']:.2f}% -> {'PASS' if row['passes'] else 'fail'} ({row['seconds']} s)", flush=True)
+            print(
+                f"#{k} {settings.name}: MCC {row['mcc']:.4f} (drop {row['mcc_drop']:+.4f}), agreement "
+                f"{row['agreement']:.2f}%, "
+                f"flip {row['flip_rate']:.2f}% -> {'PASS' if row['passes'] else 'fail'} ({row['seconds']} s)",
+                flush=True,
+            )
             if args.json_out:
                 args.json_out.write_text(json.dumps(results, indent=2))
 

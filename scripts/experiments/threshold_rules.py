@@ -48,14 +48,26 @@ def main() -> None:
         scorer = Scorer(load_classifier(model).eval(), load_tokenizer(model), config["max_length"], 64)
         state = average_weights([model])
         s_logits, s_labels = scorer.logits(state, list(selection["sentence"])), np.asarray(selection["label"])
-        d_logits, d_labels = scorer.logits(state, list(data["validation"]["sentence"])), np.asarray(data["validation"]["label"])
+        d_logits, d_labels = (
+            scorer.logits(state, list(data["validation"]["sentence"])),
+            np.asarray(data["validation"]["label"]),
+        )
         t = fit_temperature(s_logits, s_labels)
         s_p = probabilities(s_logits, Decision(temperature=t))[:, 1]
         d_p = probabilities(d_logits, Decision(temperature=t))[:, 1]
         cuts = {"argmax": 0.5, "max": best_threshold(s_p, s_labels), "bagged": bagged_threshold(s_p, s_labels)}
-        row = {"run": str(run), "temperature": t,
-               **{rule: {"threshold": c, "selection_mcc": mcc(s_labels, s_p >= c), "validation_mcc": mcc(d_labels, d_p >= c)}
-                  for rule, c in cuts.items()}}
+        row = {
+            "run": str(run),
+            "temperature": t,
+            **{
+                rule: {
+                    "threshold": c,
+                    "selection_mcc": mcc(s_labels, s_p >= c),
+                    "validation_mcc": mcc(d_labels, d_p >= c),
+                }
+                for rule, c in cuts.items()
+            },
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json_out:

@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bertpack.errors import BertpackError
-from serving import bentoml_compat
-from serving.engine import OnnxClassifier
-from serving.cuda import cuda_problem
 from bertpack.manifest import parity_failure, read_manifest
+from serving import bentoml_compat
+from serving.cuda import cuda_problem
+from serving.engine import OnnxClassifier
 from serving.http_guard import KNOWN_PATHS, BodyTooLarge, JsonOnly
 from serving.schema import (
     MAX_BODY_BYTES,

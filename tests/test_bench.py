@@ -237,11 +237,32 @@ def test_rounds_report_medians_and_every_round(tiny_artifact, synthetic_cola, tm
     assert "## Rounds" in (out / "bench.md").read_text()
 
 
+def _payload(cfg, rounds: list) -> dict:
+    """The bench record of two sentences from the workers' results, without an artifact or an end-to-end pass."""
+    from bench.report import build_payload
+
+    return build_payload(
+        cfg=cfg,
+        artifact=Path("a"),
+        manifest={"variants": {}, "source": {}},
+        machine={},
+        threads=1,
+        started=__import__("datetime").datetime.now(),
+        sentences=2,
+        labels=[0, 1],
+        domains=["in", "in"],
+        rounds=rounds,
+        skipped=[],
+        padding={},
+        e2e=None,
+        cola=Path("d"),
+    )
+
+
 def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
     """Hand-made rounds: an engine missing from round 2 (it failed there) and a batch size only a later round has
     keep their rows; each ratio pairs an engine with the same round's reference."""
     from bench.config import BenchConfig
-    from bench.report import build_payload
 
     def result(engine: str, number: int, p50: dict[int, float]) -> dict:
         rows = [
@@ -268,22 +289,7 @@ def test_rounds_merge_keeps_every_round_and_pairs_ratios_by_round():
         [result("pytorch_fp32", 2, {1: 8.0, 8: 8.0})],
         [result("pytorch_fp32", 3, {1: 6.0, 8: 8.0}), result("onnx_int8", 3, {1: 2.0, 8: 2.0})],
     ]
-    payload = build_payload(
-        cfg=BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False),
-        artifact=Path("a"),
-        manifest={"variants": {}, "source": {}},
-        machine={},
-        threads=1,
-        started=__import__("datetime").datetime.now(),
-        sentences=2,
-        labels=[0, 1],
-        domains=["in", "in"],
-        rounds=rounds,
-        skipped=[],
-        padding={},
-        e2e=None,
-        cola=Path("d"),
-    )
+    payload = _payload(BenchConfig(artifact_dir=Path("a"), rounds=3, arch="bert-base", end_to_end=False), rounds)
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert set(rows) == {("pytorch_fp32", 1), ("pytorch_fp32", 8), ("onnx_int8", 1), ("onnx_int8", 8)}
     int8 = rows[("onnx_int8", 1)]
@@ -332,7 +338,6 @@ def test_throughput_ratios_and_checks_point_the_right_way():
     """Faster is a ratio over 1 both ways: int8 at 1 ms per batch of 32 against PyTorch's 4 ms is 4x the
     sentences/s; the GPU throughput check compares fp16 ONNX with fp16 PyTorch at batch 128."""
     from bench.config import BenchConfig
-    from bench.report import build_payload
 
     def result(engine: str, device: str, ms: dict[int, float]) -> dict:
         rows = [
@@ -361,22 +366,7 @@ def test_throughput_ratios_and_checks_point_the_right_way():
             result("onnx_fp16_cuda", "cuda", {128: 2.0}),
         ]
     ]
-    payload = build_payload(
-        cfg=BenchConfig(artifact_dir=Path("a"), end_to_end=False),
-        artifact=Path("a"),
-        manifest={"variants": {}, "source": {}},
-        machine={},
-        threads=1,
-        started=__import__("datetime").datetime.now(),
-        sentences=2,
-        labels=[0, 1],
-        domains=["in", "in"],
-        rounds=rounds,
-        skipped=[],
-        padding={},
-        e2e=None,
-        cola=Path("d"),
-    )
+    payload = _payload(BenchConfig(artifact_dir=Path("a"), end_to_end=False), rounds)
     rows = {(r["engine"], r["batch_size"]): r for r in payload["rows"]}
     assert rows[("onnx_int8", 32)]["speedup_throughput"] == 4.0 and rows[("onnx_int8", 1)]["speedup_p50"] == 2.0
     checks = {c["check"]: c for c in payload["checks"]}

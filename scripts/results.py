@@ -193,8 +193,9 @@ def quality_sections(folder: Path) -> list[Section]:
         if not rows:
             print(f"warning: {path} holds no runs (rows); left out", file=sys.stderr)
             continue
+        machine = f"Machine: {table['machine']}. " if table.get("machine") else ""
         body = [
-            f"Date: {when(measured_on(table))}. Command: "
+            f"{machine}Date: {when(measured_on(table))}. Command: "
             + (
                 f"`{table['command']}`"
                 if table.get("command")
@@ -222,11 +223,12 @@ def quality_sections(folder: Path) -> list[Section]:
             ]
             soups = [r for r in rows if r.get("soup")]
             figure = f"mean {spread['mean']:.3f} ± {spread['sd']:.3f} (sd)" + (
-                f"; their weight average {fmt(soups[0].get('mcc'))}" if soups else ""
+                f"; their {soups[0].get('recipe', 'weight average').split(' of ')[0]} {fmt(soups[0].get('mcc'))}"
+                if soups
+                else ""
             )
-            summary.append(
-                (f"model quality over {singles} seeds: held-out validation MCC", figure, "", day(measured_on(table)))
-            )
+            what = f"model quality over {singles} seeds: held-out validation MCC"
+            summary.append((what, figure, table.get("machine") or "", day(measured_on(table))))
         sections.append(Section(f"Runs compared: {path.stem}", body, summary))
     return sections
 

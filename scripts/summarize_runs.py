@@ -47,6 +47,7 @@ def row(path: Path) -> dict:
         "ece_before": b.get("ece_before"),
         "ece_after": b.get("ece_after"),
         "minutes": m["wall_time_s"] / 60 if m.get("wall_time_s") is not None else None,
+        "machine": f"{m['device']}, {m.get('precision')}" if m.get("device") else None,
     }
 
 
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> None:
         record = {
             "rows": rows,
             "single_runs": summary,
+            "machine": next((r["machine"] for r in rows if r["machine"]), None),
             "command": shlex.join(["python", "scripts/summarize_runs.py", *argv, "--json", str(json_out)]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -342,7 +342,7 @@ def test_figures_machines_dates_and_commands_come_from_the_files(tmp_path):
     ) in readme
     assert "| 6.52x p50 at batch 1, 2.88x sentences/s at batch 32 | AMD EPYC 9B14 (2 cores) | 2026-11-27 |" in readme
     assert "| 9.89x | NVIDIA H100 80GB HBM3 | 2026-11-27 |" in readme
-    assert "seeds) | mean 0.327 ± 0.019 (sd); their weight average 0.335 |" in readme
+    assert "seeds) | mean 0.327 ± 0.019 (sd); their uniform soup 0.335 |" in readme
     assert (
         "| 420 requests/s, 0 errors (2.8x the transformers pipeline) | AMD EPYC 9B14 (2 CPUs) | 2026-12-08 |" in readme
     )

@@ -223,9 +223,7 @@ def quality_sections(folder: Path) -> list[Section]:
             ]
             soups = [r for r in rows if r.get("soup")]
             figure = f"mean {spread['mean']:.3f} ± {spread['sd']:.3f} (sd)" + (
-                f"; their {soups[0].get('recipe', 'weight average').split(' of ')[0]} {fmt(soups[0].get('mcc'))}"
-                if soups
-                else ""
+                f"; their {soups[0].get('method') or 'weight average'} soup {fmt(soups[0].get('mcc'))}" if soups else ""
             )
             what = f"model quality over {singles} seeds: held-out validation MCC"
             summary.append((what, figure, table.get("machine") or "", day(measured_on(table))))

@@ -31,6 +31,7 @@ def row(path: Path) -> dict:
     return {
         "run": path.parent.name,
         "soup": soup,
+        "method": m["method"] if soup else None,  # uniform or greedy
         "recipe": f"{m['method']} soup of " + ", ".join(x["name"] for x in m["members"] if x["in_soup"])
         if soup
         else recipe(m["config"]) + f", seed {m['config']['seed']}",

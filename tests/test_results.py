@@ -286,7 +286,15 @@ def test_figures_machines_dates_and_commands_come_from_the_files(tmp_path):
         }
         for k, mcc in ((42, 0.346), (1, 0.308), (2, 0.327))
     ]
-    runs.append({"run": "soup", "soup": True, "recipe": "uniform soup of seed42, seed1, seed2", "mcc": 0.335})
+    runs.append(
+        {
+            "run": "soup",
+            "soup": True,
+            "method": "uniform",
+            "recipe": "uniform soup of seed42, seed1, seed2",
+            "mcc": 0.335,
+        }
+    )
     write(
         results / "quality" / "seeds.json",
         {"rows": runs, "single_runs": {"mcc": {"mean": 0.327, "sd": 0.019, "min": 0.308, "max": 0.346}}},

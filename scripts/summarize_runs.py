@@ -5,6 +5,7 @@ and spread of the validation MCC.
     python scripts/summarize_runs.py runs/seeds/seed*/metrics.json runs/soup/metrics.json [--json OUT.json]
 """
 
+import argparse
 import json
 import shlex
 import statistics
@@ -57,11 +58,15 @@ def _f(value, fmt: str = ".3f") -> str:
 
 
 def main(argv: list[str]) -> None:
-    json_out = None
-    if "--json" in argv:
-        i = argv.index("--json")
-        json_out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
-    rows = [row(Path(p)) for p in argv]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("metrics", nargs="+", type=Path, help="metrics.json files of runs or soups")
+    parser.add_argument("--json", dest="json_out", type=Path, help="also write the rows and the summary here")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.metrics if not p.is_file()]
+    if missing:
+        parser.error(f"no metrics.json at {', '.join(missing)}; pass the metrics.json of finished runs")
+    json_out, argv = args.json_out, [str(p) for p in args.metrics]
+    rows = [row(p) for p in args.metrics]
     print(
         "| run | recipe | chosen | on | selection MCC | threshold | T | **validation MCC** | (argmax) | in-domain | "
         "out-of-domain | accuracy | ECE before -> after | minutes |"
@@ -91,7 +96,8 @@ def main(argv: list[str]) -> None:
             f"\nvalidation MCC of the {len(singles)} single runs: mean {s['mean']:.3f} ± {s['sd']:.3f} (sd; min "
             f"{s['min']:.3f}, "
             f"max {s['max']:.3f}); at the argmax {summary['mcc_argmax']['mean']:.3f} ± "
-            f"{summary['mcc_argmax']['sd']:.3f}"
+            f"{summary['mcc_argmax']['sd']:.3f}; selection MCC {summary['selection_mcc']['mean']:.3f} ± "
+            f"{summary['selection_mcc']['sd']:.3f}"
         )
     if json_out:
         record = {

@@ -184,6 +184,16 @@ def measured_on(record: dict) -> str | None:
     return record.get("date") or record.get("created") or record.get("measured_on")
 
 
+def soups_figure(soups: list[dict]) -> str:
+    """'; their uniform soup 0.335' for one soup; for several, their figures grouped by method."""
+    if len(soups) == 1:
+        return f"; their {soups[0].get('method') or 'weight average'} soup {fmt(soups[0].get('mcc'))}"
+    by_method: dict[str, list[str]] = {}
+    for soup in soups:
+        by_method.setdefault(soup.get("method") or "weight average", []).append(fmt(soup.get("mcc")))
+    return "; their soups: " + ", ".join(f"{m} {' and '.join(v)}" for m, v in by_method.items()) if soups else ""
+
+
 def quality_sections(folder: Path) -> list[Section]:
     """Tables of runs compared (`scripts/summarize_runs.py --json`), one per file in quality/."""
     sections = []
@@ -221,9 +231,8 @@ def quality_sections(folder: Path) -> list[Section]:
                 f"Validation MCC over the {singles} single runs: mean {spread['mean']:.3f} "
                 f"± {spread['sd']:.3f} (sd), min {spread['min']:.3f}, max {spread['max']:.3f}.",
             ]
-            soups = [r for r in rows if r.get("soup")]
-            figure = f"mean {spread['mean']:.3f} ± {spread['sd']:.3f} (sd)" + (
-                f"; their {soups[0].get('method') or 'weight average'} soup {fmt(soups[0].get('mcc'))}" if soups else ""
+            figure = f"mean {spread['mean']:.3f} ± {spread['sd']:.3f} (sd)" + soups_figure(
+                [r for r in rows if r.get("soup")]
             )
             what = f"model quality over {singles} seeds: held-out validation MCC"
             summary.append((what, figure, table.get("machine") or "", day(measured_on(table))))

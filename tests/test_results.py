@@ -394,6 +394,28 @@ def test_add_dates_a_metrics_json_by_its_file_and_brings_the_manifest_with_parit
     assert "measured_on" not in json.loads(source.read_text())  # the run's own file is left as it was
 
 
+def test_runs_compared_with_several_soups_name_each_by_method(tmp_path):
+    """Two seed triples, each with its greedy and uniform soup: the summary row gives every soup, grouped by method."""
+    setup(tmp_path)
+    rows = [{"run": f"seed{k}", "recipe": "default", "mcc": 0.3} for k in range(43, 49)]
+    rows += [
+        {"run": name, "soup": True, "method": method, "recipe": f"{method} soup", "mcc": mcc}
+        for name, method, mcc in (
+            ("a", "greedy", 0.307),
+            ("b", "uniform", 0.295),
+            ("c", "greedy", 0.31),
+            ("d", "uniform", 0.325),
+        )
+    ]
+    spread = {"mean": 0.3, "sd": 0.01, "min": 0.29, "max": 0.31}
+    write(tmp_path / "results" / "quality" / "seeds.json", {"rows": rows, "single_runs": {"mcc": spread}})
+    proc = run(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    readme = table((tmp_path / "README.md").read_text())
+    assert "over 6 seeds: held-out validation MCC" in readme
+    assert "| mean 0.300 ± 0.010 (sd); their soups: greedy 0.307 and 0.310, uniform 0.295 and 0.325 |" in readme
+
+
 def test_a_readme_without_the_results_block_is_a_one_line_error(tmp_path):
     setup(tmp_path)
     (tmp_path / "README.md").write_text("# A project\n")

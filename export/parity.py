@@ -278,6 +278,11 @@ def decision_lines(report: dict) -> list[str]:
         lines.append(
             f"labels at p({decision.get('positive_label', decision.get('positive'))}) >= {decision['threshold']:.4f} "
             f"(temperature {decision['temperature']:.3f}), fitted on the {decision.get('fitted_on', 'selection set')}"
+            + (
+                f" (its best cut, {fit['best_cut']:.4f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag: 0.5 kept)"
+                if (fit := decision.get("threshold_fit")) and not fit.get("used", True)
+                else ""
+            )
         )
     elif decision:
         lines.append(f"labels: the most probable (temperature {decision.get('temperature', 1.0):.3f})")

@@ -344,6 +344,7 @@ def decision_record(ckpt: Checkpoint) -> dict:
         "positive_label": ckpt.labels[decision.positive],
         "fitted_on": ckpt.decision.get("fitted_on") if ckpt.decision else None,
         "rows": ckpt.decision.get("rows"),
+        "threshold_fit": ckpt.decision.get("threshold_fit") if ckpt.decision else None,
     }
 
 

@@ -186,7 +186,7 @@ def test_temperature_minimises_nll_and_threshold_maximises_mcc():
     rng = np.random.default_rng(0)
     labels = (rng.random(600) < 0.7).astype(int)
     logits = np.stack([np.zeros(600), 4.0 * (2 * labels - 1) + rng.normal(0, 4, 600) + 2.0], axis=1)  # over-confident
-    decision = fit_decision(logits, labels)
+    decision, cut = fit_decision(logits, labels)
     grid = np.exp(np.linspace(np.log(0.2), np.log(5), 400))
     assert nll(logits, labels, decision.temperature) <= min(nll(logits, labels, t) for t in grid) + 1e-6
     assert decision.temperature > 1  # over-confident logits are softened
@@ -197,6 +197,27 @@ def test_temperature_minimises_nll_and_threshold_maximises_mcc():
         labels, p >= 0.5
     )
     assert best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == pytest.approx(0.5)
+    assert cut.used and cut.out_of_bag_gain > 0.02 and cut.threshold == decision.threshold  # the shift is real
+
+
+def test_a_fitted_cut_that_does_not_hold_up_out_of_bag_is_not_used():
+    """Calibrated, symmetric probabilities: 0.5 is the best cut in expectation, so the best cut of one sample sits on
+    its noise. Fitted on bootstrap resamples it loses MCC on the rows each left out, and the decision keeps 0.5."""
+    from bertpack.metrics import mcc
+    from trainer.decision import ThresholdFit, describe_cut, fit_decision
+
+    rng = np.random.default_rng(0)
+    p = rng.beta(2, 2, 300)
+    labels = (rng.random(300) < p).astype(int)
+    logits = np.stack([np.zeros(300), np.log(p / (1 - p))], axis=1)
+    decision, cut = fit_decision(logits, labels)
+    assert cut.best_cut != pytest.approx(0.5, abs=0.01) and cut.out_of_bag_gain < -0.01 and not cut.used
+    assert decision.threshold == 0.5 and cut.record()["used"] is False
+    q = 1 / (1 + np.exp(-logits[:, 1] / decision.temperature))
+    assert mcc(labels, q >= cut.best_cut) > mcc(labels, q >= 0.5)  # it did win on the rows it was fitted on
+    record = {**decision.record(), "positive_label": "acceptable", "threshold_fit": cut.record()}
+    assert describe_cut(record).startswith("p(acceptable) >= 0.500 (the best cut there, ")
+    assert ThresholdFit(0.3, 0.01).threshold == 0.3 and ThresholdFit(0.3, -0.01).threshold == 0.5
 
 
 def test_decision_rule_and_its_fallbacks():

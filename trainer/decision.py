@@ -1,7 +1,10 @@
 """Fit a model's decision on held-out logits: the temperature (one scalar, by NLL) and, for 2 labels, the threshold
-on p(positive) with the best MCC. Applied by bertpack.postprocess everywhere the model answers."""
+on p(positive) with the best MCC where it holds up out of bag (else 0.5). Applied by bertpack.postprocess everywhere
+the model answers."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,15 +81,58 @@ def bagged_threshold(
     return _nearest_half(cuts, mean)
 
 
-def fit_decision(logits: np.ndarray, labels: np.ndarray, positive: int = 1, threshold: bool = True) -> Decision:
+def out_of_bag_gain(
+    p_positive: np.ndarray, labels: np.ndarray, positive: int = 1, resamples: int = 200, seed: int = 0
+) -> float:
+    """What fitting a threshold is worth on rows it was not fitted on: over bootstrap resamples, the best cut is
+    fitted on the drawn rows and scored against p >= 0.5 on the rows left out; the mean MCC gain. The maximum of one
+    sample's MCC curve overstates its own gain, so the fitted cut has to earn its place on unseen rows."""
+    p = np.asarray(p_positive, dtype=np.float64)
+    truth = np.asarray(labels) == positive
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(p), len(p))
+        left_out = np.setdiff1d(np.arange(len(p)), drawn)
+        if len(left_out) < 2 or truth[left_out].all() or not truth[left_out].any():
+            continue
+        cut = _nearest_half(_cuts(p[drawn]), mcc_curve(p[drawn], truth[drawn], _cuts(p[drawn])))
+        gains.append(mcc(truth[left_out], p[left_out] >= cut) - mcc(truth[left_out], p[left_out] >= 0.5))
+    return float(np.mean(gains)) if gains else 0.0
+
+
+@dataclass(frozen=True)
+class ThresholdFit:
+    """The cut with the best MCC on the fitting rows and the MCC it gained over p >= 0.5 out of bag: the cut is used
+    only where that gain is positive, else 0.5 (on CoLA's selection split a fitted cut lost MCC on held-out rows)."""
+
+    best_cut: float
+    out_of_bag_gain: float
+
+    @property
+    def used(self) -> bool:
+        return self.out_of_bag_gain > 0
+
+    @property
+    def threshold(self) -> float:
+        return self.best_cut if self.used else 0.5
+
+    def record(self) -> dict:
+        return {"best_cut": self.best_cut, "out_of_bag_gain": self.out_of_bag_gain, "used": self.used}
+
+
+def fit_decision(
+    logits: np.ndarray, labels: np.ndarray, positive: int = 1, threshold: bool = True
+) -> tuple[Decision, ThresholdFit | None]:
     """The temperature for any label count; the threshold for 2 labels only (more labels keep the argmax), and only
     when asked: fitted on the rows that are then also reported, a threshold would flatter the figure."""
     labels = np.asarray(labels)
     temperature = fit_temperature(logits, labels)
     if logits.shape[-1] != 2 or not threshold:
-        return Decision(temperature=temperature)
+        return Decision(temperature=temperature), None
     p = probabilities(logits, Decision(temperature=temperature))[:, positive]
-    return Decision(temperature=temperature, threshold=best_threshold(p, labels, positive), positive=positive)
+    fit = ThresholdFit(best_threshold(p, labels, positive), out_of_bag_gain(p, labels, positive))
+    return Decision(temperature=temperature, threshold=fit.threshold, positive=positive), fit
 
 
 def decision_scores(logits: np.ndarray, labels: np.ndarray, decision: Decision) -> dict[str, float]:
@@ -104,3 +150,15 @@ def decision_scores(logits: np.ndarray, labels: np.ndarray, decision: Decision) 
         "nll_before": nll(logits, labels, 1.0),
         "nll_after": nll(logits, labels, decision.temperature),
     }
+
+
+def describe_cut(decision: dict) -> str:
+    """The label rule a metrics.json "decision" records, for summaries: the threshold, and why 0.5 where the fitted
+    cut was not used."""
+    if decision.get("threshold") is None:
+        return "argmax"
+    cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
+    fit = decision.get("threshold_fit")
+    if fit and not fit["used"]:
+        cut += f" (the best cut there, {fit['best_cut']:.3f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag)"
+    return cut

@@ -31,7 +31,7 @@ from bertpack.metrics import mcc, scores
 from bertpack.models import has_safe_weights
 from bertpack.postprocess import decide
 from bertpack.run_marker import RUN_MARKER, write_run_marker
-from trainer.decision import decision_scores, fit_decision
+from trainer.decision import decision_scores, describe_cut, fit_decision
 
 METHODS = ("auto", "uniform", "greedy")
 
@@ -269,7 +269,9 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
     state = average_weights(chosen)
 
     sel_logits = scorer.logits(state, sel_sentences)
-    decision = fit_decision(sel_logits, sel_labels, positive=1, threshold=sel_record.get("on") == "selection split")
+    decision, cut = fit_decision(
+        sel_logits, sel_labels, positive=1, threshold=sel_record.get("on") == "selection split"
+    )
     fitted = decision_scores(sel_logits, sel_labels, decision)
     dev_logits, dev_labels, domains = (
         scorer.logits(state, list(dev["sentence"])),
@@ -322,6 +324,7 @@ def _soup(cfg: SoupConfig, members: list[Member], out: Path, echo: Callable[[str
             **decision.record(),
             "positive_label": labels.names[decision.positive],
             "fitted_on": sel_record["on"],
+            "threshold_fit": cut and cut.record(),
             "rows": len(sel_labels),
             **{f"fit_{k}": v for k, v in fitted.items()},
         },
@@ -401,11 +404,7 @@ def _greedy(ranked: list[Path], alone: dict, score: Callable[[list[Path]], float
 
 def summary(metrics: dict) -> str:
     best, decision = metrics["best"], metrics["decision"]
-    cut = (
-        f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
-        if decision.get("threshold") is not None
-        else "argmax"
-    )
+    cut = describe_cut(decision)
     held = "held out: scored once" if best["selected_on"] == "selection split" else "also the selection set"
     lines = [f"\n{best['checkpoint']} (chosen on the {best['selected_on']}: MCC {best['selection_mcc']:.3f})"]
     for m in metrics["members"]:

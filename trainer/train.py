@@ -36,7 +36,7 @@ from bertpack.models import resolve_model
 from bertpack.postprocess import Decision, decide
 from bertpack.run_marker import write_run_marker
 from trainer.config import TrainConfig
-from trainer.decision import decision_scores, fit_decision
+from trainer.decision import decision_scores, describe_cut, fit_decision
 from trainer.run_dir import check_out_dir, checkpoints, is_main_process, one_line, run_folder
 
 
@@ -257,7 +257,7 @@ def _train(cfg: TrainConfig) -> dict:
         chosen_logits, chosen_labels = _predict(trainer, eval_sets[chosen_on])
         # Chosen on the validation split (--select-on dev), the labels stay the argmax: a threshold fitted there would
         # flatter the figure reported on the same rows.
-        decision = fit_decision(chosen_logits, chosen_labels, positive=1, threshold=cfg.select_on == "split")
+        decision, cut = fit_decision(chosen_logits, chosen_labels, positive=1, threshold=cfg.select_on == "split")
         chosen = decision_scores(chosen_logits, chosen_labels, decision)
         held_out = _score_held_out(trainer, dev_sets, decision, labels.count)
         test = None
@@ -311,6 +311,7 @@ def _train(cfg: TrainConfig) -> dict:
                 "positive_label": labels.names[decision.positive],
                 "fitted_on": "selection split" if cfg.select_on == "split" else "validation split",
                 "rows": len(chosen_labels),
+                "threshold_fit": cut and cut.record(),
                 **{f"fit_{k}": v for k, v in chosen.items()},
             },
             "test": test,
@@ -538,11 +539,7 @@ def summary(metrics: dict) -> str:
     lines.append("")
     if decision := metrics.get("decision"):
         held = "held out: scored once, after the choice" if on == "selection split" else "also the selection set"
-        cut = (
-            f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
-            if decision.get("threshold") is not None
-            else "argmax"
-        )
+        cut = describe_cut(decision)
         lines += [
             f"best ({best['checkpoint']}, chosen on the {on}: MCC {best['selection_mcc']:.3f})",
             f"validation split ({held}): MCC {best['mcc']:.3f} at {cut} (argmax {best['argmax']['mcc']:.3f}"

@@ -50,7 +50,7 @@ def main() -> None:
         scorer = Scorer(load_classifier(ckpt).eval(), load_tokenizer(ckpt), m["config"]["max_length"], 64)
         state = average_weights([ckpt])
         sel_logits = scorer.logits(state, list(selection["sentence"]))
-        decision = fit_decision(sel_logits, np.asarray(selection["label"]))
+        decision, _ = fit_decision(sel_logits, np.asarray(selection["label"]))
         dev = data["validation"]
         dev_logits = scorer.logits(state, list(dev["sentence"]))
         preds, _ = decide(dev_logits, decision)

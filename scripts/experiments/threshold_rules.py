@@ -6,7 +6,8 @@ p(acceptable) by each rule and scores the validation split at it:
 
 - argmax: p >= 0.5 (no threshold);
 - max: the cut with the highest selection MCC (one sample of 855 rows: its maximum is noisy);
-- bagged: the cut with the highest MCC averaged over bootstrap resamples of the selection rows (a smoothed curve).
+- bagged: the cut with the highest MCC averaged over bootstrap resamples of the selection rows (a smoothed curve);
+- out_of_bag: the max cut only where, fitted on bootstrap resamples, it beat p >= 0.5 on the rows each left out.
 
     python scripts/experiments/threshold_rules.py runs/seeds/seed42 runs/soup --json-out thresholds.json
 """
@@ -27,7 +28,7 @@ from bertpack.data import hold_out, load_cola  # noqa: E402
 from bertpack.metrics import mcc  # noqa: E402
 from bertpack.models import load_classifier, load_tokenizer  # noqa: E402
 from bertpack.postprocess import Decision, probabilities  # noqa: E402
-from trainer.decision import best_threshold, bagged_threshold, fit_temperature  # noqa: E402
+from trainer.decision import bagged_threshold, best_threshold, fit_temperature, out_of_bag_gain  # noqa: E402
 from trainer.soup import Scorer, average_weights  # noqa: E402
 
 
@@ -55,10 +56,17 @@ def main() -> None:
         t = fit_temperature(s_logits, s_labels)
         s_p = probabilities(s_logits, Decision(temperature=t))[:, 1]
         d_p = probabilities(d_logits, Decision(temperature=t))[:, 1]
-        cuts = {"argmax": 0.5, "max": best_threshold(s_p, s_labels), "bagged": bagged_threshold(s_p, s_labels)}
+        fitted, gain = best_threshold(s_p, s_labels), out_of_bag_gain(s_p, s_labels)
+        cuts = {
+            "argmax": 0.5,
+            "max": fitted,
+            "bagged": bagged_threshold(s_p, s_labels),
+            "out_of_bag": fitted if gain > 0 else 0.5,
+        }
         row = {
             "run": str(run),
             "temperature": t,
+            "out_of_bag_gain": gain,
             **{
                 rule: {
                     "threshold": c,

@@ -152,7 +152,13 @@ def train_section(folder: Path) -> Section:
         body += [
             "",
             f"Decision: p({decision.get('positive_label', 'positive')}) >= {decision['threshold']:.3f}, "
-            f"fitted on the {decision.get('fitted_on', chosen)}.",
+            f"fitted on the {decision.get('fitted_on', chosen)}"
+            + (
+                f" (its best cut there, {fit['best_cut']:.3f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag, "
+                "so 0.5 is kept)."
+                if (fit := decision.get("threshold_fit")) and not fit.get("used", True)
+                else "."
+            ),
         ]
     figure = (
         f"{fmt(best.get('mcc'))} (in-domain {fmt(best.get('mcc_in_domain'))}, "

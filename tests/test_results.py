@@ -416,6 +416,26 @@ def test_runs_compared_with_several_soups_name_each_by_method(tmp_path):
     assert "| mean 0.300 ± 0.010 (sd); their soups: greedy 0.307 and 0.310, uniform 0.295 and 0.325 |" in readme
 
 
+def test_a_threshold_that_failed_its_out_of_bag_check_is_said_to_be_kept_at_half(tmp_path):
+    setup(tmp_path)
+    decision = {
+        "temperature": 2.0,
+        "threshold": 0.5,
+        "positive": 1,
+        "positive_label": "acceptable",
+        "fitted_on": "selection split",
+        "threshold_fit": {"best_cut": 0.529, "out_of_bag_gain": -0.032, "used": False},
+    }
+    write(tmp_path / "results" / "train-metrics.json", {**metrics(), "decision": decision})
+    proc = run(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert (
+        "Decision: p(acceptable) >= 0.500, fitted on the selection split (its best cut there, 0.529, gained -0.032 "
+        "MCC out of bag, so 0.5 is kept)." in page
+    )
+
+
 def test_a_readme_without_the_results_block_is_a_one_line_error(tmp_path):
     setup(tmp_path)
     (tmp_path / "README.md").write_text("# A project\n")

@@ -73,3 +73,15 @@ def decide(logits: np.ndarray, decision: Decision) -> tuple[np.ndarray, np.ndarr
     """(label indices, calibrated probabilities) for a batch of logits."""
     probs = probabilities(logits, decision)
     return label_ids(probs, decision), probs
+
+
+def kept_half_note(decision: dict, digits: int = 3) -> str:
+    """Why a recorded decision labels at 0.5: ' (its best cut there, 0.529, gained -0.032 MCC out of bag, so 0.5 is
+    kept)' where the fitted cut failed its out-of-bag check (metrics.json/manifest "threshold_fit"), else ''."""
+    fit = decision.get("threshold_fit")
+    if not fit or fit.get("used", True):
+        return ""
+    return (
+        f" (its best cut there, {fit['best_cut']:.{digits}f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag, "
+        "so 0.5 is kept)"
+    )

@@ -16,7 +16,7 @@ import numpy as np
 
 from bertpack.errors import BertpackError
 from bertpack.metrics import expected_calibration_error, scores
-from bertpack.postprocess import Decision, decide, probabilities
+from bertpack.postprocess import Decision, decide, kept_half_note, probabilities
 
 BATCH_SIZE = 32
 EXACT = ("fp32", "optimized")  # graph rewrites only: must match PyTorch to 1e-3 and 100%
@@ -278,11 +278,7 @@ def decision_lines(report: dict) -> list[str]:
         lines.append(
             f"labels at p({decision.get('positive_label', decision.get('positive'))}) >= {decision['threshold']:.4f} "
             f"(temperature {decision['temperature']:.3f}), fitted on the {decision.get('fitted_on', 'selection set')}"
-            + (
-                f" (its best cut, {fit['best_cut']:.4f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag: 0.5 kept)"
-                if (fit := decision.get("threshold_fit")) and not fit.get("used", True)
-                else ""
-            )
+            + kept_half_note(decision, digits=4)
         )
     elif decision:
         lines.append(f"labels: the most probable (temperature {decision.get('temperature', 1.0):.3f})")

@@ -122,6 +122,8 @@ def train_command(metrics: dict) -> str:
 
 
 def train_section(folder: Path) -> Section:
+    from bertpack.postprocess import kept_half_note
+
     title = "Model quality: `bertpack train`"
     metrics = read_json(folder / KINDS["train"])
     if metrics is None:
@@ -152,13 +154,7 @@ def train_section(folder: Path) -> Section:
         body += [
             "",
             f"Decision: p({decision.get('positive_label', 'positive')}) >= {decision['threshold']:.3f}, "
-            f"fitted on the {decision.get('fitted_on', chosen)}"
-            + (
-                f" (its best cut there, {fit['best_cut']:.3f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag, "
-                "so 0.5 is kept)."
-                if (fit := decision.get("threshold_fit")) and not fit.get("used", True)
-                else "."
-            ),
+            f"fitted on the {decision.get('fitted_on', chosen)}{kept_half_note(decision)}.",
         ]
     figure = (
         f"{fmt(best.get('mcc'))} (in-domain {fmt(best.get('mcc_in_domain'))}, "
@@ -192,12 +188,14 @@ def measured_on(record: dict) -> str | None:
 
 def soups_figure(soups: list[dict]) -> str:
     """'; their uniform soup 0.335' for one soup; for several, their figures grouped by method."""
+    if not soups:
+        return ""
     if len(soups) == 1:
         return f"; their {soups[0].get('method') or 'weight average'} soup {fmt(soups[0].get('mcc'))}"
     by_method: dict[str, list[str]] = {}
     for soup in soups:
         by_method.setdefault(soup.get("method") or "weight average", []).append(fmt(soup.get("mcc")))
-    return "; their soups: " + ", ".join(f"{m} {' and '.join(v)}" for m, v in by_method.items()) if soups else ""
+    return "; their soups: " + ", ".join(f"{m} {' and '.join(v)}" for m, v in by_method.items())
 
 
 def quality_sections(folder: Path) -> list[Section]:

@@ -216,7 +216,12 @@ def test_a_fitted_cut_that_does_not_hold_up_out_of_bag_is_not_used():
     q = 1 / (1 + np.exp(-logits[:, 1] / decision.temperature))
     assert mcc(labels, q >= cut.best_cut) > mcc(labels, q >= 0.5)  # it did win on the rows it was fitted on
     record = {**decision.record(), "positive_label": "acceptable", "threshold_fit": cut.record()}
-    assert describe_cut(record).startswith("p(acceptable) >= 0.500 (the best cut there, ")
+    assert describe_cut(record).startswith("p(acceptable) >= 0.500 (its best cut there, ")
+    from export.parity import decision_lines
+
+    assert decision_lines({"decision": {**record, "fitted_on": "selection split"}})[0].endswith(
+        f"gained {cut.out_of_bag_gain:+.3f} MCC out of bag, so 0.5 is kept)"
+    )
     assert ThresholdFit(0.3, 0.01).threshold == 0.3 and ThresholdFit(0.3, -0.01).threshold == 0.5
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertpack.metrics import expected_calibration_error, mcc
-from bertpack.postprocess import Decision, decide, probabilities
+from bertpack.postprocess import Decision, decide, kept_half_note, probabilities
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -88,7 +88,8 @@ def out_of_bag_gain(
     fitted on the drawn rows and scored against p >= 0.5 on the rows left out; the mean MCC gain. The maximum of one
     sample's MCC curve overstates its own gain, so the fitted cut has to earn its place on unseen rows."""
     p = np.asarray(p_positive, dtype=np.float64)
-    truth = np.asarray(labels) == positive
+    labels = np.asarray(labels)
+    truth = labels == positive
     rng = np.random.default_rng(seed)
     gains = []
     for _ in range(resamples):
@@ -96,7 +97,7 @@ def out_of_bag_gain(
         left_out = np.setdiff1d(np.arange(len(p)), drawn)
         if len(left_out) < 2 or truth[left_out].all() or not truth[left_out].any():
             continue
-        cut = _nearest_half(_cuts(p[drawn]), mcc_curve(p[drawn], truth[drawn], _cuts(p[drawn])))
+        cut = best_threshold(p[drawn], labels[drawn], positive)
         gains.append(mcc(truth[left_out], p[left_out] >= cut) - mcc(truth[left_out], p[left_out] >= 0.5))
     return float(np.mean(gains)) if gains else 0.0
 
@@ -157,8 +158,4 @@ def describe_cut(decision: dict) -> str:
     cut was not used."""
     if decision.get("threshold") is None:
         return "argmax"
-    cut = f"p({decision['positive_label']}) >= {decision['threshold']:.3f}"
-    fit = decision.get("threshold_fit")
-    if fit and not fit["used"]:
-        cut += f" (the best cut there, {fit['best_cut']:.3f}, gained {fit['out_of_bag_gain']:+.3f} MCC out of bag)"
-    return cut
+    return f"p({decision['positive_label']}) >= {decision['threshold']:.3f}" + kept_half_note(decision)

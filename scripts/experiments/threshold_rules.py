@@ -28,7 +28,13 @@ from bertpack.data import hold_out, load_cola  # noqa: E402
 from bertpack.metrics import mcc  # noqa: E402
 from bertpack.models import load_classifier, load_tokenizer  # noqa: E402
 from bertpack.postprocess import Decision, probabilities  # noqa: E402
-from trainer.decision import bagged_threshold, best_threshold, fit_temperature, out_of_bag_gain  # noqa: E402
+from trainer.decision import (  # noqa: E402
+    ThresholdFit,
+    bagged_threshold,
+    best_threshold,
+    fit_temperature,
+    out_of_bag_gain,
+)
 from trainer.soup import Scorer, average_weights  # noqa: E402
 
 
@@ -61,7 +67,7 @@ def main() -> None:
             "argmax": 0.5,
             "max": fitted,
             "bagged": bagged_threshold(s_p, s_labels),
-            "out_of_bag": fitted if gain > 0 else 0.5,
+            "out_of_bag": ThresholdFit(fitted, gain).threshold,
         }
         row = {
             "run": str(run),
